@@ -1,0 +1,23 @@
+//! tokentrace's data model: events, spans, traces, ids, W3C trace context and the query types.
+//! Pure data, no I/O.
+
+mod attributes;
+mod event;
+mod ids;
+pub mod query;
+mod span;
+mod time;
+mod traceparent;
+
+pub use attributes::{AttrValue, Attributes};
+pub use event::{
+    Event, LogEventRequest, LogSeverity, MetricEvent, MetricValue, SpanEndPayload,
+    SpanStartPayload, SpanStatus, StructuredLogEvent, StructuredLogPayload, UnstructuredLogEvent,
+};
+pub use ids::{IdError, SpanId, TraceId};
+pub use span::{
+    MetricPoint, Span, SpanEvent, SpanEventBody, SpanKind, SpanLink, SpanRecord, SpanWithStatus,
+    Trace,
+};
+pub use time::{Timestamp, TimestampError};
+pub use traceparent::{TraceParent, TraceParentError};
