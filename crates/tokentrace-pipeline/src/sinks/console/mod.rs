@@ -1,0 +1,1 @@
+//! Console sink: human-readable lines for developers.

@@ -1,0 +1,4 @@
+//! The sinks: one directory each, config apart from runtime.
+
+pub mod console;
+pub mod memory;

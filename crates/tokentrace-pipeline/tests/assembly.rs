@@ -1,0 +1,306 @@
+//! Span assembly through a running pipeline into an in-memory sink.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use tokentrace_model::{
+    AttrValue, Attributes, Event, LogSeverity, MetricEvent, MetricValue, SpanEndPayload, SpanId,
+    SpanStartPayload, SpanStatus, StructuredLogEvent, StructuredLogPayload, Timestamp, TraceId,
+    UnstructuredLogEvent,
+};
+use tokentrace_pipeline::sinks::memory::MemorySink;
+use tokentrace_pipeline::{Pipeline, PipelineOptions, SubmitError};
+
+fn ts(secs: i64) -> Timestamp {
+    Timestamp::from_unix_nanos(1_700_000_000_000_000_000 + secs * 1_000_000_000 + 123_456_789)
+}
+
+fn attrs(pairs: &[(&str, AttrValue)]) -> Attributes {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+fn start(
+    t: TraceId,
+    s: SpanId,
+    parent: Option<SpanId>,
+    name: &str,
+    at: i64,
+    a: Attributes,
+) -> Event {
+    Event::StructuredLog(StructuredLogEvent {
+        trace_id: t,
+        span_id: s,
+        timestamp: ts(at),
+        attributes: a,
+        payload: StructuredLogPayload::SpanStart(SpanStartPayload {
+            name: name.to_string(),
+            parent_span_id: parent,
+        }),
+    })
+}
+
+fn end(t: TraceId, s: SpanId, at: i64, status: SpanStatus) -> Event {
+    Event::StructuredLog(StructuredLogEvent {
+        trace_id: t,
+        span_id: s,
+        timestamp: ts(at),
+        attributes: Attributes::new(),
+        payload: StructuredLogPayload::SpanEnd(SpanEndPayload { status }),
+    })
+}
+
+fn log(t: TraceId, s: SpanId, at: i64, msg: &str) -> Event {
+    Event::UnstructuredLog(UnstructuredLogEvent {
+        trace_id: t,
+        span_id: s,
+        timestamp: ts(at),
+        attributes: Attributes::new(),
+        message: msg.to_string(),
+        severity: LogSeverity::Warn,
+    })
+}
+
+fn metric(t: TraceId, s: SpanId, at: i64, value: i64) -> Event {
+    Event::Metric(MetricEvent {
+        trace_id: t,
+        span_id: s,
+        timestamp: ts(at),
+        attributes: attrs(&[("model_id", "m".into())]),
+        metric: "total_tokens".to_string(),
+        value: MetricValue::Int(value),
+        unit: "tokens".to_string(),
+    })
+}
+
+#[test]
+fn start_and_end_become_one_span_with_the_ids_and_times_sent() {
+    let sink = MemorySink::new();
+    let pipeline =
+        Pipeline::start(PipelineOptions::default(), vec![Box::new(sink.clone())]).unwrap();
+    let tel = pipeline.telemetry();
+    let (t, root, child) = (TraceId::random(), SpanId::random(), SpanId::random());
+    tel.log_event(
+        start(t, root, None, "root", 0, attrs(&[("a", 1.into())])),
+        None,
+    )
+    .unwrap();
+    tel.log_event(
+        start(t, child, Some(root), "child", 1, Attributes::new()),
+        Some(60),
+    )
+    .unwrap();
+    tel.log_event(log(t, child, 2, "hello"), None).unwrap();
+    tel.log_event(metric(t, child, 2, 42), None).unwrap();
+    tel.log_event(end(t, child, 3, SpanStatus::Error), None)
+        .unwrap();
+    tel.log_event(end(t, root, 4, SpanStatus::Ok), None)
+        .unwrap();
+    tel.flush().unwrap();
+
+    let rec = sink.recorded();
+    assert_eq!(rec.starts.len(), 2);
+    assert_eq!(rec.spans.len(), 2);
+    let c = &rec.spans[0];
+    assert_eq!(
+        (c.trace_id, c.span_id, c.parent_span_id),
+        (t, child, Some(root))
+    );
+    assert_eq!(c.name, "child");
+    assert_eq!(c.start_time, ts(1));
+    assert_eq!(c.end_time, Some(ts(3)));
+    assert_eq!(c.status, Some(SpanStatus::Error));
+    assert_eq!(c.events.len(), 2, "log and metric kept inside their span");
+    assert_eq!(c.duration_ms(), Some(2000.0));
+    // ttl from the start event applies when the end has none
+    let ttl = c.expires_at.unwrap().unix_nanos() - Timestamp::now().unix_nanos();
+    assert!(ttl > 0 && ttl <= 60_000_000_000, "{ttl}");
+    let r = &rec.spans[1];
+    assert_eq!(r.parent_span_id, None);
+    assert_eq!(r.attributes.get("a"), Some(&AttrValue::Int(1)));
+    assert_eq!(rec.events.len(), 2);
+    assert_eq!(rec.metrics.len(), 1);
+    assert_eq!(rec.metrics[0].value, 42.0);
+    assert_eq!(rec.metrics[0].span_id, Some(child));
+    assert!(rec.syncs >= 1);
+    drop(rec);
+    pipeline.shutdown();
+}
+
+#[test]
+fn logs_and_metrics_of_unknown_spans_are_kept() {
+    let sink = MemorySink::new();
+    let pipeline =
+        Pipeline::start(PipelineOptions::default(), vec![Box::new(sink.clone())]).unwrap();
+    let tel = pipeline.telemetry();
+    let (t, s) = (TraceId::random(), SpanId::random());
+    tel.log_event(log(t, s, 0, "orphan log"), None).unwrap();
+    tel.log_event(metric(t, s, 0, 7), None).unwrap();
+    tel.flush().unwrap();
+    let rec = sink.recorded();
+    assert_eq!(rec.events.len(), 2);
+    assert_eq!(rec.events[0].span_id, Some(s));
+    assert_eq!(rec.metrics.len(), 1);
+    drop(rec);
+    pipeline.shutdown();
+}
+
+#[test]
+fn duplicate_start_is_ignored_and_orphan_end_is_stored() {
+    let sink = MemorySink::new();
+    let pipeline =
+        Pipeline::start(PipelineOptions::default(), vec![Box::new(sink.clone())]).unwrap();
+    let tel = pipeline.telemetry();
+    let (t, s, o) = (TraceId::random(), SpanId::random(), SpanId::random());
+    tel.log_event(start(t, s, None, "first", 0, Attributes::new()), None)
+        .unwrap();
+    tel.log_event(start(t, s, None, "second", 1, Attributes::new()), None)
+        .unwrap();
+    tel.log_event(end(t, s, 2, SpanStatus::Ok), None).unwrap();
+    tel.log_event(
+        start(t, s, None, "late duplicate", 3, Attributes::new()),
+        None,
+    )
+    .unwrap();
+    tel.log_event(end(t, o, 5, SpanStatus::Ok), None).unwrap();
+    tel.flush().unwrap();
+    let rec = sink.recorded();
+    assert_eq!(rec.starts.len(), 1);
+    assert_eq!(rec.spans.len(), 2);
+    assert_eq!(rec.spans[0].name, "first");
+    assert_eq!(rec.spans[0].start_time, ts(0));
+    let orphan = &rec.spans[1];
+    assert_eq!(orphan.span_id, o);
+    assert_eq!(orphan.name, "unknown");
+    assert_eq!(orphan.end_time, Some(ts(5)));
+    assert_eq!(
+        orphan.attributes.get("tokentrace.span_start_missing"),
+        Some(&AttrValue::Bool(true))
+    );
+    assert_eq!(
+        tel.stats()
+            .duplicate_starts
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    drop(rec);
+    pipeline.shutdown();
+}
+
+#[test]
+fn traceparent_attribute_names_the_remote_parent_and_is_not_stored() {
+    let sink = MemorySink::new();
+    let pipeline =
+        Pipeline::start(PipelineOptions::default(), vec![Box::new(sink.clone())]).unwrap();
+    let tel = pipeline.telemetry();
+    let (t, s, remote) = (TraceId::random(), SpanId::random(), SpanId::random());
+    let tp = format!("00-{t}-{remote}-01");
+    let a = attrs(&[
+        ("traceparent", tp.into()),
+        ("tracestate", "k=v".into()),
+        ("x", 1.into()),
+    ]);
+    tel.log_event(start(t, s, None, "joined", 0, a), None)
+        .unwrap();
+    tel.log_event(end(t, s, 1, SpanStatus::Ok), None).unwrap();
+    tel.flush().unwrap();
+    let rec = sink.recorded();
+    assert_eq!(rec.spans[0].parent_span_id, Some(remote));
+    assert_eq!(
+        rec.spans[0].attributes.keys().collect::<Vec<_>>(),
+        vec!["x"]
+    );
+    drop(rec);
+    pipeline.shutdown();
+}
+
+#[test]
+fn spans_never_ended_are_flushed_unfinished_and_a_late_end_completes_them() {
+    let sink = MemorySink::new();
+    let options = PipelineOptions {
+        span_timeout: Duration::from_millis(100),
+        ..PipelineOptions::default()
+    };
+    let pipeline = Pipeline::start(options, vec![Box::new(sink.clone())]).unwrap();
+    let tel = pipeline.telemetry();
+    let (t, s) = (TraceId::random(), SpanId::random());
+    tel.log_event(start(t, s, None, "slow", 0, Attributes::new()), None)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sink.recorded().spans.is_empty() {
+        assert!(Instant::now() < deadline, "open span was never flushed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    {
+        let rec = sink.recorded();
+        assert_eq!(rec.spans[0].end_time, None);
+        assert_eq!(rec.spans[0].status, None);
+    }
+    tel.log_event(end(t, s, 9, SpanStatus::Ok), None).unwrap();
+    tel.flush().unwrap();
+    let rec = sink.recorded();
+    assert_eq!(rec.spans.len(), 2);
+    assert_eq!(rec.spans[1].name, "slow");
+    assert_eq!(rec.spans[1].start_time, ts(0));
+    assert_eq!(rec.spans[1].end_time, Some(ts(9)));
+    drop(rec);
+    pipeline.shutdown();
+}
+
+#[test]
+fn open_spans_are_bounded_and_flushed_at_shutdown() {
+    let sink = MemorySink::new();
+    let options = PipelineOptions {
+        max_open_spans: 10,
+        ..PipelineOptions::default()
+    };
+    let pipeline = Pipeline::start(options, vec![Box::new(sink.clone())]).unwrap();
+    let tel = pipeline.telemetry();
+    let t = TraceId::random();
+    for i in 0..25 {
+        tel.log_event(
+            start(t, SpanId::random(), None, "open", i, Attributes::new()),
+            None,
+        )
+        .unwrap();
+    }
+    tel.flush().unwrap();
+    assert_eq!(
+        sink.recorded().spans.len(),
+        15,
+        "the 15 oldest were flushed unfinished"
+    );
+    pipeline.shutdown();
+    let rec = sink.recorded();
+    assert_eq!(rec.spans.len(), 25);
+    assert!(rec.spans.iter().all(|s| s.end_time.is_none()));
+}
+
+#[test]
+fn a_full_queue_is_reported_not_blocked() {
+    struct Slow;
+    impl tokentrace_pipeline::Sink for Slow {
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+        fn span_ended(&mut self, _: &tokentrace_model::SpanRecord) {}
+        fn event(&mut self, _: &tokentrace_model::SpanEvent) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let options = PipelineOptions {
+        queue_capacity: 4,
+        ..PipelineOptions::default()
+    };
+    let pipeline = Pipeline::start(options, vec![Box::new(Slow)]).unwrap();
+    let tel = pipeline.telemetry();
+    let (t, s) = (TraceId::random(), SpanId::random());
+    let results: Vec<_> = (0..50)
+        .map(|i| tel.log_event(log(t, s, i, "x"), None))
+        .collect();
+    assert!(results.contains(&Err(SubmitError::Full)));
+    assert!(results.iter().any(|r| r.is_ok()));
+    pipeline.shutdown();
+}
