@@ -1,1 +1,599 @@
-//! stub
+//! tokentrace's run config: YAML in Llama Stack's `run.yaml` shape, `${env.*}` substitution, the
+//! seed's environment variables, embedded defaults, and validation with one clear message.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+use serde_json::Value;
+
+/// The embedded default run config, used when no file is given.
+pub const DEFAULT_CONFIG_YAML: &str = include_str!("default.yaml");
+
+/// Looks a variable up in the process environment (the `env` argument of [`load`]).
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// The whole run config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunConfig {
+    /// HTTP server settings.
+    pub server: ServerConfig,
+    /// Telemetry provider settings.
+    pub telemetry: TelemetryConfig,
+}
+
+/// HTTP server settings (`server:`).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub host: String,
+    /// Port to listen on (0: any free port).
+    #[serde(deserialize_with = "number")]
+    pub port: u16,
+    /// Largest request body accepted, in bytes.
+    #[serde(deserialize_with = "number")]
+    pub max_body_bytes: usize,
+    /// Requests taking longer are answered 408.
+    #[serde(deserialize_with = "number")]
+    pub request_timeout_seconds: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8321,
+            max_body_bytes: 1 << 20,
+            request_timeout_seconds: 30,
+        }
+    }
+}
+
+/// A telemetry sink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SinkKind {
+    /// Human-readable lines on stderr.
+    Console,
+    /// The SQLite trace store.
+    Sqlite,
+    /// OTLP/HTTP traces.
+    OtelTrace,
+    /// OTLP/HTTP metrics.
+    OtelMetric,
+}
+
+const SINK_NAMES: &str = "console, sqlite, otel_trace, otel_metric";
+
+impl SinkKind {
+    /// The name used in configs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkKind::Console => "console",
+            SinkKind::Sqlite => "sqlite",
+            SinkKind::OtelTrace => "otel_trace",
+            SinkKind::OtelMetric => "otel_metric",
+        }
+    }
+
+    fn parse(name: &str) -> Result<Self, String> {
+        Ok(match name {
+            "console" => SinkKind::Console,
+            "sqlite" => SinkKind::Sqlite,
+            "otel_trace" => SinkKind::OtelTrace,
+            "otel_metric" => SinkKind::OtelMetric,
+            other => return Err(format!("unknown sink {other:?}; valid sinks: {SINK_NAMES}")),
+        })
+    }
+
+    /// Parses a list given as a comma-separated string (`TELEMETRY_SINKS`).
+    pub fn parse_list(list: &str) -> Result<Vec<SinkKind>, String> {
+        let mut sinks = Vec::new();
+        for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let sink = Self::parse(name)?;
+            if !sinks.contains(&sink) {
+                sinks.push(sink);
+            }
+        }
+        Ok(sinks)
+    }
+}
+
+/// When the console sink uses colour.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColorChoice {
+    /// On a terminal, unless `NO_COLOR` is set.
+    #[default]
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+/// Console sink settings (`config.console`).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Colour choice.
+    pub color: ColorChoice,
+    /// Attribute values longer than this are cut.
+    #[serde(deserialize_with = "number")]
+    pub max_value_len: usize,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            color: ColorChoice::Auto,
+            max_value_len: 120,
+        }
+    }
+}
+
+/// The telemetry provider's settings (`providers.telemetry[0].config`), after defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TelemetryConfig {
+    /// The provider's id.
+    pub provider_id: String,
+    /// `service.name` of what tokentrace emits.
+    pub service_name: String,
+    /// Enabled sinks, in order.
+    pub sinks: Vec<SinkKind>,
+    /// OTLP/HTTP endpoint of a collector.
+    pub otel_exporter_otlp_endpoint: Option<String>,
+    /// The SQLite file.
+    pub sqlite_db_path: PathBuf,
+    /// Retention of events sent without `ttl_seconds`.
+    pub default_ttl_seconds: i64,
+    /// Spans not ended after this long are stored unfinished.
+    pub span_timeout_seconds: u64,
+    /// How often expired rows are deleted.
+    pub retention_interval_seconds: u64,
+    /// Events buffered before callers get 503.
+    pub queue_capacity: usize,
+    /// Console sink settings.
+    pub console: ConsoleConfig,
+}
+
+/// Why a config was refused. Each message is one line naming the key or variable at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The YAML is malformed.
+    #[error("config {origin}: invalid YAML: {message}")]
+    Yaml {
+        /// File or description.
+        origin: String,
+        /// Parser message (with line and column).
+        message: String,
+    },
+    /// A key has a bad value.
+    #[error("config {origin}: `{key}`: {message}")]
+    Invalid {
+        /// File or description.
+        origin: String,
+        /// Dotted path of the key.
+        key: String,
+        /// What is wrong and what is valid.
+        message: String,
+    },
+}
+
+/// Loads the run config from `path`, or the embedded defaults when `None`.
+pub fn load(
+    path: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<RunConfig, ConfigError> {
+    match path {
+        None => load_from_str(DEFAULT_CONFIG_YAML, "(embedded defaults)", env),
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Io {
+                path: p.display().to_string(),
+                source,
+            })?;
+            load_from_str(&text, &p.display().to_string(), env)
+        }
+    }
+}
+
+/// Loads a run config from YAML text; `origin` names it in messages.
+pub fn load_from_str(
+    yaml: &str,
+    origin: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<RunConfig, ConfigError> {
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        origin: origin.to_string(),
+        key: key.to_string(),
+        message,
+    };
+    let mut tree: Value = if yaml.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_saphyr::from_str(yaml).map_err(|e| ConfigError::Yaml {
+            origin: origin.to_string(),
+            message: e.to_string().replace('\n', " "),
+        })?
+    };
+    if tree.is_null() {
+        tree = Value::Object(Default::default());
+    }
+    substitute_tree(&mut tree, String::new(), env)
+        .map_err(|(key, message)| invalid(&key, message))?;
+    let raw: RawRoot = serde_path_to_error::deserialize(tree).map_err(|e| {
+        let key = e.path().to_string();
+        invalid(&key, e.into_inner().to_string())
+    })?;
+    build(raw, env).map_err(|(key, message)| invalid(&key, message))
+}
+
+/// Replaces `${env.NAME}`, `${env.NAME:=default}`, `${env.NAME:+value}` and `${data_dir}` in
+/// one string. `${env.NAME}` requires NAME to be set; `:=` applies when NAME is unset or empty;
+/// `:+` gives the value when NAME is set and not empty, else nothing.
+pub fn substitute_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = matching_brace(after).ok_or_else(|| format!("unterminated `${{` in {text:?}"))?;
+        out.push_str(&expand(&after[..end], env)?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Index of the `}` closing a `${` whose body starts `s`, allowing nested `${...}`.
+fn matching_brace(s: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'$' if bytes.get(i + 1) == Some(&b'{') => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' if depth == 0 => return Some(i),
+            b'}' => depth -= 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+fn expand(body: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    if body == "data_dir" {
+        return Ok(default_data_dir().display().to_string());
+    }
+    let Some(spec) = body.strip_prefix("env.") else {
+        return Err(format!(
+            "unknown placeholder `${{{body}}}`; use ${{env.NAME}}, ${{env.NAME:=default}} or ${{env.NAME:+value}}"
+        ));
+    };
+    let (name, op, arg) = match spec.find(":=").or_else(|| spec.find(":+")) {
+        Some(i) => (&spec[..i], &spec[i..i + 2], &spec[i + 2..]),
+        None => (spec, "", ""),
+    };
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!(
+            "invalid environment variable name {name:?} in `${{{body}}}`"
+        ));
+    }
+    let value = env(name).filter(|v| !v.is_empty());
+    match (op, value) {
+        ("", Some(v)) => Ok(v),
+        ("", None) => Err(format!(
+            "`${{env.{name}}}` requires the environment variable {name} to be set"
+        )),
+        (":=", Some(v)) => Ok(v),
+        (":=", None) => substitute_env(arg, env),
+        (_, Some(_)) => substitute_env(arg, env),
+        (_, None) => Ok(String::new()),
+    }
+}
+
+/// Substitutes placeholders in every string of the parsed YAML (never in its structure, so a
+/// variable's value cannot inject keys). Errors carry the key path.
+fn substitute_tree(
+    v: &mut Value,
+    path: String,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), (String, String)> {
+    match v {
+        Value::String(s) if s.contains("${") => {
+            *s = substitute_env(s, env).map_err(|m| (path, m))?;
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                substitute_tree(item, format!("{path}[{i}]"), env)?;
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map.iter_mut() {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                substitute_tree(item, p, env)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The user's data directory for tokentrace (`$XDG_DATA_HOME/tokentrace` on Linux).
+pub fn default_data_dir() -> PathBuf {
+    dirs::data_dir()
+        .or_else(|| dirs::home_dir().map(|h| h.join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("tokentrace")
+}
+
+fn expand_home(p: &str) -> PathBuf {
+    match p.strip_prefix("~") {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => match dirs::home_dir() {
+            Some(home) => home.join(rest.trim_start_matches('/')),
+            None => PathBuf::from(p),
+        },
+        _ => PathBuf::from(p),
+    }
+}
+
+/// Accepts a number, or a string holding one (what `${env.X}` substitution produces).
+fn number<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: std::str::FromStr + TryFrom<u64> + TryFrom<i64>,
+    <T as std::str::FromStr>::Err: fmt::Display,
+{
+    match Value::deserialize(d)? {
+        Value::Number(n) => {
+            let parsed = match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => T::try_from(u).ok(),
+                (None, Some(i)) => T::try_from(i).ok(),
+                _ => None,
+            };
+            parsed.ok_or_else(|| de::Error::custom(format!("{n} is out of range")))
+        }
+        Value::String(s) => s
+            .trim()
+            .parse()
+            .map_err(|e| de::Error::custom(format!("{s:?} is not a valid number: {e}"))),
+        other => Err(de::Error::custom(format!("expected a number, got {other}"))),
+    }
+}
+
+#[derive(Deserialize)]
+struct RawRoot {
+    #[serde(default)]
+    server: Option<ServerConfig>,
+    #[serde(default)]
+    providers: Option<RawProviders>,
+}
+
+#[derive(Deserialize)]
+struct RawProviders {
+    #[serde(default)]
+    telemetry: Option<Vec<RawTelemetryProvider>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetryProvider {
+    provider_id: String,
+    provider_type: String,
+    #[serde(default)]
+    config: Option<RawTelemetryConfig>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetryConfig {
+    service_name: Option<String>,
+    sinks: Option<SinkList>,
+    otel_exporter_otlp_endpoint: Option<String>,
+    sqlite_db_path: Option<String>,
+    #[serde(default, deserialize_with = "opt_number")]
+    default_ttl_seconds: Option<i64>,
+    #[serde(default, deserialize_with = "opt_number")]
+    span_timeout_seconds: Option<u64>,
+    #[serde(default, deserialize_with = "opt_number")]
+    retention_interval_seconds: Option<u64>,
+    #[serde(default, deserialize_with = "opt_number")]
+    queue_capacity: Option<usize>,
+    console: Option<ConsoleConfig>,
+}
+
+fn opt_number<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: std::str::FromStr + TryFrom<u64> + TryFrom<i64>,
+    <T as std::str::FromStr>::Err: fmt::Display,
+{
+    number(d).map(Some)
+}
+
+/// `sinks`: a list, or a comma-separated string.
+struct SinkList(Vec<SinkKind>);
+
+impl<'de> Deserialize<'de> for SinkList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let list = match Value::deserialize(d)? {
+            Value::String(s) => SinkKind::parse_list(&s),
+            Value::Array(items) => items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => SinkKind::parse(s.trim()),
+                    other => Err(format!(
+                        "expected a sink name, got {other}; valid sinks: {SINK_NAMES}"
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(|mut v| {
+                    let mut seen = Vec::new();
+                    v.retain(|s| {
+                        if seen.contains(s) {
+                            false
+                        } else {
+                            seen.push(*s);
+                            true
+                        }
+                    });
+                    v
+                }),
+            Value::Null => Ok(Vec::new()),
+            other => Err(format!(
+                "expected a list or a comma-separated string of sinks, got {other}"
+            )),
+        };
+        list.map(SinkList).map_err(de::Error::custom)
+    }
+}
+
+const TELEMETRY: &str = "providers.telemetry[0].config";
+
+fn build(
+    raw: RawRoot,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<RunConfig, (String, String)> {
+    let server = raw.server.unwrap_or_default();
+    if server.max_body_bytes < 1024 {
+        return Err((
+            "server.max_body_bytes".into(),
+            format!("must be at least 1024, got {}", server.max_body_bytes),
+        ));
+    }
+    if server.request_timeout_seconds == 0 {
+        return Err((
+            "server.request_timeout_seconds".into(),
+            "must be positive".into(),
+        ));
+    }
+    let providers = raw.providers.and_then(|p| p.telemetry).unwrap_or_default();
+    if providers.len() > 1 {
+        return Err((
+            "providers.telemetry".into(),
+            format!(
+                "exactly one telemetry provider is supported, got {}",
+                providers.len()
+            ),
+        ));
+    }
+    let (provider_id, config) = match providers.into_iter().next() {
+        Some(p) => {
+            if p.provider_type != "inline::meta-reference" {
+                return Err((
+                    "providers.telemetry[0].provider_type".into(),
+                    format!(
+                        "unknown provider type {:?}; valid: inline::meta-reference",
+                        p.provider_type
+                    ),
+                ));
+            }
+            (p.provider_id, p.config.unwrap_or_default())
+        }
+        None => ("meta-reference".to_string(), RawTelemetryConfig::default()),
+    };
+    let env_nonempty = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+
+    let service_name = config
+        .service_name
+        .or_else(|| env_nonempty("OTEL_SERVICE_NAME"))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "tokentrace".to_string());
+    let sinks = match config.sinks {
+        Some(SinkList(list)) => list,
+        None => match env_nonempty("TELEMETRY_SINKS") {
+            Some(v) => SinkKind::parse_list(&v).map_err(|m| ("TELEMETRY_SINKS".to_string(), m))?,
+            None => vec![SinkKind::Console, SinkKind::Sqlite],
+        },
+    };
+    let endpoint = config
+        .otel_exporter_otlp_endpoint
+        .or_else(|| env_nonempty("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        .map(|e| e.trim().trim_end_matches('/').to_string())
+        .filter(|e| !e.is_empty());
+    if let Some(e) = &endpoint
+        && !(e.starts_with("http://") || e.starts_with("https://"))
+    {
+        return Err((
+            format!("{TELEMETRY}.otel_exporter_otlp_endpoint"),
+            format!("{e:?} must be an http:// or https:// URL, e.g. http://localhost:4318"),
+        ));
+    }
+    for sink in &sinks {
+        if matches!(sink, SinkKind::OtelTrace | SinkKind::OtelMetric) && endpoint.is_none() {
+            return Err((
+                format!("{TELEMETRY}.otel_exporter_otlp_endpoint"),
+                format!(
+                    "telemetry sink {} needs otel_exporter_otlp_endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT), e.g. http://localhost:4318",
+                    sink.as_str()
+                ),
+            ));
+        }
+    }
+    let sqlite_db_path = match config.sqlite_db_path.filter(|p| !p.trim().is_empty()) {
+        Some(p) => expand_home(p.trim()),
+        None => match env_nonempty("SQLITE_STORE_DIR") {
+            Some(dir) => expand_home(dir.trim()).join("trace_store.db"),
+            None => default_data_dir().join("trace_store.db"),
+        },
+    };
+    let default_ttl_seconds = config.default_ttl_seconds.unwrap_or(604_800);
+    if default_ttl_seconds <= 0 {
+        return Err((
+            format!("{TELEMETRY}.default_ttl_seconds"),
+            format!("must be positive, got {default_ttl_seconds}"),
+        ));
+    }
+    let positive = |key: &str, v: Option<u64>, default: u64| -> Result<u64, (String, String)> {
+        match v.unwrap_or(default) {
+            0 => Err((format!("{TELEMETRY}.{key}"), "must be positive".to_string())),
+            n => Ok(n),
+        }
+    };
+    Ok(RunConfig {
+        server,
+        telemetry: TelemetryConfig {
+            provider_id,
+            service_name,
+            sinks,
+            otel_exporter_otlp_endpoint: endpoint,
+            sqlite_db_path,
+            default_ttl_seconds,
+            span_timeout_seconds: positive(
+                "span_timeout_seconds",
+                config.span_timeout_seconds,
+                3600,
+            )?,
+            retention_interval_seconds: positive(
+                "retention_interval_seconds",
+                config.retention_interval_seconds,
+                60,
+            )?,
+            queue_capacity: positive(
+                "queue_capacity",
+                config.queue_capacity.map(|q| q as u64),
+                65_536,
+            )? as usize,
+            console: config.console.unwrap_or_default(),
+        },
+    })
+}

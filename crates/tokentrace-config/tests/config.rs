@@ -1,0 +1,235 @@
+//! Run config loading: defaults, environment variables, substitution, and error messages.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+
+use tokentrace_config::{ColorChoice, SinkKind, load, load_from_str, substitute_env};
+
+fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |k: &str| map.get(k).cloned()
+}
+
+fn telemetry_yaml(config: &str) -> String {
+    format!(
+        "providers:\n  telemetry:\n  - provider_id: meta-reference\n    provider_type: inline::meta-reference\n    config:\n{}",
+        config
+            .lines()
+            .map(|l| format!("      {l}\n"))
+            .collect::<String>()
+    )
+}
+
+#[test]
+fn defaults_without_a_file() {
+    let c = load(None, &env_of(&[])).unwrap();
+    assert_eq!(c.server.host, "127.0.0.1");
+    assert_eq!(c.server.port, 8321);
+    assert_eq!(c.telemetry.service_name, "tokentrace");
+    assert_eq!(c.telemetry.sinks, [SinkKind::Console, SinkKind::Sqlite]);
+    assert_eq!(c.telemetry.otel_exporter_otlp_endpoint, None);
+    assert!(
+        c.telemetry
+            .sqlite_db_path
+            .ends_with("tokentrace/trace_store.db"),
+        "{:?}",
+        c.telemetry.sqlite_db_path
+    );
+    assert_eq!(c.telemetry.default_ttl_seconds, 604_800);
+    assert_eq!(c.telemetry.console.color, ColorChoice::Auto);
+}
+
+#[test]
+fn the_seed_environment_variables_apply_with_and_without_a_file() {
+    let env = env_of(&[
+        ("OTEL_SERVICE_NAME", "my-app"),
+        ("TELEMETRY_SINKS", "sqlite, otel_trace"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+        ("SQLITE_STORE_DIR", "/var/lib/tt"),
+    ]);
+    for c in [
+        load(None, &env).unwrap(),
+        load_from_str("version: 2\n", "run.yaml", &env).unwrap(),
+    ] {
+        assert_eq!(c.telemetry.service_name, "my-app");
+        assert_eq!(c.telemetry.sinks, [SinkKind::Sqlite, SinkKind::OtelTrace]);
+        assert_eq!(
+            c.telemetry.otel_exporter_otlp_endpoint.as_deref(),
+            Some("http://collector:4318")
+        );
+        assert_eq!(
+            c.telemetry.sqlite_db_path.to_str().unwrap(),
+            "/var/lib/tt/trace_store.db"
+        );
+    }
+}
+
+#[test]
+fn substitution_forms() {
+    let env = env_of(&[("SET", "x"), ("EMPTY", "")]);
+    assert_eq!(substitute_env("a${env.SET}b", &env).unwrap(), "axb");
+    assert_eq!(substitute_env("${env.UNSET:=dflt}", &env).unwrap(), "dflt");
+    assert_eq!(substitute_env("${env.EMPTY:=dflt}", &env).unwrap(), "dflt");
+    assert_eq!(substitute_env("${env.SET:=dflt}", &env).unwrap(), "x");
+    assert_eq!(substitute_env("${env.SET:+on}", &env).unwrap(), "on");
+    assert_eq!(substitute_env("${env.UNSET:+on}", &env).unwrap(), "");
+    assert_eq!(
+        substitute_env("${env.UNSET:=${env.SET}}/f", &env).unwrap(),
+        "x/f"
+    );
+    let err = substitute_env("${env.NEEDED}", &env).unwrap_err();
+    assert!(err.contains("NEEDED"), "{err}");
+    assert!(substitute_env("${env.X", &env).is_err());
+    assert!(substitute_env("${nope}", &env).is_err());
+}
+
+#[test]
+fn a_variable_cannot_inject_yaml_structure() {
+    let env = env_of(&[("NAME", "svc\nsinks: [otel_trace]")]);
+    let c = load_from_str(
+        &telemetry_yaml("service_name: ${env.NAME}"),
+        "run.yaml",
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.telemetry.service_name, "svc\nsinks: [otel_trace]");
+    assert_eq!(c.telemetry.sinks, [SinkKind::Console, SinkKind::Sqlite]);
+}
+
+#[test]
+fn sinks_as_list_or_string() {
+    let env = env_of(&[]);
+    let c = load_from_str(
+        &telemetry_yaml("sinks: [sqlite, console, sqlite]"),
+        "f",
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.telemetry.sinks, [SinkKind::Sqlite, SinkKind::Console]);
+    let c = load_from_str(&telemetry_yaml("sinks: 'console,,sqlite '"), "f", &env).unwrap();
+    assert_eq!(c.telemetry.sinks, [SinkKind::Console, SinkKind::Sqlite]);
+    let c = load_from_str(
+        &telemetry_yaml("sinks: ${env.TELEMETRY_SINKS:=console,sqlite}"),
+        "f",
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.telemetry.sinks, [SinkKind::Console, SinkKind::Sqlite]);
+}
+
+#[test]
+fn errors_name_the_key_and_the_valid_values() {
+    let env = env_of(&[]);
+    let e = load_from_str(&telemetry_yaml("sinks: [console, kafka]"), "run.yaml", &env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("providers.telemetry[0].config.sinks")
+            && e.contains("kafka")
+            && e.contains("otel_metric"),
+        "{e}"
+    );
+
+    let e = load(None, &env_of(&[("TELEMETRY_SINKS", "kafka")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("kafka") && e.contains("console, sqlite"), "{e}");
+
+    let e = load_from_str(
+        &telemetry_yaml("service_name: ${env.REQUIRED_NAME}"),
+        "run.yaml",
+        &env,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("REQUIRED_NAME") && e.contains("service_name"),
+        "{e}"
+    );
+
+    let e = load_from_str(&telemetry_yaml("sinkz: [console]"), "run.yaml", &env)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sinkz") && e.contains("sqlite_db_path"), "{e}");
+
+    let e = load_from_str("server:\n  port: 99999\n", "run.yaml", &env)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("server.port"), "{e}");
+
+    let e = load_from_str("server:\n  port: ${env.PORT:=eighty}\n", "run.yaml", &env)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("server.port") && e.contains("eighty"), "{e}");
+
+    let e = load_from_str(&telemetry_yaml("sinks: [otel_metric]"), "run.yaml", &env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("otel_exporter_otlp_endpoint") && e.contains("otel_metric"),
+        "{e}"
+    );
+
+    let e = load_from_str(
+        &telemetry_yaml("otel_exporter_otlp_endpoint: localhost:4318"),
+        "run.yaml",
+        &env,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("http://"), "{e}");
+
+    let e = load_from_str(
+        "providers:\n  telemetry:\n  - provider_id: x\n    provider_type: remote::other\n",
+        "run.yaml",
+        &env,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("inline::meta-reference"), "{e}");
+
+    let e = load_from_str("server: [1, 2\n", "run.yaml", &env)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("run.yaml") && e.contains("line"), "{e}");
+    assert!(!e.contains('\n'));
+}
+
+#[test]
+fn numbers_from_variables_home_expansion_and_unknown_top_level_keys() {
+    let env = env_of(&[("PORT", "9000")]);
+    let c = load_from_str(
+        &format!(
+            "image_name: x\napis: [telemetry]\nserver:\n  port: ${{env.PORT:=8321}}\n{}",
+            telemetry_yaml("sqlite_db_path: ~/tt/trace.db\nconsole:\n  color: never")
+        ),
+        "run.yaml",
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.server.port, 9000);
+    assert_eq!(c.telemetry.console.color, ColorChoice::Never);
+    let p = c.telemetry.sqlite_db_path.to_str().unwrap().to_string();
+    assert!(p.ends_with("/tt/trace.db") && !p.starts_with('~'), "{p}");
+}
+
+#[test]
+fn a_real_file_and_a_missing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run.yaml");
+    std::fs::write(
+        &path,
+        telemetry_yaml("service_name: from-file\nsinks: sqlite"),
+    )
+    .unwrap();
+    let c = load(Some(&path), &env_of(&[])).unwrap();
+    assert_eq!(c.telemetry.service_name, "from-file");
+    assert_eq!(c.telemetry.sinks, [SinkKind::Sqlite]);
+    let e = load(Some(&dir.path().join("nope.yaml")), &env_of(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nope.yaml"), "{e}");
+}
