@@ -1,1 +1,235 @@
-//! stub
+//! tokentrace's SQLite trace store: schema and migrations, one batching writer thread, read-only
+//! query connections, datasets and retention.
+
+mod metrics;
+mod reader;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use serde_json::{Map, Value};
+use tokentrace_model::{MetricPoint, SpanEvent, SpanRecord, Timestamp};
+
+pub use metrics::{MAX_BUCKETS, MetricQuery};
+pub use reader::{DatasetRow, StoreReader, Table};
+pub use schema::SCHEMA_VERSION;
+pub use writer::WriterStats;
+
+use writer::{Cmd, Counters, Writer};
+
+/// Tuning of the store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Records per transaction at most.
+    pub batch_max_rows: usize,
+    /// Longest a record waits before its transaction commits.
+    pub flush_interval: Duration,
+    /// Batches queued for the writer before `write` blocks.
+    pub queue_capacity: usize,
+    /// Idle read-only connections kept.
+    pub read_connections: usize,
+    /// How often retention should run (used by whoever schedules [`StoreWriter::expire`]).
+    pub retention_interval: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            batch_max_rows: 1_000,
+            flush_interval: Duration::from_millis(200),
+            queue_capacity: 64,
+            read_connections: 4,
+            retention_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Something to store.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Record {
+    /// A span (its `events` are ignored: events are records of their own).
+    Span(SpanRecord),
+    /// A log, metric or other event.
+    Event(SpanEvent),
+    /// A metric data point.
+    Metric(MetricPoint),
+}
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite said no.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The file or its directory could not be used.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The writer thread has stopped.
+    #[error("the trace store is closed")]
+    Closed,
+    /// Stored data could not be read back, or the file is from a newer version.
+    #[error("{0}")]
+    Corrupt(String),
+    /// The writer thread reported a failure.
+    #[error("trace store write failed: {0}")]
+    Write(String),
+}
+
+/// An open store: owns the writer thread. Close it with [`Store::close`].
+pub struct Store {
+    path: PathBuf,
+    writer: StoreWriter,
+    reader: StoreReader,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Sends records to the writer thread; cheap to clone, safe to share.
+#[derive(Clone)]
+pub struct StoreWriter {
+    tx: SyncSender<Cmd>,
+    counters: Arc<Counters>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path`, migrates it and starts the writer thread.
+    pub fn open(path: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut conn = Connection::open(path)?;
+        schema::configure_writer(&conn)?;
+        schema::migrate(&mut conn)?;
+        let counters = Arc::new(Counters::default());
+        let (tx, rx) = mpsc::sync_channel(options.queue_capacity.max(1));
+        let writer = Writer::new(
+            conn,
+            options.batch_max_rows,
+            options.flush_interval,
+            counters.clone(),
+        );
+        let thread = std::thread::Builder::new()
+            .name("tokentrace-store-writer".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(Store {
+            path: path.to_path_buf(),
+            writer: StoreWriter { tx, counters },
+            reader: StoreReader::new(path.to_path_buf(), options.read_connections),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// A writer handle.
+    pub fn writer(&self) -> StoreWriter {
+        self.writer.clone()
+    }
+
+    /// A reader handle.
+    pub fn reader(&self) -> StoreReader {
+        self.reader.clone()
+    }
+
+    /// The SQLite file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Commits everything accepted and stops the writer thread.
+    pub fn close(self) -> Result<(), StoreError> {
+        self.stop()
+    }
+
+    fn stop(&self) -> Result<(), StoreError> {
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread {
+            // Queued behind every accepted batch.
+            let _ = self.writer.tx.send(Cmd::Close);
+            thread
+                .join()
+                .map_err(|_| StoreError::Write("the writer thread panicked".into()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            tracing::error!("closing the trace store: {e}");
+        }
+    }
+}
+
+impl StoreWriter {
+    fn call<T>(
+        &self,
+        make: impl FnOnce(SyncSender<Result<T, String>>) -> Cmd,
+    ) -> Result<T, StoreError> {
+        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        self.tx
+            .send(make(reply_tx))
+            .map_err(|_| StoreError::Closed)?;
+        reply_rx
+            .recv()
+            .map_err(|_| StoreError::Closed)?
+            .map_err(StoreError::Write)
+    }
+
+    /// Hands records to the writer thread; blocks while its queue is full.
+    pub fn write(&self, records: Vec<Record>) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.tx
+            .send(Cmd::Write(records))
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Returns once everything written before is committed.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.call(Cmd::Flush)
+    }
+
+    /// Appends rows to a dataset (created on first use); returns its row count after.
+    pub fn append_dataset_rows(
+        &self,
+        dataset_id: &str,
+        rows: Vec<Map<String, Value>>,
+    ) -> Result<u64, StoreError> {
+        self.call(|reply| Cmd::AppendRows {
+            dataset_id: dataset_id.to_string(),
+            rows,
+            reply,
+        })
+    }
+
+    /// Deletes rows that expired at `now`, in small transactions between writes; returns the
+    /// number deleted.
+    pub fn expire(&self, now: Timestamp) -> Result<u64, StoreError> {
+        self.call(|reply| Cmd::Expire { now, reply })
+    }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> WriterStats {
+        self.counters.snapshot()
+    }
+}
+
+/// Writes records straight into an open connection in one transaction, bypassing the writer
+/// thread (for tools and benchmarks that own the file).
+pub fn write_direct(conn: &mut Connection, records: &[Record]) -> Result<(), StoreError> {
+    writer::write_records(conn, records)
+}
+
+/// Creates the schema on a connection (for tools and benchmarks that own the file).
+pub fn init_schema(conn: &mut Connection) -> Result<(), StoreError> {
+    schema::configure_writer(conn)?;
+    schema::migrate(conn)
+}

@@ -1,0 +1,587 @@
+//! Read queries, on a small pool of read-only connections.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params, params_from_iter};
+use serde_json::{Map, Value};
+use tokentrace_model::query::{
+    Filter, FilterTarget, MetricDataPoint, MetricLabel, MetricSeries, QueryConditionOp, SpanField,
+    TraceOrderField, TraceQuery,
+};
+use tokentrace_model::{
+    AttrValue, Attributes, LogSeverity, MetricValue, Span, SpanEvent, SpanEventBody, SpanId,
+    SpanStatus, SpanWithStatus, Timestamp, Trace, TraceId,
+};
+
+use crate::{MetricQuery, StoreError};
+
+/// A metric series' labels, sorted by name.
+type LabelSet = Vec<(String, String)>;
+/// Bucket start (unix seconds) → summed value.
+type Buckets = BTreeMap<i64, f64>;
+/// One row of a dataset.
+pub type DatasetRow = Map<String, Value>;
+
+/// Deepest span tree walked when the caller sets no `max_depth` (also stops parent cycles).
+const MAX_TREE_DEPTH: u32 = 10_000;
+
+/// A table, for [`StoreReader::count_rows`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Table {
+    /// `traces`.
+    Traces,
+    /// `spans`.
+    Spans,
+    /// `span_events`.
+    SpanEvents,
+    /// `metrics`.
+    Metrics,
+}
+
+impl Table {
+    fn count_sql(self) -> &'static str {
+        match self {
+            Table::Traces => "SELECT count(*) FROM traces",
+            Table::Spans => "SELECT count(*) FROM spans",
+            Table::SpanEvents => "SELECT count(*) FROM span_events",
+            Table::Metrics => "SELECT count(*) FROM metrics",
+        }
+    }
+}
+
+struct Pool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    max_idle: usize,
+}
+
+/// Runs queries; cheap to clone, safe to share. Call from blocking threads, not async tasks.
+#[derive(Clone)]
+pub struct StoreReader {
+    pool: Arc<Pool>,
+}
+
+/// A connection borrowed from the pool, returned when dropped.
+struct Lease<'a> {
+    pool: &'a Pool,
+    conn: Option<Connection>,
+}
+
+impl std::ops::Deref for Lease<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        // Present from creation until drop.
+        self.conn.as_ref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && let Ok(mut idle) = self.pool.idle.lock()
+            && idle.len() < self.pool.max_idle
+        {
+            idle.push(conn);
+        }
+    }
+}
+
+fn ts(s: &str) -> Result<Timestamp, StoreError> {
+    Timestamp::parse_iso(s).map_err(|e| StoreError::Corrupt(format!("stored timestamp: {e}")))
+}
+
+fn opt_ts(s: Option<String>) -> Result<Option<Timestamp>, StoreError> {
+    s.as_deref().map(ts).transpose()
+}
+
+fn id<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, StoreError> {
+    s.parse()
+        .map_err(|_| StoreError::Corrupt(format!("stored {what} {s:?} is not valid")))
+}
+
+fn attributes(s: &str) -> Result<Attributes, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("stored attributes: {e}")))
+}
+
+fn project(mut attrs: Attributes, keys: Option<&[String]>) -> Attributes {
+    if let Some(keys) = keys {
+        attrs.retain(|k, _| keys.iter().any(|want| want == k));
+    }
+    attrs
+}
+
+fn truthy(v: &AttrValue) -> bool {
+    match v {
+        AttrValue::Null => false,
+        AttrValue::Bool(b) => *b,
+        AttrValue::Int(i) => *i != 0,
+        AttrValue::Float(f) => *f != 0.0,
+        AttrValue::String(s) => !s.is_empty(),
+        AttrValue::Array(a) => !a.is_empty(),
+    }
+}
+
+/// The raw columns of a span row, in the order of [`SPAN_COLUMNS`].
+struct SpanRow {
+    span_id: String,
+    trace_id: String,
+    parent_span_id: Option<String>,
+    name: String,
+    start_time: String,
+    end_time: Option<String>,
+    attributes: String,
+    status: Option<String>,
+}
+
+const SPAN_COLUMNS: &str = "s.span_id, s.trace_id, s.parent_span_id, s.name, s.start_time, s.end_time, s.attributes, s.status";
+
+impl SpanRow {
+    fn read(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            span_id: r.get(0)?,
+            trace_id: r.get(1)?,
+            parent_span_id: r.get(2)?,
+            name: r.get(3)?,
+            start_time: r.get(4)?,
+            end_time: r.get(5)?,
+            attributes: r.get(6)?,
+            status: r.get(7)?,
+        })
+    }
+
+    fn into_span(self, keys: Option<&[String]>) -> Result<Span, StoreError> {
+        Ok(Span {
+            span_id: id(&self.span_id, "span id")?,
+            trace_id: id(&self.trace_id, "trace id")?,
+            parent_span_id: self
+                .parent_span_id
+                .as_deref()
+                .map(|p| id(p, "span id"))
+                .transpose()?,
+            name: self.name,
+            start_time: ts(&self.start_time)?,
+            end_time: opt_ts(self.end_time)?,
+            attributes: project(attributes(&self.attributes)?, keys),
+        })
+    }
+
+    fn status(&self) -> Option<SpanStatus> {
+        match self.status.as_deref() {
+            Some("ok") => Some(SpanStatus::Ok),
+            Some("error") => Some(SpanStatus::Error),
+            _ => None,
+        }
+    }
+}
+
+fn attr_sql(v: &AttrValue) -> SqlValue {
+    match v {
+        AttrValue::Null => SqlValue::Null,
+        AttrValue::Bool(b) => SqlValue::Integer(*b as i64),
+        AttrValue::Int(i) => SqlValue::Integer(*i),
+        AttrValue::Float(f) => SqlValue::Real(*f),
+        AttrValue::String(s) => SqlValue::Text(s.clone()),
+        AttrValue::Array(_) => SqlValue::Text(v.to_json().to_string()),
+    }
+}
+
+/// SQL for "span `s` matches every filter", with its parameters appended to `params`. Column
+/// names come from closed enums; keys and values are bound.
+fn filter_sql(filters: &[Filter], params: &mut Vec<SqlValue>) -> String {
+    if filters.is_empty() {
+        return "1".to_string();
+    }
+    let parts: Vec<String> = filters
+        .iter()
+        .map(|f| {
+            let lhs = match &f.target {
+                FilterTarget::Field(field) => match field {
+                    SpanField::Name => "s.name",
+                    SpanField::SpanId => "s.span_id",
+                    SpanField::TraceId => "s.trace_id",
+                    SpanField::ParentSpanId => "s.parent_span_id",
+                    SpanField::Status => "s.status",
+                    SpanField::StartTime => "s.start_time",
+                    SpanField::EndTime => "s.end_time",
+                }
+                .to_string(),
+                FilterTarget::Attribute(key) => {
+                    params.push(SqlValue::Text(format!("$.\"{key}\"")));
+                    "json_extract(s.attributes, ?)".to_string()
+                }
+            };
+            let op = match f.op {
+                QueryConditionOp::Eq => "IS",
+                QueryConditionOp::Ne => "IS NOT",
+                QueryConditionOp::Gt => ">",
+                QueryConditionOp::Lt => "<",
+            };
+            params.push(attr_sql(&f.value));
+            format!("{lhs} {op} ?")
+        })
+        .collect();
+    parts.join(" AND ")
+}
+
+impl StoreReader {
+    pub(crate) fn new(path: PathBuf, max_idle: usize) -> Self {
+        Self {
+            pool: Arc::new(Pool {
+                path,
+                idle: Mutex::new(Vec::new()),
+                max_idle: max_idle.max(1),
+            }),
+        }
+    }
+
+    fn conn(&self) -> Result<Lease<'_>, StoreError> {
+        let idle = self.pool.idle.lock().ok().and_then(|mut v| v.pop());
+        let conn = match idle {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.pool.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                c.busy_timeout(std::time::Duration::from_secs(10))?;
+                c
+            }
+        };
+        Ok(Lease {
+            pool: &self.pool,
+            conn: Some(conn),
+        })
+    }
+
+    /// Traces with a span matching every filter, in the requested order.
+    pub fn query_traces(&self, q: &TraceQuery) -> Result<Vec<Trace>, StoreError> {
+        let mut params = Vec::new();
+        let mut sql = String::from(
+            "SELECT t.trace_id, t.root_span_id, t.start_time, t.end_time FROM traces t",
+        );
+        if !q.filters.is_empty() {
+            let cond = filter_sql(&q.filters, &mut params);
+            sql.push_str(&format!(
+                " WHERE EXISTS (SELECT 1 FROM spans s WHERE s.trace_id = t.trace_id AND {cond})"
+            ));
+        }
+        let order: Vec<String> = q
+            .order
+            .iter()
+            .map(|o| {
+                let col = match o.field {
+                    TraceOrderField::TraceId => "t.trace_id",
+                    TraceOrderField::RootSpanId => "t.root_span_id",
+                    TraceOrderField::StartTime => "t.start_time",
+                    TraceOrderField::EndTime => "t.end_time",
+                };
+                format!("{col} {}", if o.descending { "DESC" } else { "ASC" })
+            })
+            .collect();
+        if !order.is_empty() {
+            sql.push_str(&format!(" ORDER BY {}", order.join(", ")));
+        }
+        sql.push_str(" LIMIT ? OFFSET ?");
+        params.push(SqlValue::Integer(q.limit));
+        params.push(SqlValue::Integer(q.offset));
+        let conn = self.conn()?;
+        let mut st = conn.prepare_cached(&sql)?;
+        let rows = st.query_map(params_from_iter(params), |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })?;
+        rows.map(|r| {
+            let (t, root, start, end) = r?;
+            Ok(Trace {
+                trace_id: id(&t, "trace id")?,
+                root_span_id: id(&root, "span id")?,
+                start_time: ts(&start)?,
+                end_time: opt_ts(end)?,
+            })
+        })
+        .collect()
+    }
+
+    /// One trace.
+    pub fn get_trace(&self, trace_id: TraceId) -> Result<Option<Trace>, StoreError> {
+        let conn = self.conn()?;
+        let row = conn
+            .prepare_cached(
+                "SELECT root_span_id, start_time, end_time FROM traces WHERE trace_id = ?1",
+            )?
+            .query_row([trace_id.to_string()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                ))
+            })
+            .optional()?;
+        row.map(|(root, start, end)| {
+            Ok(Trace {
+                trace_id,
+                root_span_id: id(&root, "span id")?,
+                start_time: ts(&start)?,
+                end_time: opt_ts(end)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// One span.
+    pub fn get_span(&self, trace_id: TraceId, span_id: SpanId) -> Result<Option<Span>, StoreError> {
+        let conn = self.conn()?;
+        let row = conn
+            .prepare_cached(&format!(
+                "SELECT {SPAN_COLUMNS} FROM spans s WHERE s.trace_id = ?1 AND s.span_id = ?2"
+            ))?
+            .query_row([trace_id.to_string(), span_id.to_string()], SpanRow::read)
+            .optional()?;
+        row.map(|r| r.into_span(None)).transpose()
+    }
+
+    /// A span and its descendants down to `max_depth`, keyed by span id; `None` if the span is
+    /// unknown. One recursive query.
+    pub fn get_span_tree(
+        &self,
+        span_id: SpanId,
+        attributes_to_return: Option<&[String]>,
+        max_depth: Option<u32>,
+    ) -> Result<Option<BTreeMap<String, SpanWithStatus>>, StoreError> {
+        let sql = format!(
+            "WITH RECURSIVE tree (trace_id, span_id, depth) AS (
+                SELECT trace_id, span_id, 0 FROM spans WHERE span_id = ?1
+                UNION ALL
+                SELECT c.trace_id, c.span_id, tree.depth + 1 FROM spans c
+                JOIN tree ON c.trace_id = tree.trace_id AND c.parent_span_id = tree.span_id
+                WHERE tree.depth < ?2
+            )
+            SELECT {SPAN_COLUMNS} FROM tree JOIN spans s ON s.trace_id = tree.trace_id AND s.span_id = tree.span_id
+            ORDER BY tree.depth, s.start_time"
+        );
+        let depth = max_depth.unwrap_or(MAX_TREE_DEPTH).min(MAX_TREE_DEPTH);
+        let conn = self.conn()?;
+        let mut st = conn.prepare_cached(&sql)?;
+        let rows = st.query_map(params![span_id.to_string(), depth], SpanRow::read)?;
+        let mut tree = BTreeMap::new();
+        for row in rows {
+            let row = row?;
+            let status = row.status();
+            let span = row.into_span(attributes_to_return)?;
+            tree.entry(span.span_id.to_string())
+                .or_insert(SpanWithStatus { span, status });
+        }
+        Ok((!tree.is_empty()).then_some(tree))
+    }
+
+    /// Spans, down to `max_depth` below each root, of the traces with a span matching every
+    /// filter; only spans that carry every key of `attributes_to_return` with a non-empty value,
+    /// with only those attributes (all when the list is empty). One query.
+    pub fn query_spans(
+        &self,
+        filters: &[Filter],
+        attributes_to_return: &[String],
+        max_depth: Option<u32>,
+    ) -> Result<Vec<Span>, StoreError> {
+        let mut params = Vec::new();
+        let matched = if filters.is_empty() {
+            "SELECT trace_id FROM traces".to_string()
+        } else {
+            let cond = filter_sql(filters, &mut params);
+            format!("SELECT DISTINCT s.trace_id FROM spans s WHERE {cond}")
+        };
+        params.push(SqlValue::Integer(
+            max_depth.unwrap_or(MAX_TREE_DEPTH).min(MAX_TREE_DEPTH) as i64,
+        ));
+        let sql = format!(
+            "WITH RECURSIVE matched (trace_id) AS ({matched}),
+            tree (trace_id, span_id, depth) AS (
+                SELECT t.trace_id, t.root_span_id, 0 FROM traces t JOIN matched m ON m.trace_id = t.trace_id
+                UNION ALL
+                SELECT c.trace_id, c.span_id, tree.depth + 1 FROM spans c
+                JOIN tree ON c.trace_id = tree.trace_id AND c.parent_span_id = tree.span_id
+                WHERE tree.depth < ?
+            )
+            SELECT {SPAN_COLUMNS} FROM tree JOIN spans s ON s.trace_id = tree.trace_id AND s.span_id = tree.span_id
+            ORDER BY s.trace_id, tree.depth, s.start_time"
+        );
+        let keys = (!attributes_to_return.is_empty()).then_some(attributes_to_return);
+        let conn = self.conn()?;
+        let mut st = conn.prepare_cached(&sql)?;
+        let rows = st.query_map(params_from_iter(params), SpanRow::read)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let row = row?;
+            let attrs = attributes(&row.attributes)?;
+            if !attributes_to_return
+                .iter()
+                .all(|k| attrs.get(k).is_some_and(truthy))
+            {
+                continue;
+            }
+            out.push(row.into_span(keys)?);
+        }
+        Ok(out)
+    }
+
+    /// Metric series of `name` per distinct label set.
+    pub fn query_metrics(
+        &self,
+        name: &str,
+        q: &MetricQuery,
+    ) -> Result<Vec<MetricSeries>, StoreError> {
+        let conn = self.conn()?;
+        let mut st = conn.prepare_cached(
+            "SELECT ts_nanos, value, unit, labels FROM metrics WHERE name = ?1 AND ts_nanos >= ?2 AND ts_nanos <= ?3 ORDER BY ts_nanos",
+        )?;
+        let rows = st.query_map(params![name, q.start_nanos(), q.end_nanos()], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, f64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        // label set → (unit, bucket → sum)
+        let mut series: BTreeMap<LabelSet, (String, Buckets)> = BTreeMap::new();
+        for row in rows {
+            let (ts_nanos, value, unit, labels) = row?;
+            let labels: Vec<(String, String)> = attributes(&labels)?
+                .into_iter()
+                .map(|(k, v)| (k, v.to_label()))
+                .collect();
+            if !q.matches(&labels) {
+                continue;
+            }
+            let entry = series
+                .entry(labels)
+                .or_insert_with(|| (unit, BTreeMap::new()));
+            *entry.1.entry(q.bucket(ts_nanos)).or_insert(0.0) += value;
+        }
+        Ok(series
+            .into_iter()
+            .map(|(labels, (unit, buckets))| MetricSeries {
+                metric: name.to_string(),
+                labels: labels
+                    .into_iter()
+                    .map(|(name, value)| MetricLabel { name, value })
+                    .collect(),
+                values: buckets
+                    .into_iter()
+                    .map(|(timestamp, value)| MetricDataPoint {
+                        timestamp,
+                        value,
+                        unit: unit.clone(),
+                    })
+                    .collect(),
+            })
+            .collect())
+    }
+
+    /// Rows of a dataset from `start_index`, at most `limit` (all when `None`), and whether more
+    /// follow; `None` for an unknown dataset.
+    pub fn iterrows(
+        &self,
+        dataset_id: &str,
+        start_index: u64,
+        limit: Option<u64>,
+    ) -> Result<Option<(Vec<DatasetRow>, bool)>, StoreError> {
+        let conn = self.conn()?;
+        let Some(count) = conn
+            .prepare_cached("SELECT row_count FROM datasets WHERE dataset_id = ?1")?
+            .query_row([dataset_id], |r| r.get::<_, i64>(0))
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let start = i64::try_from(start_index).unwrap_or(i64::MAX);
+        let limit = limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        let mut st = conn.prepare_cached(
+            "SELECT row FROM dataset_rows WHERE dataset_id = ?1 AND row_index >= ?2 ORDER BY row_index LIMIT ?3",
+        )?;
+        let rows = st
+            .query_map(params![dataset_id, start, limit], |r| r.get::<_, String>(0))?
+            .map(|r| {
+                serde_json::from_str(&r?)
+                    .map_err(|e| StoreError::Corrupt(format!("stored dataset row: {e}")))
+            })
+            .collect::<Result<Vec<Map<String, Value>>, StoreError>>()?;
+        let has_more = start.saturating_add(rows.len() as i64) < count;
+        Ok(Some((rows, has_more)))
+    }
+
+    /// The logs, metrics and other events stored for a span, oldest first.
+    pub fn span_events(
+        &self,
+        trace_id: TraceId,
+        span_id: SpanId,
+    ) -> Result<Vec<SpanEvent>, StoreError> {
+        let conn = self.conn()?;
+        let mut st = conn.prepare_cached(
+            "SELECT timestamp, name, kind, severity, message, value, unit, attributes, expires_at
+             FROM span_events WHERE trace_id = ?1 AND span_id = ?2 ORDER BY timestamp, id",
+        )?;
+        let rows = st.query_map([trace_id.to_string(), span_id.to_string()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, Option<f64>>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, String>(7)?,
+                r.get::<_, Option<i64>>(8)?,
+            ))
+        })?;
+        rows.map(|r| {
+            let (timestamp, name, kind, severity, message, value, unit, attrs, expires_at) = r?;
+            let body = match kind.as_str() {
+                "log" => SpanEventBody::Log {
+                    severity: serde_json::from_value::<LogSeverity>(Value::String(
+                        severity.unwrap_or_default(),
+                    ))
+                    .unwrap_or(LogSeverity::Info),
+                    message: message.unwrap_or_default(),
+                },
+                "metric" => {
+                    let v = value.unwrap_or(0.0);
+                    let value = if v.fract() == 0.0 && v.abs() < 9.0e15 {
+                        MetricValue::Int(v as i64)
+                    } else {
+                        MetricValue::Float(v)
+                    };
+                    SpanEventBody::Metric {
+                        value,
+                        unit: unit.unwrap_or_default(),
+                    }
+                }
+                _ => SpanEventBody::Other,
+            };
+            Ok(SpanEvent {
+                trace_id: Some(trace_id),
+                span_id: Some(span_id),
+                timestamp: ts(&timestamp)?,
+                name,
+                body,
+                attributes: attributes(&attrs)?,
+                expires_at: expires_at.map(Timestamp::from_unix_nanos),
+            })
+        })
+        .collect()
+    }
+
+    /// Number of rows in a table.
+    pub fn count_rows(&self, table: Table) -> Result<u64, StoreError> {
+        let conn = self.conn()?;
+        let n: i64 = conn.query_row(table.count_sql(), [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+}

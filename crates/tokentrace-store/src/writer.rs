@@ -1,0 +1,432 @@
+//! The single writer thread: batches records into transactions, appends dataset rows, deletes
+//! expired rows in small chunks between writes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, Transaction, params};
+use serde_json::{Map, Value};
+use tokentrace_model::{MetricPoint, SpanEvent, SpanEventBody, SpanRecord, Timestamp};
+
+use crate::{Record, StoreError};
+
+/// Rows deleted per retention transaction.
+const EXPIRE_CHUNK: usize = 2_000;
+
+pub(crate) enum Cmd {
+    Write(Vec<Record>),
+    Flush(SyncSender<Result<(), String>>),
+    AppendRows {
+        dataset_id: String,
+        rows: Vec<Map<String, Value>>,
+        reply: SyncSender<Result<u64, String>>,
+    },
+    Expire {
+        now: Timestamp,
+        reply: SyncSender<Result<u64, String>>,
+    },
+    Close,
+}
+
+/// Counters the writer keeps about itself.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub batches: AtomicU64,
+    pub rows: AtomicU64,
+    pub last_batch_rows: AtomicU64,
+    pub last_commit_micros: AtomicU64,
+    pub max_batch_rows: AtomicU64,
+    pub rows_expired: AtomicU64,
+    pub write_errors: AtomicU64,
+}
+
+/// A snapshot of the writer's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Transactions committed with records.
+    pub batches_committed: u64,
+    /// Records committed.
+    pub rows_committed: u64,
+    /// Records in the last transaction.
+    pub last_batch_rows: u64,
+    /// Largest transaction so far, in records.
+    pub max_batch_rows: u64,
+    /// Duration of the last commit, in microseconds.
+    pub last_commit_micros: u64,
+    /// Rows deleted by retention.
+    pub rows_expired: u64,
+    /// Batches that failed to commit (logged; their records are lost).
+    pub write_errors: u64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> WriterStats {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        WriterStats {
+            batches_committed: l(&self.batches),
+            rows_committed: l(&self.rows),
+            last_batch_rows: l(&self.last_batch_rows),
+            max_batch_rows: l(&self.max_batch_rows),
+            last_commit_micros: l(&self.last_commit_micros),
+            rows_expired: l(&self.rows_expired),
+            write_errors: l(&self.write_errors),
+        }
+    }
+}
+
+struct Expiry {
+    now: i64,
+    deleted: u64,
+    reply: SyncSender<Result<u64, String>>,
+}
+
+pub(crate) struct Writer {
+    pub conn: Connection,
+    pub batch_max_rows: usize,
+    pub flush_interval: Duration,
+    pub counters: Arc<Counters>,
+    pending: Vec<Record>,
+    first_pending: Option<Instant>,
+    expiry: Option<Expiry>,
+}
+
+impl Writer {
+    pub fn new(
+        conn: Connection,
+        batch_max_rows: usize,
+        flush_interval: Duration,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Self {
+            conn,
+            batch_max_rows: batch_max_rows.max(1),
+            flush_interval,
+            counters,
+            pending: Vec::new(),
+            first_pending: None,
+            expiry: None,
+        }
+    }
+
+    pub fn run(mut self, rx: Receiver<Cmd>) {
+        loop {
+            let cmd = if self.expiry.is_some() {
+                match rx.try_recv() {
+                    Ok(cmd) => Some(cmd),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => Some(Cmd::Close),
+                }
+            } else {
+                let wait = match self.first_pending {
+                    Some(t) => self.flush_interval.saturating_sub(t.elapsed()),
+                    None => Duration::from_secs(3600),
+                };
+                match rx.recv_timeout(wait) {
+                    Ok(cmd) => Some(cmd),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => Some(Cmd::Close),
+                }
+            };
+            match cmd {
+                Some(Cmd::Write(records)) => {
+                    if self.first_pending.is_none() {
+                        self.first_pending = Some(Instant::now());
+                    }
+                    self.pending.extend(records);
+                    if self.pending.len() >= self.batch_max_rows {
+                        let _ = self.commit_pending(); // failures are logged and counted
+                    }
+                }
+                Some(Cmd::Flush(reply)) => {
+                    let r = self.commit_pending();
+                    let _ = reply.send(r);
+                }
+                Some(Cmd::AppendRows {
+                    dataset_id,
+                    rows,
+                    reply,
+                }) => {
+                    let _ = self.commit_pending(); // failures are logged and counted
+                    let r =
+                        append_rows(&mut self.conn, &dataset_id, rows).map_err(|e| e.to_string());
+                    let _ = reply.send(r);
+                }
+                Some(Cmd::Expire { now, reply }) => match &self.expiry {
+                    Some(_) => {
+                        let _ = reply.send(Err("retention is already running".into()));
+                    }
+                    None => {
+                        self.expiry = Some(Expiry {
+                            now: now.unix_nanos(),
+                            deleted: 0,
+                            reply,
+                        });
+                    }
+                },
+                Some(Cmd::Close) => {
+                    let _ = self.commit_pending(); // failures are logged and counted
+                    if let Some(e) = self.expiry.take() {
+                        let _ = e.reply.send(Err("store closed".into()));
+                    }
+                    return;
+                }
+                None => {
+                    if self
+                        .first_pending
+                        .is_some_and(|t| t.elapsed() >= self.flush_interval)
+                    {
+                        let _ = self.commit_pending(); // failures are logged and counted
+                    }
+                }
+            }
+            if self
+                .first_pending
+                .is_some_and(|t| t.elapsed() >= self.flush_interval)
+            {
+                let _ = self.commit_pending(); // failures are logged and counted
+            }
+            self.expire_step();
+        }
+    }
+
+    /// Commits what is pending in one transaction. Errors are logged and counted.
+    fn commit_pending(&mut self) -> Result<(), String> {
+        self.first_pending = None;
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let records = std::mem::take(&mut self.pending);
+        let n = records.len() as u64;
+        let started = Instant::now();
+        match write_records(&mut self.conn, &records) {
+            Ok(()) => {
+                let c = &self.counters;
+                c.batches.fetch_add(1, Ordering::Relaxed);
+                c.rows.fetch_add(n, Ordering::Relaxed);
+                c.last_batch_rows.store(n, Ordering::Relaxed);
+                c.max_batch_rows.fetch_max(n, Ordering::Relaxed);
+                c.last_commit_micros
+                    .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("trace store: a batch of {n} records failed to commit: {e}");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Deletes one chunk of expired rows; finishes the expiry when nothing is left.
+    fn expire_step(&mut self) {
+        let Some(expiry) = &mut self.expiry else {
+            return;
+        };
+        match expire_chunk(&mut self.conn, expiry.now) {
+            Ok(n) => {
+                expiry.deleted += n;
+                self.counters.rows_expired.fetch_add(n, Ordering::Relaxed);
+                if n == 0
+                    && let Some(done) = self.expiry.take()
+                {
+                    let _ = done.reply.send(Ok(done.deleted));
+                }
+            }
+            Err(e) => {
+                if let Some(done) = self.expiry.take() {
+                    let _ = done.reply.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+const INSERT_SPAN: &str = "INSERT INTO spans (trace_id, span_id, parent_span_id, name, kind, start_time, end_time, duration_ms, status, status_message, attributes, links, service_name, expires_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+ON CONFLICT (trace_id, span_id) DO UPDATE SET
+    parent_span_id = excluded.parent_span_id, name = excluded.name, kind = excluded.kind,
+    start_time = excluded.start_time, end_time = excluded.end_time, duration_ms = excluded.duration_ms,
+    status = excluded.status, status_message = excluded.status_message, attributes = excluded.attributes,
+    links = excluded.links, service_name = excluded.service_name, expires_at = excluded.expires_at
+WHERE excluded.end_time IS NOT NULL OR spans.end_time IS NULL";
+
+const UPSERT_TRACE: &str = "INSERT INTO traces (trace_id, service_name, root_span_id, root_is_true_root, start_time, end_time, timestamp, expires_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?5, ?7)
+ON CONFLICT (trace_id) DO UPDATE SET
+    service_name = COALESCE(traces.service_name, excluded.service_name),
+    root_span_id = CASE
+        WHEN traces.root_is_true_root = 1 THEN traces.root_span_id
+        WHEN excluded.root_is_true_root = 1 THEN excluded.root_span_id
+        WHEN excluded.start_time < traces.start_time THEN excluded.root_span_id
+        ELSE traces.root_span_id END,
+    root_is_true_root = MAX(traces.root_is_true_root, excluded.root_is_true_root),
+    start_time = MIN(traces.start_time, excluded.start_time),
+    timestamp = MIN(traces.start_time, excluded.start_time),
+    end_time = CASE
+        WHEN traces.end_time IS NULL THEN excluded.end_time
+        WHEN excluded.end_time IS NULL THEN traces.end_time
+        ELSE MAX(traces.end_time, excluded.end_time) END,
+    expires_at = CASE
+        WHEN traces.expires_at IS NULL OR excluded.expires_at IS NULL THEN NULL
+        ELSE MAX(traces.expires_at, excluded.expires_at) END";
+
+const INSERT_EVENT: &str = "INSERT INTO span_events (trace_id, span_id, timestamp, name, kind, severity, message, value, unit, attributes, expires_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+
+const INSERT_METRIC: &str = "INSERT INTO metrics (name, timestamp, ts_nanos, value, unit, labels, trace_id, span_id, expires_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
+/// Writes records in one transaction (also used directly by tests and benchmarks).
+pub(crate) fn write_records(conn: &mut Connection, records: &[Record]) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    for r in records {
+        match r {
+            Record::Span(s) => insert_span(&tx, s)?,
+            Record::Event(e) => insert_event(&tx, e)?,
+            Record::Metric(m) => insert_metric(&tx, m)?,
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(format!("cannot encode JSON: {e}")))
+}
+
+fn insert_span(tx: &Transaction<'_>, s: &SpanRecord) -> Result<(), StoreError> {
+    let trace_id = s.trace_id.to_string();
+    let span_id = s.span_id.to_string();
+    let start = s.start_time.to_sql();
+    let end = s.end_time.map(Timestamp::to_sql);
+    let expires = s.expires_at.map(Timestamp::unix_nanos);
+    let links = if s.links.is_empty() {
+        None
+    } else {
+        Some(json(&s.links)?)
+    };
+    tx.prepare_cached(INSERT_SPAN)?.execute(params![
+        trace_id,
+        span_id,
+        s.parent_span_id.map(|p| p.to_string()),
+        s.name,
+        s.kind.as_str(),
+        start,
+        end,
+        s.duration_ms(),
+        s.status.map(|st| st.as_str()),
+        s.status_message,
+        json(&s.attributes)?,
+        links,
+        s.service_name,
+        expires,
+    ])?;
+    tx.prepare_cached(UPSERT_TRACE)?.execute(params![
+        trace_id,
+        s.service_name,
+        span_id,
+        s.parent_span_id.is_none() as i64,
+        start,
+        end,
+        expires,
+    ])?;
+    Ok(())
+}
+
+fn insert_event(tx: &Transaction<'_>, e: &SpanEvent) -> Result<(), StoreError> {
+    let (kind, severity, message, value, unit) = match &e.body {
+        SpanEventBody::Log { severity, message } => (
+            "log",
+            Some(severity.as_str()),
+            Some(message.as_str()),
+            None,
+            None,
+        ),
+        SpanEventBody::Metric { value, unit } => (
+            "metric",
+            None,
+            None,
+            Some(value.as_f64()),
+            Some(unit.as_str()),
+        ),
+        SpanEventBody::Other => ("event", None, None, None, None),
+    };
+    tx.prepare_cached(INSERT_EVENT)?.execute(params![
+        e.trace_id.map(|t| t.to_string()),
+        e.span_id.map(|s| s.to_string()),
+        e.timestamp.to_sql(),
+        e.name,
+        kind,
+        severity,
+        message,
+        value,
+        unit,
+        json(&e.attributes)?,
+        e.expires_at.map(Timestamp::unix_nanos),
+    ])?;
+    Ok(())
+}
+
+fn insert_metric(tx: &Transaction<'_>, m: &MetricPoint) -> Result<(), StoreError> {
+    tx.prepare_cached(INSERT_METRIC)?.execute(params![
+        m.name,
+        m.timestamp.to_sql(),
+        m.timestamp.unix_nanos(),
+        m.value,
+        m.unit,
+        json(&m.labels)?,
+        m.trace_id.map(|t| t.to_string()),
+        m.span_id.map(|s| s.to_string()),
+        m.expires_at.map(Timestamp::unix_nanos),
+    ])?;
+    Ok(())
+}
+
+fn append_rows(
+    conn: &mut Connection,
+    dataset_id: &str,
+    rows: Vec<Map<String, Value>>,
+) -> Result<u64, StoreError> {
+    let tx = conn.transaction()?;
+    tx.execute(
+        "INSERT OR IGNORE INTO datasets (dataset_id, created_at) VALUES (?1, ?2)",
+        params![dataset_id, Timestamp::now().to_sql()],
+    )?;
+    let start: i64 = tx.query_row(
+        "SELECT row_count FROM datasets WHERE dataset_id = ?1",
+        [dataset_id],
+        |r| r.get(0),
+    )?;
+    {
+        let mut st = tx.prepare_cached(
+            "INSERT INTO dataset_rows (dataset_id, row_index, row) VALUES (?1, ?2, ?3)",
+        )?;
+        for (i, row) in rows.iter().enumerate() {
+            st.execute(params![dataset_id, start + i as i64, json(row)?])?;
+        }
+    }
+    let count = start + rows.len() as i64;
+    tx.execute(
+        "UPDATE datasets SET row_count = ?2 WHERE dataset_id = ?1",
+        params![dataset_id, count],
+    )?;
+    tx.commit()?;
+    Ok(count as u64)
+}
+
+/// Deletes up to a chunk of expired rows from each table in one short transaction.
+fn expire_chunk(conn: &mut Connection, now: i64) -> Result<u64, StoreError> {
+    let tx = conn.transaction()?;
+    let mut deleted = 0;
+    for table in ["spans", "span_events", "metrics", "traces"] {
+        // Table names come from this fixed list, never from a caller.
+        let sql = format!(
+            "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE expires_at <= ?1 LIMIT {EXPIRE_CHUNK})"
+        );
+        deleted += tx.prepare_cached(&sql)?.execute([now])? as u64;
+    }
+    tx.commit()?;
+    Ok(deleted)
+}
