@@ -2,3 +2,4 @@
 
 pub mod console;
 pub mod memory;
+pub mod sqlite;
