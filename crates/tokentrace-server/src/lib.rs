@@ -1,1 +1,114 @@
-//! stub
+//! tokentrace's HTTP server: the Llama Stack telemetry API, datasetio and health routes.
+
+mod error;
+pub mod extract;
+mod telemetry_api;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use tokentrace_model::Timestamp;
+use tokentrace_pipeline::Telemetry;
+use tokentrace_store::{StoreReader, StoreWriter};
+
+pub use error::ApiError;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// Submits telemetry to the pipeline.
+    pub telemetry: Telemetry,
+    store: Option<Arc<StoreHandles>>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+struct StoreHandles {
+    reader: StoreReader,
+    writer: StoreWriter,
+}
+
+impl AppState {
+    /// State for a server; `store` is `None` when the sqlite sink is off (queries then answer 503).
+    pub fn new(
+        telemetry: Telemetry,
+        store: Option<(StoreReader, StoreWriter)>,
+        max_body_bytes: usize,
+    ) -> Self {
+        Self {
+            telemetry,
+            store: store.map(|(reader, writer)| Arc::new(StoreHandles { reader, writer })),
+            max_body_bytes,
+        }
+    }
+
+    fn store(&self) -> Result<&StoreHandles, ApiError> {
+        self.store.as_deref().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "telemetry queries need the sqlite sink; add `sqlite` to telemetry sinks",
+            )
+        })
+    }
+
+    fn reader(&self) -> Result<&StoreReader, ApiError> {
+        Ok(&self.store()?.reader)
+    }
+
+    fn writer(&self) -> Result<&StoreWriter, ApiError> {
+        Ok(&self.store()?.writer)
+    }
+}
+
+/// The whole application.
+pub fn router(state: AppState) -> Router {
+    let limit = state.max_body_bytes;
+    Router::new()
+        .nest("/v1/telemetry", telemetry_api::routes())
+        .nest("/v1alpha/telemetry", telemetry_api::routes())
+        .nest("/v1/datasetio", telemetry_api::datasetio_routes())
+        .route("/v1/health", get(health))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "OK" }))
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// Deletes expired rows every `interval` until the writer is closed. Runs on the store's writer
+/// thread in small transactions, so writes keep flowing.
+pub fn spawn_retention(writer: StoreWriter, interval: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let w = writer.clone();
+            match tokio::task::spawn_blocking(move || w.expire(Timestamp::now())).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!("retention: deleted {n} expired rows"),
+                Ok(Err(tokentrace_store::StoreError::Closed)) => return,
+                Ok(Err(e)) => tracing::error!("retention: {e}"),
+                Err(e) => tracing::error!("retention task: {e}"),
+            }
+        }
+    })
+}
