@@ -1,1 +1,213 @@
-fn main() {}
+//! `tokentrace`: telemetry for LLM applications. `tokentrace serve` runs the server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokentrace_config::{RunConfig, SinkKind};
+use tokentrace_pipeline::sinks::console::ConsoleSink;
+use tokentrace_pipeline::sinks::sqlite::SqliteSink;
+use tokentrace_pipeline::{Pipeline, PipelineOptions, Sink};
+use tokentrace_server::AppState;
+use tokentrace_store::{Store, StoreOptions};
+
+#[derive(Parser)]
+#[command(name = "tokentrace", version, about = "Telemetry for LLM applications")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (telemetry API, trace store, sinks).
+    Serve {
+        /// Run config (YAML). Without it the embedded defaults apply.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Listen on this port instead of the config's `server.port`.
+        #[arg(long, short)]
+        port: Option<u16>,
+        /// Listen on this address instead of the config's `server.host`.
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Print the effective default run config.
+    DefaultConfig,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TOKENTRACE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config, port, host } => serve(config, port, host),
+        Command::DefaultConfig => {
+            print!("{}", tokentrace_config::DEFAULT_CONFIG_YAML);
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("tokentrace: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(
+    config_path: Option<PathBuf>,
+    port: Option<u16>,
+    host: Option<String>,
+) -> Result<(), String> {
+    let mut config =
+        tokentrace_config::load(config_path.as_deref(), &tokentrace_config::process_env)
+            .map_err(|e| e.to_string())?;
+    if let Some(port) = port {
+        config.server.port = port;
+    }
+    if let Some(host) = host {
+        config.server.host = host;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(run(config))
+}
+
+async fn run(config: RunConfig) -> Result<(), String> {
+    let tc = &config.telemetry;
+    let addr: SocketAddr = format!("{}:{}", config.server.host, config.server.port)
+        .parse()
+        .map_err(|e| format!("server.host/server.port: not a socket address ({e})"))?;
+
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    let mut store = None;
+    for kind in &tc.sinks {
+        match kind {
+            SinkKind::Console => sinks.push(Box::new(ConsoleSink::stderr(
+                tc.console.color,
+                tc.console.max_value_len,
+            ))),
+            SinkKind::Sqlite => {
+                let options = StoreOptions {
+                    retention_interval: Duration::from_secs(tc.retention_interval_seconds),
+                    ..StoreOptions::default()
+                };
+                let opened = Store::open(&tc.sqlite_db_path, options).map_err(|e| {
+                    format!(
+                        "cannot open the trace store {}: {e}",
+                        tc.sqlite_db_path.display()
+                    )
+                })?;
+                sinks.push(Box::new(SqliteSink::new(opened.writer())));
+                store = Some(opened);
+            }
+            SinkKind::OtelTrace | SinkKind::OtelMetric => {
+                return Err(format!(
+                    "telemetry sink {} is not available in this version; valid sinks: console, sqlite",
+                    kind.as_str()
+                ));
+            }
+        }
+    }
+
+    let pipeline = Pipeline::start(
+        PipelineOptions {
+            queue_capacity: tc.queue_capacity,
+            span_timeout: Duration::from_secs(tc.span_timeout_seconds),
+            default_ttl_seconds: tc.default_ttl_seconds,
+            service_name: tc.service_name.clone(),
+            ..PipelineOptions::default()
+        },
+        sinks,
+    )
+    .map_err(|e| format!("cannot start the telemetry pipeline: {e}"))?;
+
+    let handles = store.as_ref().map(|s| (s.reader(), s.writer()));
+    let retention = store.as_ref().map(|s| {
+        tokentrace_server::spawn_retention(
+            s.writer(),
+            Duration::from_secs(tc.retention_interval_seconds.max(1)),
+        )
+    });
+    let state = AppState::new(pipeline.telemetry(), handles, config.server.max_body_bytes);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    let sink_names: Vec<&str> = tc.sinks.iter().map(|s| s.as_str()).collect();
+    tracing::info!(
+        "tokentrace listening on http://{local}  sinks: {}  store: {}",
+        sink_names.join(","),
+        store
+            .as_ref()
+            .map_or("(none)".to_string(), |s| s.path().display().to_string())
+    );
+
+    let served = axum::serve(listener, tokentrace_server::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    if let Some(r) = retention {
+        r.abort();
+    }
+    tracing::info!("stopping: flushing accepted telemetry");
+    // Drain the pipeline and commit the store off the async runtime.
+    tokio::task::spawn_blocking(move || {
+        pipeline.shutdown();
+        if let Some(store) = store {
+            store
+                .close()
+                .map_err(|e| format!("closing the trace store: {e}"))?;
+        }
+        Ok::<(), String>(())
+    })
+    .await
+    .map_err(|e| format!("shutdown task failed: {e}"))??;
+    served.map_err(|e| format!("server error: {e}"))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

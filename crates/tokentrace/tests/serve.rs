@@ -1,0 +1,262 @@
+//! The `tokentrace` binary as a user runs it: start-up, configuration errors, graceful shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+struct Server {
+    child: Child,
+    base: String,
+    stderr: mpsc::Receiver<String>,
+}
+
+/// Starts `tokentrace serve --port 0` with a private data dir and waits for it to listen.
+fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokentrace"));
+    cmd.arg("serve").args(["--port", "0"]).args(args);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", dir)
+        .env("XDG_DATA_HOME", dir.join("data"))
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                // keep draining so the server never blocks on a full pipe
+                continue;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("server did not start; status {:?}", child.try_wait()));
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            let base = rest.split_whitespace().next().unwrap().to_string();
+            return Server {
+                child,
+                base,
+                stderr: rx,
+            };
+        }
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "server did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn run_to_failure(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tokentrace"))
+        .arg("serve")
+        .args(args)
+        .env_clear()
+        .env("HOME", dir)
+        .env("XDG_DATA_HOME", dir.join("data"))
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "expected start-up to fail");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn default_config_serves_and_stores_under_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path(), &[], &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let health: serde_json::Value = rt.block_on(async {
+        reqwest::get(format!("{}/v1/health", server.base))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert_eq!(health["status"], "OK");
+    signal(&server.child, "-INT");
+    assert!(wait_exit(&mut server.child).success());
+    assert!(dir.path().join("data/tokentrace/trace_store.db").exists());
+    let _ = server.stderr.try_recv();
+}
+
+#[test]
+fn sigterm_after_a_burst_keeps_every_acknowledged_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let mut server = start(
+        dir.path(),
+        &[],
+        &[
+            ("TELEMETRY_SINKS", "console,sqlite"),
+            ("SQLITE_STORE_DIR", store_dir.to_str().unwrap()),
+        ],
+    );
+    let base = server.base.clone();
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let acked: Vec<String> = rt.block_on(async {
+        let client = reqwest::Client::new();
+        let mut tasks = Vec::new();
+        for worker in 0..8 {
+            let client = client.clone();
+            let base = base.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0..400 {
+                    let message = format!("w{worker}-m{i}");
+                    let event = json!({"event": {"type": "unstructured_log", "trace_id": trace,
+                        "span_id": format!("{:016x}", worker * 1000 + i + 1), "timestamp": "2026-11-24T10:00:00Z",
+                        "attributes": {}, "severity": "info", "message": message}});
+                    match client.post(format!("{base}/v1/telemetry/events")).json(&event).send().await {
+                        Ok(r) if r.status() == 200 => acked.push(message),
+                        Ok(r) => assert_eq!(r.status(), 503, "only back-pressure may refuse"),
+                        Err(_) => break, // the server has stopped accepting
+                    }
+                }
+                acked
+            }));
+        }
+        let mut acked = Vec::new();
+        for t in tasks {
+            acked.extend(t.await.unwrap());
+        }
+        acked
+    });
+    assert!(
+        acked.len() >= 3000,
+        "burst mostly accepted: {}",
+        acked.len()
+    );
+    signal(&server.child, "-TERM");
+    let status = wait_exit(&mut server.child);
+    assert!(status.success(), "{status:?}");
+
+    let conn = rusqlite::Connection::open(store_dir.join("trace_store.db")).unwrap();
+    let mut stmt = conn.prepare("SELECT message FROM span_events").unwrap();
+    let stored: std::collections::HashSet<String> = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let missing: Vec<&String> = acked.iter().filter(|m| !stored.contains(*m)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged events missing, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let ok: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+}
+
+#[test]
+fn sigterm_while_requests_are_in_flight_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let mut server = start(
+        dir.path(),
+        &[],
+        &[
+            ("TELEMETRY_SINKS", "sqlite"),
+            ("SQLITE_STORE_DIR", store_dir.to_str().unwrap()),
+        ],
+    );
+    let base = server.base.clone();
+    let pid = server.child.id();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let acked: Vec<String> = rt.block_on(async {
+        let client = reqwest::Client::new();
+        let mut tasks = Vec::new();
+        for worker in 0..8 {
+            let client = client.clone();
+            let base = base.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0..100_000 {
+                    let message = format!("w{worker}-m{i}");
+                    let event = json!({"event": {"type": "unstructured_log", "trace_id": "0af7651916cd43dd8448eb211c80319c",
+                        "span_id": "00f067aa0ba902b7", "timestamp": "2026-11-24T10:00:00Z",
+                        "attributes": {}, "severity": "info", "message": message}});
+                    match client.post(format!("{base}/v1/telemetry/events")).json(&event).send().await {
+                        Ok(r) if r.status() == 200 => acked.push(message),
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+                acked
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+        assert!(status.success());
+        let mut acked = Vec::new();
+        for t in tasks {
+            acked.extend(t.await.unwrap());
+        }
+        acked
+    });
+    let status = wait_exit(&mut server.child);
+    assert!(status.success(), "{status:?}");
+    assert!(!acked.is_empty());
+    let conn = rusqlite::Connection::open(store_dir.join("trace_store.db")).unwrap();
+    let mut stmt = conn.prepare("SELECT message FROM span_events").unwrap();
+    let stored: std::collections::HashSet<String> = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let missing = acked.iter().filter(|m| !stored.contains(*m)).count();
+    assert_eq!(missing, 0, "of {} acknowledged", acked.len());
+}
+
+#[test]
+fn configuration_errors_stop_start_up_with_one_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = run_to_failure(dir.path(), &[], &[("TELEMETRY_SINKS", "console,kafka")]);
+    assert!(err.contains("kafka") && err.contains("sqlite"), "{err}");
+
+    let err = run_to_failure(dir.path(), &[], &[("TELEMETRY_SINKS", "otel_trace")]);
+    assert!(err.contains("otel_exporter_otlp_endpoint"), "{err}");
+
+    let config = dir.path().join("run.yaml");
+    std::fs::write(
+        &config,
+        "providers:\n  telemetry:\n  - provider_id: meta-reference\n    provider_type: inline::meta-reference\n    config:\n      service_name: ${env.TT_REQUIRED_NAME}\n",
+    )
+    .unwrap();
+    let err = run_to_failure(dir.path(), &["--config", config.to_str().unwrap()], &[]);
+    assert!(err.contains("TT_REQUIRED_NAME"), "{err}");
+
+    let err = run_to_failure(dir.path(), &["--config", "/nonexistent/run.yaml"], &[]);
+    assert!(err.contains("/nonexistent/run.yaml"), "{err}");
+}
