@@ -130,7 +130,10 @@ impl<'de> Deserialize<'de> for AttrValue {
             fn visit_string<E>(self, v: String) -> Result<AttrValue, E> {
                 Ok(AttrValue::String(v))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<AttrValue, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<AttrValue, A::Error> {
                 let mut out = Vec::new();
                 while let Some(v) = seq.next_element()? {
                     out.push(v);

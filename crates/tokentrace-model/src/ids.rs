@@ -167,10 +167,7 @@ mod tests {
             "B7AD6B7169203331".parse::<SpanId>(),
             Err(IdError::NotLowercaseHex)
         );
-        assert_eq!(
-            "0000000000000000".parse::<SpanId>(),
-            Err(IdError::AllZero)
-        );
+        assert_eq!("0000000000000000".parse::<SpanId>(), Err(IdError::AllZero));
         assert!("é7ad6b716920333".parse::<SpanId>().is_err());
     }
 

@@ -125,7 +125,10 @@ impl QueryCondition {
                         Err(e) => return invalid(format!("filter on {}: {e}", self.key)),
                     }
                 }
-                (SpanField::StartTime | SpanField::EndTime, AttrValue::Int(_) | AttrValue::Float(_)) => {
+                (
+                    SpanField::StartTime | SpanField::EndTime,
+                    AttrValue::Int(_) | AttrValue::Float(_),
+                ) => {
                     let secs = match self.value {
                         AttrValue::Int(i) => i as f64,
                         AttrValue::Float(f) => f,
@@ -133,11 +136,19 @@ impl QueryCondition {
                     };
                     match Timestamp::from_unix_seconds_f64(secs) {
                         Some(t) => AttrValue::String(t.to_sql()),
-                        None => return invalid(format!("filter on {}: timestamp out of range", self.key)),
+                        None => {
+                            return invalid(format!(
+                                "filter on {}: timestamp out of range",
+                                self.key
+                            ));
+                        }
                     }
                 }
                 (_, AttrValue::Array(_)) => {
-                    return invalid(format!("filter on {:?}: value must not be an array", self.key));
+                    return invalid(format!(
+                        "filter on {:?}: value must not be an array",
+                        self.key
+                    ));
                 }
                 (_, v) => v.clone(),
             };
@@ -149,7 +160,10 @@ impl QueryCondition {
         }
         validate_attribute_key(&self.key)?;
         if matches!(self.value, AttrValue::Array(_)) {
-            return invalid(format!("filter on {:?}: value must not be an array", self.key));
+            return invalid(format!(
+                "filter on {:?}: value must not be an array",
+                self.key
+            ));
         }
         Ok(Filter {
             target: FilterTarget::Attribute(self.key.clone()),
@@ -250,7 +264,9 @@ impl QueryTracesRequest {
     pub fn validate(&self) -> Result<TraceQuery, InvalidQuery> {
         let limit = self.limit.unwrap_or(100);
         if !(0..=MAX_LIMIT).contains(&limit) {
-            return invalid(format!("limit must be between 0 and {MAX_LIMIT}, got {limit}"));
+            return invalid(format!(
+                "limit must be between 0 and {MAX_LIMIT}, got {limit}"
+            ));
         }
         let offset = self.offset.unwrap_or(0);
         if offset < 0 {

@@ -12,7 +12,9 @@ pub struct Timestamp(i64);
 
 /// Why a value is not a timestamp.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid timestamp {value:?}: expected ISO 8601 (e.g. 2025-01-31T12:00:00.123Z) or unix seconds")]
+#[error(
+    "invalid timestamp {value:?}: expected ISO 8601 (e.g. 2025-01-31T12:00:00.123Z) or unix seconds"
+)]
 pub struct TimestampError {
     /// The rejected text.
     pub value: String,
@@ -75,7 +77,11 @@ impl Timestamp {
         if let Ok(dt) = DateTime::parse_from_rfc3339(&normalized) {
             return Ok(Self::from_datetime(dt.with_timezone(&Utc)));
         }
-        for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"] {
+        for fmt in [
+            "%Y-%m-%dT%H:%M:%S%.f",
+            "%Y-%m-%dT%H:%M:%S",
+            "%Y-%m-%dT%H:%M",
+        ] {
             if let Ok(naive) = NaiveDateTime::parse_from_str(&normalized, fmt) {
                 return Ok(Self::from_datetime(naive.and_utc()));
             }
@@ -134,7 +140,8 @@ impl<'de> Deserialize<'de> for Timestamp {
                     .ok_or_else(|| E::custom("timestamp out of range"))
             }
             fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Timestamp, E> {
-                Timestamp::from_unix_seconds_f64(v).ok_or_else(|| E::custom("timestamp out of range"))
+                Timestamp::from_unix_seconds_f64(v)
+                    .ok_or_else(|| E::custom("timestamp out of range"))
             }
         }
         d.deserialize_any(V)

@@ -17,7 +17,9 @@ pub struct TraceParent {
 
 /// Why a `traceparent` header was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid traceparent {0:?}: expected 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>")]
+#[error(
+    "invalid traceparent {0:?}: expected 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>"
+)]
 pub struct TraceParentError(pub String);
 
 impl TraceParent {
@@ -30,7 +32,8 @@ impl TraceParent {
         let trace = parts.next().ok_or_else(err)?;
         let parent = parts.next().ok_or_else(err)?;
         let flags = parts.next().ok_or_else(err)?;
-        if version.len() != 2 || version == "ff" || !version.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if version.len() != 2 || version == "ff" || !version.bytes().all(|b| b.is_ascii_hexdigit())
+        {
             return Err(err());
         }
         if version == "00" && (parts.next().is_some() || h.len() != 55) {
@@ -57,7 +60,11 @@ impl TraceParent {
 
 impl fmt::Display for TraceParent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "00-{}-{}-{:02x}", self.trace_id, self.parent_id, self.flags)
+        write!(
+            f,
+            "00-{}-{}-{:02x}",
+            self.trace_id, self.parent_id, self.flags
+        )
     }
 }
 
@@ -67,7 +74,8 @@ mod tests {
 
     #[test]
     fn parses_the_spec_example() {
-        let tp = TraceParent::parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").unwrap();
+        let tp =
+            TraceParent::parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").unwrap();
         assert_eq!(tp.trace_id.to_string(), "0af7651916cd43dd8448eb211c80319c");
         assert_eq!(tp.parent_id.to_string(), "b7ad6b7169203331");
         assert!(tp.sampled());
@@ -92,6 +100,9 @@ mod tests {
             assert!(TraceParent::parse(bad).is_err(), "{bad}");
         }
         // A future version may append fields.
-        assert!(TraceParent::parse("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-what").is_ok());
+        assert!(
+            TraceParent::parse("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-what")
+                .is_ok()
+        );
     }
 }
