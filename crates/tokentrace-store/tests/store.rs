@@ -1,0 +1,622 @@
+//! The store on real SQLite files: writes, queries, the seed's SQL (also through the sqlite3
+//! shell), batching, retention.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tokentrace_model::query::{
+    QueryCondition, QueryConditionOp, QueryMetricsRequest, QueryTracesRequest, validate_filters,
+};
+use tokentrace_model::{
+    AttrValue, Attributes, LogSeverity, MetricPoint, MetricValue, SpanEvent, SpanEventBody, SpanId,
+    SpanKind, SpanRecord, SpanStatus, Timestamp, TraceId,
+};
+use tokentrace_store::{MetricQuery, Record, Store, StoreOptions, Table};
+
+fn now_minus(secs: i64) -> Timestamp {
+    Timestamp::from_unix_nanos(Timestamp::now().unix_nanos() - secs * 1_000_000_000)
+}
+
+fn span(
+    t: TraceId,
+    s: SpanId,
+    parent: Option<SpanId>,
+    name: &str,
+    start: Timestamp,
+    ms: i64,
+) -> SpanRecord {
+    SpanRecord {
+        trace_id: t,
+        span_id: s,
+        parent_span_id: parent,
+        name: name.into(),
+        kind: SpanKind::Internal,
+        start_time: start,
+        end_time: Some(Timestamp::from_unix_nanos(
+            start.unix_nanos() + ms * 1_000_000,
+        )),
+        status: Some(SpanStatus::Ok),
+        status_message: None,
+        attributes: [("model_id".to_string(), AttrValue::from("llama"))]
+            .into_iter()
+            .collect(),
+        events: vec![],
+        links: vec![],
+        service_name: Some("svc".into()),
+        expires_at: None,
+    }
+}
+
+fn open(dir: &Path) -> Store {
+    Store::open(&dir.join("trace_store.db"), StoreOptions::default()).unwrap()
+}
+
+/// Three traces: one recent with a slow span, one two hours old, one unfinished span.
+fn seed(store: &Store) -> (TraceId, TraceId) {
+    let (recent, old) = (TraceId::random(), TraceId::random());
+    let root = SpanId::random();
+    let w = store.writer();
+    w.write(vec![
+        Record::Span(span(recent, root, None, "chat", now_minus(10), 1500)),
+        Record::Span(span(
+            recent,
+            SpanId::random(),
+            Some(root),
+            "llm",
+            now_minus(9),
+            1200,
+        )),
+        Record::Span(span(
+            recent,
+            SpanId::random(),
+            Some(root),
+            "tokenize",
+            now_minus(9),
+            3,
+        )),
+        Record::Span(span(
+            old,
+            SpanId::random(),
+            None,
+            "chat",
+            now_minus(7200),
+            500,
+        )),
+        Record::Span(SpanRecord {
+            end_time: None,
+            status: None,
+            ..span(old, SpanId::random(), None, "open", now_minus(7100), 0)
+        }),
+    ])
+    .unwrap();
+    w.flush().unwrap();
+    (recent, old)
+}
+
+const SEED_RECENT: &str = "SELECT * FROM traces WHERE timestamp > datetime('now', '-1 hour');";
+const SEED_AVG: &str = "SELECT name, AVG(duration_ms) as avg_duration\nFROM spans\nGROUP BY name\nORDER BY avg_duration DESC;";
+const SEED_SLOW: &str = "SELECT * FROM spans\nWHERE duration_ms > 1000\nORDER BY duration_ms DESC;";
+
+#[test]
+fn the_seed_sql_examples_run_verbatim_with_correct_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (recent, _) = seed(&store);
+    let conn = rusqlite::Connection::open(store.path()).unwrap();
+
+    let ids: Vec<String> = conn
+        .prepare(SEED_RECENT)
+        .unwrap()
+        .query_map([], |r| r.get("trace_id"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(ids, [recent.to_string()]);
+
+    let avg: Vec<(String, Option<f64>)> = conn
+        .prepare(SEED_AVG)
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        avg,
+        [
+            ("llm".to_string(), Some(1200.0)),
+            ("chat".to_string(), Some(1000.0)),
+            ("tokenize".to_string(), Some(3.0)),
+            ("open".to_string(), None)
+        ]
+    );
+    let slow: Vec<String> = conn
+        .prepare(SEED_SLOW)
+        .unwrap()
+        .query_map([], |r| r.get("name"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(slow, ["chat", "llm"]);
+    drop(conn);
+    store.close().unwrap();
+}
+
+/// Runs SQL through the sqlite3 shell and returns its output.
+fn sqlite3(db: &Path, sql: &str) -> String {
+    let out = std::process::Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run the sqlite3 shell ({e}); install it: apt-get install sqlite3")
+        });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn the_seed_sql_examples_run_in_the_sqlite3_shell() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (recent, old) = seed(&store);
+    // while tokentrace has the file open (WAL), and after it closed it
+    for round in 0..2 {
+        let out = sqlite3(store.path(), SEED_RECENT);
+        assert!(
+            out.contains(&recent.to_string()) && !out.contains(&old.to_string()),
+            "{out}"
+        );
+        let out = sqlite3(store.path(), SEED_AVG);
+        assert_eq!(
+            out.lines().collect::<Vec<_>>(),
+            ["llm|1200.0", "chat|1000.0", "tokenize|3.0", "open|"],
+            "round {round}"
+        );
+        let out = sqlite3(store.path(), SEED_SLOW);
+        let names: Vec<&str> = out.lines().map(|l| l.split('|').nth(3).unwrap()).collect();
+        assert_eq!(names, ["chat", "llm"]);
+        if round == 0 {
+            store.writer().flush().unwrap();
+        }
+    }
+    store.close().unwrap();
+}
+
+#[test]
+fn root_span_is_the_true_root_even_when_it_arrives_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let t = TraceId::random();
+    let (root, child, grandchild) = (SpanId::random(), SpanId::random(), SpanId::random());
+    let w = store.writer();
+    w.write(vec![Record::Span(span(
+        t,
+        grandchild,
+        Some(child),
+        "g",
+        now_minus(8),
+        1,
+    ))])
+    .unwrap();
+    w.flush().unwrap();
+    assert_eq!(
+        store.reader().get_trace(t).unwrap().unwrap().root_span_id,
+        grandchild,
+        "until the root arrives, the earliest span"
+    );
+    w.write(vec![Record::Span(span(
+        t,
+        child,
+        Some(root),
+        "c",
+        now_minus(9),
+        5,
+    ))])
+    .unwrap();
+    w.flush().unwrap();
+    assert_eq!(
+        store.reader().get_trace(t).unwrap().unwrap().root_span_id,
+        child
+    );
+    w.write(vec![Record::Span(span(
+        t,
+        root,
+        None,
+        "r",
+        now_minus(5),
+        1,
+    ))])
+    .unwrap();
+    // a later, earlier-starting orphan does not displace the true root
+    w.write(vec![Record::Span(span(
+        t,
+        SpanId::random(),
+        Some(SpanId::random()),
+        "o",
+        now_minus(60),
+        1,
+    ))])
+    .unwrap();
+    w.flush().unwrap();
+    let trace = store.reader().get_trace(t).unwrap().unwrap();
+    assert_eq!(trace.root_span_id, root);
+    assert!(
+        trace.start_time <= now_minus(59),
+        "the trace starts with its earliest span"
+    );
+    let tree = store
+        .reader()
+        .get_span_tree(root, None, None)
+        .unwrap()
+        .unwrap();
+    assert_eq!(tree.len(), 3);
+    let tree = store
+        .reader()
+        .get_span_tree(root, Some(&[]), Some(1))
+        .unwrap()
+        .unwrap();
+    assert_eq!(tree.len(), 2);
+    assert!(tree.values().all(|s| s.span.attributes.is_empty()));
+    assert!(
+        store
+            .reader()
+            .get_span_tree(SpanId::random(), None, None)
+            .unwrap()
+            .is_none()
+    );
+    store.close().unwrap();
+}
+
+#[test]
+fn an_unfinished_span_is_completed_by_its_late_end_but_never_the_reverse() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (t, s) = (TraceId::random(), SpanId::random());
+    let done = span(t, s, None, "x", now_minus(5), 100);
+    let unfinished = SpanRecord {
+        end_time: None,
+        status: None,
+        ..done.clone()
+    };
+    let w = store.writer();
+    w.write(vec![Record::Span(unfinished.clone())]).unwrap();
+    w.flush().unwrap();
+    assert_eq!(
+        store.reader().get_span(t, s).unwrap().unwrap().end_time,
+        None
+    );
+    w.write(vec![Record::Span(done.clone()), Record::Span(unfinished)])
+        .unwrap();
+    w.flush().unwrap();
+    assert_eq!(
+        store.reader().get_span(t, s).unwrap().unwrap().end_time,
+        done.end_time
+    );
+    assert_eq!(
+        store.reader().get_trace(t).unwrap().unwrap().end_time,
+        done.end_time
+    );
+    assert_eq!(store.reader().count_rows(Table::Spans).unwrap(), 1);
+    store.close().unwrap();
+}
+
+#[test]
+fn filters_bind_keys_and_values_so_crafted_ones_match_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    seed(&store);
+    let q = |key: &str, op: QueryConditionOp, value: AttrValue| {
+        let req = QueryTracesRequest {
+            attribute_filters: Some(vec![QueryCondition {
+                key: key.into(),
+                op,
+                value,
+            }]),
+            ..Default::default()
+        };
+        req.validate()
+            .map(|q| store.reader().query_traces(&q).unwrap().len())
+    };
+    assert_eq!(q("model_id", QueryConditionOp::Eq, "llama".into()), Ok(2));
+    assert_eq!(
+        q("model_id", QueryConditionOp::Eq, "' OR '1'='1".into()),
+        Ok(0)
+    );
+    assert_eq!(q("model_id", QueryConditionOp::Ne, "llama".into()), Ok(0));
+    assert_eq!(q("name", QueryConditionOp::Eq, "tokenize".into()), Ok(1));
+    assert_eq!(
+        q("model_id) OR 1=1 --", QueryConditionOp::Eq, 1.into()),
+        Ok(0)
+    );
+    assert!(q("x\") OR 1=1 --", QueryConditionOp::Eq, 1.into()).is_err());
+    assert_eq!(store.reader().count_rows(Table::Spans).unwrap(), 5);
+    let filters = validate_filters(&[QueryCondition {
+        key: "name".into(),
+        op: QueryConditionOp::Eq,
+        value: "chat".into(),
+    }])
+    .unwrap();
+    let spans = store
+        .reader()
+        .query_spans(&filters, &["model_id".to_string()], None)
+        .unwrap();
+    assert_eq!(
+        spans.len(),
+        4,
+        "every span below the matching traces' roots"
+    );
+    let spans = store.reader().query_spans(&filters, &[], Some(0)).unwrap();
+    assert_eq!(spans.len(), 2, "roots only");
+    store.close().unwrap();
+}
+
+fn point(
+    name: &str,
+    at: Timestamp,
+    value: f64,
+    model: &str,
+    expires_at: Option<Timestamp>,
+) -> MetricPoint {
+    MetricPoint {
+        name: name.into(),
+        timestamp: at,
+        value,
+        unit: "tokens".into(),
+        labels: [("model_id".to_string(), AttrValue::from(model))]
+            .into_iter()
+            .collect(),
+        trace_id: None,
+        span_id: None,
+        expires_at,
+    }
+}
+
+#[test]
+fn metrics_buckets_are_aligned_and_five_minutes_means_five_minutes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let base = 1_795_514_400; // a multiple of 300
+    let at = |s: i64| Timestamp::from_unix_nanos((base + s) * 1_000_000_000);
+    store
+        .writer()
+        .write(vec![
+            Record::Metric(point("total_tokens", at(10), 1.0, "a", None)),
+            Record::Metric(point("total_tokens", at(299), 2.0, "a", None)),
+            Record::Metric(point("total_tokens", at(300), 4.0, "a", None)),
+            Record::Metric(point("total_tokens", at(301), 8.0, "b", None)),
+            Record::Metric(point("prompt_tokens", at(301), 16.0, "b", None)),
+        ])
+        .unwrap();
+    store.writer().flush().unwrap();
+    let query = |body: serde_json::Value| {
+        let req: QueryMetricsRequest = serde_json::from_value(body).unwrap();
+        let q = MetricQuery::from_request(&req, Timestamp::now()).unwrap();
+        store.reader().query_metrics("total_tokens", &q).unwrap()
+    };
+    let series = query(
+        serde_json::json!({"start_time": base, "end_time": base + 600, "granularity": "5m", "query_type": "range"}),
+    );
+    assert_eq!(series.len(), 2);
+    let a: Vec<(i64, f64)> = series[0]
+        .values
+        .iter()
+        .map(|p| (p.timestamp, p.value))
+        .collect();
+    assert_eq!(a, [(base, 3.0), (base + 300, 4.0)]);
+    let series = query(
+        serde_json::json!({"start_time": base, "end_time": base + 600, "query_type": "instant", "label_matchers": [{"name": "model_id", "value": "a|b", "operator": "=~"}]}),
+    );
+    let totals: Vec<f64> = series.iter().map(|s| s.values[0].value).collect();
+    assert_eq!(totals, [7.0, 8.0]);
+    assert!(series.iter().all(|s| s.values[0].timestamp == base + 600));
+    let too_many: QueryMetricsRequest = serde_json::from_value(serde_json::json!({"start_time": 0, "end_time": base, "granularity": "1s", "query_type": "range"})).unwrap();
+    assert!(MetricQuery::from_request(&too_many, Timestamp::now()).is_err());
+    store.close().unwrap();
+}
+
+#[test]
+fn retention_deletes_expired_rows_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let past = now_minus(60);
+    let future = Timestamp::from_unix_nanos(Timestamp::now().unix_nanos() + 3_600_000_000_000);
+    let (t, s) = (TraceId::random(), SpanId::random());
+    let event = |expires_at| SpanEvent {
+        trace_id: Some(t),
+        span_id: Some(s),
+        timestamp: now_minus(100),
+        name: "log".into(),
+        body: SpanEventBody::Log {
+            severity: LogSeverity::Info,
+            message: "m".into(),
+        },
+        attributes: Attributes::new(),
+        expires_at,
+    };
+    let mut records = Vec::new();
+    for i in 0..5_000 {
+        records.push(Record::Event(event(Some(if i % 2 == 0 {
+            past
+        } else {
+            future
+        }))));
+        records.push(Record::Metric(point(
+            "total_tokens",
+            now_minus(100),
+            1.0,
+            "a",
+            Some(if i % 2 == 0 { past } else { future }),
+        )));
+    }
+    records.push(Record::Span(SpanRecord {
+        expires_at: Some(past),
+        ..span(t, s, None, "gone", now_minus(100), 1)
+    }));
+    records.push(Record::Span(SpanRecord {
+        expires_at: Some(future),
+        ..span(
+            TraceId::random(),
+            SpanId::random(),
+            None,
+            "kept",
+            now_minus(100),
+            1,
+        )
+    }));
+    records.push(Record::Event(event(None)));
+    store.writer().write(records).unwrap();
+    store.writer().flush().unwrap();
+    let deleted = store.writer().expire(Timestamp::now()).unwrap();
+    assert_eq!(
+        deleted,
+        2_500 + 2_500 + 1 + 1,
+        "events, metrics, the span and its trace"
+    );
+    let r = store.reader();
+    assert_eq!(r.count_rows(Table::SpanEvents).unwrap(), 2_501);
+    assert_eq!(r.count_rows(Table::Metrics).unwrap(), 2_500);
+    assert_eq!(r.count_rows(Table::Spans).unwrap(), 1);
+    assert_eq!(r.count_rows(Table::Traces).unwrap(), 1);
+    assert_eq!(store.writer().stats().rows_expired, deleted);
+    store.close().unwrap();
+}
+
+#[test]
+fn small_writes_are_batched_and_idle_rows_commit_without_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let w = store.writer();
+    let t = TraceId::random();
+    for i in 0..10_000 {
+        w.write(vec![Record::Span(span(
+            t,
+            SpanId::random(),
+            None,
+            &format!("s{i}"),
+            now_minus(5),
+            1,
+        ))])
+        .unwrap();
+    }
+    w.flush().unwrap();
+    let stats = w.stats();
+    assert_eq!(stats.rows_committed, 10_000);
+    assert!(stats.max_batch_rows >= 100, "{stats:?}");
+    assert!(stats.batches_committed <= 100, "{stats:?}");
+
+    w.write(vec![Record::Span(span(
+        TraceId::random(),
+        SpanId::random(),
+        None,
+        "idle",
+        now_minus(1),
+        1,
+    ))])
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.reader().count_rows(Table::Spans).unwrap() < 10_001 {
+        assert!(Instant::now() < deadline, "an idle row was never committed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    store.close().unwrap();
+}
+
+#[test]
+fn close_commits_everything_and_reopening_keeps_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let w = store.writer();
+    let t = TraceId::random();
+    for _ in 0..100 {
+        w.write(
+            (0..50)
+                .map(|_| Record::Span(span(t, SpanId::random(), None, "s", now_minus(5), 1)))
+                .collect(),
+        )
+        .unwrap();
+    }
+    store.close().unwrap();
+    assert!(matches!(
+        w.write(vec![Record::Span(span(
+            t,
+            SpanId::random(),
+            None,
+            "late",
+            now_minus(1),
+            1
+        ))]),
+        Err(tokentrace_store::StoreError::Closed)
+    ));
+    let store = open(dir.path());
+    assert_eq!(store.reader().count_rows(Table::Spans).unwrap(), 5_000);
+    let conn = rusqlite::Connection::open(store.path()).unwrap();
+    let ok: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, tokentrace_store::SCHEMA_VERSION);
+    store.close().unwrap();
+}
+
+#[test]
+fn events_and_datasets_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (t, s) = (TraceId::random(), SpanId::random());
+    let ev = SpanEvent {
+        trace_id: Some(t),
+        span_id: Some(s),
+        timestamp: now_minus(3),
+        name: "total_tokens".into(),
+        body: SpanEventBody::Metric {
+            value: MetricValue::Int(42),
+            unit: "tokens".into(),
+        },
+        attributes: [("model_id".to_string(), AttrValue::from("m"))]
+            .into_iter()
+            .collect(),
+        expires_at: None,
+    };
+    store
+        .writer()
+        .write(vec![Record::Event(ev.clone())])
+        .unwrap();
+    store.writer().flush().unwrap();
+    assert_eq!(store.reader().span_events(t, s).unwrap(), [ev]);
+
+    let row = |i: i64| serde_json::json!({"i": i}).as_object().unwrap().clone();
+    assert_eq!(
+        store
+            .writer()
+            .append_dataset_rows("d", vec![row(0), row(1)])
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .writer()
+            .append_dataset_rows("d", vec![row(2)])
+            .unwrap(),
+        3
+    );
+    let (rows, more) = store.reader().iterrows("d", 1, Some(1)).unwrap().unwrap();
+    assert_eq!((rows, more), (vec![row(1)], true));
+    let (rows, more) = store.reader().iterrows("d", 0, None).unwrap().unwrap();
+    assert_eq!((rows.len(), more), (3, false));
+    assert!(
+        store
+            .reader()
+            .iterrows("missing", 0, None)
+            .unwrap()
+            .is_none()
+    );
+    store.close().unwrap();
+}
