@@ -162,6 +162,10 @@ impl Pipeline {
     pub fn start(options: PipelineOptions, sinks: Vec<Box<dyn Sink>>) -> std::io::Result<Pipeline> {
         let (tx, rx) = mpsc::sync_channel(options.queue_capacity.max(1));
         let stats = Arc::new(PipelineStats::default());
+        let mut options = options;
+        if !sinks.iter().any(|s| s.wants_span_events()) {
+            options.max_events_per_span = 0;
+        }
         let worker = Worker {
             assembler: Assembler::new(options, stats.clone()),
             sinks,
@@ -542,7 +546,7 @@ impl Assembler {
         {
             if open.events.len() < self.options.max_events_per_span {
                 open.events.push(event.clone());
-            } else {
+            } else if self.options.max_events_per_span > 0 {
                 self.stats
                     .span_events_over_limit
                     .fetch_add(1, Ordering::Relaxed);

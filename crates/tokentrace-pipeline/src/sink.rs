@@ -38,6 +38,12 @@ pub trait Sink: Send {
     /// Short name for messages (`console`, `sqlite`, ...).
     fn name(&self) -> &'static str;
 
+    /// Whether this sink reads `span.events` in [`Sink::span_ended`] (exporters do). When no sink
+    /// does, the pipeline does not keep copies of events inside open spans.
+    fn wants_span_events(&self) -> bool {
+        false
+    }
+
     /// A span has started.
     fn span_started(&mut self, _start: &SpanStart) {}
 

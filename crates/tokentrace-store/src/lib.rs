@@ -19,7 +19,7 @@ use tokentrace_model::{MetricPoint, SpanEvent, SpanRecord, Timestamp};
 pub use metrics::{MAX_BUCKETS, MetricQuery};
 pub use reader::{DatasetRow, StoreReader, Table};
 pub use schema::SCHEMA_VERSION;
-pub use writer::WriterStats;
+pub use writer::{Row, WriterStats};
 
 use writer::{Cmd, Counters, Writer};
 
@@ -182,13 +182,23 @@ impl StoreWriter {
             .map_err(StoreError::Write)
     }
 
-    /// Hands records to the writer thread; blocks while its queue is full.
+    /// Encodes records (on this thread) and hands them to the writer thread; blocks while its
+    /// queue is full.
     pub fn write(&self, records: Vec<Record>) -> Result<(), StoreError> {
-        if records.is_empty() {
+        let rows = records
+            .iter()
+            .map(Row::from_record)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.write_rows(rows)
+    }
+
+    /// Hands encoded rows to the writer thread; blocks while its queue is full.
+    pub fn write_rows(&self, rows: Vec<Row>) -> Result<(), StoreError> {
+        if rows.is_empty() {
             return Ok(());
         }
         self.tx
-            .send(Cmd::Write(records))
+            .send(Cmd::Write(rows))
             .map_err(|_| StoreError::Closed)
     }
 
@@ -220,12 +230,6 @@ impl StoreWriter {
     pub fn stats(&self) -> WriterStats {
         self.counters.snapshot()
     }
-}
-
-/// Writes records straight into an open connection in one transaction, bypassing the writer
-/// thread (for tools and benchmarks that own the file).
-pub fn write_direct(conn: &mut Connection, records: &[Record]) -> Result<(), StoreError> {
-    writer::write_records(conn, records)
 }
 
 /// Creates the schema on a connection (for tools and benchmarks that own the file).

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, params};
 use serde_json::{Map, Value};
 use tokentrace_model::{MetricPoint, SpanEvent, SpanEventBody, SpanRecord, Timestamp};
 
@@ -16,7 +16,7 @@ use crate::{Record, StoreError};
 const EXPIRE_CHUNK: usize = 2_000;
 
 pub(crate) enum Cmd {
-    Write(Vec<Record>),
+    Write(Vec<Row>),
     Flush(SyncSender<Result<(), String>>),
     AppendRows {
         dataset_id: String,
@@ -87,7 +87,7 @@ pub(crate) struct Writer {
     pub batch_max_rows: usize,
     pub flush_interval: Duration,
     pub counters: Arc<Counters>,
-    pending: Vec<Record>,
+    pending: Vec<Row>,
     first_pending: Option<Instant>,
     expiry: Option<Expiry>,
 }
@@ -200,7 +200,7 @@ impl Writer {
         let records = std::mem::take(&mut self.pending);
         let n = records.len() as u64;
         let started = Instant::now();
-        match write_records(&mut self.conn, &records) {
+        match write_rows(&mut self.conn, &records) {
             Ok(()) => {
                 let c = &self.counters;
                 c.batches.fetch_add(1, Ordering::Relaxed);
@@ -278,109 +278,236 @@ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 const INSERT_METRIC: &str = "INSERT INTO metrics (name, timestamp, ts_nanos, value, unit, labels, trace_id, span_id, expires_at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
-/// Writes records in one transaction (also used directly by tests and benchmarks).
-pub(crate) fn write_records(conn: &mut Connection, records: &[Record]) -> Result<(), StoreError> {
-    let tx = conn.transaction()?;
-    for r in records {
-        match r {
-            Record::Span(s) => insert_span(&tx, s)?,
-            Record::Event(e) => insert_event(&tx, e)?,
-            Record::Metric(m) => insert_metric(&tx, m)?,
-        }
-    }
-    tx.commit()?;
-    Ok(())
+/// A record encoded for its table: ids as hex, timestamps in the stored form, attributes as
+/// JSON. Encoding happens on the caller's thread, so the writer thread only binds and executes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row(RowKind);
+
+#[derive(Clone, Debug, PartialEq)]
+enum RowKind {
+    Span {
+        trace_id: String,
+        span_id: String,
+        parent_span_id: Option<String>,
+        name: String,
+        kind: &'static str,
+        start_time: String,
+        end_time: Option<String>,
+        duration_ms: Option<f64>,
+        status: Option<&'static str>,
+        status_message: Option<String>,
+        attributes: String,
+        links: Option<String>,
+        service_name: Option<String>,
+        is_root: bool,
+        expires_at: Option<i64>,
+    },
+    Event {
+        trace_id: Option<String>,
+        span_id: Option<String>,
+        timestamp: String,
+        name: String,
+        kind: &'static str,
+        severity: Option<&'static str>,
+        message: Option<String>,
+        value: Option<f64>,
+        unit: Option<String>,
+        attributes: String,
+        expires_at: Option<i64>,
+    },
+    Metric {
+        name: String,
+        timestamp: String,
+        ts_nanos: i64,
+        value: f64,
+        unit: String,
+        labels: String,
+        trace_id: Option<String>,
+        span_id: Option<String>,
+        expires_at: Option<i64>,
+    },
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::Corrupt(format!("cannot encode JSON: {e}")))
 }
 
-fn insert_span(tx: &Transaction<'_>, s: &SpanRecord) -> Result<(), StoreError> {
-    let trace_id = s.trace_id.to_string();
-    let span_id = s.span_id.to_string();
-    let start = s.start_time.to_sql();
-    let end = s.end_time.map(Timestamp::to_sql);
-    let expires = s.expires_at.map(Timestamp::unix_nanos);
-    let links = if s.links.is_empty() {
-        None
-    } else {
-        Some(json(&s.links)?)
-    };
-    tx.prepare_cached(INSERT_SPAN)?.execute(params![
-        trace_id,
-        span_id,
-        s.parent_span_id.map(|p| p.to_string()),
-        s.name,
-        s.kind.as_str(),
-        start,
-        end,
-        s.duration_ms(),
-        s.status.map(|st| st.as_str()),
-        s.status_message,
-        json(&s.attributes)?,
-        links,
-        s.service_name,
-        expires,
-    ])?;
-    tx.prepare_cached(UPSERT_TRACE)?.execute(params![
-        trace_id,
-        s.service_name,
-        span_id,
-        s.parent_span_id.is_none() as i64,
-        start,
-        end,
-        expires,
-    ])?;
-    Ok(())
+impl Row {
+    /// A `spans` row (which also updates its `traces` row). The span's `events` are not part of it.
+    pub fn span(s: &SpanRecord) -> Result<Row, StoreError> {
+        Ok(Row(RowKind::Span {
+            trace_id: s.trace_id.to_string(),
+            span_id: s.span_id.to_string(),
+            parent_span_id: s.parent_span_id.map(|p| p.to_string()),
+            name: s.name.clone(),
+            kind: s.kind.as_str(),
+            start_time: s.start_time.to_sql(),
+            end_time: s.end_time.map(Timestamp::to_sql),
+            duration_ms: s.duration_ms(),
+            status: s.status.map(|st| st.as_str()),
+            status_message: s.status_message.clone(),
+            attributes: json(&s.attributes)?,
+            links: if s.links.is_empty() {
+                None
+            } else {
+                Some(json(&s.links)?)
+            },
+            service_name: s.service_name.clone(),
+            is_root: s.parent_span_id.is_none(),
+            expires_at: s.expires_at.map(Timestamp::unix_nanos),
+        }))
+    }
+
+    /// A `span_events` row.
+    pub fn event(e: &SpanEvent) -> Result<Row, StoreError> {
+        let (kind, severity, message, value, unit) = match &e.body {
+            SpanEventBody::Log { severity, message } => (
+                "log",
+                Some(severity.as_str()),
+                Some(message.clone()),
+                None,
+                None,
+            ),
+            SpanEventBody::Metric { value, unit } => (
+                "metric",
+                None,
+                None,
+                Some(value.as_f64()),
+                Some(unit.clone()),
+            ),
+            SpanEventBody::Other => ("event", None, None, None, None),
+        };
+        Ok(Row(RowKind::Event {
+            trace_id: e.trace_id.map(|t| t.to_string()),
+            span_id: e.span_id.map(|s| s.to_string()),
+            timestamp: e.timestamp.to_sql(),
+            name: e.name.clone(),
+            kind,
+            severity,
+            message,
+            value,
+            unit,
+            attributes: json(&e.attributes)?,
+            expires_at: e.expires_at.map(Timestamp::unix_nanos),
+        }))
+    }
+
+    /// A `metrics` row.
+    pub fn metric(m: &MetricPoint) -> Result<Row, StoreError> {
+        Ok(Row(RowKind::Metric {
+            name: m.name.clone(),
+            timestamp: m.timestamp.to_sql(),
+            ts_nanos: m.timestamp.unix_nanos(),
+            value: m.value,
+            unit: m.unit.clone(),
+            labels: json(&m.labels)?,
+            trace_id: m.trace_id.map(|t| t.to_string()),
+            span_id: m.span_id.map(|s| s.to_string()),
+            expires_at: m.expires_at.map(Timestamp::unix_nanos),
+        }))
+    }
+
+    /// The row for a record.
+    pub fn from_record(r: &Record) -> Result<Row, StoreError> {
+        match r {
+            Record::Span(s) => Row::span(s),
+            Record::Event(e) => Row::event(e),
+            Record::Metric(m) => Row::metric(m),
+        }
+    }
 }
 
-fn insert_event(tx: &Transaction<'_>, e: &SpanEvent) -> Result<(), StoreError> {
-    let (kind, severity, message, value, unit) = match &e.body {
-        SpanEventBody::Log { severity, message } => (
-            "log",
-            Some(severity.as_str()),
-            Some(message.as_str()),
-            None,
-            None,
-        ),
-        SpanEventBody::Metric { value, unit } => (
-            "metric",
-            None,
-            None,
-            Some(value.as_f64()),
-            Some(unit.as_str()),
-        ),
-        SpanEventBody::Other => ("event", None, None, None, None),
-    };
-    tx.prepare_cached(INSERT_EVENT)?.execute(params![
-        e.trace_id.map(|t| t.to_string()),
-        e.span_id.map(|s| s.to_string()),
-        e.timestamp.to_sql(),
-        e.name,
-        kind,
-        severity,
-        message,
-        value,
-        unit,
-        json(&e.attributes)?,
-        e.expires_at.map(Timestamp::unix_nanos),
-    ])?;
-    Ok(())
-}
-
-fn insert_metric(tx: &Transaction<'_>, m: &MetricPoint) -> Result<(), StoreError> {
-    tx.prepare_cached(INSERT_METRIC)?.execute(params![
-        m.name,
-        m.timestamp.to_sql(),
-        m.timestamp.unix_nanos(),
-        m.value,
-        m.unit,
-        json(&m.labels)?,
-        m.trace_id.map(|t| t.to_string()),
-        m.span_id.map(|s| s.to_string()),
-        m.expires_at.map(Timestamp::unix_nanos),
-    ])?;
+/// Writes rows in one transaction, the statements prepared once per transaction.
+pub(crate) fn write_rows(conn: &mut Connection, rows: &[Row]) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    {
+        let mut span = tx.prepare_cached(INSERT_SPAN)?;
+        let mut trace = tx.prepare_cached(UPSERT_TRACE)?;
+        let mut event = tx.prepare_cached(INSERT_EVENT)?;
+        let mut metric = tx.prepare_cached(INSERT_METRIC)?;
+        for Row(row) in rows {
+            match row {
+                RowKind::Span {
+                    trace_id,
+                    span_id,
+                    parent_span_id,
+                    name,
+                    kind,
+                    start_time,
+                    end_time,
+                    duration_ms,
+                    status,
+                    status_message,
+                    attributes,
+                    links,
+                    service_name,
+                    is_root,
+                    expires_at,
+                } => {
+                    span.execute(params![
+                        trace_id,
+                        span_id,
+                        parent_span_id,
+                        name,
+                        kind,
+                        start_time,
+                        end_time,
+                        duration_ms,
+                        status,
+                        status_message,
+                        attributes,
+                        links,
+                        service_name,
+                        expires_at,
+                    ])?;
+                    trace.execute(params![
+                        trace_id,
+                        service_name,
+                        span_id,
+                        *is_root as i64,
+                        start_time,
+                        end_time,
+                        expires_at,
+                    ])?;
+                }
+                RowKind::Event {
+                    trace_id,
+                    span_id,
+                    timestamp,
+                    name,
+                    kind,
+                    severity,
+                    message,
+                    value,
+                    unit,
+                    attributes,
+                    expires_at,
+                } => {
+                    event.execute(params![
+                        trace_id, span_id, timestamp, name, kind, severity, message, value, unit,
+                        attributes, expires_at,
+                    ])?;
+                }
+                RowKind::Metric {
+                    name,
+                    timestamp,
+                    ts_nanos,
+                    value,
+                    unit,
+                    labels,
+                    trace_id,
+                    span_id,
+                    expires_at,
+                } => {
+                    metric.execute(params![
+                        name, timestamp, ts_nanos, value, unit, labels, trace_id, span_id,
+                        expires_at,
+                    ])?;
+                }
+            }
+        }
+    }
+    tx.commit()?;
     Ok(())
 }
 

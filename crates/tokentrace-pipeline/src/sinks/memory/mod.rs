@@ -46,6 +46,10 @@ impl Sink for MemorySink {
         "memory"
     }
 
+    fn wants_span_events(&self) -> bool {
+        true
+    }
+
     fn span_started(&mut self, start: &SpanStart) {
         self.recorded().starts.push(start.clone());
     }

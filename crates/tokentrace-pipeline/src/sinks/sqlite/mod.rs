@@ -1,14 +1,17 @@
-//! SQLite sink: hands spans, events and metric points to the trace store's writer thread.
+//! SQLite sink: encodes spans, events and metric points into store rows and hands each drained
+//! batch to the trace store's writer thread.
 
 use tokentrace_model::{MetricPoint, SpanEvent, SpanRecord};
-use tokentrace_store::{Record, StoreWriter};
+use tokentrace_store::{Row, StoreError, StoreWriter};
 
 use crate::{Sink, SinkError};
 
-/// Buffers what the pipeline emits and passes each drained batch to the store in one call.
+/// Encodes what the pipeline emits (on the pipeline thread) and passes each batch to the store
+/// in one call; the store's writer thread only executes the inserts.
 pub struct SqliteSink {
     writer: StoreWriter,
-    buffer: Vec<Record>,
+    buffer: Vec<Row>,
+    encode_errors: u64,
 }
 
 impl SqliteSink {
@@ -17,6 +20,7 @@ impl SqliteSink {
         Self {
             writer,
             buffer: Vec::new(),
+            encode_errors: 0,
         }
     }
 
@@ -24,6 +28,16 @@ impl SqliteSink {
         SinkError {
             sink: "sqlite",
             message: e.to_string(),
+        }
+    }
+
+    fn push(&mut self, row: Result<Row, StoreError>) {
+        match row {
+            Ok(row) => self.buffer.push(row),
+            Err(e) => {
+                self.encode_errors += 1;
+                tracing::error!("sqlite sink: cannot encode a record: {e}");
+            }
         }
     }
 }
@@ -35,30 +49,15 @@ impl Sink for SqliteSink {
 
     fn span_ended(&mut self, span: &SpanRecord) {
         // The span's events reach `event` one by one; the row holds the span alone.
-        self.buffer.push(Record::Span(SpanRecord {
-            trace_id: span.trace_id,
-            span_id: span.span_id,
-            parent_span_id: span.parent_span_id,
-            name: span.name.clone(),
-            kind: span.kind,
-            start_time: span.start_time,
-            end_time: span.end_time,
-            status: span.status,
-            status_message: span.status_message.clone(),
-            attributes: span.attributes.clone(),
-            events: Vec::new(),
-            links: span.links.clone(),
-            service_name: span.service_name.clone(),
-            expires_at: span.expires_at,
-        }));
+        self.push(Row::span(span));
     }
 
     fn event(&mut self, event: &SpanEvent) {
-        self.buffer.push(Record::Event(event.clone()));
+        self.push(Row::event(event));
     }
 
     fn metric(&mut self, point: &MetricPoint) {
-        self.buffer.push(Record::Metric(point.clone()));
+        self.push(Row::metric(point));
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
@@ -66,7 +65,7 @@ impl Sink for SqliteSink {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.buffer);
-        self.writer.write(batch).map_err(Self::error)
+        self.writer.write_rows(batch).map_err(Self::error)
     }
 
     fn sync(&mut self) -> Result<(), SinkError> {
