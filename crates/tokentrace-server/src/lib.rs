@@ -25,6 +25,8 @@ pub struct AppState {
     store: Option<Arc<StoreHandles>>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Requests not answered within this time get 504.
+    pub request_timeout: Duration,
 }
 
 struct StoreHandles {
@@ -43,6 +45,7 @@ impl AppState {
             telemetry,
             store: store.map(|(reader, writer)| Arc::new(StoreHandles { reader, writer })),
             max_body_bytes,
+            request_timeout: Duration::from_secs(30),
         }
     }
 
@@ -67,6 +70,7 @@ impl AppState {
 /// The whole application.
 pub fn router(state: AppState) -> Router {
     let limit = state.max_body_bytes;
+    let timeout = state.request_timeout;
     Router::new()
         .nest("/v1/telemetry", telemetry_api::routes())
         .nest("/v1alpha/telemetry", telemetry_api::routes())
@@ -75,7 +79,27 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(timeout, time_limit))
         .with_state(state)
+}
+
+/// Answers 504 `{"detail"}` when a handler takes longer than the configured limit (the time to
+/// the response head; a streaming body may take longer).
+async fn time_limit(
+    axum::extract::State(limit): axum::extract::State<Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => axum::response::IntoResponse::into_response(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "the request did not complete within {} s",
+                limit.as_secs_f64()
+            ),
+        )),
+    }
 }
 
 async fn health() -> Json<serde_json::Value> {

@@ -144,7 +144,8 @@ async fn run(config: RunConfig) -> Result<(), String> {
             Duration::from_secs(tc.retention_interval_seconds.max(1)),
         )
     });
-    let state = AppState::new(pipeline.telemetry(), handles, config.server.max_body_bytes);
+    let mut state = AppState::new(pipeline.telemetry(), handles, config.server.max_body_bytes);
+    state.request_timeout = Duration::from_secs(config.server.request_timeout_seconds);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
