@@ -8,6 +8,12 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer};
 use serde_json::Value;
 
+mod inference;
+
+pub use inference::{
+    InferenceConfig, InferenceProvider, Model, ModelType, PROVIDER_TYPES, ProviderKind,
+};
+
 /// The embedded default run config, used when no file is given.
 pub const DEFAULT_CONFIG_YAML: &str = include_str!("default.yaml");
 
@@ -23,6 +29,8 @@ pub struct RunConfig {
     pub server: ServerConfig,
     /// Telemetry provider settings.
     pub telemetry: TelemetryConfig,
+    /// Inference providers and models.
+    pub inference: InferenceConfig,
 }
 
 /// HTTP server settings (`server:`).
@@ -158,6 +166,8 @@ pub struct TelemetryConfig {
     pub queue_capacity: usize,
     /// Console sink settings.
     pub console: ConsoleConfig,
+    /// Record request and response content as span attributes.
+    pub capture_content: bool,
 }
 
 /// Why a config was refused. Each message is one line naming the key or variable at fault.
@@ -386,12 +396,16 @@ struct RawRoot {
     server: Option<ServerConfig>,
     #[serde(default)]
     providers: Option<RawProviders>,
+    #[serde(default)]
+    models: Option<Vec<inference::RawModel>>,
 }
 
 #[derive(Deserialize)]
 struct RawProviders {
     #[serde(default)]
     telemetry: Option<Vec<RawTelemetryProvider>>,
+    #[serde(default)]
+    inference: Option<Vec<inference::RawProvider>>,
 }
 
 #[derive(Deserialize)]
@@ -419,9 +433,10 @@ struct RawTelemetryConfig {
     #[serde(default, deserialize_with = "opt_number")]
     queue_capacity: Option<usize>,
     console: Option<ConsoleConfig>,
+    capture_content: Option<bool>,
 }
 
-fn opt_number<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+pub(crate) fn opt_number<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: std::str::FromStr + TryFrom<u64> + TryFrom<i64>,
@@ -486,7 +501,12 @@ fn build(
             "must be positive".into(),
         ));
     }
-    let providers = raw.providers.and_then(|p| p.telemetry).unwrap_or_default();
+    let (telemetry_providers, inference_providers) = match raw.providers {
+        Some(p) => (p.telemetry, p.inference),
+        None => (None, None),
+    };
+    let inference = inference::build(inference_providers, raw.models)?;
+    let providers = telemetry_providers.unwrap_or_default();
     if providers.len() > 1 {
         return Err((
             "providers.telemetry".into(),
@@ -594,6 +614,8 @@ fn build(
                 65_536,
             )? as usize,
             console: config.console.unwrap_or_default(),
+            capture_content: config.capture_content.unwrap_or(true),
         },
+        inference,
     })
 }

@@ -233,3 +233,86 @@ fn a_real_file_and_a_missing_one() {
         .to_string();
     assert!(e.contains("nope.yaml"), "{e}");
 }
+
+#[test]
+fn inference_providers_and_models() {
+    use tokentrace_config::{ModelType, ProviderKind};
+    let env = env_of(&[
+        ("VLLM_URL", "http://gpu:8000/v1/"),
+        ("OLLAMA_URL", "http://box:11434"),
+    ]);
+    let yaml = "providers:
+  inference:
+  - provider_id: vllm
+    provider_type: remote::vllm
+    config:
+      url: ${env.VLLM_URL}
+      api_token: secret
+      tls_verify: true
+      timeout_seconds: 5
+  - provider_id: ollama
+    provider_type: remote::ollama
+    config:
+      url: ${env.OLLAMA_URL}
+models:
+- model_id: llama
+  provider_id: vllm
+  provider_model_id: meta-llama/Llama-3.1-8B-Instruct
+- model_id: nomic
+  provider_id: ollama
+  model_type: embedding
+";
+    let c = load_from_str(yaml, "run.yaml", &env).unwrap();
+    let p = &c.inference.providers;
+    assert_eq!(
+        (
+            p[0].kind,
+            p[0].url.as_deref(),
+            p[0].api_key.as_deref(),
+            p[0].timeout_seconds
+        ),
+        (
+            ProviderKind::OpenAiCompatible,
+            Some("http://gpu:8000/v1"),
+            Some("secret"),
+            5
+        )
+    );
+    assert_eq!(p[1].url.as_deref(), Some("http://box:11434/v1"));
+    let m = &c.inference.models;
+    assert_eq!(m[0].provider_model_id, "meta-llama/Llama-3.1-8B-Instruct");
+    assert_eq!(
+        (m[1].provider_model_id.as_str(), m[1].model_type),
+        ("nomic", ModelType::Embedding)
+    );
+
+    let defaults = load(None, &env_of(&[])).unwrap();
+    assert_eq!(defaults.inference.providers[0].kind, ProviderKind::Echo);
+    assert_eq!(defaults.inference.models[0].model_id, "echo");
+    assert!(defaults.telemetry.capture_content);
+
+    let e = load_from_str(
+        "providers:\n  inference:\n  - provider_id: x\n    provider_type: remote::bedrock\n",
+        "run.yaml",
+        &env,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("providers.inference[0].provider_type") && e.contains("remote::vllm"),
+        "{e}"
+    );
+    let e = load_from_str(
+        "providers:\n  inference:\n  - provider_id: x\n    provider_type: remote::vllm\n",
+        "run.yaml",
+        &env,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("config.url"), "{e}");
+    let e = load_from_str("providers:\n  inference:\n  - provider_id: x\n    provider_type: inline::echo\nmodels:\n- model_id: m\n  provider_id: nope\n", "run.yaml", &env).unwrap_err().to_string();
+    assert!(
+        e.contains("models[0].provider_id") && e.contains("\"nope\""),
+        "{e}"
+    );
+}
