@@ -45,9 +45,11 @@ pub struct ServerConfig {
     /// Largest request body accepted, in bytes.
     #[serde(deserialize_with = "number")]
     pub max_body_bytes: usize,
-    /// Requests taking longer are answered 408.
+    /// Requests not answered within this time get 504.
     #[serde(deserialize_with = "number")]
     pub request_timeout_seconds: u64,
+    /// Also trace calls of the telemetry query API and datasetio.
+    pub trace_telemetry_api: bool,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +59,7 @@ impl Default for ServerConfig {
             port: 8321,
             max_body_bytes: 1 << 20,
             request_timeout_seconds: 30,
+            trace_telemetry_api: false,
         }
     }
 }

@@ -2,6 +2,8 @@
 
 mod error;
 pub mod extract;
+pub mod inference;
+mod request_trace;
 mod telemetry_api;
 
 use std::sync::Arc;
@@ -16,6 +18,8 @@ use tokentrace_pipeline::Telemetry;
 use tokentrace_store::{StoreReader, StoreWriter};
 
 pub use error::ApiError;
+pub use inference::Inference;
+pub use request_trace::RequestContext;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -27,6 +31,12 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Requests not answered within this time get 504.
     pub request_timeout: Duration,
+    /// Providers and models.
+    pub inference: Arc<Inference>,
+    /// Record request and response content on provider spans.
+    pub capture_content: bool,
+    /// Also trace calls of the telemetry query API and datasetio.
+    pub trace_telemetry_api: bool,
 }
 
 struct StoreHandles {
@@ -40,12 +50,16 @@ impl AppState {
         telemetry: Telemetry,
         store: Option<(StoreReader, StoreWriter)>,
         max_body_bytes: usize,
+        inference: Inference,
     ) -> Self {
         Self {
             telemetry,
             store: store.map(|(reader, writer)| Arc::new(StoreHandles { reader, writer })),
             max_body_bytes,
             request_timeout: Duration::from_secs(30),
+            inference: Arc::new(inference),
+            capture_content: true,
+            trace_telemetry_api: false,
         }
     }
 
@@ -75,11 +89,23 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1/telemetry", telemetry_api::routes())
         .nest("/v1alpha/telemetry", telemetry_api::routes())
         .nest("/v1/datasetio", telemetry_api::datasetio_routes())
+        .nest(
+            "/v1/openai/v1",
+            inference::openai_routes().merge(inference::openai_models_route()),
+        )
+        .nest(
+            "/v1",
+            inference::openai_routes().merge(inference::native_routes()),
+        )
         .route("/v1/health", get(health))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(timeout, time_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_trace::trace_requests,
+        ))
         .with_state(state)
 }
 

@@ -22,9 +22,9 @@ fn detail(body: &serde_json::Value) -> &str {
 fn snapshot(s: &TestServer) -> Vec<(String, String, String, String)> {
     let conn = s.sqlite();
     let mut stmt = conn
-        .prepare("SELECT trace_id, span_id, name, attributes FROM spans ORDER BY span_id")
+        .prepare("SELECT trace_id, span_id, name, attributes FROM spans WHERE trace_id = ?1 ORDER BY span_id")
         .unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+    stmt.query_map([T], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
         .unwrap()
         .map(Result::unwrap)
         .collect()

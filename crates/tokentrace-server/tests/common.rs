@@ -31,6 +31,17 @@ impl TestServer {
         extra: Vec<Box<dyn Sink>>,
         max_body: usize,
     ) -> Self {
+        let inference = tokentrace_config::load(None, &|_| None).unwrap().inference;
+        Self::start_full(options, extra, max_body, inference).await
+    }
+
+    /// A server with these inference providers and models.
+    pub async fn start_full(
+        options: PipelineOptions,
+        extra: Vec<Box<dyn Sink>>,
+        max_body: usize,
+        inference: tokentrace_config::InferenceConfig,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db_path = dir.path().join("trace_store.db");
         let store = Store::open(&db_path, StoreOptions::default()).unwrap();
@@ -42,6 +53,7 @@ impl TestServer {
             telemetry.clone(),
             Some((store.reader(), store.writer())),
             max_body,
+            tokentrace_server::Inference::new(&inference).unwrap(),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

@@ -144,8 +144,16 @@ async fn run(config: RunConfig) -> Result<(), String> {
             Duration::from_secs(tc.retention_interval_seconds.max(1)),
         )
     });
-    let mut state = AppState::new(pipeline.telemetry(), handles, config.server.max_body_bytes);
+    let inference = tokentrace_server::Inference::new(&config.inference)?;
+    let mut state = AppState::new(
+        pipeline.telemetry(),
+        handles,
+        config.server.max_body_bytes,
+        inference,
+    );
     state.request_timeout = Duration::from_secs(config.server.request_timeout_seconds);
+    state.capture_content = tc.capture_content;
+    state.trace_telemetry_api = config.server.trace_telemetry_api;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -153,9 +161,16 @@ async fn run(config: RunConfig) -> Result<(), String> {
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
     let sink_names: Vec<&str> = tc.sinks.iter().map(|s| s.as_str()).collect();
+    let models: Vec<&str> = config
+        .inference
+        .models
+        .iter()
+        .map(|m| m.model_id.as_str())
+        .collect();
     tracing::info!(
-        "tokentrace listening on http://{local}  sinks: {}  store: {}",
+        "tokentrace listening on http://{local}  sinks: {}  models: {}  store: {}",
         sink_names.join(","),
+        models.join(","),
         store
             .as_ref()
             .map_or("(none)".to_string(), |s| s.path().display().to_string())

@@ -1,0 +1,367 @@
+//! The provider-call span: OpenTelemetry GenAI attributes, usage (reported or counted), and the
+//! token metric events, recorded once when the call ends, fails or is cancelled.
+
+use std::time::Instant;
+
+use serde_json::{Map, Value};
+use tokentrace_model::{
+    AttrValue, Attributes, Event, MetricEvent, MetricValue, SpanId, SpanKind, SpanRecord,
+    SpanStatus, Timestamp,
+};
+use tokentrace_pipeline::Telemetry;
+
+use super::provider::{Operation, Provider};
+use super::tokens;
+use crate::{AppState, RequestContext};
+
+/// Longest content recorded in an attribute.
+const MAX_CONTENT: usize = 64 * 1024;
+
+/// How a call ended.
+pub enum Outcome<'a> {
+    /// It completed.
+    Ok,
+    /// It failed: `error.type` and a message.
+    Error(&'a str, &'a str),
+    /// The client went away first.
+    Cancelled,
+}
+
+/// Token counts of a call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Prompt (input) tokens.
+    pub prompt: u64,
+    /// Completion (output) tokens.
+    pub completion: u64,
+    /// Whether any count came from the tokenizer rather than the provider.
+    pub estimated: bool,
+}
+
+/// One call to a provider, from request to end.
+pub struct ProviderCall {
+    telemetry: Telemetry,
+    ctx: RequestContext,
+    span: Option<SpanRecord>,
+    op: Operation,
+    started: Instant,
+    model_id: String,
+    provider_id: String,
+    capture: bool,
+    prompt_text: String,
+    output: String,
+    reported_prompt: Option<u64>,
+    reported_completion: Option<u64>,
+    first_chunk: Option<f64>,
+    finish_reasons: Vec<String>,
+    response_id: Option<String>,
+    response_model: Option<String>,
+}
+
+fn put(attrs: &mut Attributes, key: &str, v: impl Into<AttrValue>) {
+    attrs.insert(key.to_string(), v.into());
+}
+
+fn cut(mut s: String) -> String {
+    if s.len() > MAX_CONTENT {
+        let mut end = MAX_CONTENT;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
+impl ProviderCall {
+    /// Starts the span for a call of `op` on `model_id` through `provider`.
+    pub fn start(
+        state: &AppState,
+        ctx: RequestContext,
+        op: Operation,
+        model_id: &str,
+        provider: &Provider,
+        req: &Map<String, Value>,
+        stream: bool,
+    ) -> Self {
+        let capture = state.capture_content;
+        let mut a = Attributes::new();
+        put(&mut a, "gen_ai.operation.name", op.genai_name());
+        let system = provider
+            .config
+            .provider_type
+            .rsplit("::")
+            .next()
+            .unwrap_or(&provider.config.provider_type)
+            .to_string();
+        put(&mut a, "gen_ai.provider.name", system);
+        put(&mut a, "gen_ai.request.model", model_id);
+        put(&mut a, "model_id", model_id);
+        put(&mut a, "provider_id", provider.config.provider_id.as_str());
+        put(&mut a, "gen_ai.request.stream", stream);
+        if let Some(m) = req
+            .get("max_completion_tokens")
+            .or_else(|| req.get("max_tokens"))
+            .and_then(Value::as_i64)
+        {
+            put(&mut a, "gen_ai.request.max_tokens", m);
+        }
+        for (field, key) in [
+            ("temperature", "gen_ai.request.temperature"),
+            ("top_p", "gen_ai.request.top_p"),
+        ] {
+            if let Some(v) = req.get(field).and_then(Value::as_f64) {
+                put(&mut a, key, v);
+            }
+        }
+        if let Some(addr) = &provider.server_address {
+            put(&mut a, "server.address", addr.as_str());
+        }
+        if capture {
+            let content = req
+                .get("messages")
+                .or_else(|| req.get("prompt"))
+                .or_else(|| req.get("input"))
+                .map(Value::to_string)
+                .unwrap_or_default();
+            put(&mut a, "gen_ai.prompt", cut(content));
+        }
+        let span = SpanRecord {
+            trace_id: ctx.trace_id,
+            span_id: SpanId::random(),
+            parent_span_id: Some(ctx.span_id),
+            name: format!("{} {model_id}", op.genai_name()),
+            kind: SpanKind::Client,
+            start_time: Timestamp::now(),
+            end_time: None,
+            status: None,
+            status_message: None,
+            attributes: a,
+            events: Vec::new(),
+            links: Vec::new(),
+            service_name: None,
+            expires_at: None,
+        };
+        Self {
+            telemetry: state.telemetry.clone(),
+            ctx,
+            span: Some(span),
+            op,
+            started: Instant::now(),
+            model_id: model_id.to_string(),
+            provider_id: provider.config.provider_id.clone(),
+            capture,
+            prompt_text: tokens::prompt_text(req),
+            output: String::new(),
+            reported_prompt: None,
+            reported_completion: None,
+            first_chunk: None,
+            finish_reasons: Vec::new(),
+            response_id: None,
+            response_model: None,
+        }
+    }
+
+    fn observe_common(&mut self, v: &Value) {
+        if self.response_id.is_none() {
+            self.response_id = v.get("id").and_then(Value::as_str).map(str::to_string);
+        }
+        if self.response_model.is_none() {
+            self.response_model = v.get("model").and_then(Value::as_str).map(str::to_string);
+        }
+        if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+            if let Some(p) = u.get("prompt_tokens").and_then(Value::as_u64) {
+                self.reported_prompt = Some(p);
+            }
+            if let Some(c) = u.get("completion_tokens").and_then(Value::as_u64) {
+                self.reported_completion = Some(c);
+            } else if self.op == Operation::Embeddings {
+                self.reported_completion = Some(0);
+            }
+        }
+        for choice in v
+            .get("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(r) = choice.get("finish_reason").and_then(Value::as_str) {
+                self.finish_reasons.push(r.to_string());
+            }
+        }
+    }
+
+    /// Reads a whole (non-streaming) response.
+    pub fn observe_response(&mut self, v: &Value) {
+        self.observe_common(v);
+        for choice in v
+            .get("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let text = choice
+                .pointer("/message/content")
+                .or_else(|| choice.get("text"))
+                .map(tokens::content_text)
+                .unwrap_or_default();
+            self.output.push_str(&text);
+        }
+    }
+
+    /// Reads one streamed chunk; returns the text it adds.
+    pub fn observe_chunk(&mut self, v: &Value) -> String {
+        self.observe_common(v);
+        let mut added = String::new();
+        for choice in v
+            .get("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(t) = choice
+                .pointer("/delta/content")
+                .or_else(|| choice.get("text"))
+                .and_then(Value::as_str)
+            {
+                added.push_str(t);
+            }
+        }
+        if !added.is_empty() && self.first_chunk.is_none() {
+            self.first_chunk = Some(self.started.elapsed().as_secs_f64());
+        }
+        self.output.push_str(&added);
+        added
+    }
+
+    /// The finish reason of the first choice, if any.
+    pub fn finish_reason(&self) -> Option<&str> {
+        self.finish_reasons.first().map(String::as_str)
+    }
+
+    /// Usage as reported, or counted with the tokenizer where not reported.
+    pub fn usage(&self) -> Usage {
+        let (prompt, p_est) = match self.reported_prompt {
+            Some(p) => (p, false),
+            None => (tokens::count(&self.prompt_text), true),
+        };
+        let (completion, c_est) = match (self.reported_completion, self.op) {
+            (Some(c), _) => (c, false),
+            (None, Operation::Embeddings) => (0, false),
+            (None, _) => (tokens::count(&self.output), true),
+        };
+        Usage {
+            prompt,
+            completion,
+            estimated: p_est || c_est,
+        }
+    }
+
+    /// Ends the span and records the token metrics.
+    pub fn finish(&mut self, outcome: Outcome<'_>) {
+        let Some(mut span) = self.span.take() else {
+            return;
+        };
+        let now = Timestamp::now();
+        span.end_time = Some(now);
+        let counted = matches!(outcome, Outcome::Ok)
+            || !self.output.is_empty()
+            || self.reported_prompt.is_some();
+        let usage = self.usage();
+        let a = &mut span.attributes;
+        if let Some(id) = &self.response_id {
+            put(a, "gen_ai.response.id", id.as_str());
+        }
+        if let Some(m) = &self.response_model {
+            put(a, "gen_ai.response.model", m.as_str());
+        }
+        if !self.finish_reasons.is_empty() {
+            let reasons = self
+                .finish_reasons
+                .iter()
+                .map(|r| AttrValue::from(r.as_str()))
+                .collect();
+            a.insert(
+                "gen_ai.response.finish_reasons".into(),
+                AttrValue::Array(reasons),
+            );
+        }
+        if let Some(t) = self.first_chunk {
+            put(a, "gen_ai.response.time_to_first_chunk", t);
+        }
+        if counted {
+            put(a, "gen_ai.usage.input_tokens", usage.prompt as i64);
+            put(a, "gen_ai.usage.output_tokens", usage.completion as i64);
+            if usage.estimated {
+                put(a, "tokentrace.tokens_estimated", true);
+            }
+        }
+        if self.capture && !self.output.is_empty() {
+            put(
+                a,
+                "gen_ai.completion",
+                cut(std::mem::take(&mut self.output)),
+            );
+        }
+        match outcome {
+            Outcome::Ok => span.status = Some(SpanStatus::Ok),
+            Outcome::Error(kind, message) => {
+                put(&mut span.attributes, "error.type", kind);
+                span.status = Some(SpanStatus::Error);
+                span.status_message = Some(message.to_string());
+            }
+            Outcome::Cancelled => {
+                put(&mut span.attributes, "error.type", "cancelled");
+                span.status = Some(SpanStatus::Error);
+                span.status_message =
+                    Some("the client disconnected before the response was complete".into());
+            }
+        }
+        if self.telemetry.record_span(span).is_err() {
+            tracing::debug!("provider span dropped: telemetry pipeline full or stopped");
+        }
+        if counted {
+            self.record_metrics(usage, now);
+        }
+    }
+
+    fn record_metrics(&self, usage: Usage, at: Timestamp) {
+        let labels: Attributes = [
+            (
+                "model_id".to_string(),
+                AttrValue::from(self.model_id.as_str()),
+            ),
+            (
+                "provider_id".to_string(),
+                AttrValue::from(self.provider_id.as_str()),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        for (name, value) in [
+            ("prompt_tokens", usage.prompt),
+            ("completion_tokens", usage.completion),
+            ("total_tokens", usage.prompt + usage.completion),
+        ] {
+            let event = Event::Metric(MetricEvent {
+                trace_id: self.ctx.trace_id,
+                span_id: self.ctx.span_id,
+                timestamp: at,
+                attributes: labels.clone(),
+                metric: name.to_string(),
+                value: MetricValue::Int(value as i64),
+                unit: "tokens".to_string(),
+            });
+            if self.telemetry.log_event(event, None).is_err() {
+                tracing::debug!("token metric dropped: telemetry pipeline full or stopped");
+            }
+        }
+    }
+}
+
+impl Drop for ProviderCall {
+    fn drop(&mut self) {
+        self.finish(Outcome::Cancelled);
+    }
+}

@@ -1,0 +1,208 @@
+//! One root span per API call: W3C `traceparent` in, `x-trace-id` out, the span ended when the
+//! response body has been sent (or the client went away).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use http_body::{Body as _, Frame};
+use tokentrace_model::{
+    AttrValue, Attributes, SpanId, SpanKind, SpanRecord, SpanStatus, Timestamp, TraceId,
+    TraceParent,
+};
+use tokentrace_pipeline::Telemetry;
+
+use crate::AppState;
+
+/// The trace context of the request being handled; handlers make their spans children of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestContext {
+    /// The request's trace (the caller's when it sent `traceparent`).
+    pub trace_id: TraceId,
+    /// The request's root span.
+    pub span_id: SpanId,
+}
+
+impl RequestContext {
+    /// A fresh context for work not started by a traced request.
+    pub fn detached() -> Self {
+        Self {
+            trace_id: TraceId::random(),
+            span_id: SpanId::random(),
+        }
+    }
+}
+
+/// Whether a request is traced. Never: telemetry ingestion (a span per ingested event would
+/// double every write) and health checks. The telemetry query API and datasetio only when
+/// asked (`server.trace_telemetry_api`): by default, looking at telemetry does not create more.
+fn is_traced(path: &str, trace_telemetry_api: bool) -> bool {
+    if matches!(
+        path,
+        "/v1/telemetry/events" | "/v1alpha/telemetry/events" | "/v1/health"
+    ) {
+        return false;
+    }
+    let telemetry_api = path.starts_with("/v1/telemetry/")
+        || path.starts_with("/v1alpha/telemetry/")
+        || path.starts_with("/v1/datasetio/");
+    trace_telemetry_api || !telemetry_api
+}
+
+fn header_attr(req: &Request, name: &str, attributes: &mut Attributes) {
+    if let Some(v) = req.headers().get(name).and_then(|v| v.to_str().ok()) {
+        attributes.insert(format!("http.request.header.{name}"), AttrValue::from(v));
+    }
+}
+
+/// The middleware.
+pub async fn trace_requests(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let path = req.uri().path().to_string();
+    if !is_traced(&path, state.trace_telemetry_api) {
+        return next.run(req).await;
+    }
+    let remote = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| TraceParent::parse(v).ok());
+    let ctx = RequestContext {
+        trace_id: remote.map_or_else(TraceId::random, |p| p.trace_id),
+        span_id: SpanId::random(),
+    };
+    let method = req.method().as_str().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let mut attributes = Attributes::new();
+    attributes.insert(
+        "http.request.method".into(),
+        AttrValue::from(method.as_str()),
+    );
+    attributes.insert("url.path".into(), AttrValue::from(path.as_str()));
+    if let Some(r) = &route {
+        attributes.insert("http.route".into(), AttrValue::from(r.as_str()));
+    }
+    header_attr(&req, "x-telemetry-service", &mut attributes);
+    header_attr(&req, "x-telemetry-version", &mut attributes);
+    header_attr(&req, "user-agent", &mut attributes);
+    req.extensions_mut().insert(ctx);
+
+    let start = Timestamp::now();
+    let res = next.run(req).await;
+    let status = res.status();
+    attributes.insert(
+        "http.response.status_code".into(),
+        AttrValue::Int(i64::from(status.as_u16())),
+    );
+    let (mut parts, body) = res.into_parts();
+    if let Ok(v) = HeaderValue::from_str(&ctx.trace_id.to_string()) {
+        parts.headers.insert("x-trace-id", v);
+    }
+    let span = SpanRecord {
+        trace_id: ctx.trace_id,
+        span_id: ctx.span_id,
+        parent_span_id: remote.map(|p| p.parent_id),
+        name: format!("{method} {}", route.as_deref().unwrap_or(&path)),
+        kind: SpanKind::Server,
+        start_time: start,
+        end_time: None,
+        status: None,
+        status_message: None,
+        attributes,
+        events: Vec::new(),
+        links: Vec::new(),
+        service_name: None,
+        expires_at: None,
+    };
+    let guard = SpanGuard {
+        telemetry: state.telemetry.clone(),
+        span: Some(span),
+        status,
+    };
+    Response::from_parts(parts, Body::new(GuardedBody { inner: body, guard }))
+}
+
+/// Ends the request span once, when the body is done or dropped.
+struct SpanGuard {
+    telemetry: Telemetry,
+    span: Option<SpanRecord>,
+    status: StatusCode,
+}
+
+impl SpanGuard {
+    fn finish(&mut self, cancelled: bool) {
+        let Some(mut span) = self.span.take() else {
+            return;
+        };
+        span.end_time = Some(Timestamp::now());
+        if cancelled {
+            span.status = Some(SpanStatus::Error);
+            span.status_message =
+                Some("the client disconnected before the response was sent".into());
+            span.attributes
+                .insert("error.type".into(), AttrValue::from("cancelled"));
+        } else if self.status.is_server_error() {
+            span.status = Some(SpanStatus::Error);
+            span.attributes.insert(
+                "error.type".into(),
+                AttrValue::from(self.status.as_u16().to_string()),
+            );
+        } else {
+            span.status = Some(SpanStatus::Ok);
+        }
+        if self.telemetry.record_span(span).is_err() {
+            tracing::debug!("request span dropped: telemetry pipeline full or stopped");
+        }
+    }
+}
+
+/// A response body that ends the request span when it completes.
+struct GuardedBody {
+    inner: Body,
+    guard: SpanGuard,
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.guard.finish(false),
+            Poll::Ready(Some(Err(_))) => this.guard.finish(true),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.guard.finish(false),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for GuardedBody {
+    fn drop(&mut self) {
+        let complete = self.inner.is_end_stream();
+        self.guard.finish(!complete);
+    }
+}
