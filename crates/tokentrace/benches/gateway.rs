@@ -5,7 +5,7 @@
 //!
 //! Run: `cargo bench -p tokentrace --bench gateway` (options: `-- --seconds 5`).
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
