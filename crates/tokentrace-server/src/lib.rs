@@ -11,10 +11,12 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use tokentrace_model::Timestamp;
 use tokentrace_pipeline::Telemetry;
+use tokentrace_pipeline::sinks::prometheus::{Format, Registry, Sample};
 use tokentrace_store::{StoreReader, StoreWriter};
 
 pub use error::ApiError;
@@ -37,6 +39,8 @@ pub struct AppState {
     pub capture_content: bool,
     /// Also trace calls of the telemetry query API and datasetio.
     pub trace_telemetry_api: bool,
+    /// What `/metrics` serves (fed by the pipeline's prometheus sink).
+    pub metrics: Arc<Registry>,
 }
 
 struct StoreHandles {
@@ -60,6 +64,7 @@ impl AppState {
             inference: Arc::new(inference),
             capture_content: true,
             trace_telemetry_api: false,
+            metrics: Arc::new(Registry::new()),
         }
     }
 
@@ -98,6 +103,7 @@ pub fn router(state: AppState) -> Router {
             inference::openai_routes().merge(inference::native_routes()),
         )
         .route("/v1/health", get(health))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
@@ -130,6 +136,120 @@ async fn time_limit(
 
 async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "OK" }))
+}
+
+/// `GET /metrics`: Prometheus text format, or OpenMetrics when the scraper asks for it.
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    let format = Format::from_accept(
+        headers
+            .get(axum::http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let p = state.telemetry.stats();
+    let load =
+        |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    let sample = |name, help, counter, value| Sample {
+        name,
+        help,
+        counter,
+        labels: Vec::new(),
+        value,
+    };
+    let mut live = vec![
+        sample(
+            "tokentrace_pipeline_queue_depth",
+            "Telemetry messages waiting in the pipeline queue.",
+            false,
+            load(&p.queue_depth),
+        ),
+        sample(
+            "tokentrace_pipeline_accepted_total",
+            "Telemetry messages accepted into the pipeline.",
+            true,
+            load(&p.accepted),
+        ),
+        Sample {
+            name: "tokentrace_dropped_events_total",
+            help: "Telemetry refused or lost, by reason.",
+            counter: true,
+            labels: vec![("reason", "queue_full".into())],
+            value: load(&p.rejected_full),
+        },
+        sample(
+            "tokentrace_spans_unfinished_total",
+            "Spans stored unfinished (timeout, open-span limit, shutdown).",
+            true,
+            load(&p.spans_unfinished),
+        ),
+        sample(
+            "tokentrace_span_starts_duplicate_total",
+            "Duplicate span_start events ignored.",
+            true,
+            load(&p.duplicate_starts),
+        ),
+        sample(
+            "tokentrace_span_ends_orphan_total",
+            "span_end events without a known start.",
+            true,
+            load(&p.orphan_ends),
+        ),
+        sample(
+            "tokentrace_sink_errors_total",
+            "Sink flush failures.",
+            true,
+            load(&p.sink_errors),
+        ),
+    ];
+    if let Some(store) = &state.store {
+        let w = store.writer.stats();
+        live.extend([
+            sample(
+                "tokentrace_sqlite_rows_committed_total",
+                "Rows committed to SQLite.",
+                true,
+                w.rows_committed as f64,
+            ),
+            sample(
+                "tokentrace_sqlite_batches_committed_total",
+                "SQLite transactions committed.",
+                true,
+                w.batches_committed as f64,
+            ),
+            sample(
+                "tokentrace_sqlite_last_batch_rows",
+                "Rows in the last SQLite transaction.",
+                false,
+                w.last_batch_rows as f64,
+            ),
+            sample(
+                "tokentrace_sqlite_last_commit_seconds",
+                "Duration of the last SQLite commit.",
+                false,
+                w.last_commit_micros as f64 / 1e6,
+            ),
+            sample(
+                "tokentrace_sqlite_write_errors_total",
+                "SQLite batches that failed to commit.",
+                true,
+                w.write_errors as f64,
+            ),
+            sample(
+                "tokentrace_sqlite_rows_expired_total",
+                "Rows deleted by retention.",
+                true,
+                w.rows_expired as f64,
+            ),
+        ]);
+    }
+    let body = state.metrics.render(format, &live);
+    (
+        [(axum::http::header::CONTENT_TYPE, format.content_type())],
+        body,
+    )
+        .into_response()
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

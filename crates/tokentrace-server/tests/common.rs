@@ -45,7 +45,11 @@ impl TestServer {
         let dir = tempfile::tempdir().unwrap();
         let db_path = dir.path().join("trace_store.db");
         let store = Store::open(&db_path, StoreOptions::default()).unwrap();
+        let registry = std::sync::Arc::new(tokentrace_pipeline::sinks::prometheus::Registry::new());
         let mut sinks: Vec<Box<dyn Sink>> = extra;
+        sinks.push(Box::new(
+            tokentrace_pipeline::sinks::prometheus::PrometheusSink::new(registry.clone()),
+        ));
         sinks.push(Box::new(SqliteSink::new(store.writer())));
         let pipeline = Pipeline::start(options, sinks).unwrap();
         let telemetry = pipeline.telemetry();
@@ -55,6 +59,8 @@ impl TestServer {
             max_body,
             tokentrace_server::Inference::new(&inference).unwrap(),
         );
+        let mut state = state;
+        state.metrics = registry;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let app = tokentrace_server::router(state);

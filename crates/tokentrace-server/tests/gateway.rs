@@ -561,3 +561,65 @@ async fn the_echo_provider_answers_offline_in_every_shape() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_counts_tokens_per_model_and_provider() {
+    let (s, _) = start().await;
+    for _ in 0..3 {
+        let res = s
+            .client
+            .post(format!("{}/v1/chat/completions", s.base))
+            .json(&json!({"model": "ok", "messages": [{"role": "user", "content": "Hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    let res = s.client.post(format!("{}/v1/chat/completions", s.base))
+        .json(&json!({"model": "stream-usage", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}))
+        .send().await.unwrap();
+    res.bytes().await.unwrap();
+    s.flush().await;
+    let res = s
+        .client
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = res.text().await.unwrap();
+    for line in [
+        "llama_stack_prompt_tokens_total{model_id=\"ok\",provider_id=\"vllm\"} 33",
+        "llama_stack_completion_tokens_total{model_id=\"ok\",provider_id=\"vllm\"} 21",
+        "llama_stack_tokens_total{model_id=\"ok\",provider_id=\"vllm\"} 54",
+        "llama_stack_tokens_total{model_id=\"stream-usage\",provider_id=\"vllm\"} 8",
+        "llama_stack_request_duration_seconds_count{model_id=\"ok\",provider_id=\"vllm\"} 3",
+        "llama_stack_time_to_first_token_seconds_count{model_id=\"stream-usage\",provider_id=\"vllm\"} 1",
+        "tokentrace_http_requests_total{route=\"/v1/chat/completions\",status_code=\"200\"} 4",
+        "# TYPE tokentrace_pipeline_queue_depth gauge",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    let res = s
+        .client
+        .get(format!("{}/metrics", s.base))
+        .header("accept", "application/openmetrics-text; version=1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let om = res.text().await.unwrap();
+    assert!(
+        om.contains("# TYPE llama_stack_tokens counter") && om.ends_with("# EOF\n"),
+        "{om}"
+    );
+    s.stop().await;
+}

@@ -3,11 +3,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokentrace_config::{RunConfig, SinkKind};
 use tokentrace_pipeline::sinks::console::ConsoleSink;
+use tokentrace_pipeline::sinks::prometheus::{PrometheusSink, Registry};
 use tokentrace_pipeline::sinks::sqlite::SqliteSink;
 use tokentrace_pipeline::{Pipeline, PipelineOptions, Sink};
 use tokentrace_server::AppState;
@@ -94,7 +96,8 @@ async fn run(config: RunConfig) -> Result<(), String> {
         .parse()
         .map_err(|e| format!("server.host/server.port: not a socket address ({e})"))?;
 
-    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    let registry = Arc::new(Registry::new());
+    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(PrometheusSink::new(registry.clone()))];
     let mut store = None;
     for kind in &tc.sinks {
         match kind {
@@ -154,6 +157,7 @@ async fn run(config: RunConfig) -> Result<(), String> {
     state.request_timeout = Duration::from_secs(config.server.request_timeout_seconds);
     state.capture_content = tc.capture_content;
     state.trace_telemetry_api = config.server.trace_telemetry_api;
+    state.metrics = registry;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;

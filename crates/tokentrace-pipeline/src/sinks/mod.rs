@@ -2,4 +2,5 @@
 
 pub mod console;
 pub mod memory;
+pub mod prometheus;
 pub mod sqlite;

@@ -1,0 +1,153 @@
+//! Prometheus sink: token counters and latency histograms derived from what the pipeline
+//! carries (token metric points, provider-call spans, request spans), served at `/metrics`.
+
+mod registry;
+
+use std::sync::Arc;
+
+pub use registry::{Format, Registry, Sample};
+use tokentrace_model::{AttrValue, MetricPoint, SpanEvent, SpanKind, SpanRecord};
+
+use crate::Sink;
+
+const MODEL_LABELS: &[&str] = &["model_id", "provider_id"];
+const ROUTE_LABELS: &[&str] = &["route", "status_code"];
+
+/// `gen_ai.client.operation.duration` bucket boundaries (OpenTelemetry GenAI conventions).
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+];
+/// `gen_ai.server.time_to_first_token` bucket boundaries.
+pub const TTFT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+/// Output tokens per second bucket boundaries.
+pub const TOKENS_PER_SECOND_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
+];
+
+/// The Prometheus name of a token metric event, if it is one.
+pub fn token_counter_name(metric: &str) -> Option<(&'static str, &'static str)> {
+    Some(match metric {
+        "prompt_tokens" => (
+            "llama_stack_prompt_tokens_total",
+            "Prompt (input) tokens of inference requests.",
+        ),
+        "completion_tokens" => (
+            "llama_stack_completion_tokens_total",
+            "Completion (output) tokens of inference requests.",
+        ),
+        "total_tokens" => (
+            "llama_stack_tokens_total",
+            "Total tokens (prompt + completion) of inference requests.",
+        ),
+        _ => return None,
+    })
+}
+
+fn label(span: &SpanRecord, key: &str) -> String {
+    span.attributes
+        .get(key)
+        .map(AttrValue::to_label)
+        .unwrap_or_default()
+}
+
+fn number(span: &SpanRecord, key: &str) -> Option<f64> {
+    match span.attributes.get(key)? {
+        AttrValue::Int(i) => Some(*i as f64),
+        AttrValue::Float(f) => Some(*f),
+        _ => None,
+    }
+}
+
+/// Feeds a [`Registry`].
+pub struct PrometheusSink {
+    registry: Arc<Registry>,
+}
+
+impl PrometheusSink {
+    /// A sink recording into `registry`.
+    pub fn new(registry: Arc<Registry>) -> Self {
+        Self { registry }
+    }
+}
+
+impl Sink for PrometheusSink {
+    fn name(&self) -> &'static str {
+        "prometheus"
+    }
+
+    fn span_ended(&mut self, span: &SpanRecord) {
+        let Some(duration) = span.duration_ms().map(|ms| ms / 1000.0) else {
+            return;
+        };
+        if span.attributes.contains_key("gen_ai.operation.name") {
+            let labels = vec![label(span, "model_id"), label(span, "provider_id")];
+            self.registry.observe(
+                "llama_stack_request_duration_seconds",
+                "Duration of inference provider calls.",
+                MODEL_LABELS,
+                DURATION_BUCKETS,
+                labels.clone(),
+                duration,
+            );
+            let ttft = number(span, "gen_ai.response.time_to_first_chunk");
+            if let Some(t) = ttft {
+                self.registry.observe(
+                    "llama_stack_time_to_first_token_seconds",
+                    "Time from the provider call to its first streamed token.",
+                    MODEL_LABELS,
+                    TTFT_BUCKETS,
+                    labels.clone(),
+                    t,
+                );
+            }
+            if let Some(out) = number(span, "gen_ai.usage.output_tokens").filter(|o| *o > 0.0) {
+                let generating = duration - ttft.unwrap_or(0.0);
+                if generating > 0.0 {
+                    self.registry.observe(
+                        "llama_stack_output_tokens_per_second",
+                        "Output tokens per second of generation (after the first token when streaming).",
+                        MODEL_LABELS,
+                        TOKENS_PER_SECOND_BUCKETS,
+                        labels,
+                        out / generating,
+                    );
+                }
+            }
+        }
+        if span.kind == SpanKind::Server
+            && let Some(route) = span
+                .attributes
+                .get("http.route")
+                .or_else(|| span.attributes.get("url.path"))
+        {
+            self.registry.add(
+                "tokentrace_http_requests_total",
+                "API requests by route and status code.",
+                ROUTE_LABELS,
+                vec![route.to_label(), label(span, "http.response.status_code")],
+                1.0,
+            );
+        }
+    }
+
+    fn event(&mut self, _event: &SpanEvent) {}
+
+    fn metric(&mut self, point: &MetricPoint) {
+        if let Some((name, help)) = token_counter_name(&point.name) {
+            let labels = MODEL_LABELS
+                .iter()
+                .map(|k| {
+                    point
+                        .labels
+                        .get(*k)
+                        .map(AttrValue::to_label)
+                        .unwrap_or_default()
+                })
+                .collect();
+            self.registry
+                .add(name, help, MODEL_LABELS, labels, point.value);
+        }
+    }
+}
