@@ -50,6 +50,12 @@ pub struct ServerConfig {
     pub request_timeout_seconds: u64,
     /// Also trace calls of the telemetry query API and datasetio.
     pub trace_telemetry_api: bool,
+    /// A second port serving only the OTLP/HTTP receiver (e.g. 4318); off when unset.
+    #[serde(deserialize_with = "opt_number")]
+    pub otlp_port: Option<u16>,
+    /// Largest OTLP request body accepted, compressed and decompressed, in bytes.
+    #[serde(deserialize_with = "number")]
+    pub otlp_max_body_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +66,8 @@ impl Default for ServerConfig {
             max_body_bytes: 1 << 20,
             request_timeout_seconds: 30,
             trace_telemetry_api: false,
+            otlp_port: None,
+            otlp_max_body_bytes: 16 << 20,
         }
     }
 }
@@ -496,6 +504,12 @@ fn build(
         return Err((
             "server.max_body_bytes".into(),
             format!("must be at least 1024, got {}", server.max_body_bytes),
+        ));
+    }
+    if server.otlp_max_body_bytes < 1024 {
+        return Err((
+            "server.otlp_max_body_bytes".into(),
+            format!("must be at least 1024, got {}", server.otlp_max_body_bytes),
         ));
     }
     if server.request_timeout_seconds == 0 {

@@ -4,5 +4,5 @@ mod pipeline;
 mod sink;
 pub mod sinks;
 
-pub use pipeline::{Pipeline, PipelineOptions, PipelineStats, SubmitError, Telemetry};
+pub use pipeline::{Batch, Pipeline, PipelineOptions, PipelineStats, SubmitError, Telemetry};
 pub use sink::{Sink, SinkError, SpanStart};

@@ -79,7 +79,19 @@ pub struct PipelineStats {
     pub sink_errors: AtomicU64,
 }
 
+/// Spans, events and metric points submitted together: accepted or refused as one.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Complete spans.
+    pub spans: Vec<SpanRecord>,
+    /// Events.
+    pub events: Vec<SpanEvent>,
+    /// Metric points.
+    pub metrics: Vec<MetricPoint>,
+}
+
 enum Msg {
+    Batch(Box<Batch>),
     Event {
         event: Event,
         ttl_seconds: Option<i64>,
@@ -128,6 +140,12 @@ impl Telemetry {
     /// Submits an event that is not part of a span assembled here (e.g. a received OTLP log).
     pub fn record_event(&self, event: SpanEvent) -> Result<(), SubmitError> {
         self.submit(Msg::SpanEvent(Box::new(event)))
+    }
+
+    /// Submits spans, events and metric points as one message: all are accepted, or none
+    /// (then retrying cannot duplicate anything).
+    pub fn record_batch(&self, batch: Batch) -> Result<(), SubmitError> {
+        self.submit(Msg::Batch(Box::new(batch)))
     }
 
     /// Submits a metric data point.
@@ -394,21 +412,52 @@ impl Assembler {
     fn handle(&mut self, msg: Msg, out: &mut Vec<Output>) {
         match msg {
             Msg::Event { event, ttl_seconds } => self.handle_event(event, ttl_seconds, out),
-            Msg::Span(span) => {
-                let mut span = *span;
-                if span.service_name.is_none() {
-                    span.service_name = Some(self.options.service_name.clone());
-                }
-                for e in &span.events {
-                    out.push(Output::Event(e.clone()));
-                }
-                self.stats.spans.fetch_add(1, Ordering::Relaxed);
-                out.push(Output::Ended(span));
+            Msg::Span(span) => self.complete_span(*span, out),
+            Msg::SpanEvent(e) => {
+                let mut e = *e;
+                e.expires_at = e.expires_at.or_else(|| self.expires_at(None));
+                self.attach_event(e, out);
             }
-            Msg::SpanEvent(e) => self.attach_event(*e, out),
-            Msg::Metric(m) => out.push(Output::Metric(*m)),
+            Msg::Metric(m) => {
+                let mut m = *m;
+                m.expires_at = m.expires_at.or_else(|| self.expires_at(None));
+                out.push(Output::Metric(m));
+            }
+            Msg::Batch(batch) => {
+                let Batch {
+                    spans,
+                    events,
+                    metrics,
+                } = *batch;
+                for span in spans {
+                    self.complete_span(span, out);
+                }
+                for e in events {
+                    self.handle(Msg::SpanEvent(Box::new(e)), out);
+                }
+                for m in metrics {
+                    self.handle(Msg::Metric(Box::new(m)), out);
+                }
+            }
             Msg::Flush(_) | Msg::Shutdown => {}
         }
+    }
+
+    /// A span that arrives complete (from the gateway or OTLP): defaults filled in, its events
+    /// emitted as events too.
+    fn complete_span(&mut self, mut span: SpanRecord, out: &mut Vec<Output>) {
+        if span.service_name.is_none() {
+            span.service_name = Some(self.options.service_name.clone());
+        }
+        if span.expires_at.is_none() {
+            span.expires_at = self.expires_at(None);
+        }
+        for e in &mut span.events {
+            e.expires_at = e.expires_at.or(span.expires_at);
+            out.push(Output::Event(e.clone()));
+        }
+        self.stats.spans.fetch_add(1, Ordering::Relaxed);
+        out.push(Output::Ended(span));
     }
 
     fn handle_event(&mut self, event: Event, ttl_seconds: Option<i64>, out: &mut Vec<Output>) {

@@ -3,6 +3,7 @@
 mod error;
 pub mod extract;
 pub mod inference;
+pub mod otlp;
 mod request_trace;
 mod telemetry_api;
 
@@ -41,6 +42,8 @@ pub struct AppState {
     pub trace_telemetry_api: bool,
     /// What `/metrics` serves (fed by the pipeline's prometheus sink).
     pub metrics: Arc<Registry>,
+    /// Largest OTLP request body accepted (compressed and decompressed), in bytes.
+    pub otlp_max_body_bytes: usize,
 }
 
 struct StoreHandles {
@@ -65,6 +68,7 @@ impl AppState {
             capture_content: true,
             trace_telemetry_api: false,
             metrics: Arc::new(Registry::new()),
+            otlp_max_body_bytes: 16 << 20,
         }
     }
 
@@ -102,6 +106,7 @@ pub fn router(state: AppState) -> Router {
             "/v1",
             inference::openai_routes().merge(inference::native_routes()),
         )
+        .merge(otlp::routes())
         .route("/v1/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -136,6 +141,14 @@ async fn time_limit(
 
 async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "OK" }))
+}
+
+/// Only the OTLP receiver, for its own port (`server.otlp_port`).
+pub fn otlp_router(state: AppState) -> Router {
+    otlp::routes()
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
 }
 
 /// `GET /metrics`: Prometheus text format, or OpenMetrics when the scraper asks for it.

@@ -10,6 +10,7 @@ use tokentrace_server::AppState;
 use tokentrace_store::{Store, StoreOptions};
 
 pub struct TestServer {
+    state: AppState,
     pub base: String,
     pub client: reqwest::Client,
     pub telemetry: Telemetry,
@@ -61,6 +62,7 @@ impl TestServer {
         );
         let mut state = state;
         state.metrics = registry;
+        let kept = state.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let app = tokentrace_server::router(state);
@@ -68,6 +70,7 @@ impl TestServer {
             axum::serve(listener, app).await.unwrap();
         });
         TestServer {
+            state: kept,
             base,
             client: reqwest::Client::new(),
             telemetry,
@@ -79,8 +82,38 @@ impl TestServer {
         }
     }
 
+    /// Restarts the HTTP server with a different OTLP body limit (same store and pipeline).
+    pub async fn set_otlp_limit(&mut self, limit: usize) {
+        self.server.abort();
+        let mut state = self.state.clone();
+        state.otlp_max_body_bytes = limit;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.base = format!("http://{}", listener.local_addr().unwrap());
+        let app = tokentrace_server::router(state);
+        self.server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         self.post_raw(path, body.to_string().into_bytes()).await
+    }
+
+    /// Posts bytes with these headers; returns status, headers and body bytes.
+    pub async fn post_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+        let mut req = self.client.post(format!("{}{path}", self.base)).body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        (status, headers, res.bytes().await.unwrap().to_vec())
     }
 
     pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {

@@ -158,6 +158,7 @@ async fn run(config: RunConfig) -> Result<(), String> {
     state.capture_content = tc.capture_content;
     state.trace_telemetry_api = config.server.trace_telemetry_api;
     state.metrics = registry;
+    state.otlp_max_body_bytes = config.server.otlp_max_body_bytes;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -180,9 +181,46 @@ async fn run(config: RunConfig) -> Result<(), String> {
             .map_or("(none)".to_string(), |s| s.path().display().to_string())
     );
 
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let otlp = match config.server.otlp_port {
+        Some(port) => {
+            let otlp_addr: SocketAddr = format!("{}:{port}", config.server.host)
+                .parse()
+                .map_err(|e| format!("server.otlp_port: not a socket address ({e})"))?;
+            let l = tokio::net::TcpListener::bind(otlp_addr)
+                .await
+                .map_err(|e| format!("cannot listen on {otlp_addr} (server.otlp_port): {e}"))?;
+            let otlp_local = l
+                .local_addr()
+                .map_err(|e| format!("cannot read the listening address: {e}"))?;
+            tracing::info!("OTLP/HTTP receiver listening on http://{otlp_local}");
+            let app = tokentrace_server::otlp_router(state.clone());
+            let rx = stop_rx.clone();
+            Some(tokio::spawn(async move {
+                axum::serve(l, app)
+                    .with_graceful_shutdown(stopped(rx))
+                    .await
+            }))
+        }
+        None => None,
+    };
     let served = axum::serve(listener, tokentrace_server::router(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(stopped(stop_rx))
         .await;
+    if let Some(o) = otlp {
+        match o.await {
+            Ok(Err(e)) => tracing::error!("OTLP receiver: {e}"),
+            Err(e) => tracing::error!("OTLP receiver task: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
     if let Some(r) = retention {
         r.abort();
     }

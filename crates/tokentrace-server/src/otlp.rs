@@ -1,0 +1,248 @@
+//! The OTLP/HTTP receiver: `POST /v1/traces`, `/v1/metrics`, `/v1/logs` in protobuf or JSON,
+//! optionally gzip-compressed. Received telemetry goes through the same pipeline and sinks as the
+//! gateway's own.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use tokentrace_otlp::{
+    DecodeError, Encoding, Signal, decode_logs, decode_metrics, decode_traces, export_response,
+    gunzip, logs_to_events, metrics_to_points, status_body, traces_to_spans,
+};
+use tokentrace_pipeline::{Batch, SubmitError};
+
+use crate::AppState;
+
+/// The OTLP routes (`/v1/traces`, `/v1/metrics`, `/v1/logs`).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/traces", post(traces))
+        .route("/v1/metrics", post(metrics))
+        .route("/v1/logs", post(logs))
+}
+
+/// An OTLP/HTTP error: status plus a `Status` body in the request's encoding.
+struct OtlpError {
+    status: StatusCode,
+    encoding: Encoding,
+    code: i32,
+    message: String,
+}
+
+impl IntoResponse for OtlpError {
+    fn into_response(self) -> Response {
+        let mut res = (
+            self.status,
+            [(header::CONTENT_TYPE, self.encoding.content_type())],
+            status_body(self.encoding, self.code, &self.message),
+        )
+            .into_response();
+        if matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(1));
+        }
+        res
+    }
+}
+
+const INVALID_ARGUMENT: i32 = 3;
+const RESOURCE_EXHAUSTED: i32 = 8;
+const UNAVAILABLE: i32 = 14;
+
+/// Reads, decompresses and checks the body; returns its encoding and bytes.
+async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Encoding, Vec<u8>), OtlpError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let Some(encoding) = Encoding::from_content_type(content_type) else {
+        return Err(OtlpError {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            encoding: Encoding::Json,
+            code: INVALID_ARGUMENT,
+            message: format!(
+                "unsupported content type {content_type:?}: use application/x-protobuf or application/json"
+            ),
+        });
+    };
+    let err = |status, code, message: String| OtlpError {
+        status,
+        encoding,
+        code,
+        message,
+    };
+    let limit = state.otlp_max_body_bytes;
+    let raw = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        let mut too_large = false;
+        while let Some(s) = source {
+            too_large |= s.is::<http_body_util::LengthLimitError>();
+            source = s.source();
+        }
+        if too_large {
+            err(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                RESOURCE_EXHAUSTED,
+                format!("the body is larger than {limit} bytes"),
+            )
+        } else {
+            err(
+                StatusCode::BAD_REQUEST,
+                INVALID_ARGUMENT,
+                format!("cannot read the body: {e}"),
+            )
+        }
+    })?;
+    let content_encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity")
+        .trim()
+        .to_ascii_lowercase();
+    let bytes = match content_encoding.as_str() {
+        "identity" | "" => raw.to_vec(),
+        "gzip" => gunzip(&raw, limit).map_err(|e| match e {
+            DecodeError::TooLarge(_) => err(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                RESOURCE_EXHAUSTED,
+                e.to_string(),
+            ),
+            DecodeError::Invalid(_) => {
+                err(StatusCode::BAD_REQUEST, INVALID_ARGUMENT, e.to_string())
+            }
+        })?,
+        other => {
+            return Err(err(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                INVALID_ARGUMENT,
+                format!("unsupported content encoding {other:?}: use gzip or none"),
+            ));
+        }
+    };
+    Ok((encoding, bytes))
+}
+
+fn decode_error(encoding: Encoding, e: DecodeError) -> OtlpError {
+    OtlpError {
+        status: StatusCode::BAD_REQUEST,
+        encoding,
+        code: INVALID_ARGUMENT,
+        message: e.to_string(),
+    }
+}
+
+/// Submits as one batch and answers with partial success when items were rejected.
+fn submit(
+    state: &AppState,
+    signal: Signal,
+    encoding: Encoding,
+    batch: Batch,
+    rejected: i64,
+    message: String,
+) -> Response {
+    match state.telemetry.record_batch(batch) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, encoding.content_type())],
+            export_response(signal, encoding, rejected, message),
+        )
+            .into_response(),
+        Err(e) => OtlpError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            encoding,
+            code: UNAVAILABLE,
+            message: match e {
+                SubmitError::Full => {
+                    "the telemetry pipeline is full; retry after the Retry-After delay".into()
+                }
+                SubmitError::Closed => "tokentrace is shutting down".into(),
+            },
+        }
+        .into_response(),
+    }
+}
+
+async fn traces(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let (encoding, bytes) = match read_body(&state, &headers, body).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let req = match decode_traces(&bytes, encoding) {
+        Ok(r) => r,
+        Err(e) => return decode_error(encoding, e).into_response(),
+    };
+    let converted = traces_to_spans(&req, None);
+    let message = converted.error_message();
+    let batch = Batch {
+        spans: converted.items,
+        ..Batch::default()
+    };
+    submit(
+        &state,
+        Signal::Traces,
+        encoding,
+        batch,
+        converted.rejected,
+        message,
+    )
+}
+
+async fn metrics(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let (encoding, bytes) = match read_body(&state, &headers, body).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let req = match decode_metrics(&bytes, encoding) {
+        Ok(r) => r,
+        Err(e) => return decode_error(encoding, e).into_response(),
+    };
+    let converted = metrics_to_points(&req, None);
+    let message = converted.error_message();
+    let batch = Batch {
+        metrics: converted.items,
+        ..Batch::default()
+    };
+    submit(
+        &state,
+        Signal::Metrics,
+        encoding,
+        batch,
+        converted.rejected,
+        message,
+    )
+}
+
+async fn logs(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let (encoding, bytes) = match read_body(&state, &headers, body).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let req = match decode_logs(&bytes, encoding) {
+        Ok(r) => r,
+        Err(e) => return decode_error(encoding, e).into_response(),
+    };
+    let converted = logs_to_events(&req, None);
+    let message = converted.error_message();
+    let batch = Batch {
+        events: converted.items,
+        ..Batch::default()
+    };
+    submit(
+        &state,
+        Signal::Logs,
+        encoding,
+        batch,
+        converted.rejected,
+        message,
+    )
+}
