@@ -18,7 +18,7 @@ use crate::{Sink, SpanStart};
 /// Tuning of the pipeline.
 #[derive(Clone, Debug)]
 pub struct PipelineOptions {
-    /// Messages buffered before submitters are told to back off.
+    /// Items (events, spans, metric points) buffered before submitters are told to back off.
     pub queue_capacity: usize,
     /// Spans not ended after this long are flushed as unfinished.
     pub span_timeout: Duration,
@@ -109,21 +109,49 @@ enum Msg {
 pub struct Telemetry {
     tx: SyncSender<Msg>,
     stats: Arc<PipelineStats>,
+    /// Items (spans, events, points) the queue may hold: batches count by their size, so memory
+    /// stays bounded however callers group their items.
+    capacity: u64,
+}
+
+impl Msg {
+    /// How many items a message carries, for the queue's bound.
+    fn weight(&self) -> u64 {
+        match self {
+            Msg::Batch(b) => (b.spans.len() + b.events.len() + b.metrics.len()).max(1) as u64,
+            _ => 1,
+        }
+    }
 }
 
 impl Telemetry {
     fn submit(&self, msg: Msg) -> Result<(), SubmitError> {
+        let weight = msg.weight();
+        let depth = self.stats.queue_depth.fetch_add(weight, Ordering::Relaxed);
+        // A batch larger than the whole queue is still accepted into an empty queue.
+        if depth > 0 && depth + weight > self.capacity {
+            self.stats.queue_depth.fetch_sub(weight, Ordering::Relaxed);
+            self.stats
+                .rejected_full
+                .fetch_add(weight, Ordering::Relaxed);
+            return Err(SubmitError::Full);
+        }
         match self.tx.try_send(msg) {
             Ok(()) => {
-                self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
+                self.stats.accepted.fetch_add(weight, Ordering::Relaxed);
                 Ok(())
             }
             Err(TrySendError::Full(_)) => {
-                self.stats.rejected_full.fetch_add(1, Ordering::Relaxed);
+                self.stats.queue_depth.fetch_sub(weight, Ordering::Relaxed);
+                self.stats
+                    .rejected_full
+                    .fetch_add(weight, Ordering::Relaxed);
                 Err(SubmitError::Full)
             }
-            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Closed),
+            Err(TrySendError::Disconnected(_)) => {
+                self.stats.queue_depth.fetch_sub(weight, Ordering::Relaxed);
+                Err(SubmitError::Closed)
+            }
         }
     }
 
@@ -178,7 +206,8 @@ pub struct Pipeline {
 impl Pipeline {
     /// Starts the pipeline thread with these sinks.
     pub fn start(options: PipelineOptions, sinks: Vec<Box<dyn Sink>>) -> std::io::Result<Pipeline> {
-        let (tx, rx) = mpsc::sync_channel(options.queue_capacity.max(1));
+        let capacity = options.queue_capacity.max(1);
+        let (tx, rx) = mpsc::sync_channel(capacity);
         let stats = Arc::new(PipelineStats::default());
         let mut options = options;
         if !sinks.iter().any(|s| s.wants_span_events()) {
@@ -193,7 +222,11 @@ impl Pipeline {
             .name("tokentrace-pipeline".into())
             .spawn(move || worker.run(rx))?;
         Ok(Pipeline {
-            telemetry: Telemetry { tx, stats },
+            telemetry: Telemetry {
+                tx,
+                stats,
+                capacity: capacity as u64,
+            },
             thread: Some(thread),
         })
     }
@@ -259,7 +292,9 @@ impl Worker {
             let mut next = first;
             let mut handled = 0;
             while let Some(msg) = next.take() {
-                self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                self.stats
+                    .queue_depth
+                    .fetch_sub(msg.weight(), Ordering::Relaxed);
                 match msg {
                     Msg::Flush(reply) => {
                         self.emit(&mut out);
