@@ -42,7 +42,7 @@ fn request(batch: usize) -> ExportTraceServiceRequest {
             Span {
                 trace_id,
                 span_id: n.to_be_bytes().to_vec(),
-                parent_span_id: if n % 8 == 0 {
+                parent_span_id: if n.is_multiple_of(8) {
                     vec![]
                 } else {
                     ((n / 8) * 8).max(1).to_be_bytes().to_vec()
