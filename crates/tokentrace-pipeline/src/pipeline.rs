@@ -119,6 +119,8 @@ impl Msg {
     fn weight(&self) -> u64 {
         match self {
             Msg::Batch(b) => (b.spans.len() + b.events.len() + b.metrics.len()).max(1) as u64,
+            // Control messages bypass `submit` and are not counted.
+            Msg::Flush(_) | Msg::Shutdown => 0,
             _ => 1,
         }
     }
@@ -129,7 +131,7 @@ impl Telemetry {
         let weight = msg.weight();
         let depth = self.stats.queue_depth.fetch_add(weight, Ordering::Relaxed);
         // A batch larger than the whole queue is still accepted into an empty queue.
-        if depth > 0 && depth + weight > self.capacity {
+        if depth > 0 && depth.saturating_add(weight) > self.capacity {
             self.stats.queue_depth.fetch_sub(weight, Ordering::Relaxed);
             self.stats
                 .rejected_full

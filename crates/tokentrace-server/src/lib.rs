@@ -17,6 +17,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tokentrace_model::Timestamp;
 use tokentrace_pipeline::Telemetry;
+use tokentrace_pipeline::sinks::otlp::ExportStats;
 use tokentrace_pipeline::sinks::prometheus::{Format, Registry, Sample};
 use tokentrace_store::{StoreReader, StoreWriter};
 
@@ -44,6 +45,8 @@ pub struct AppState {
     pub metrics: Arc<Registry>,
     /// Largest OTLP request body accepted (compressed and decompressed), in bytes.
     pub otlp_max_body_bytes: usize,
+    /// The OTLP exporters' counters, by signal (`traces`, `metrics`), for `/metrics`.
+    pub exporters: Vec<(&'static str, Arc<ExportStats>)>,
 }
 
 struct StoreHandles {
@@ -69,6 +72,7 @@ impl AppState {
             trace_telemetry_api: false,
             metrics: Arc::new(Registry::new()),
             otlp_max_body_bytes: 16 << 20,
+            exporters: Vec::new(),
         }
     }
 
@@ -256,6 +260,28 @@ async fn metrics(
                 w.rows_expired as f64,
             ),
         ]);
+    }
+    for (signal, stats) in &state.exporters {
+        let dropped_name = if *signal == "traces" {
+            "tokentrace_exporter_dropped_spans_total"
+        } else {
+            "tokentrace_exporter_dropped_metric_points_total"
+        };
+        live.push(sample(dropped_name, "Items the OTLP exporter could not deliver (queue full, or still failing after retries).", true, load(&stats.dropped)));
+        live.push(Sample {
+            name: "tokentrace_exporter_errors_total",
+            help: "Failed OTLP export attempts, by signal.",
+            counter: true,
+            labels: vec![("signal", signal.to_string())],
+            value: load(&stats.errors),
+        });
+        live.push(Sample {
+            name: "tokentrace_exporter_exported_total",
+            help: "Items delivered by the OTLP exporters, by signal.",
+            counter: true,
+            labels: vec![("signal", signal.to_string())],
+            value: load(&stats.exported),
+        });
     }
     let body = state.metrics.render(format, &live);
     (

@@ -2,6 +2,7 @@
 //! response body has been sent (or the client went away).
 
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
@@ -11,7 +12,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use http_body::{Body as _, Frame};
 use tokentrace_model::{
-    AttrValue, Attributes, SpanId, SpanKind, SpanRecord, SpanStatus, Timestamp, TraceId,
+    AttrValue, Attributes, SpanEvent, SpanId, SpanKind, SpanRecord, SpanStatus, Timestamp, TraceId,
     TraceParent,
 };
 use tokentrace_pipeline::Telemetry;
@@ -19,12 +20,15 @@ use tokentrace_pipeline::Telemetry;
 use crate::AppState;
 
 /// The trace context of the request being handled; handlers make their spans children of it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct RequestContext {
     /// The request's trace (the caller's when it sent `traceparent`).
     pub trace_id: TraceId,
     /// The request's root span.
     pub span_id: SpanId,
+    /// Events to record inside the request span when it ends (token metrics); `None` when no
+    /// request span will be recorded.
+    events: Option<Arc<Mutex<Vec<SpanEvent>>>>,
 }
 
 impl RequestContext {
@@ -33,6 +37,19 @@ impl RequestContext {
         Self {
             trace_id: TraceId::random(),
             span_id: SpanId::random(),
+            events: None,
+        }
+    }
+
+    /// Records an event inside the request span; false when there is no request span to carry
+    /// it (the caller should submit it on its own).
+    pub fn add_event(&self, event: SpanEvent) -> bool {
+        match &self.events {
+            Some(events) => {
+                events.lock().unwrap_or_else(|p| p.into_inner()).push(event);
+                true
+            }
+            None => false,
         }
     }
 }
@@ -74,9 +91,11 @@ pub async fn trace_requests(
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| TraceParent::parse(v).ok());
+    let events = Arc::new(Mutex::new(Vec::new()));
     let ctx = RequestContext {
         trace_id: remote.map_or_else(TraceId::random, |p| p.trace_id),
         span_id: SpanId::random(),
+        events: Some(events.clone()),
     };
     let method = req.method().as_str().to_string();
     let route = req
@@ -95,6 +114,7 @@ pub async fn trace_requests(
     header_attr(&req, "x-telemetry-service", &mut attributes);
     header_attr(&req, "x-telemetry-version", &mut attributes);
     header_attr(&req, "user-agent", &mut attributes);
+    let (trace_id, span_id) = (ctx.trace_id, ctx.span_id);
     req.extensions_mut().insert(ctx);
 
     let start = Timestamp::now();
@@ -105,12 +125,12 @@ pub async fn trace_requests(
         AttrValue::Int(i64::from(status.as_u16())),
     );
     let (mut parts, body) = res.into_parts();
-    if let Ok(v) = HeaderValue::from_str(&ctx.trace_id.to_string()) {
+    if let Ok(v) = HeaderValue::from_str(&trace_id.to_string()) {
         parts.headers.insert("x-trace-id", v);
     }
     let span = SpanRecord {
-        trace_id: ctx.trace_id,
-        span_id: ctx.span_id,
+        trace_id,
+        span_id,
         parent_span_id: remote.map(|p| p.parent_id),
         name: format!("{method} {}", route.as_deref().unwrap_or(&path)),
         kind: SpanKind::Server,
@@ -128,6 +148,7 @@ pub async fn trace_requests(
         telemetry: state.telemetry.clone(),
         span: Some(span),
         status,
+        events,
     };
     Response::from_parts(parts, Body::new(GuardedBody { inner: body, guard }))
 }
@@ -137,6 +158,7 @@ struct SpanGuard {
     telemetry: Telemetry,
     span: Option<SpanRecord>,
     status: StatusCode,
+    events: Arc<Mutex<Vec<SpanEvent>>>,
 }
 
 impl SpanGuard {
@@ -145,6 +167,7 @@ impl SpanGuard {
             return;
         };
         span.end_time = Some(Timestamp::now());
+        span.events = std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()));
         if cancelled {
             span.status = Some(SpanStatus::Error);
             span.status_message =

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tokentrace_config::{RunConfig, SinkKind};
 use tokentrace_pipeline::sinks::console::ConsoleSink;
+use tokentrace_pipeline::sinks::otlp::{ExportConfig, OtlpMetricSink, OtlpTraceSink};
 use tokentrace_pipeline::sinks::prometheus::{PrometheusSink, Registry};
 use tokentrace_pipeline::sinks::sqlite::SqliteSink;
 use tokentrace_pipeline::{Pipeline, PipelineOptions, Sink};
@@ -99,6 +100,7 @@ async fn run(config: RunConfig) -> Result<(), String> {
     let registry = Arc::new(Registry::new());
     let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(PrometheusSink::new(registry.clone()))];
     let mut store = None;
+    let mut exporters = Vec::new();
     for kind in &tc.sinks {
         match kind {
             SinkKind::Console => sinks.push(Box::new(ConsoleSink::stderr(
@@ -119,11 +121,40 @@ async fn run(config: RunConfig) -> Result<(), String> {
                 sinks.push(Box::new(SqliteSink::new(opened.writer())));
                 store = Some(opened);
             }
-            SinkKind::OtelTrace | SinkKind::OtelMetric => {
-                return Err(format!(
-                    "telemetry sink {} is not available in this version; valid sinks: console, sqlite",
-                    kind.as_str()
-                ));
+            SinkKind::OtelTrace => {
+                let endpoint = tc
+                    .otel_exporter_otlp_endpoint
+                    .as_deref()
+                    .unwrap_or_default();
+                let config =
+                    ExportConfig::from_env(endpoint, "traces", &tokentrace_config::process_env);
+                tracing::info!("otel_trace: exporting spans to {}", config.url);
+                let sink = OtlpTraceSink::start(config, &tc.service_name)
+                    .map_err(|e| format!("cannot start the otel_trace exporter: {e}"))?;
+                exporters.push(("traces", sink.stats()));
+                sinks.push(Box::new(sink));
+            }
+            SinkKind::OtelMetric => {
+                let endpoint = tc
+                    .otel_exporter_otlp_endpoint
+                    .as_deref()
+                    .unwrap_or_default();
+                let config =
+                    ExportConfig::from_env(endpoint, "metrics", &tokentrace_config::process_env);
+                let interval = std::env::var("OTEL_METRIC_EXPORT_INTERVAL")
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .filter(|ms| *ms > 0)
+                    .map_or(Duration::from_secs(60), Duration::from_millis);
+                tracing::info!(
+                    "otel_metric: exporting metrics to {} every {:?}",
+                    config.url,
+                    interval
+                );
+                let sink = OtlpMetricSink::start(config, &tc.service_name, interval)
+                    .map_err(|e| format!("cannot start the otel_metric exporter: {e}"))?;
+                exporters.push(("metrics", sink.stats()));
+                sinks.push(Box::new(sink));
             }
         }
     }
@@ -159,6 +190,7 @@ async fn run(config: RunConfig) -> Result<(), String> {
     state.trace_telemetry_api = config.server.trace_telemetry_api;
     state.metrics = registry;
     state.otlp_max_body_bytes = config.server.otlp_max_body_bytes;
+    state.exporters = exporters;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;

@@ -5,10 +5,10 @@ use std::time::Instant;
 
 use serde_json::{Map, Value};
 use tokentrace_model::{
-    AttrValue, Attributes, Event, MetricEvent, MetricValue, SpanId, SpanKind, SpanRecord,
-    SpanStatus, Timestamp,
+    AttrValue, Attributes, MetricPoint, MetricValue, SpanEvent, SpanEventBody, SpanId, SpanKind,
+    SpanRecord, SpanStatus, Timestamp,
 };
-use tokentrace_pipeline::Telemetry;
+use tokentrace_pipeline::{Batch, Telemetry};
 
 use super::provider::{Operation, Provider};
 use super::tokens;
@@ -326,6 +326,8 @@ impl ProviderCall {
         }
     }
 
+    /// Token counts as metric points (metrics table, Prometheus, OTLP) and as metric events of
+    /// the request's span (span_events, exported inside the span).
     fn record_metrics(&self, usage: Usage, at: Timestamp) {
         let labels: Attributes = [
             (
@@ -344,16 +346,38 @@ impl ProviderCall {
             ("completion_tokens", usage.completion),
             ("total_tokens", usage.prompt + usage.completion),
         ] {
-            let event = Event::Metric(MetricEvent {
-                trace_id: self.ctx.trace_id,
-                span_id: self.ctx.span_id,
+            let event = SpanEvent {
+                trace_id: Some(self.ctx.trace_id),
+                span_id: Some(self.ctx.span_id),
                 timestamp: at,
+                name: name.to_string(),
+                body: SpanEventBody::Metric {
+                    value: MetricValue::Int(value as i64),
+                    unit: "tokens".to_string(),
+                },
                 attributes: labels.clone(),
-                metric: name.to_string(),
-                value: MetricValue::Int(value as i64),
+                expires_at: None,
+            };
+            let point = MetricPoint {
+                name: name.to_string(),
+                timestamp: at,
+                value: value as f64,
                 unit: "tokens".to_string(),
-            });
-            if self.telemetry.log_event(event, None).is_err() {
+                labels: labels.clone(),
+                trace_id: Some(self.ctx.trace_id),
+                span_id: Some(self.ctx.span_id),
+                expires_at: None,
+            };
+            let submitted = if self.ctx.add_event(event.clone()) {
+                self.telemetry.record_metric(point)
+            } else {
+                self.telemetry.record_batch(Batch {
+                    events: vec![event],
+                    metrics: vec![point],
+                    ..Batch::default()
+                })
+            };
+            if submitted.is_err() {
                 tracing::debug!("token metric dropped: telemetry pipeline full or stopped");
             }
         }

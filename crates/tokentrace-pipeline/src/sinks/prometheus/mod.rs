@@ -52,14 +52,6 @@ fn label(span: &SpanRecord, key: &str) -> String {
         .unwrap_or_default()
 }
 
-fn number(span: &SpanRecord, key: &str) -> Option<f64> {
-    match span.attributes.get(key)? {
-        AttrValue::Int(i) => Some(*i as f64),
-        AttrValue::Float(f) => Some(*f),
-        _ => None,
-    }
-}
-
 /// Feeds a [`Registry`].
 pub struct PrometheusSink {
     registry: Arc<Registry>,
@@ -78,21 +70,20 @@ impl Sink for PrometheusSink {
     }
 
     fn span_ended(&mut self, span: &SpanRecord) {
-        let Some(duration) = span.duration_ms().map(|ms| ms / 1000.0) else {
+        if span.end_time.is_none() {
             return;
-        };
-        if span.attributes.contains_key("gen_ai.operation.name") {
-            let labels = vec![label(span, "model_id"), label(span, "provider_id")];
+        }
+        if let Some(o) = super::genai::observe(span) {
+            let labels = o.labels.to_vec();
             self.registry.observe(
                 "llama_stack_request_duration_seconds",
                 "Duration of inference provider calls.",
                 MODEL_LABELS,
                 DURATION_BUCKETS,
                 labels.clone(),
-                duration,
+                o.duration,
             );
-            let ttft = number(span, "gen_ai.response.time_to_first_chunk");
-            if let Some(t) = ttft {
+            if let Some(t) = o.time_to_first_token {
                 self.registry.observe(
                     "llama_stack_time_to_first_token_seconds",
                     "Time from the provider call to its first streamed token.",
@@ -102,18 +93,15 @@ impl Sink for PrometheusSink {
                     t,
                 );
             }
-            if let Some(out) = number(span, "gen_ai.usage.output_tokens").filter(|o| *o > 0.0) {
-                let generating = duration - ttft.unwrap_or(0.0);
-                if generating > 0.0 {
-                    self.registry.observe(
-                        "llama_stack_output_tokens_per_second",
-                        "Output tokens per second of generation (after the first token when streaming).",
-                        MODEL_LABELS,
-                        TOKENS_PER_SECOND_BUCKETS,
-                        labels,
-                        out / generating,
-                    );
-                }
+            if let Some(tps) = o.output_tokens_per_second {
+                self.registry.observe(
+                    "llama_stack_output_tokens_per_second",
+                    "Output tokens per second of generation (after the first token when streaming).",
+                    MODEL_LABELS,
+                    TOKENS_PER_SECOND_BUCKETS,
+                    labels,
+                    tps,
+                );
             }
         }
         if span.kind == SpanKind::Server

@@ -213,6 +213,9 @@ impl Registry {
             }
         }
         drop(s);
+        // Samples of one family must be contiguous.
+        let mut live: Vec<&Sample> = live.iter().collect();
+        live.sort_by_key(|s| s.name);
         let mut seen: Vec<&str> = Vec::new();
         for sample in live {
             let base = if om && sample.counter {

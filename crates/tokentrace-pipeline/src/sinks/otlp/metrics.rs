@@ -1,0 +1,448 @@
+//! `otel_metric`: token counters, the GenAI histograms, and every metric event as an instrument,
+//! aggregated with cumulative temporality and exported every `OTEL_METRIC_EXPORT_INTERVAL`.
+//!
+//! Names are chosen so that an OpenTelemetry Collector's Prometheus exporter, with no extra
+//! configuration, yields `llama_stack_prompt_tokens_total`, `llama_stack_completion_tokens_total`
+//! and `llama_stack_tokens_total` (a monotonic sum gets `_total`; the unit `tokens` adds nothing
+//! to a name that already ends in it).
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use prost::Message;
+use tokentrace_model::{AttrValue, MetricPoint, SpanEvent, SpanRecord, Timestamp};
+use tokentrace_otlp::from_model;
+use tokentrace_otlp::proto::collector::metrics::v1::ExportMetricsServiceRequest;
+use tokentrace_otlp::proto::common::v1::{InstrumentationScope, KeyValue};
+use tokentrace_otlp::proto::metrics::v1::{
+    AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
+    ResourceMetrics, ScopeMetrics, Sum, metric, number_data_point,
+};
+
+use super::export::{ExportConfig, ExportStats, Exporter};
+use crate::sinks::prometheus::{DURATION_BUCKETS, TOKENS_PER_SECOND_BUCKETS, TTFT_BUCKETS};
+use crate::{Sink, SinkError};
+
+/// The instrument name of a token metric event.
+fn token_instrument(metric: &str) -> Option<&'static str> {
+    Some(match metric {
+        "prompt_tokens" => "llama_stack_prompt_tokens",
+        "completion_tokens" => "llama_stack_completion_tokens",
+        "total_tokens" => "llama_stack_tokens",
+        _ => return None,
+    })
+}
+
+/// Whether a metric event is a count (a monotonic sum) rather than a level (a gauge): decided by
+/// its name and unit, never by whether this value happens to be an integer.
+pub fn is_counter(name: &str, unit: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.ends_with("_total")
+        || name.ends_with("_count")
+        || name.ends_with("tokens")
+        || matches!(
+            unit.trim(),
+            "tokens"
+                | "{token}"
+                | "{tokens}"
+                | "requests"
+                | "{request}"
+                | "{requests}"
+                | "errors"
+                | "{error}"
+        )
+}
+
+type Labels = Vec<(String, String)>;
+
+struct Hist {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+#[derive(Default)]
+struct State {
+    /// (name, labels) → (unit, running total).
+    sums: BTreeMap<(String, Labels), (String, f64)>,
+    /// (name, labels) → (unit, last value, when).
+    gauges: BTreeMap<(String, Labels), (String, f64, Timestamp)>,
+    /// (name, labels) → (unit, histogram).
+    histograms: BTreeMap<(String, Labels), (&'static str, Hist)>,
+}
+
+enum Msg {
+    Flush(SyncSender<()>),
+}
+
+/// The `otel_metric` sink.
+pub struct OtlpMetricSink {
+    state: Arc<Mutex<State>>,
+    tx: Option<SyncSender<Msg>>,
+    thread: Option<JoinHandle<()>>,
+    stats: Arc<ExportStats>,
+}
+
+fn labels_of(attrs: &tokentrace_model::Attributes) -> Labels {
+    attrs
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_label()))
+        .collect()
+}
+
+impl OtlpMetricSink {
+    /// Starts the exporter thread, exporting every `interval`.
+    pub fn start(
+        config: ExportConfig,
+        service_name: &str,
+        interval: Duration,
+    ) -> std::io::Result<Self> {
+        let stats = Arc::new(ExportStats::default());
+        let state = Arc::new(Mutex::new(State::default()));
+        let (tx, rx) = mpsc::sync_channel(4);
+        let thread_stats = stats.clone();
+        let service = service_name.to_string();
+        let shared = state.clone();
+        let started = Timestamp::now();
+        let thread = std::thread::Builder::new()
+            .name("tokentrace-otlp-metrics".into())
+            // The blocking HTTP client lives and dies on this thread, never on the async runtime.
+            .spawn(move || {
+                let exporter = Exporter::new(config.clone(), thread_stats, "metric points");
+                run(rx, exporter, config, shared, service, started, interval)
+            })?;
+        Ok(Self {
+            state,
+            tx: Some(tx),
+            thread: Some(thread),
+            stats,
+        })
+    }
+
+    /// The exporter's counters.
+    pub fn stats(&self) -> Arc<ExportStats> {
+        self.stats.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn observe(
+        &self,
+        name: &str,
+        unit: &'static str,
+        bounds: &'static [f64],
+        labels: Labels,
+        v: f64,
+    ) {
+        let mut s = self.lock();
+        let (_, h) = s
+            .histograms
+            .entry((name.to_string(), labels))
+            .or_insert_with(|| {
+                (
+                    unit,
+                    Hist {
+                        bounds,
+                        counts: vec![0; bounds.len() + 1],
+                        sum: 0.0,
+                        count: 0,
+                    },
+                )
+            });
+        let i = h
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(h.bounds.len());
+        h.counts[i] += 1;
+        h.sum += v;
+        h.count += 1;
+    }
+}
+
+fn run(
+    rx: Receiver<Msg>,
+    mut exporter: Exporter,
+    config: ExportConfig,
+    state: Arc<Mutex<State>>,
+    service: String,
+    started: Timestamp,
+    interval: Duration,
+) {
+    loop {
+        match rx.recv_timeout(interval) {
+            Ok(Msg::Flush(reply)) => {
+                export(
+                    &mut exporter,
+                    &config,
+                    &state,
+                    &service,
+                    started,
+                    Duration::from_secs(30),
+                );
+                let _ = reply.send(());
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                export(
+                    &mut exporter,
+                    &config,
+                    &state,
+                    &service,
+                    started,
+                    Duration::from_secs(30),
+                );
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                export(
+                    &mut exporter,
+                    &config,
+                    &state,
+                    &service,
+                    started,
+                    Duration::from_secs(5),
+                );
+                return;
+            }
+        }
+    }
+}
+
+fn attrs(labels: &Labels) -> Vec<KeyValue> {
+    let a: tokentrace_model::Attributes = labels
+        .iter()
+        .map(|(k, v)| (k.clone(), AttrValue::from(v.as_str())))
+        .collect();
+    from_model::key_values(&a)
+}
+
+fn nanos(t: Timestamp) -> u64 {
+    u64::try_from(t.unix_nanos()).unwrap_or(0)
+}
+
+fn export(
+    exporter: &mut Exporter,
+    config: &ExportConfig,
+    state: &Mutex<State>,
+    service: &str,
+    started: Timestamp,
+    budget: Duration,
+) {
+    let now = nanos(Timestamp::now());
+    let start = nanos(started);
+    let mut metrics: Vec<Metric> = Vec::new();
+    let mut points = 0u64;
+    {
+        let s = state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut by_name: BTreeMap<&str, Vec<(&Labels, &String, f64)>> = BTreeMap::new();
+        for ((name, labels), (unit, v)) in &s.sums {
+            by_name.entry(name).or_default().push((labels, unit, *v));
+        }
+        for (name, series) in by_name {
+            points += series.len() as u64;
+            metrics.push(Metric {
+                name: name.to_string(),
+                unit: series[0].1.clone(),
+                data: Some(metric::Data::Sum(Sum {
+                    data_points: series
+                        .iter()
+                        .map(|(labels, _, v)| NumberDataPoint {
+                            attributes: attrs(labels),
+                            start_time_unix_nano: start,
+                            time_unix_nano: now,
+                            value: Some(number_data_point::Value::AsDouble(*v)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                    is_monotonic: true,
+                })),
+                ..Default::default()
+            });
+        }
+        let mut by_name: BTreeMap<&str, Vec<(&Labels, &String, f64, Timestamp)>> = BTreeMap::new();
+        for ((name, labels), (unit, v, t)) in &s.gauges {
+            by_name
+                .entry(name)
+                .or_default()
+                .push((labels, unit, *v, *t));
+        }
+        for (name, series) in by_name {
+            points += series.len() as u64;
+            metrics.push(Metric {
+                name: name.to_string(),
+                unit: series[0].1.clone(),
+                data: Some(metric::Data::Gauge(Gauge {
+                    data_points: series
+                        .iter()
+                        .map(|(labels, _, v, t)| NumberDataPoint {
+                            attributes: attrs(labels),
+                            time_unix_nano: nanos(*t),
+                            value: Some(number_data_point::Value::AsDouble(*v)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                })),
+                ..Default::default()
+            });
+        }
+        let mut by_name: BTreeMap<&str, Vec<(&Labels, &str, &Hist)>> = BTreeMap::new();
+        for ((name, labels), (unit, h)) in &s.histograms {
+            by_name.entry(name).or_default().push((labels, unit, h));
+        }
+        for (name, series) in by_name {
+            points += series.len() as u64;
+            metrics.push(Metric {
+                name: name.to_string(),
+                unit: series[0].1.to_string(),
+                data: Some(metric::Data::Histogram(Histogram {
+                    data_points: series
+                        .iter()
+                        .map(|(labels, _, h)| HistogramDataPoint {
+                            attributes: attrs(labels),
+                            start_time_unix_nano: start,
+                            time_unix_nano: now,
+                            count: h.count,
+                            sum: Some(h.sum),
+                            bucket_counts: h.counts.clone(),
+                            explicit_bounds: h.bounds.to_vec(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                })),
+                ..Default::default()
+            });
+        }
+    }
+    if metrics.is_empty() {
+        return;
+    }
+    let request = ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(from_model::resource(service, &config.resource_attributes)),
+            scope_metrics: vec![ScopeMetrics {
+                scope: Some(InstrumentationScope {
+                    name: "tokentrace".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    ..Default::default()
+                }),
+                metrics,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    exporter.send(request.encode_to_vec(), points, budget);
+}
+
+impl Sink for OtlpMetricSink {
+    fn name(&self) -> &'static str {
+        "otel_metric"
+    }
+
+    fn span_ended(&mut self, span: &SpanRecord) {
+        let Some(o) = crate::sinks::genai::observe(span) else {
+            return;
+        };
+        let labels: Labels = vec![
+            ("model_id".into(), o.labels[0].clone()),
+            ("provider_id".into(), o.labels[1].clone()),
+        ];
+        self.observe(
+            "llama_stack_request_duration",
+            "s",
+            DURATION_BUCKETS,
+            labels.clone(),
+            o.duration,
+        );
+        if let Some(t) = o.time_to_first_token {
+            self.observe(
+                "llama_stack_time_to_first_token",
+                "s",
+                TTFT_BUCKETS,
+                labels.clone(),
+                t,
+            );
+        }
+        if let Some(tps) = o.output_tokens_per_second {
+            self.observe(
+                "llama_stack_output_tokens_per_second",
+                "{token}/s",
+                TOKENS_PER_SECOND_BUCKETS,
+                labels,
+                tps,
+            );
+        }
+    }
+
+    fn event(&mut self, _event: &SpanEvent) {}
+
+    fn metric(&mut self, point: &MetricPoint) {
+        let labels = labels_of(&point.labels);
+        let mut s = self.lock();
+        if let Some(name) = token_instrument(&point.name) {
+            let e = s
+                .sums
+                .entry((name.to_string(), labels))
+                .or_insert_with(|| ("tokens".into(), 0.0));
+            e.1 += point.value;
+        } else if is_counter(&point.name, &point.unit) {
+            let e = s
+                .sums
+                .entry((point.name.clone(), labels))
+                .or_insert_with(|| (point.unit.clone(), 0.0));
+            e.1 += point.value;
+        } else {
+            s.gauges.insert(
+                (point.name.clone(), labels),
+                (point.unit.clone(), point.value, point.timestamp),
+            );
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), SinkError> {
+        let Some(tx) = &self.tx else {
+            return Ok(());
+        };
+        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        tx.send(Msg::Flush(reply_tx)).map_err(|_| SinkError {
+            sink: "otel_metric",
+            message: "exporter thread stopped".into(),
+        })?;
+        let _ = reply_rx.recv();
+        Ok(())
+    }
+
+    fn shutdown(&mut self) -> Result<(), SinkError> {
+        self.tx = None;
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            return Err(SinkError {
+                sink: "otel_metric",
+                message: "exporter thread panicked".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_counter;
+
+    #[test]
+    fn instruments_are_chosen_by_name_and_unit() {
+        assert!(is_counter("requests_total", ""));
+        assert!(is_counter("cache_hits", "{request}"));
+        assert!(is_counter("output_tokens", "1"));
+        assert!(!is_counter("queue_depth", "1"));
+        assert!(!is_counter("temperature", "Cel"));
+    }
+}

@@ -1,0 +1,217 @@
+//! `otel_trace`: finished spans, with their logs and metrics as span events, batched and sent to
+//! `{endpoint}/v1/traces`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use tokentrace_model::{SpanEvent, SpanRecord};
+use tokentrace_otlp::from_model;
+use tokentrace_otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
+use tokentrace_otlp::proto::common::v1::InstrumentationScope;
+use tokentrace_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+use super::export::{ExportConfig, ExportStats, Exporter};
+use crate::{Sink, SinkError};
+
+/// Spans per export request.
+const BATCH: usize = 512;
+/// Longest a span waits before its batch is sent.
+const DELAY: Duration = Duration::from_secs(1);
+/// Spans waiting for export at most; beyond, new spans are dropped and counted.
+const QUEUE: usize = 8_192;
+
+enum Msg {
+    Span(Box<(String, Span)>),
+    Flush(SyncSender<()>),
+}
+
+/// The `otel_trace` sink.
+pub struct OtlpTraceSink {
+    tx: Option<SyncSender<Msg>>,
+    thread: Option<JoinHandle<()>>,
+    stats: Arc<ExportStats>,
+    default_service: String,
+}
+
+impl OtlpTraceSink {
+    /// Starts the exporter thread.
+    pub fn start(config: ExportConfig, service_name: &str) -> std::io::Result<Self> {
+        let stats = Arc::new(ExportStats::default());
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let thread_stats = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name("tokentrace-otlp-traces".into())
+            // The blocking HTTP client lives and dies on this thread, never on the async runtime.
+            .spawn(move || {
+                run(
+                    rx,
+                    Exporter::new(config.clone(), thread_stats, "spans"),
+                    config,
+                )
+            })?;
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+            stats,
+            default_service: service_name.to_string(),
+        })
+    }
+
+    /// The exporter's counters.
+    pub fn stats(&self) -> Arc<ExportStats> {
+        self.stats.clone()
+    }
+}
+
+fn run(rx: Receiver<Msg>, mut exporter: Exporter, config: ExportConfig) {
+    let mut pending: Vec<(String, Span)> = Vec::new();
+    let mut first: Option<Instant> = None;
+    loop {
+        let wait = first.map_or(Duration::from_secs(3600), |t| {
+            DELAY.saturating_sub(t.elapsed())
+        });
+        match rx.recv_timeout(wait) {
+            Ok(Msg::Span(s)) => {
+                first.get_or_insert_with(Instant::now);
+                pending.push(*s);
+                if pending.len() >= BATCH {
+                    send(
+                        &mut exporter,
+                        &config,
+                        &mut pending,
+                        Duration::from_secs(30),
+                    );
+                    first = None;
+                }
+            }
+            Ok(Msg::Flush(reply)) => {
+                send(
+                    &mut exporter,
+                    &config,
+                    &mut pending,
+                    Duration::from_secs(30),
+                );
+                first = None;
+                let _ = reply.send(());
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                send(
+                    &mut exporter,
+                    &config,
+                    &mut pending,
+                    Duration::from_secs(30),
+                );
+                first = None;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                // Shutdown: a last attempt, with a short budget so stopping never hangs.
+                send(&mut exporter, &config, &mut pending, Duration::from_secs(5));
+                return;
+            }
+        }
+    }
+}
+
+fn send(
+    exporter: &mut Exporter,
+    config: &ExportConfig,
+    pending: &mut Vec<(String, Span)>,
+    budget: Duration,
+) {
+    if pending.is_empty() {
+        return;
+    }
+    let mut by_service: BTreeMap<String, Vec<Span>> = BTreeMap::new();
+    let n = pending.len() as u64;
+    for (service, span) in pending.drain(..) {
+        by_service.entry(service).or_default().push(span);
+    }
+    let request = ExportTraceServiceRequest {
+        resource_spans: by_service
+            .into_iter()
+            .map(|(service, spans)| ResourceSpans {
+                resource: Some(from_model::resource(&service, &config.resource_attributes)),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: "tokentrace".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        ..Default::default()
+                    }),
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
+    };
+    exporter.send(request.encode_to_vec(), n, budget);
+}
+
+impl Sink for OtlpTraceSink {
+    fn name(&self) -> &'static str {
+        "otel_trace"
+    }
+
+    fn wants_span_events(&self) -> bool {
+        true
+    }
+
+    fn span_ended(&mut self, span: &SpanRecord) {
+        // An unfinished span has no end to export; its late end (if any) is exported.
+        if span.end_time.is_none() {
+            return;
+        }
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        let service = span
+            .service_name
+            .clone()
+            .unwrap_or_else(|| self.default_service.clone());
+        let msg = Msg::Span(Box::new((service, from_model::span(span))));
+        if let Err(TrySendError::Full(_)) = tx.try_send(msg) {
+            self.stats
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dropped = self
+                .stats
+                .dropped
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if dropped.is_power_of_two() {
+                tracing::warn!("otlp spans exporter: queue full, {dropped} spans dropped so far");
+            }
+        }
+    }
+
+    fn event(&mut self, _event: &SpanEvent) {}
+
+    fn sync(&mut self) -> Result<(), SinkError> {
+        let Some(tx) = &self.tx else {
+            return Ok(());
+        };
+        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        tx.send(Msg::Flush(reply_tx)).map_err(|_| SinkError {
+            sink: "otel_trace",
+            message: "exporter thread stopped".into(),
+        })?;
+        let _ = reply_rx.recv();
+        Ok(())
+    }
+
+    fn shutdown(&mut self) -> Result<(), SinkError> {
+        self.tx = None;
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            return Err(SinkError {
+                sink: "otel_trace",
+                message: "exporter thread panicked".into(),
+            });
+        }
+        Ok(())
+    }
+}
