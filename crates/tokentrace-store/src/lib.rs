@@ -43,7 +43,7 @@ impl Default for StoreOptions {
         Self {
             batch_max_rows: 1_000,
             flush_interval: Duration::from_millis(200),
-            queue_capacity: 8,
+            queue_capacity: 64,
             read_connections: 4,
             retention_interval: Duration::from_secs(60),
         }

@@ -1,7 +1,8 @@
 //! Gateway overhead: the same non-streaming chat requests sent straight to a fast fake upstream
-//! and through tokentrace (sqlite sink on) to that upstream, in one run. Reports added latency
-//! (p50, p99) and throughput at concurrency 1 and 32, and checks that every request's trace is in
-//! SQLite after shutdown.
+//! and through tokentrace to that upstream, in one run: with the sqlite sink, with the OTLP sinks
+//! exporting to a receiver on 127.0.0.1, and with the OTLP sinks pointed at a collector that is
+//! down. Reports added latency (p50, p99) and throughput at concurrency 1 and 32, and checks that
+//! every request's trace is in SQLite after shutdown.
 //!
 //! Run: `cargo bench -p tokentrace --bench gateway` (options: `-- --seconds 5`).
 
@@ -25,6 +26,10 @@ fn main() -> Result<(), Error> {
         let port: u16 = args.get(i + 1).ok_or("port")?.parse()?;
         return upstream(port);
     }
+    if let Some(i) = args.iter().position(|a| a == "--receiver") {
+        let port: u16 = args.get(i + 1).ok_or("port")?.parse()?;
+        return receiver(port);
+    }
     let seconds = args
         .iter()
         .position(|a| a == "--seconds")
@@ -38,30 +43,13 @@ fn main() -> Result<(), Error> {
         .stdout(Stdio::null())
         .spawn()?;
     wait_listening(up_port)?;
-
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("run.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "providers:\n  telemetry:\n  - provider_id: meta-reference\n    provider_type: inline::meta-reference\n    config:\n      sinks: sqlite\n      sqlite_db_path: {}/trace_store.db\n  inference:\n  - provider_id: fake\n    provider_type: remote::openai-compatible\n    config:\n      url: http://127.0.0.1:{up_port}/v1\nmodels:\n- model_id: llama\n  provider_id: fake\n",
-            dir.path().display()
-        ),
-    )?;
-    let tt_port = free_port()?;
-    let mut tt = Command::new(env!("CARGO_BIN_EXE_tokentrace"))
-        .args([
-            "serve",
-            "--config",
-            config.to_str().ok_or("path")?,
-            "--port",
-            &tt_port.to_string(),
-        ])
-        .env("TOKENTRACE_LOG", "warn")
+    let rx_port = free_port()?;
+    let mut receiver = Command::new(std::env::current_exe()?)
+        .args(["--receiver", &rx_port.to_string()])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()?;
-    wait_listening(tt_port)?;
+    wait_listening(rx_port)?;
+    let down_port = free_port()?; // nothing listens there: a collector that is down
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -69,44 +57,90 @@ fn main() -> Result<(), Error> {
         .build()?;
     println!("non-streaming chat completions, {seconds} s per run; latencies in microseconds");
     println!(
-        "{:<6} {:<22} {:>10} {:>8} {:>8} {:>10} {:>10}",
+        "{:<6} {:<34} {:>10} {:>8} {:>8} {:>10} {:>10}",
         "conc", "path", "req/s", "p50", "p99", "+p50", "+p99"
     );
-    let mut through_total = 0u64;
-    for conc in [1usize, 32] {
-        let direct = rt.block_on(load(up_port, conc, seconds))?;
-        let through = rt.block_on(load(tt_port, conc, seconds))?;
-        through_total += through.count;
+    let direct1 = rt.block_on(load(up_port, 1, seconds))?;
+    let direct32 = rt.block_on(load(up_port, 32, seconds))?;
+    println!(
+        "{:<6} {:<34} {:>10.0} {:>8} {:>8}",
+        1, "direct to upstream", direct1.rate, direct1.p50, direct1.p99
+    );
+    println!(
+        "{:<6} {:<34} {:>10.0} {:>8} {:>8}",
+        32, "direct to upstream", direct32.rate, direct32.p50, direct32.p99
+    );
+    let runs = [
+        ("through tokentrace: sqlite", "sqlite", None),
+        (
+            "... + otel_trace,otel_metric",
+            "sqlite,otel_trace,otel_metric",
+            Some(rx_port),
+        ),
+        (
+            "... + otel, collector down",
+            "sqlite,otel_trace,otel_metric",
+            Some(down_port),
+        ),
+    ];
+    for (label, sinks, otlp) in runs {
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("run.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "providers:\n  telemetry:\n  - provider_id: meta-reference\n    provider_type: inline::meta-reference\n    config:\n      sinks: {sinks}\n      otel_exporter_otlp_endpoint: {}\n      sqlite_db_path: {}/trace_store.db\n  inference:\n  - provider_id: fake\n    provider_type: remote::openai-compatible\n    config:\n      url: http://127.0.0.1:{up_port}/v1\nmodels:\n- model_id: llama\n  provider_id: fake\n",
+                otlp.map_or(String::new(), |p| format!("http://127.0.0.1:{p}")),
+                dir.path().display()
+            ),
+        )?;
+        let tt_port = free_port()?;
+        let mut tt = Command::new(env!("CARGO_BIN_EXE_tokentrace"))
+            .args([
+                "serve",
+                "--config",
+                config.to_str().ok_or("path")?,
+                "--port",
+                &tt_port.to_string(),
+            ])
+            .env("TOKENTRACE_LOG", "error")
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "1000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        wait_listening(tt_port)?;
+        let c1 = rt.block_on(load(tt_port, 1, seconds))?;
+        let c32 = rt.block_on(load(tt_port, 32, seconds))?;
+        for (conc, r, d) in [(1, &c1, &direct1), (32, &c32, &direct32)] {
+            println!(
+                "{conc:<6} {label:<34} {:>10.0} {:>8} {:>8} {:>10} {:>10}",
+                r.rate,
+                r.p50,
+                r.p99,
+                r.p50 as i64 - d.p50 as i64,
+                r.p99 as i64 - d.p99 as i64
+            );
+        }
+        Command::new("kill")
+            .args(["-TERM", &tt.id().to_string()])
+            .status()?;
+        tt.wait()?;
+        let conn = rusqlite::Connection::open(dir.path().join("trace_store.db"))?;
+        let traces: i64 = conn.query_row(
+            "SELECT count(DISTINCT trace_id) FROM spans WHERE name = 'POST /v1/chat/completions'",
+            [],
+            |r| r.get(0),
+        )?;
+        let sent = c1.count + c32.count;
         println!(
-            "{conc:<6} {:<22} {:>10.0} {:>8} {:>8}",
-            "direct to upstream", direct.rate, direct.p50, direct.p99
-        );
-        println!(
-            "{conc:<6} {:<22} {:>10.0} {:>8} {:>8} {:>10} {:>10}",
-            "through tokentrace",
-            through.rate,
-            through.p50,
-            through.p99,
-            through.p50 as i64 - direct.p50 as i64,
-            through.p99 as i64 - direct.p99 as i64
+            "       requests: {sent}, traces in SQLite: {traces}, lost: {}",
+            sent as i64 - traces
         );
     }
-    Command::new("kill")
-        .args(["-TERM", &tt.id().to_string()])
-        .status()?;
-    tt.wait()?;
     up.kill()?;
     up.wait()?;
-    let conn = rusqlite::Connection::open(dir.path().join("trace_store.db"))?;
-    let traces: i64 = conn.query_row(
-        "SELECT count(DISTINCT trace_id) FROM spans WHERE name = 'POST /v1/chat/completions'",
-        [],
-        |r| r.get(0),
-    )?;
-    let lost = through_total as i64 - traces;
-    println!(
-        "requests through tokentrace: {through_total}, traces in SQLite: {traces}, lost: {lost}"
-    );
+    receiver.kill()?;
+    receiver.wait()?;
     Ok(())
 }
 
@@ -198,6 +232,24 @@ fn upstream(port: u16) -> Result<(), Error> {
         let app = axum::Router::new()
             .route("/v1/chat/completions", post(answer))
             .route("/chat/completions", post(answer));
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        axum::serve(listener, app).await
+    })?;
+    Ok(())
+}
+
+/// An OTLP/HTTP receiver that accepts everything (the collector of the "otel on" run).
+fn receiver(port: u16) -> Result<(), Error> {
+    use axum::routing::post;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let ok = |_: Bytes| async { "" };
+        let app = axum::Router::new()
+            .route("/v1/traces", post(ok))
+            .route("/v1/metrics", post(ok));
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         axum::serve(listener, app).await
     })?;

@@ -17,22 +17,57 @@ fn deploy(file: &str) -> String {
 }
 
 fn tool(name: &str) {
-    let found = Command::new("sh").args(["-c", &format!("command -v {name}")]).output().unwrap();
-    assert!(found.status.success(), "{name} is missing; run scripts/test (it installs the Debian package prometheus)");
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .unwrap();
+    assert!(
+        found.status.success(),
+        "{name} is missing; run scripts/test (it installs the Debian package prometheus)"
+    );
 }
 
 #[test]
 fn promtool_accepts_the_deploy_config_and_rules() {
     tool("promtool");
-    for args in [vec!["check", "config", &deploy("prometheus.yml")], vec!["check", "rules", &deploy("alerts.yml")]] {
+    for args in [
+        vec!["check", "config", &deploy("prometheus.yml")],
+        vec!["check", "rules", &deploy("alerts.yml")],
+    ] {
         let out = Command::new("promtool").args(&args).output().unwrap();
-        assert!(out.status.success(), "promtool {args:?}:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(deploy("grafana/tokentrace-dashboard.json")).unwrap()).unwrap();
-    let exprs: Vec<String> = dashboard["panels"].as_array().unwrap().iter()
-        .flat_map(|p| p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().to_string())).collect();
-    for seed in ["sum(llama_stack_tokens_total)", "sum by (model_id) (llama_stack_tokens_total)", "rate(llama_stack_tokens_total[5m])", "sum by (provider_id) (llama_stack_tokens_total)"] {
-        assert!(exprs.iter().any(|e| e == seed), "the dashboard uses the seed's query {seed}");
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(deploy("grafana/tokentrace-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            p["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["expr"].as_str().unwrap().to_string())
+        })
+        .collect();
+    for seed in [
+        "sum(llama_stack_tokens_total)",
+        "sum by (model_id) (llama_stack_tokens_total)",
+        "rate(llama_stack_tokens_total[5m])",
+        "sum by (provider_id) (llama_stack_tokens_total)",
+    ] {
+        assert!(
+            exprs.iter().any(|e| e == seed),
+            "the dashboard uses the seed's query {seed}"
+        );
     }
 }
 
@@ -47,10 +82,21 @@ fn query(rt: &tokio::runtime::Runtime, prom: &str, q: &str) -> Vec<(HashMap<Stri
             .json()
             .await
             .unwrap();
-        body["data"]["result"].as_array().cloned().unwrap_or_default().iter().map(|r| {
-            let labels = r["metric"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string())).collect();
-            (labels, r["value"][1].as_str().unwrap().parse().unwrap())
-        }).collect()
+        body["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|r| {
+                let labels = r["metric"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                    .collect();
+                (labels, r["value"][1].as_str().unwrap().parse().unwrap())
+            })
+            .collect()
     })
 }
 
@@ -66,7 +112,13 @@ fn wait_for(rt: &tokio::runtime::Runtime, prom: &str, q: &str, want: f64) {
     }
 }
 
-fn send(rt: &tokio::runtime::Runtime, base: &str, model: &str, n: usize, totals: &mut HashMap<(String, String), f64>) {
+fn send(
+    rt: &tokio::runtime::Runtime,
+    base: &str,
+    model: &str,
+    n: usize,
+    totals: &mut HashMap<(String, String), f64>,
+) {
     let provider = if model == "m1" { "echo" } else { "echo2" };
     rt.block_on(async {
         for i in 0..n {
@@ -90,12 +142,19 @@ fn prometheus_answers_the_seed_queries_with_the_tokens_sent() {
         dir.path().display())).unwrap();
     let mut server = start(dir.path(), &["--config", config.to_str().unwrap()], &[]);
     let target = server.base.trim_start_matches("http://").to_string();
-    let prom_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let prom_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let prom_config = dir.path().join("prometheus.yml");
     std::fs::write(&prom_config, format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: tokentrace\n    static_configs:\n      - targets: [\"{target}\"]\n")).unwrap();
     let mut prom = Command::new("prometheus")
         .arg(format!("--config.file={}", prom_config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("tsdb").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -103,8 +162,16 @@ fn prometheus_answers_the_seed_queries_with_the_tokens_sent() {
         .unwrap();
     let prom_url = format!("http://127.0.0.1:{prom_port}");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !rt.block_on(async { reqwest::get(format!("{prom_url}/-/ready")).await.is_ok_and(|r| r.status() == 200) }) {
-        assert!(Instant::now() < deadline, "prometheus did not start; exit status {:?}", prom.try_wait());
+    while !rt.block_on(async {
+        reqwest::get(format!("{prom_url}/-/ready"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "prometheus did not start; exit status {:?}",
+            prom.try_wait()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 
@@ -118,14 +185,31 @@ fn prometheus_answers_the_seed_queries_with_the_tokens_sent() {
     let total: f64 = totals.values().sum();
     wait_for(&rt, &prom_url, "sum(llama_stack_tokens_total)", total);
 
-    let by_model: HashMap<String, f64> = query(&rt, &prom_url, "sum by (model_id) (llama_stack_tokens_total)").into_iter().map(|(l, v)| (l["model_id"].clone(), v)).collect();
-    let by_provider: HashMap<String, f64> = query(&rt, &prom_url, "sum by (provider_id) (llama_stack_tokens_total)").into_iter().map(|(l, v)| (l["provider_id"].clone(), v)).collect();
+    let by_model: HashMap<String, f64> = query(
+        &rt,
+        &prom_url,
+        "sum by (model_id) (llama_stack_tokens_total)",
+    )
+    .into_iter()
+    .map(|(l, v)| (l["model_id"].clone(), v))
+    .collect();
+    let by_provider: HashMap<String, f64> = query(
+        &rt,
+        &prom_url,
+        "sum by (provider_id) (llama_stack_tokens_total)",
+    )
+    .into_iter()
+    .map(|(l, v)| (l["provider_id"].clone(), v))
+    .collect();
     for ((model, provider), t) in &totals {
         assert_eq!(by_model[model], *t, "tokens of {model}");
         assert_eq!(by_provider[provider], *t, "tokens of {provider}");
     }
     let rates = query(&rt, &prom_url, "rate(llama_stack_tokens_total[5m])");
-    let m1 = rates.iter().find(|(l, _)| l["model_id"] == "m1").expect("a rate series for m1");
+    let m1 = rates
+        .iter()
+        .find(|(l, _)| l["model_id"] == "m1")
+        .expect("a rate series for m1");
     assert_eq!(m1.0["provider_id"], "echo");
     assert!(m1.1 > 0.0, "tokens per second of m1: {}", m1.1);
 
