@@ -224,6 +224,69 @@ impl Exporter {
     }
 }
 
+/// The handle of an exporter thread: its queue and its join handle.
+pub(super) struct ExportThread<M> {
+    tx: Option<std::sync::mpsc::SyncSender<M>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    sink: &'static str,
+}
+
+impl<M: Send + 'static> ExportThread<M> {
+    /// Starts `run` on a thread named `name`, fed by a queue of `capacity` messages.
+    pub fn start(
+        sink: &'static str,
+        name: &str,
+        capacity: usize,
+        run: impl FnOnce(std::sync::mpsc::Receiver<M>) + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
+        let thread = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || run(rx))?;
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+            sink,
+        })
+    }
+
+    /// Queues a message without waiting; false when the queue is full or the thread stopped.
+    pub fn try_send(&self, msg: M) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.try_send(msg).is_ok())
+    }
+
+    /// Asks the thread to export what it holds and waits until it has.
+    pub fn flush(
+        &self,
+        make: impl FnOnce(std::sync::mpsc::SyncSender<()>) -> M,
+    ) -> Result<(), crate::SinkError> {
+        let Some(tx) = &self.tx else {
+            return Ok(());
+        };
+        let (reply_tx, reply_rx) = std::sync::mpsc::sync_channel(1);
+        tx.send(make(reply_tx)).map_err(|_| crate::SinkError {
+            sink: self.sink,
+            message: "exporter thread stopped".into(),
+        })?;
+        let _ = reply_rx.recv();
+        Ok(())
+    }
+
+    /// Closes the queue (the thread makes a last export) and joins the thread.
+    pub fn stop(&mut self) -> Result<(), crate::SinkError> {
+        self.tx = None;
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            return Err(crate::SinkError {
+                sink: self.sink,
+                message: "exporter thread panicked".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

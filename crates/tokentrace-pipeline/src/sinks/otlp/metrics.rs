@@ -7,9 +7,8 @@
 //! to a name that already ends in it).
 
 use std::collections::BTreeMap;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use prost::Message;
@@ -22,7 +21,7 @@ use tokentrace_otlp::proto::metrics::v1::{
     ResourceMetrics, ScopeMetrics, Sum, metric, number_data_point,
 };
 
-use super::export::{ExportConfig, ExportStats, Exporter};
+use super::export::{ExportConfig, ExportStats, ExportThread, Exporter};
 use crate::sinks::prometheus::{DURATION_BUCKETS, TOKENS_PER_SECOND_BUCKETS, TTFT_BUCKETS};
 use crate::{Sink, SinkError};
 
@@ -82,8 +81,7 @@ enum Msg {
 /// The `otel_metric` sink.
 pub struct OtlpMetricSink {
     state: Arc<Mutex<State>>,
-    tx: Option<SyncSender<Msg>>,
-    thread: Option<JoinHandle<()>>,
+    thread: ExportThread<Msg>,
     stats: Arc<ExportStats>,
 }
 
@@ -103,22 +101,18 @@ impl OtlpMetricSink {
     ) -> std::io::Result<Self> {
         let stats = Arc::new(ExportStats::default());
         let state = Arc::new(Mutex::new(State::default()));
-        let (tx, rx) = mpsc::sync_channel(4);
-        let thread_stats = stats.clone();
         let service = service_name.to_string();
         let shared = state.clone();
         let started = Timestamp::now();
-        let thread = std::thread::Builder::new()
-            .name("tokentrace-otlp-metrics".into())
-            // The blocking HTTP client lives and dies on this thread, never on the async runtime.
-            .spawn(move || {
-                let exporter = Exporter::new(config.clone(), thread_stats, "metric points");
-                run(rx, exporter, config, shared, service, started, interval)
-            })?;
+        let thread_stats = stats.clone();
+        // The blocking HTTP client lives and dies on this thread, never on the async runtime.
+        let thread = ExportThread::start("otel_metric", "tokentrace-otlp-metrics", 4, move |rx| {
+            let exporter = Exporter::new(config.clone(), thread_stats, "metric points");
+            run(rx, exporter, config, shared, service, started, interval)
+        })?;
         Ok(Self {
             state,
-            tx: Some(tx),
-            thread: Some(thread),
+            thread,
             stats,
         })
     }
@@ -407,29 +401,11 @@ impl Sink for OtlpMetricSink {
     }
 
     fn sync(&mut self) -> Result<(), SinkError> {
-        let Some(tx) = &self.tx else {
-            return Ok(());
-        };
-        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
-        tx.send(Msg::Flush(reply_tx)).map_err(|_| SinkError {
-            sink: "otel_metric",
-            message: "exporter thread stopped".into(),
-        })?;
-        let _ = reply_rx.recv();
-        Ok(())
+        self.thread.flush(Msg::Flush)
     }
 
     fn shutdown(&mut self) -> Result<(), SinkError> {
-        self.tx = None;
-        if let Some(t) = self.thread.take()
-            && t.join().is_err()
-        {
-            return Err(SinkError {
-                sink: "otel_metric",
-                message: "exporter thread panicked".into(),
-            });
-        }
-        Ok(())
+        self.thread.stop()
     }
 }
 

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::thread::JoinHandle;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
 
 use prost::Message;
@@ -14,7 +14,7 @@ use tokentrace_otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
 use tokentrace_otlp::proto::common::v1::InstrumentationScope;
 use tokentrace_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
-use super::export::{ExportConfig, ExportStats, Exporter};
+use super::export::{ExportConfig, ExportStats, ExportThread, Exporter};
 use crate::{Sink, SinkError};
 
 /// Spans per export request.
@@ -31,8 +31,7 @@ enum Msg {
 
 /// The `otel_trace` sink.
 pub struct OtlpTraceSink {
-    tx: Option<SyncSender<Msg>>,
-    thread: Option<JoinHandle<()>>,
+    thread: ExportThread<Msg>,
     stats: Arc<ExportStats>,
     default_service: String,
 }
@@ -41,12 +40,10 @@ impl OtlpTraceSink {
     /// Starts the exporter thread.
     pub fn start(config: ExportConfig, service_name: &str) -> std::io::Result<Self> {
         let stats = Arc::new(ExportStats::default());
-        let (tx, rx) = mpsc::sync_channel(QUEUE);
         let thread_stats = stats.clone();
-        let thread = std::thread::Builder::new()
-            .name("tokentrace-otlp-traces".into())
-            // The blocking HTTP client lives and dies on this thread, never on the async runtime.
-            .spawn(move || {
+        // The blocking HTTP client lives and dies on this thread, never on the async runtime.
+        let thread =
+            ExportThread::start("otel_trace", "tokentrace-otlp-traces", QUEUE, move |rx| {
                 run(
                     rx,
                     Exporter::new(config.clone(), thread_stats, "spans"),
@@ -54,8 +51,7 @@ impl OtlpTraceSink {
                 )
             })?;
         Ok(Self {
-            tx: Some(tx),
-            thread: Some(thread),
+            thread,
             stats,
             default_service: service_name.to_string(),
         })
@@ -165,22 +161,14 @@ impl Sink for OtlpTraceSink {
         if span.end_time.is_none() {
             return;
         }
-        let Some(tx) = &self.tx else {
-            return;
-        };
         let service = span
             .service_name
             .clone()
             .unwrap_or_else(|| self.default_service.clone());
         let msg = Msg::Span(Box::new((service, from_model::span(span))));
-        if let Err(TrySendError::Full(_)) = tx.try_send(msg) {
-            self.stats
-                .dropped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let dropped = self
-                .stats
-                .dropped
-                .load(std::sync::atomic::Ordering::Relaxed);
+        if !self.thread.try_send(msg) {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            let dropped = self.stats.dropped.load(Ordering::Relaxed);
             if dropped.is_power_of_two() {
                 tracing::warn!("otlp spans exporter: queue full, {dropped} spans dropped so far");
             }
@@ -190,28 +178,10 @@ impl Sink for OtlpTraceSink {
     fn event(&mut self, _event: &SpanEvent) {}
 
     fn sync(&mut self) -> Result<(), SinkError> {
-        let Some(tx) = &self.tx else {
-            return Ok(());
-        };
-        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
-        tx.send(Msg::Flush(reply_tx)).map_err(|_| SinkError {
-            sink: "otel_trace",
-            message: "exporter thread stopped".into(),
-        })?;
-        let _ = reply_rx.recv();
-        Ok(())
+        self.thread.flush(Msg::Flush)
     }
 
     fn shutdown(&mut self) -> Result<(), SinkError> {
-        self.tx = None;
-        if let Some(t) = self.thread.take()
-            && t.join().is_err()
-        {
-            return Err(SinkError {
-                sink: "otel_trace",
-                message: "exporter thread panicked".into(),
-            });
-        }
-        Ok(())
+        self.thread.stop()
     }
 }
