@@ -417,14 +417,76 @@ impl Row {
     }
 }
 
+/// What a batch changes in one `traces` row: its spans folded in arrival order, with the same
+/// rules as the upsert, so a trace costs one upsert per batch instead of one per span.
+struct TraceUpdate<'a> {
+    service_name: Option<&'a str>,
+    root_span_id: &'a str,
+    root_is_true_root: bool,
+    start_time: &'a str,
+    end_time: Option<&'a str>,
+    expires_at: Option<i64>,
+}
+
+#[derive(Default)]
+struct TraceUpdates<'a> {
+    by_trace: Vec<(&'a str, TraceUpdate<'a>)>,
+    index: std::collections::HashMap<&'a str, usize>,
+}
+
+impl<'a> TraceUpdates<'a> {
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        trace_id: &'a str,
+        service_name: Option<&'a str>,
+        span_id: &'a str,
+        is_root: bool,
+        start_time: &'a str,
+        end_time: Option<&'a str>,
+        expires_at: Option<i64>,
+    ) {
+        let Some(&i) = self.index.get(trace_id) else {
+            self.index.insert(trace_id, self.by_trace.len());
+            self.by_trace.push((
+                trace_id,
+                TraceUpdate {
+                    service_name,
+                    root_span_id: span_id,
+                    root_is_true_root: is_root,
+                    start_time,
+                    end_time,
+                    expires_at,
+                },
+            ));
+            return;
+        };
+        let t = &mut self.by_trace[i].1;
+        if !t.root_is_true_root && (is_root || start_time < t.start_time) {
+            t.root_span_id = span_id;
+            t.root_is_true_root = is_root;
+        }
+        t.service_name = t.service_name.or(service_name);
+        t.start_time = t.start_time.min(start_time);
+        t.end_time = match (t.end_time, end_time) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        t.expires_at = match (t.expires_at, expires_at) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            _ => None,
+        };
+    }
+}
+
 /// Writes rows in one transaction, the statements prepared once per transaction.
 pub(crate) fn write_rows(conn: &mut Connection, rows: &[Row]) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     {
         let mut span = tx.prepare_cached(INSERT_SPAN)?;
-        let mut trace = tx.prepare_cached(UPSERT_TRACE)?;
         let mut event = tx.prepare_cached(INSERT_EVENT)?;
         let mut metric = tx.prepare_cached(INSERT_METRIC)?;
+        let mut traces = TraceUpdates::default();
         for Row(row) in rows {
             match row {
                 RowKind::Span {
@@ -460,15 +522,15 @@ pub(crate) fn write_rows(conn: &mut Connection, rows: &[Row]) -> Result<(), Stor
                         service_name,
                         expires_at,
                     ])?;
-                    trace.execute(params![
+                    traces.add(
                         trace_id,
-                        service_name,
+                        service_name.as_deref(),
                         span_id,
-                        *is_root as i64,
+                        *is_root,
                         start_time,
-                        end_time,
-                        expires_at,
-                    ])?;
+                        end_time.as_deref(),
+                        *expires_at,
+                    );
                 }
                 RowKind::Event {
                     trace_id,
@@ -505,6 +567,18 @@ pub(crate) fn write_rows(conn: &mut Connection, rows: &[Row]) -> Result<(), Stor
                     ])?;
                 }
             }
+        }
+        let mut trace = tx.prepare_cached(UPSERT_TRACE)?;
+        for (trace_id, t) in traces.by_trace {
+            trace.execute(params![
+                trace_id,
+                t.service_name,
+                t.root_span_id,
+                t.root_is_true_root as i64,
+                t.start_time,
+                t.end_time,
+                t.expires_at,
+            ])?;
         }
     }
     tx.commit()?;

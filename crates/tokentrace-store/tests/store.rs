@@ -620,3 +620,65 @@ fn events_and_datasets_round_trip() {
     );
     store.close().unwrap();
 }
+
+#[test]
+fn one_batch_folds_its_spans_into_each_trace_row_like_separate_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (t1, t2) = (TraceId::random(), TraceId::random());
+    let (root, child, orphan) = (SpanId::random(), SpanId::random(), SpanId::random());
+    let (early, late) = (SpanId::random(), SpanId::random());
+    store
+        .writer()
+        .write(vec![
+            Record::Span(span(t1, child, Some(root), "child", now_minus(20), 5)),
+            Record::Span(span(t1, root, None, "root", now_minus(10), 50_000)),
+            Record::Span(span(
+                t1,
+                orphan,
+                Some(SpanId::random()),
+                "orphan",
+                now_minus(30),
+                1,
+            )),
+            Record::Span(span(
+                t2,
+                late,
+                Some(SpanId::random()),
+                "late",
+                now_minus(5),
+                1,
+            )),
+            Record::Span(span(
+                t2,
+                early,
+                Some(SpanId::random()),
+                "early",
+                now_minus(8),
+                1,
+            )),
+        ])
+        .unwrap();
+    store.writer().flush().unwrap();
+    let r = store.reader();
+    let a = r.get_trace(t1).unwrap().unwrap();
+    assert_eq!(
+        a.root_span_id, root,
+        "the true root wins over earlier spans"
+    );
+    assert!(
+        a.start_time <= now_minus(29),
+        "start is the earliest span's"
+    );
+    assert!(
+        a.end_time.unwrap() >= now_minus(-39),
+        "end is the latest span's end"
+    );
+    assert_eq!(
+        r.get_trace(t2).unwrap().unwrap().root_span_id,
+        early,
+        "without a root, the earliest span"
+    );
+    assert_eq!(r.count_rows(Table::Traces).unwrap(), 2);
+    store.close().unwrap();
+}
