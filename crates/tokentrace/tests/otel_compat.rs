@@ -4,22 +4,14 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{signal, start, wait_exit};
+use common::{require_python, run_python, signal, start, wait_exit};
 
 const MODEL: &str = "meta-llama/Llama-3.2-3B-Instruct";
 
 #[test]
 fn an_application_trace_joins_the_gateway_spans_in_one_store() {
-    let probe = Command::new("python3")
-        .args(["-c", "import openai, llama_stack_client, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http"])
-        .output()
-        .expect("python3 is needed for the OpenTelemetry compatibility test");
-    assert!(
-        probe.status.success(),
-        "the Python packages are missing; run scripts/test, or: pip install opentelemetry-sdk opentelemetry-exporter-otlp-proto-http openai llama-stack-client==0.2.12 fire\n{}",
-        String::from_utf8_lossy(&probe.stderr)
+    require_python(
+        "openai, llama_stack_client, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http",
     );
     let otlp_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -37,22 +29,13 @@ fn an_application_trace_joins_the_gateway_spans_in_one_store() {
     )
     .unwrap();
     let mut server = start(dir.path(), &["--config", config.to_str().unwrap()], &[]);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otel_compat.py");
-    let out = Command::new("python3")
-        .args([script, &server.base, MODEL])
-        .env(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://127.0.0.1:{otlp_port}"),
-        )
-        .output()
-        .unwrap();
+    let endpoint = format!("http://127.0.0.1:{otlp_port}");
+    run_python(
+        "otel_compat.py",
+        &[&server.base, MODEL],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+        "all OpenTelemetry checks passed",
+    );
     signal(&server.child, "-TERM");
     assert!(wait_exit(&mut server.child).success());
-    assert!(
-        out.status.success(),
-        "OpenTelemetry checks failed\nstdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("all OpenTelemetry checks passed"));
 }

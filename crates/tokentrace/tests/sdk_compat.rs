@@ -4,23 +4,13 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{signal, start, wait_exit};
+use common::{require_python, run_python, signal, start, wait_exit};
 
 const MODEL: &str = "meta-llama/Llama-3.2-3B-Instruct";
 
 #[test]
 fn official_sdks_are_traced_and_counted() {
-    let probe = Command::new("python3")
-        .args(["-c", "import openai, llama_stack_client"])
-        .output()
-        .expect("python3 is needed for the SDK compatibility test");
-    assert!(
-        probe.status.success(),
-        "the Python SDKs are missing; run scripts/test, or: pip install openai llama-stack-client==0.2.12 fire\n{}",
-        String::from_utf8_lossy(&probe.stderr)
-    );
+    require_python("openai, llama_stack_client");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("run.yaml");
     std::fs::write(
@@ -32,18 +22,12 @@ fn official_sdks_are_traced_and_counted() {
     )
     .unwrap();
     let mut server = start(dir.path(), &["--config", config.to_str().unwrap()], &[]);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk_compat.py");
-    let out = Command::new("python3")
-        .args([script, &server.base, MODEL])
-        .output()
-        .unwrap();
+    run_python(
+        "sdk_compat.py",
+        &[&server.base, MODEL],
+        &[],
+        "all SDK checks passed",
+    );
     signal(&server.child, "-TERM");
     assert!(wait_exit(&mut server.child).success());
-    assert!(
-        out.status.success(),
-        "SDK checks failed\nstdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("all SDK checks passed"));
 }

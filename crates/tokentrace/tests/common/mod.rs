@@ -13,6 +13,16 @@ pub struct Server {
     pub stderr: mpsc::Receiver<String>,
 }
 
+impl Drop for Server {
+    /// A failed test must not leave the server running.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Starts `tokentrace serve --port 0` with a private data dir and waits for it to listen.
 pub fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokentrace"));
@@ -69,4 +79,35 @@ pub fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
         assert!(Instant::now() < deadline, "server did not exit");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Fails with install instructions unless Python can import these modules.
+pub fn require_python(modules: &str) {
+    let probe = Command::new("python3")
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .expect("python3 is needed for the compatibility tests");
+    assert!(
+        probe.status.success(),
+        "Python packages are missing ({modules}); run scripts/test, which installs them\n{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+}
+
+/// Runs one of the Python scripts beside the tests against a server; fails with its output
+/// unless it succeeds and prints `done`.
+pub fn run_python(script: &str, args: &[&str], env: &[(&str, &str)], done: &str) {
+    let path = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("python3")
+        .arg(&path)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(done),
+        "{script} failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
