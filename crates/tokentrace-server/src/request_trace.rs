@@ -54,13 +54,19 @@ impl RequestContext {
     }
 }
 
-/// Whether a request is traced. Never: telemetry ingestion (a span per ingested event would
-/// double every write) and health checks. The telemetry query API and datasetio only when
+/// Whether a request is traced. Never: telemetry ingestion (events and OTLP: a span per
+/// ingested batch would add writes to every write), health checks and Prometheus scrapes. The telemetry query API and datasetio only when
 /// asked (`server.trace_telemetry_api`): by default, looking at telemetry does not create more.
 fn is_traced(path: &str, trace_telemetry_api: bool) -> bool {
     if matches!(
         path,
-        "/v1/telemetry/events" | "/v1alpha/telemetry/events" | "/v1/health"
+        "/v1/telemetry/events"
+            | "/v1alpha/telemetry/events"
+            | "/v1/traces"
+            | "/v1/metrics"
+            | "/v1/logs"
+            | "/v1/health"
+            | "/metrics"
     ) {
         return false;
     }

@@ -623,3 +623,53 @@ async fn metrics_endpoint_counts_tokens_per_model_and_provider() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingestion_health_and_scrapes_are_not_traced_api_calls_are() {
+    let (s, _) = start().await;
+    let (st, _) = s.get("/v1/health").await;
+    assert_eq!(st, 200);
+    let res = s
+        .client
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().get("x-trace-id").is_none());
+    for path in ["/v1/traces", "/v1/metrics", "/v1/logs"] {
+        let (st, _) = s.post(path, json!({})).await;
+        assert_eq!(st, 200, "{path}");
+    }
+    s.log(json!({
+        "type": "unstructured_log",
+        "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+        "span_id": "00f067aa0ba902b7",
+        "timestamp": "2025-01-01T00:00:00Z",
+        "severity": "info",
+        "message": "hello",
+    }))
+    .await;
+    let res = s
+        .client
+        .get(format!("{}/v1/models", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let trace = res.headers()["x-trace-id"].to_str().unwrap().to_string();
+    s.flush().await;
+    let names: Vec<String> = {
+        let conn = s.sqlite();
+        let mut st = conn
+            .prepare("SELECT name FROM spans ORDER BY name")
+            .unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(names, ["GET /v1/models"]);
+    assert_eq!(spans_of(&s, &trace).len(), 1);
+    s.stop().await;
+}
