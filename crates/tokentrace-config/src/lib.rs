@@ -175,6 +175,11 @@ pub struct TelemetryConfig {
     pub retention_interval_seconds: u64,
     /// Events buffered before callers get 503.
     pub queue_capacity: usize,
+    /// How long a traced API request waits for room when the queue is three quarters full
+    /// (0: never wait; its spans may then be dropped and counted).
+    pub backpressure_ms: u64,
+    /// Nice value (0 to 19) of the telemetry threads: pipeline, SQLite writer, OTLP exporters.
+    pub thread_nice: i32,
     /// Console sink settings.
     pub console: ConsoleConfig,
     /// Record request and response content as span attributes.
@@ -443,6 +448,10 @@ struct RawTelemetryConfig {
     retention_interval_seconds: Option<u64>,
     #[serde(default, deserialize_with = "opt_number")]
     queue_capacity: Option<usize>,
+    #[serde(default, deserialize_with = "opt_number")]
+    backpressure_ms: Option<u64>,
+    #[serde(default, deserialize_with = "opt_number")]
+    thread_nice: Option<i32>,
     console: Option<ConsoleConfig>,
     capture_content: Option<bool>,
 }
@@ -600,6 +609,13 @@ fn build(
             format!("must be positive, got {default_ttl_seconds}"),
         ));
     }
+    let thread_nice = config.thread_nice.unwrap_or(10);
+    if !(0..=19).contains(&thread_nice) {
+        return Err((
+            format!("{TELEMETRY}.thread_nice"),
+            format!("must be between 0 and 19, got {thread_nice}"),
+        ));
+    }
     let positive = |key: &str, v: Option<u64>, default: u64| -> Result<u64, (String, String)> {
         match v.unwrap_or(default) {
             0 => Err((format!("{TELEMETRY}.{key}"), "must be positive".to_string())),
@@ -630,6 +646,8 @@ fn build(
                 config.queue_capacity.map(|q| q as u64),
                 65_536,
             )? as usize,
+            backpressure_ms: config.backpressure_ms.unwrap_or(1_000),
+            thread_nice,
             console: config.console.unwrap_or_default(),
             capture_content: config.capture_content.unwrap_or(true),
         },

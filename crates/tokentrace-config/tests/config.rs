@@ -40,6 +40,34 @@ fn defaults_without_a_file() {
     );
     assert_eq!(c.telemetry.default_ttl_seconds, 604_800);
     assert_eq!(c.telemetry.console.color, ColorChoice::Auto);
+    assert_eq!(c.telemetry.backpressure_ms, 1_000);
+    assert_eq!(c.telemetry.thread_nice, 10);
+}
+
+#[test]
+fn backpressure_and_thread_priority_are_set_and_checked() {
+    let env = env_of(&[]);
+    let c = load_from_str(
+        &telemetry_yaml("backpressure_ms: 0\nthread_nice: 0"),
+        "run.yaml",
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.telemetry.backpressure_ms, 0);
+    assert_eq!(c.telemetry.thread_nice, 0);
+    for bad in ["thread_nice: 20", "thread_nice: -1"] {
+        let e = load_from_str(&telemetry_yaml(bad), "run.yaml", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("providers.telemetry[0].config.thread_nice") && e.contains("0 and 19"),
+            "{e}"
+        );
+    }
+    let e = load_from_str(&telemetry_yaml("backpressure_ms: soon"), "run.yaml", &env)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("backpressure_ms") && e.contains("soon"), "{e}");
 }
 
 #[test]

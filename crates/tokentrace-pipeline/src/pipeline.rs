@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -30,6 +30,8 @@ pub struct PipelineOptions {
     pub max_open_spans: usize,
     /// The service name recorded on spans that do not carry one.
     pub service_name: String,
+    /// Nice value of the pipeline thread (see [`tokentrace_store::set_thread_nice`]).
+    pub thread_nice: i32,
 }
 
 impl Default for PipelineOptions {
@@ -41,6 +43,7 @@ impl Default for PipelineOptions {
             max_events_per_span: 1_000,
             max_open_spans: 100_000,
             service_name: "tokentrace".to_string(),
+            thread_nice: 0,
         }
     }
 }
@@ -77,6 +80,18 @@ pub struct PipelineStats {
     pub span_events_over_limit: AtomicU64,
     /// Sink flush failures.
     pub sink_errors: AtomicU64,
+    /// Callers of [`Telemetry::wait_for_room`] that had to wait.
+    pub room_waits: AtomicU64,
+    /// Callers of [`Telemetry::wait_for_room`] that gave up waiting.
+    pub room_wait_timeouts: AtomicU64,
+}
+
+/// Where callers wait for room in a full queue; the pipeline thread wakes them.
+#[derive(Default)]
+struct Room {
+    notify: tokio::sync::Notify,
+    waiting: AtomicUsize,
+    closed: AtomicBool,
 }
 
 /// Spans, events and metric points submitted together: accepted or refused as one.
@@ -112,6 +127,7 @@ pub struct Telemetry {
     /// Items (spans, events, points) the queue may hold: batches count by their size, so memory
     /// stays bounded however callers group their items.
     capacity: u64,
+    room: Arc<Room>,
 }
 
 impl Msg {
@@ -197,6 +213,47 @@ impl Telemetry {
     pub fn stats(&self) -> &PipelineStats {
         &self.stats
     }
+
+    /// Whether the queue is below the level at which [`Telemetry::wait_for_room`] waits: three
+    /// quarters of its capacity, so that the callers let through together still fit.
+    pub fn has_room(&self) -> bool {
+        self.stats.queue_depth.load(Ordering::Relaxed) < room_level(self.capacity)
+    }
+
+    /// Waits, at most `limit`, until the queue has room (see [`Telemetry::has_room`]) or the
+    /// pipeline stops. API requests call it before doing work they will report: under load
+    /// beyond what the sinks absorb, requests then slow down to the sinks' pace instead of
+    /// their spans being dropped. Returns `false` when `limit` passed first.
+    pub async fn wait_for_room(&self, limit: Duration) -> bool {
+        if self.has_room() {
+            return true;
+        }
+        self.stats.room_waits.fetch_add(1, Ordering::Relaxed);
+        self.room.waiting.fetch_add(1, Ordering::SeqCst);
+        let room = async {
+            loop {
+                let mut notified = std::pin::pin!(self.room.notify.notified());
+                // Registered before the check, so a wake-up between the two is not missed.
+                notified.as_mut().enable();
+                if self.has_room() || self.room.closed.load(Ordering::SeqCst) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let in_time = tokio::time::timeout(limit, room).await.is_ok();
+        self.room.waiting.fetch_sub(1, Ordering::SeqCst);
+        if !in_time {
+            self.stats
+                .room_wait_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        in_time
+    }
+}
+
+fn room_level(capacity: u64) -> u64 {
+    (capacity - capacity / 4).max(1)
 }
 
 /// The running pipeline: owns its thread. Stop it with [`Pipeline::shutdown`].
@@ -212,22 +269,30 @@ impl Pipeline {
         let (tx, rx) = mpsc::sync_channel(capacity);
         let stats = Arc::new(PipelineStats::default());
         let mut options = options;
+        let nice = options.thread_nice;
         if !sinks.iter().any(|s| s.wants_span_events()) {
             options.max_events_per_span = 0;
         }
+        let room = Arc::new(Room::default());
         let worker = Worker {
             assembler: Assembler::new(options, stats.clone()),
             sinks,
             stats: stats.clone(),
+            room: room.clone(),
+            room_level: room_level(capacity as u64),
         };
         let thread = std::thread::Builder::new()
             .name("tokentrace-pipeline".into())
-            .spawn(move || worker.run(rx))?;
+            .spawn(move || {
+                tokentrace_store::set_thread_nice(nice);
+                worker.run(rx)
+            })?;
         Ok(Pipeline {
             telemetry: Telemetry {
                 tx,
                 stats,
                 capacity: capacity as u64,
+                room,
             },
             thread: Some(thread),
         })
@@ -273,6 +338,8 @@ struct Worker {
     assembler: Assembler,
     sinks: Vec<Box<dyn Sink>>,
     stats: Arc<PipelineStats>,
+    room: Arc<Room>,
+    room_level: u64,
 }
 
 const MAX_BATCH: usize = 1024;
@@ -320,10 +387,17 @@ impl Worker {
             }
             self.emit(&mut out);
             self.flush_sinks();
+            if self.room.waiting.load(Ordering::SeqCst) > 0
+                && self.stats.queue_depth.load(Ordering::Relaxed) < self.room_level
+            {
+                self.room.notify.notify_waiters();
+            }
         }
     }
 
     fn stop(&mut self, out: &mut Vec<Output>) {
+        self.room.closed.store(true, Ordering::SeqCst);
+        self.room.notify.notify_waiters();
         self.assembler.flush_all_open(out);
         self.emit(out);
         for sink in &mut self.sinks {

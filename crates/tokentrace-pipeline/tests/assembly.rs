@@ -1,6 +1,7 @@
 //! Span assembly through a running pipeline into an in-memory sink.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokentrace_model::{
@@ -302,5 +303,61 @@ fn a_full_queue_is_reported_not_blocked() {
         .collect();
     assert!(results.contains(&Err(SubmitError::Full)));
     assert!(results.iter().any(|r| r.is_ok()));
+    pipeline.shutdown();
+}
+
+#[test]
+fn waiting_for_room_ends_when_the_sinks_catch_up_or_the_limit_passes() {
+    // A sink that blocks until its gate is dropped: the queue fills behind it.
+    struct Gate(std::sync::mpsc::Receiver<()>);
+    impl tokentrace_pipeline::Sink for Gate {
+        fn name(&self) -> &'static str {
+            "gate"
+        }
+        fn span_ended(&mut self, _: &tokentrace_model::SpanRecord) {}
+        fn event(&mut self, _: &tokentrace_model::SpanEvent) {
+            let _ = self.0.recv();
+        }
+    }
+    let (closed, gate) = std::sync::mpsc::channel::<()>();
+    let options = PipelineOptions {
+        queue_capacity: 8,
+        ..PipelineOptions::default()
+    };
+    let pipeline = Pipeline::start(options, vec![Box::new(Gate(gate))]).unwrap();
+    let tel = pipeline.telemetry();
+    let (t, s) = (TraceId::random(), SpanId::random());
+    assert!(tel.has_room());
+    // The first event holds the pipeline thread at the gate once it has taken it...
+    tel.log_event(log(t, s, 0, "x"), None).unwrap();
+    while tel.stats().queue_depth.load(Ordering::Relaxed) > 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // ...so the next ones fill the queue.
+    let accepted = (1..20)
+        .filter(|i| tel.log_event(log(t, s, *i, "x"), None).is_ok())
+        .count();
+    assert_eq!(accepted, 8);
+    assert!(!tel.has_room());
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    assert!(!rt.block_on(tel.wait_for_room(Duration::from_millis(100))));
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    assert_eq!(tel.stats().room_wait_timeouts.load(Ordering::Relaxed), 1);
+
+    // Released while a caller waits: the wait ends as soon as the queue drains.
+    let opener = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        drop(closed);
+    });
+    assert!(rt.block_on(tel.wait_for_room(Duration::from_secs(30))));
+    assert!(tel.has_room());
+    assert_eq!(tel.stats().room_waits.load(Ordering::Relaxed), 2);
+    assert_eq!(tel.stats().room_wait_timeouts.load(Ordering::Relaxed), 1);
+    opener.join().unwrap();
     pipeline.shutdown();
 }

@@ -35,6 +35,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Requests not answered within this time get 504.
     pub request_timeout: Duration,
+    /// How long a traced request waits for room in a nearly full telemetry queue.
+    pub backpressure: Duration,
     /// Providers and models.
     pub inference: Arc<Inference>,
     /// Record request and response content on provider spans.
@@ -67,6 +69,7 @@ impl AppState {
             store: store.map(|(reader, writer)| Arc::new(StoreHandles { reader, writer })),
             max_body_bytes,
             request_timeout: Duration::from_secs(30),
+            backpressure: Duration::from_secs(1),
             inference: Arc::new(inference),
             capture_content: true,
             trace_telemetry_api: false,
@@ -212,6 +215,18 @@ async fn metrics(
             "span_end events without a known start.",
             true,
             load(&p.orphan_ends),
+        ),
+        sample(
+            "tokentrace_backpressure_waits_total",
+            "Traced requests that waited for room in a nearly full pipeline queue.",
+            true,
+            load(&p.room_waits),
+        ),
+        sample(
+            "tokentrace_backpressure_timeouts_total",
+            "Traced requests that stopped waiting for room and went on (their spans may be dropped).",
+            true,
+            load(&p.room_wait_timeouts),
         ),
         sample(
             "tokentrace_sink_errors_total",

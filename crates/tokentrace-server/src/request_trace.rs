@@ -92,6 +92,10 @@ pub async fn trace_requests(
     if !is_traced(&path, state.trace_telemetry_api) {
         return next.run(req).await;
     }
+    // Under load beyond what the sinks absorb, slow requests down rather than lose their spans.
+    if !state.backpressure.is_zero() && !state.telemetry.has_room() {
+        state.telemetry.wait_for_room(state.backpressure).await;
+    }
     let remote = req
         .headers()
         .get("traceparent")

@@ -36,6 +36,8 @@ pub struct StoreOptions {
     pub read_connections: usize,
     /// How often retention should run (used by whoever schedules [`StoreWriter::expire`]).
     pub retention_interval: Duration,
+    /// Nice value of the writer thread (see [`set_thread_nice`]); 0 keeps the process's.
+    pub thread_nice: i32,
 }
 
 impl Default for StoreOptions {
@@ -46,6 +48,7 @@ impl Default for StoreOptions {
             queue_capacity: 64,
             read_connections: 4,
             retention_interval: Duration::from_secs(60),
+            thread_nice: 0,
         }
     }
 }
@@ -115,9 +118,13 @@ impl Store {
             options.flush_interval,
             counters.clone(),
         );
+        let nice = options.thread_nice;
         let thread = std::thread::Builder::new()
             .name("tokentrace-store-writer".into())
-            .spawn(move || writer.run(rx))?;
+            .spawn(move || {
+                set_thread_nice(nice);
+                writer.run(rx)
+            })?;
         Ok(Store {
             path: path.to_path_buf(),
             writer: StoreWriter { tx, counters },
@@ -236,4 +243,18 @@ impl StoreWriter {
 pub fn init_schema(conn: &mut Connection) -> Result<(), StoreError> {
     schema::configure_writer(conn)?;
     schema::migrate(conn)
+}
+
+/// Lowers the calling thread's CPU priority to `nice` (1 to 19; Linux only, elsewhere and for 0
+/// nothing happens), so that telemetry work yields the CPU to request handling when both want
+/// it, and uses it fully when it is free. The change cannot be undone without privileges.
+pub fn set_thread_nice(nice: i32) {
+    #[cfg(target_os = "linux")]
+    if nice != 0
+        && let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice)
+    {
+        tracing::debug!("cannot lower the priority of a telemetry thread: {e}");
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }

@@ -21,6 +21,8 @@ pub struct ExportConfig {
     pub resource_attributes: Vec<(String, String)>,
     /// Attempts per export before the data is dropped.
     pub max_attempts: u32,
+    /// Nice value of the exporter thread (see [`tokentrace_store::set_thread_nice`]).
+    pub thread_nice: i32,
 }
 
 fn percent_decode(s: &str) -> String {
@@ -81,6 +83,7 @@ impl ExportConfig {
                 .map(|r| pairs(&r))
                 .unwrap_or_default(),
             max_attempts: 5,
+            thread_nice: 0,
         }
     }
 }
@@ -232,17 +235,22 @@ pub(super) struct ExportThread<M> {
 }
 
 impl<M: Send + 'static> ExportThread<M> {
-    /// Starts `run` on a thread named `name`, fed by a queue of `capacity` messages.
+    /// Starts `run` on a thread named `name` with nice value `nice`, fed by a queue of
+    /// `capacity` messages.
     pub fn start(
         sink: &'static str,
         name: &str,
+        nice: i32,
         capacity: usize,
         run: impl FnOnce(std::sync::mpsc::Receiver<M>) + Send + 'static,
     ) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
         let thread = std::thread::Builder::new()
             .name(name.to_string())
-            .spawn(move || run(rx))?;
+            .spawn(move || {
+                tokentrace_store::set_thread_nice(nice);
+                run(rx)
+            })?;
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),

@@ -106,10 +106,17 @@ impl OtlpMetricSink {
         let started = Timestamp::now();
         let thread_stats = stats.clone();
         // The blocking HTTP client lives and dies on this thread, never on the async runtime.
-        let thread = ExportThread::start("otel_metric", "tokentrace-otlp-metrics", 4, move |rx| {
-            let exporter = Exporter::new(config.clone(), thread_stats, "metric points");
-            run(rx, exporter, config, shared, service, started, interval)
-        })?;
+        let nice = config.thread_nice;
+        let thread = ExportThread::start(
+            "otel_metric",
+            "tokentrace-otlp-metrics",
+            nice,
+            4,
+            move |rx| {
+                let exporter = Exporter::new(config.clone(), thread_stats, "metric points");
+                run(rx, exporter, config, shared, service, started, interval)
+            },
+        )?;
         Ok(Self {
             state,
             thread,

@@ -42,14 +42,20 @@ impl OtlpTraceSink {
         let stats = Arc::new(ExportStats::default());
         let thread_stats = stats.clone();
         // The blocking HTTP client lives and dies on this thread, never on the async runtime.
-        let thread =
-            ExportThread::start("otel_trace", "tokentrace-otlp-traces", QUEUE, move |rx| {
+        let nice = config.thread_nice;
+        let thread = ExportThread::start(
+            "otel_trace",
+            "tokentrace-otlp-traces",
+            nice,
+            QUEUE,
+            move |rx| {
                 run(
                     rx,
                     Exporter::new(config.clone(), thread_stats, "spans"),
                     config,
                 )
-            })?;
+            },
+        )?;
         Ok(Self {
             thread,
             stats,
