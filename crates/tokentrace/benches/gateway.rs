@@ -33,24 +33,19 @@ fn main() -> Result<(), Error> {
         let port: u16 = args.get(i + 1).ok_or("port")?.parse()?;
         return receiver(port);
     }
-    let seconds = args
-        .iter()
-        .position(|a| a == "--seconds")
-        .and_then(|i| args.get(i + 1))
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+    };
+    let seconds = value("--seconds")
         .and_then(|v| v.parse().ok())
         .unwrap_or(5u64);
-    let only: Option<Vec<String>> = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.split(',').map(str::to_owned).collect());
-
-    let rounds = args
-        .iter()
-        .position(|a| a == "--rounds")
-        .and_then(|i| args.get(i + 1))
+    let rounds = value("--rounds")
         .and_then(|v| v.parse().ok())
         .unwrap_or(3usize);
+    let only: Option<Vec<String>> =
+        value("--only").map(|v| v.split(',').map(str::to_owned).collect());
 
     let up_port = free_port()?;
     let mut up = Command::new(std::env::current_exe()?)
