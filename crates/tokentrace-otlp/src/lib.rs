@@ -2,6 +2,7 @@
 //! metric points (for the receiver), and back (for the exporters).
 
 mod decode;
+pub mod encode;
 pub mod from_model;
 mod response;
 mod to_model;

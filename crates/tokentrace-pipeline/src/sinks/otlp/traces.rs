@@ -7,12 +7,9 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
 
-use prost::Message;
 use tokentrace_model::{SpanEvent, SpanRecord};
-use tokentrace_otlp::from_model;
-use tokentrace_otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
 use tokentrace_otlp::proto::common::v1::InstrumentationScope;
-use tokentrace_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use tokentrace_otlp::{encode, from_model};
 
 use super::export::{ExportConfig, ExportStats, ExportThread, Exporter};
 use crate::{Sink, SinkError};
@@ -25,7 +22,8 @@ const DELAY: Duration = Duration::from_secs(1);
 const QUEUE: usize = 8_192;
 
 enum Msg {
-    Span(Box<(String, Span)>),
+    /// A span's service name and its encoded `Span` message.
+    Span(Box<(String, Vec<u8>)>),
     Flush(SyncSender<()>),
 }
 
@@ -70,7 +68,7 @@ impl OtlpTraceSink {
 }
 
 fn run(rx: Receiver<Msg>, mut exporter: Exporter, config: ExportConfig) {
-    let mut pending: Vec<(String, Span)> = Vec::new();
+    let mut pending: Vec<(String, Vec<u8>)> = Vec::new();
     let mut first: Option<Instant> = None;
     loop {
         let wait = first.map_or(Duration::from_secs(3600), |t| {
@@ -121,36 +119,29 @@ fn run(rx: Receiver<Msg>, mut exporter: Exporter, config: ExportConfig) {
 fn send(
     exporter: &mut Exporter,
     config: &ExportConfig,
-    pending: &mut Vec<(String, Span)>,
+    pending: &mut Vec<(String, Vec<u8>)>,
     budget: Duration,
 ) {
     if pending.is_empty() {
         return;
     }
-    let mut by_service: BTreeMap<String, Vec<Span>> = BTreeMap::new();
+    let mut by_service: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
     let n = pending.len() as u64;
     for (service, span) in pending.drain(..) {
         by_service.entry(service).or_default().push(span);
     }
-    let request = ExportTraceServiceRequest {
-        resource_spans: by_service
-            .into_iter()
-            .map(|(service, spans)| ResourceSpans {
-                resource: Some(from_model::resource(&service, &config.resource_attributes)),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: "tokentrace".into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                        ..Default::default()
-                    }),
-                    spans,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            })
-            .collect(),
+    let scope = InstrumentationScope {
+        name: "tokentrace".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
     };
-    exporter.send(request.encode_to_vec(), n, budget);
+    // An `ExportTraceServiceRequest`: one `ResourceSpans` per service.
+    let mut body = Vec::new();
+    for (service, spans) in by_service {
+        let resource = from_model::resource(&service, &config.resource_attributes);
+        encode::resource_spans(&resource, &scope, &spans, &mut body);
+    }
+    exporter.send(body, n, budget);
 }
 
 impl Sink for OtlpTraceSink {
@@ -171,7 +162,9 @@ impl Sink for OtlpTraceSink {
             .service_name
             .clone()
             .unwrap_or_else(|| self.default_service.clone());
-        let msg = Msg::Span(Box::new((service, from_model::span(span))));
+        let mut encoded = Vec::with_capacity(512);
+        encode::span(span, &mut encoded);
+        let msg = Msg::Span(Box::new((service, encoded)));
         if !self.thread.try_send(msg) {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             let dropped = self.stats.dropped.load(Ordering::Relaxed);
