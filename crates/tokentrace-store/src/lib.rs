@@ -43,7 +43,7 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
-            batch_max_rows: 1_000,
+            batch_max_rows: 5_000,
             flush_interval: Duration::from_millis(200),
             queue_capacity: 64,
             read_connections: 4,
