@@ -17,7 +17,6 @@ use tokentrace_pipeline::{Pipeline, PipelineOptions};
 use tokentrace_store::{Store, StoreOptions};
 
 const SPANS_PER_TRACE: usize = 10;
-const BATCH: usize = 1_000;
 
 struct SpanInput {
     trace: TraceId,
@@ -146,8 +145,10 @@ fn run_baseline(
     let mut conn = Connection::open(dir.join("baseline.db"))?;
     tokentrace_store::init_schema(&mut conn)?;
     let expires = Timestamp::now().unix_nanos() + 604_800 * 1_000_000_000;
+    // The store's transaction size, in rows (five per span here).
+    let batch = StoreOptions::default().batch_max_rows;
     let started = Instant::now();
-    for chunk in spans.chunks(BATCH / 4) {
+    for chunk in spans.chunks(batch / 5) {
         let tx = conn.transaction()?;
         {
             let mut span_st = tx.prepare_cached(
