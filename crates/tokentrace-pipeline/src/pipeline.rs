@@ -381,17 +381,18 @@ impl Worker {
                     next = rx.try_recv().ok();
                 }
             }
+            // Dequeuing is what makes room: wake waiting callers before the sinks run.
+            if self.room.waiting.load(Ordering::SeqCst) > 0
+                && self.stats.queue_depth.load(Ordering::Relaxed) < self.room_level
+            {
+                self.room.notify.notify_waiters();
+            }
             if last_tick.elapsed() >= TICK {
                 self.assembler.expire_open_spans(Instant::now(), &mut out);
                 last_tick = Instant::now();
             }
             self.emit(&mut out);
             self.flush_sinks();
-            if self.room.waiting.load(Ordering::SeqCst) > 0
-                && self.stats.queue_depth.load(Ordering::Relaxed) < self.room_level
-            {
-                self.room.notify.notify_waiters();
-            }
         }
     }
 

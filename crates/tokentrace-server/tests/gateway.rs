@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -671,5 +672,59 @@ async fn ingestion_health_and_scrapes_are_not_traced_api_calls_are() {
     };
     assert_eq!(names, ["GET /v1/models"]);
     assert_eq!(spans_of(&s, &trace).len(), 1);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_wait_for_a_slow_pipeline_instead_of_losing_their_spans() {
+    // A sink far slower than the requests, behind a queue of four items.
+    struct Slow;
+    impl tokentrace_pipeline::Sink for Slow {
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+        fn span_ended(&mut self, _: &tokentrace_model::SpanRecord) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        fn event(&mut self, _: &tokentrace_model::SpanEvent) {}
+    }
+    let options = PipelineOptions {
+        queue_capacity: 4,
+        ..PipelineOptions::default()
+    };
+    let s = TestServer::start_with(options, vec![Box::new(Slow)], 1 << 20).await;
+    let mut traces = Vec::new();
+    for _ in 0..30 {
+        let res = s
+            .client
+            .get(format!("{}/v1/models", s.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        traces.push(res.headers()["x-trace-id"].to_str().unwrap().to_string());
+    }
+    s.flush().await;
+    let stats = s.telemetry.stats();
+    assert!(stats.room_waits.load(Ordering::Relaxed) > 0, "never waited");
+    assert_eq!(stats.rejected_full.load(Ordering::Relaxed), 0);
+    for trace in &traces {
+        assert_eq!(spans_of(&s, trace).len(), 1, "trace {trace}");
+    }
+    let metrics = s
+        .client
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tokentrace_backpressure_waits_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
     s.stop().await;
 }
