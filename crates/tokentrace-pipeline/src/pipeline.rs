@@ -87,8 +87,10 @@ pub struct PipelineStats {
 }
 
 /// Where callers wait for room in a full queue; the pipeline thread wakes them.
-#[derive(Default)]
 struct Room {
+    /// Queue depth below which there is room: three quarters of the capacity, so that the
+    /// callers let through together still fit.
+    level: u64,
     notify: tokio::sync::Notify,
     waiting: AtomicUsize,
     closed: AtomicBool,
@@ -217,7 +219,7 @@ impl Telemetry {
     /// Whether the queue is below the level at which [`Telemetry::wait_for_room`] waits: three
     /// quarters of its capacity, so that the callers let through together still fit.
     pub fn has_room(&self) -> bool {
-        self.stats.queue_depth.load(Ordering::Relaxed) < room_level(self.capacity)
+        self.stats.queue_depth.load(Ordering::Relaxed) < self.room.level
     }
 
     /// Waits, at most `limit`, until the queue has room (see [`Telemetry::has_room`]) or the
@@ -252,10 +254,6 @@ impl Telemetry {
     }
 }
 
-fn room_level(capacity: u64) -> u64 {
-    (capacity - capacity / 4).max(1)
-}
-
 /// The running pipeline: owns its thread. Stop it with [`Pipeline::shutdown`].
 pub struct Pipeline {
     telemetry: Telemetry,
@@ -273,13 +271,17 @@ impl Pipeline {
         if !sinks.iter().any(|s| s.wants_span_events()) {
             options.max_events_per_span = 0;
         }
-        let room = Arc::new(Room::default());
+        let room = Arc::new(Room {
+            level: (capacity - capacity / 4).max(1) as u64,
+            notify: tokio::sync::Notify::new(),
+            waiting: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+        });
         let worker = Worker {
             assembler: Assembler::new(options, stats.clone()),
             sinks,
             stats: stats.clone(),
             room: room.clone(),
-            room_level: room_level(capacity as u64),
         };
         let thread = std::thread::Builder::new()
             .name("tokentrace-pipeline".into())
@@ -339,7 +341,6 @@ struct Worker {
     sinks: Vec<Box<dyn Sink>>,
     stats: Arc<PipelineStats>,
     room: Arc<Room>,
-    room_level: u64,
 }
 
 const MAX_BATCH: usize = 1024;
@@ -383,7 +384,7 @@ impl Worker {
             }
             // Dequeuing is what makes room: wake waiting callers before the sinks run.
             if self.room.waiting.load(Ordering::SeqCst) > 0
-                && self.stats.queue_depth.load(Ordering::Relaxed) < self.room_level
+                && self.stats.queue_depth.load(Ordering::Relaxed) < self.room.level
             {
                 self.room.notify.notify_waiters();
             }

@@ -55,8 +55,9 @@ impl RequestContext {
 }
 
 /// Whether a request is traced. Never: telemetry ingestion (events and OTLP: a span per
-/// ingested batch would add writes to every write), health checks and Prometheus scrapes. The telemetry query API and datasetio only when
-/// asked (`server.trace_telemetry_api`): by default, looking at telemetry does not create more.
+/// ingested batch would add writes to every write), health checks and Prometheus scrapes. The
+/// telemetry query API and datasetio only when asked (`server.trace_telemetry_api`): by
+/// default, looking at telemetry does not create more.
 fn is_traced(path: &str, trace_telemetry_api: bool) -> bool {
     if matches!(
         path,
@@ -93,7 +94,7 @@ pub async fn trace_requests(
         return next.run(req).await;
     }
     // Under load beyond what the sinks absorb, slow requests down rather than lose their spans.
-    if !state.backpressure.is_zero() && !state.telemetry.has_room() {
+    if !state.backpressure.is_zero() {
         state.telemetry.wait_for_room(state.backpressure).await;
     }
     let remote = req
