@@ -5,13 +5,11 @@
 
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{span, status};
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
-use tokentrace_model::{
-    AttrValue, Attributes, SpanEvent, SpanEventBody, SpanKind, SpanLink, SpanRecord, SpanStatus,
-    Timestamp,
-};
+use tokentrace_model::{AttrValue, Attributes, SpanEvent, SpanEventBody, SpanLink, SpanRecord};
+
+use crate::from_model::{nanos, span_kind, status_code};
 
 /// Appends the encoded `Span` message (its fields, without a tag or length in front).
 pub fn span(s: &SpanRecord, buf: &mut Vec<u8>) {
@@ -21,14 +19,7 @@ pub fn span(s: &SpanRecord, buf: &mut Vec<u8>) {
         put_bytes(4, &parent.to_bytes(), buf);
     }
     put_bytes(5, s.name.as_bytes(), buf);
-    let kind = match s.kind {
-        SpanKind::Internal => span::SpanKind::Internal,
-        SpanKind::Server => span::SpanKind::Server,
-        SpanKind::Client => span::SpanKind::Client,
-        SpanKind::Producer => span::SpanKind::Producer,
-        SpanKind::Consumer => span::SpanKind::Consumer,
-    };
-    put_varint(6, kind as u64, buf);
+    put_varint(6, span_kind(s.kind) as u64, buf);
     put_fixed64(7, nanos(s.start_time), buf);
     put_fixed64(8, nanos(s.end_time.unwrap_or(s.start_time)), buf);
     put_attributes(9, &s.attributes, buf);
@@ -48,11 +39,7 @@ pub fn span(s: &SpanRecord, buf: &mut Vec<u8>) {
         put_bytes(2, &l.span_id.to_bytes(), buf);
         put_attributes(4, &l.attributes, buf);
     }
-    let code = match s.status {
-        Some(SpanStatus::Ok) => status::StatusCode::Ok,
-        Some(SpanStatus::Error) => status::StatusCode::Error,
-        None => status::StatusCode::Unset,
-    };
+    let code = status_code(s.status);
     let message = s.status_message.as_deref().unwrap_or_default();
     put_header(
         15,
@@ -186,10 +173,6 @@ fn put_any_value(v: &AttrValue, buf: &mut Vec<u8>) {
             }
         }
     }
-}
-
-fn nanos(t: Timestamp) -> u64 {
-    u64::try_from(t.unix_nanos()).unwrap_or(0)
 }
 
 fn delimited_len(tag: u32, len: usize) -> usize {

@@ -58,7 +58,27 @@ pub fn resource(service_name: &str, extra: &[(String, String)]) -> Resource {
     }
 }
 
-fn nanos(t: tokentrace_model::Timestamp) -> u64 {
+/// A span kind as OTLP.
+pub(crate) fn span_kind(kind: SpanKind) -> span::SpanKind {
+    match kind {
+        SpanKind::Internal => span::SpanKind::Internal,
+        SpanKind::Server => span::SpanKind::Server,
+        SpanKind::Client => span::SpanKind::Client,
+        SpanKind::Producer => span::SpanKind::Producer,
+        SpanKind::Consumer => span::SpanKind::Consumer,
+    }
+}
+
+/// A span status as an OTLP status code (`None`: unset).
+pub(crate) fn status_code(status: Option<SpanStatus>) -> status::StatusCode {
+    match status {
+        Some(SpanStatus::Ok) => status::StatusCode::Ok,
+        Some(SpanStatus::Error) => status::StatusCode::Error,
+        None => status::StatusCode::Unset,
+    }
+}
+
+pub(crate) fn nanos(t: tokentrace_model::Timestamp) -> u64 {
     u64::try_from(t.unix_nanos()).unwrap_or(0)
 }
 
@@ -107,18 +127,8 @@ pub fn span(s: &SpanRecord) -> Span {
             ..Default::default()
         })
         .collect();
-    let kind = match s.kind {
-        SpanKind::Internal => span::SpanKind::Internal,
-        SpanKind::Server => span::SpanKind::Server,
-        SpanKind::Client => span::SpanKind::Client,
-        SpanKind::Producer => span::SpanKind::Producer,
-        SpanKind::Consumer => span::SpanKind::Consumer,
-    };
-    let code = match s.status {
-        Some(SpanStatus::Ok) => status::StatusCode::Ok,
-        Some(SpanStatus::Error) => status::StatusCode::Error,
-        None => status::StatusCode::Unset,
-    };
+    let kind = span_kind(s.kind);
+    let code = status_code(s.status);
     Span {
         trace_id: s.trace_id.to_bytes().to_vec(),
         span_id: s.span_id.to_bytes().to_vec(),

@@ -133,13 +133,17 @@ impl TestServer {
         )
     }
 
-    pub async fn get(&self, path: &str) -> (u16, Value) {
-        let res = self
-            .client
+    /// `GET path`, the whole response (headers included).
+    pub async fn get_response(&self, path: &str) -> reqwest::Response {
+        self.client
             .get(format!("{}{path}", self.base))
             .send()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let res = self.get_response(path).await;
         let status = res.status().as_u16();
         let text = res.text().await.unwrap();
         (

@@ -581,12 +581,7 @@ async fn metrics_endpoint_counts_tokens_per_model_and_provider() {
         .send().await.unwrap();
     res.bytes().await.unwrap();
     s.flush().await;
-    let res = s
-        .client
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .unwrap();
+    let res = s.get_response("/metrics").await;
     assert_eq!(
         res.headers()["content-type"],
         "text/plain; version=0.0.4; charset=utf-8"
@@ -630,12 +625,7 @@ async fn ingestion_health_and_scrapes_are_not_traced_api_calls_are() {
     let (s, _) = start().await;
     let (st, _) = s.get("/v1/health").await;
     assert_eq!(st, 200);
-    let res = s
-        .client
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .unwrap();
+    let res = s.get_response("/metrics").await;
     assert_eq!(res.status(), 200);
     assert!(res.headers().get("x-trace-id").is_none());
     for path in ["/v1/traces", "/v1/metrics", "/v1/logs"] {
@@ -651,12 +641,7 @@ async fn ingestion_health_and_scrapes_are_not_traced_api_calls_are() {
         "message": "hello",
     }))
     .await;
-    let res = s
-        .client
-        .get(format!("{}/v1/models", s.base))
-        .send()
-        .await
-        .unwrap();
+    let res = s.get_response("/v1/models").await;
     assert_eq!(res.status(), 200);
     let trace = res.headers()["x-trace-id"].to_str().unwrap().to_string();
     s.flush().await;
@@ -695,12 +680,7 @@ async fn requests_wait_for_a_slow_pipeline_instead_of_losing_their_spans() {
     let s = TestServer::start_with(options, vec![Box::new(Slow)], 1 << 20).await;
     let mut traces = Vec::new();
     for _ in 0..30 {
-        let res = s
-            .client
-            .get(format!("{}/v1/models", s.base))
-            .send()
-            .await
-            .unwrap();
+        let res = s.get_response("/v1/models").await;
         assert_eq!(res.status(), 200);
         traces.push(res.headers()["x-trace-id"].to_str().unwrap().to_string());
     }
@@ -711,15 +691,7 @@ async fn requests_wait_for_a_slow_pipeline_instead_of_losing_their_spans() {
     for trace in &traces {
         assert_eq!(spans_of(&s, trace).len(), 1, "trace {trace}");
     }
-    let metrics = s
-        .client
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.get_response("/metrics").await.text().await.unwrap();
     assert!(
         metrics
             .lines()
