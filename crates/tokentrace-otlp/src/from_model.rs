@@ -84,7 +84,8 @@ pub(crate) fn nanos(t: tokentrace_model::Timestamp) -> u64 {
 
 /// A span as OTLP, with the same ids, times, status, kind and attributes; its logs and metrics
 /// become span events (`log` with `log.severity` and `log.message`, metrics named after the
-/// metric with `metric.value` and `metric.unit`).
+/// metric with `metric.value` and `metric.unit`). The exporter writes the same message's bytes
+/// directly with [`crate::encode::span`]; this is the readable mapping it is tested against.
 pub fn span(s: &SpanRecord) -> Span {
     let events = s
         .events
