@@ -2,9 +2,9 @@
 //! `{endpoint}/v1/traces`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokentrace_model::{SpanEvent, SpanRecord};
@@ -22,39 +22,57 @@ const DELAY: Duration = Duration::from_secs(1);
 const QUEUE: usize = 8_192;
 
 enum Msg {
-    /// A span's service name and its encoded `Span` message.
-    Span(Box<(String, Vec<u8>)>),
+    /// A batch is full: send it now.
+    Full,
+    /// Send everything and answer.
     Flush(SyncSender<()>),
+}
+
+/// A span's service name and its encoded `Span` message.
+type Encoded = (String, Vec<u8>);
+
+/// Spans waiting for the exporter thread. The pipeline thread appends under the lock and wakes
+/// the exporter only when a batch is full; otherwise the exporter picks them up on its timer. So
+/// an exported span costs the pipeline an encode and a push, not a wake-up of another thread.
+#[derive(Default)]
+struct Queue {
+    spans: Vec<Encoded>,
+    /// When the oldest waiting span arrived.
+    since: Option<Instant>,
 }
 
 /// The `otel_trace` sink.
 pub struct OtlpTraceSink {
+    queue: Arc<Mutex<Queue>>,
     thread: ExportThread<Msg>,
     stats: Arc<ExportStats>,
     default_service: String,
+}
+
+fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
+    queue.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl OtlpTraceSink {
     /// Starts the exporter thread.
     pub fn start(config: ExportConfig, service_name: &str) -> std::io::Result<Self> {
         let stats = Arc::new(ExportStats::default());
+        let queue = Arc::new(Mutex::new(Queue::default()));
         let thread_stats = stats.clone();
+        let thread_queue = queue.clone();
         // The blocking HTTP client lives and dies on this thread, never on the async runtime.
         let nice = config.thread_nice;
-        let thread = ExportThread::start(
-            "otel_trace",
-            "tokentrace-otlp-traces",
-            nice,
-            QUEUE,
-            move |rx| {
+        let thread =
+            ExportThread::start("otel_trace", "tokentrace-otlp-traces", nice, 4, move |rx| {
                 run(
                     rx,
+                    &thread_queue,
                     Exporter::new(config.clone(), thread_stats, "spans"),
                     config,
                 )
-            },
-        )?;
+            })?;
         Ok(Self {
+            queue,
             thread,
             stats,
             default_service: service_name.to_string(),
@@ -67,51 +85,39 @@ impl OtlpTraceSink {
     }
 }
 
-fn run(rx: Receiver<Msg>, mut exporter: Exporter, config: ExportConfig) {
-    let mut pending: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut first: Option<Instant> = None;
+fn run(rx: Receiver<Msg>, queue: &Mutex<Queue>, mut exporter: Exporter, config: ExportConfig) {
     loop {
-        let wait = first.map_or(Duration::from_secs(3600), |t| {
-            DELAY.saturating_sub(t.elapsed())
-        });
-        match rx.recv_timeout(wait) {
-            Ok(Msg::Span(s)) => {
-                first.get_or_insert_with(Instant::now);
-                pending.push(*s);
-                if pending.len() >= BATCH {
-                    send(
-                        &mut exporter,
-                        &config,
-                        &mut pending,
-                        Duration::from_secs(30),
-                    );
-                    first = None;
-                }
-            }
-            Ok(Msg::Flush(reply)) => {
-                send(
-                    &mut exporter,
-                    &config,
-                    &mut pending,
-                    Duration::from_secs(30),
-                );
-                first = None;
-                let _ = reply.send(());
-            }
+        // Wake when the oldest waiting span has waited DELAY, or when told to.
+        let wait = lock(queue)
+            .since
+            .map_or(DELAY, |t| DELAY.saturating_sub(t.elapsed()));
+        let (reply, last) = match rx.recv_timeout(wait) {
+            Ok(Msg::Full) => (None, false),
+            Ok(Msg::Flush(reply)) => (Some(reply), false),
             Err(RecvTimeoutError::Timeout) => {
-                send(
-                    &mut exporter,
-                    &config,
-                    &mut pending,
-                    Duration::from_secs(30),
-                );
-                first = None;
+                if lock(queue).since.is_none_or(|t| t.elapsed() < DELAY) {
+                    continue;
+                }
+                (None, false)
             }
-            Err(RecvTimeoutError::Disconnected) => {
-                // Shutdown: a last attempt, with a short budget so stopping never hangs.
-                send(&mut exporter, &config, &mut pending, Duration::from_secs(5));
-                return;
-            }
+            Err(RecvTimeoutError::Disconnected) => (None, true),
+        };
+        // At shutdown, a last attempt with a short budget so stopping never hangs.
+        let budget = Duration::from_secs(if last { 5 } else { 30 });
+        let spans = {
+            let mut q = lock(queue);
+            q.since = None;
+            std::mem::take(&mut q.spans)
+        };
+        let mut spans = spans.into_iter().peekable();
+        while spans.peek().is_some() {
+            send(&mut exporter, &config, spans.by_ref().take(BATCH), budget);
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(());
+        }
+        if last {
+            return;
         }
     }
 }
@@ -119,16 +125,14 @@ fn run(rx: Receiver<Msg>, mut exporter: Exporter, config: ExportConfig) {
 fn send(
     exporter: &mut Exporter,
     config: &ExportConfig,
-    pending: &mut Vec<(String, Vec<u8>)>,
+    spans: impl Iterator<Item = Encoded>,
     budget: Duration,
 ) {
-    if pending.is_empty() {
-        return;
-    }
     let mut by_service: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
-    let n = pending.len() as u64;
-    for (service, span) in pending.drain(..) {
+    let mut n = 0u64;
+    for (service, span) in spans {
         by_service.entry(service).or_default().push(span);
+        n += 1;
     }
     let scope = InstrumentationScope {
         name: "tokentrace".into(),
@@ -164,12 +168,29 @@ impl Sink for OtlpTraceSink {
             .unwrap_or_else(|| self.default_service.clone());
         let mut encoded = Vec::with_capacity(512);
         encode::span(span, &mut encoded);
-        let msg = Msg::Span(Box::new((service, encoded)));
-        if !self.thread.try_send(msg) {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            let dropped = self.stats.dropped.load(Ordering::Relaxed);
-            if dropped.is_power_of_two() {
-                tracing::warn!("otlp spans exporter: queue full, {dropped} spans dropped so far");
+        let full = {
+            let mut q = lock(&self.queue);
+            if q.spans.len() >= QUEUE {
+                None
+            } else {
+                q.since.get_or_insert_with(Instant::now);
+                q.spans.push((service, encoded));
+                Some(q.spans.len() == BATCH)
+            }
+        };
+        match full {
+            // A full queue means the exporter is retrying; it looks again when it is done.
+            Some(true) => {
+                let _ = self.thread.try_send(Msg::Full);
+            }
+            Some(false) => {}
+            None => {
+                let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped.is_power_of_two() {
+                    tracing::warn!(
+                        "otlp spans exporter: queue full, {dropped} spans dropped so far"
+                    );
+                }
             }
         }
     }
@@ -182,5 +203,125 @@ impl Sink for OtlpTraceSink {
 
     fn shutdown(&mut self) -> Result<(), SinkError> {
         self.thread.stop()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+
+    use prost::Message;
+    use tokentrace_model::{Attributes, SpanId, SpanKind, SpanStatus, Timestamp, TraceId};
+    use tokentrace_otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
+
+    use super::*;
+
+    /// An OTLP/HTTP endpoint that holds its first answer until `release` is set and then answers
+    /// everything at once; it counts the spans it decoded.
+    fn held_collector(release: Arc<AtomicBool>) -> (String, Arc<AtomicU64>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+        let received = Arc::new(AtomicU64::new(0));
+        let counted = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (release, counted) = (release.clone(), counted.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut stream = stream;
+                    loop {
+                        let mut length = 0;
+                        loop {
+                            let mut line = String::new();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let line = line.trim_end().to_ascii_lowercase();
+                            if line.is_empty() {
+                                break;
+                            }
+                            if let Some(v) = line.strip_prefix("content-length:") {
+                                length = v.trim().parse().unwrap();
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        reader.read_exact(&mut body).unwrap();
+                        while !release.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        let request = ExportTraceServiceRequest::decode(&body[..]).unwrap();
+                        let spans: usize = request
+                            .resource_spans
+                            .iter()
+                            .flat_map(|r| &r.scope_spans)
+                            .map(|s| s.spans.len())
+                            .sum();
+                        counted.fetch_add(spans as u64, Ordering::SeqCst);
+                        stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        (url, received)
+    }
+
+    fn span() -> SpanRecord {
+        let start = Timestamp::now();
+        SpanRecord {
+            trace_id: TraceId::random(),
+            span_id: SpanId::random(),
+            parent_span_id: None,
+            name: "POST /v1/chat/completions".into(),
+            kind: SpanKind::Server,
+            start_time: start,
+            end_time: Some(start),
+            status: Some(SpanStatus::Ok),
+            status_message: None,
+            attributes: Attributes::new(),
+            events: Vec::new(),
+            links: Vec::new(),
+            service_name: None,
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn a_stalled_collector_bounds_the_queue_and_every_span_is_exported_or_counted_dropped() {
+        let release = Arc::new(AtomicBool::new(false));
+        let (url, received) = held_collector(release.clone());
+        let config = ExportConfig {
+            url,
+            headers: Vec::new(),
+            gzip: false,
+            timeout: Duration::from_secs(60),
+            resource_attributes: Vec::new(),
+            max_attempts: 1,
+            thread_nice: 0,
+        };
+        let mut sink = OtlpTraceSink::start(config, "svc").unwrap();
+        let stats = sink.stats();
+        // The first full batch goes out and hangs; the queue behind it fills and then refuses.
+        let sent = 3 * QUEUE as u64;
+        for _ in 0..sent {
+            sink.span_ended(&span());
+        }
+        let dropped = stats.dropped.load(Ordering::SeqCst);
+        assert!(
+            dropped >= sent - 2 * QUEUE as u64,
+            "at most the queue and one send's worth are held, {dropped} dropped"
+        );
+        release.store(true, Ordering::SeqCst);
+        sink.shutdown().unwrap();
+        let exported = stats.exported.load(Ordering::SeqCst);
+        assert_eq!(exported, received.load(Ordering::SeqCst));
+        assert_eq!(exported + stats.dropped.load(Ordering::SeqCst), sent);
+        assert!(
+            exported >= QUEUE as u64,
+            "the held queue was sent at shutdown"
+        );
     }
 }
