@@ -1,13 +1,16 @@
 //! Gateway overhead: the same non-streaming chat requests sent straight to a fast fake upstream
-//! and through tokentrace to that upstream, in one run: with no sinks (only the in-memory
-//! Prometheus registry), with the sqlite sink, with the OTLP sinks
-//! exporting to a receiver on 127.0.0.1, and with the OTLP sinks pointed at a collector that is
-//! down. Reports added latency (p50, p99) and throughput at concurrency 1 and 32, and checks that
-//! every request's trace is in SQLite after shutdown.
+//! and through tokentrace to that upstream: with no sinks (only the in-memory Prometheus
+//! registry), with the sqlite sink, with the OTLP sinks exporting to a receiver on 127.0.0.1, and
+//! with the OTLP sinks pointed at a collector that is down. Reports added latency (p50, p99) and
+//! throughput at concurrency 1 and 32, and checks that every request's trace is in SQLite after
+//! shutdown.
 //!
-//! Run: `cargo bench -p tokentrace --bench gateway` (options: `-- --seconds 5 --rounds 3`, and
-//! `--only none,sqlite,otel,down` to run some of the configurations). Each round measures the
-//! direct path and then every configuration; the summary gives the median over the rounds.
+//! Run: `cargo bench -p tokentrace --bench gateway` (options: `-- --seconds 5 --rounds 3
+//! --slice-ms 1000`, and `--only none,sqlite,otel,down` to run some of the configurations). In
+//! each round all configurations run side by side and take turns with the direct path in slices
+//! of `--slice-ms` at concurrency 1 (`--seconds` in all per path), then each is loaded at
+//! concurrency 32 for `--seconds`. The summary gives the median over the rounds and the
+//! percentiles of all rounds' concurrency-1 latencies pooled.
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -44,6 +47,11 @@ fn main() -> Result<(), Error> {
     let rounds = value("--rounds")
         .and_then(|v| v.parse().ok())
         .unwrap_or(3usize);
+    let slice = Duration::from_millis(
+        value("--slice-ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000u64),
+    );
     let only: Option<Vec<String>> =
         value("--only").map(|v| v.split(',').map(str::to_owned).collect());
 
@@ -104,44 +112,62 @@ fn main() -> Result<(), Error> {
         .filter(|c| only.as_ref().is_none_or(|o| o.iter().any(|k| k == c.key)))
         .collect();
     println!(
-        "non-streaming chat completions, {seconds} s per run, {rounds} rounds; latencies in microseconds"
+        "non-streaming chat completions, {seconds} s per path and concurrency in slices of {} ms, \
+         {rounds} rounds; latencies in microseconds",
+        slice.as_millis()
     );
     let mut results: Vec<Vec<Outcome>> = vec![Vec::new(); configs.len()];
+    // Every concurrency-1 latency of every round, the direct path first.
+    let mut pooled: Vec<Load> = (0..=configs.len()).map(|_| Load::default()).collect();
     for round in 1..=rounds {
         println!("\nround {round}");
-        println!(
-            "{:<6} {:<34} {:>10} {:>8} {:>8} {:>10} {:>10}",
-            "conc", "path", "req/s", "p50", "p99", "+p50", "+p99"
-        );
-        let direct1 = rt.block_on(load(up_port, 1, seconds))?;
-        let direct32 = rt.block_on(load(up_port, 32, seconds))?;
-        for (conc, d) in [(1, &direct1), (32, &direct32)] {
-            println!(
-                "{conc:<6} {:<34} {:>10.0} {:>8} {:>8}",
-                "direct to upstream", d.rate, d.p50, d.p99
-            );
+        let (outcomes, loads) = measure_round(&rt, &configs, up_port, seconds, slice)?;
+        for (all, o) in results.iter_mut().zip(outcomes) {
+            all.push(o);
         }
-        for (i, setup) in configs.iter().enumerate() {
-            let outcome = through_tokentrace(&rt, setup, up_port, seconds, (&direct1, &direct32))?;
-            results[i].push(outcome);
+        for (all, l) in pooled.iter_mut().zip(loads) {
+            all.add(l);
         }
     }
-    println!("\nmedian over {rounds} rounds");
+    pooled.iter_mut().for_each(Load::sort);
     println!(
-        "{:<34} {:>12} {:>12} {:>14} {:>8}",
-        "path", "conc 1 +p50", "conc 1 +p99", "conc 32 req/s", "lost"
+        "\nover {rounds} rounds: medians of the rounds' figures, and percentiles of all the rounds' \
+         concurrency-1 latencies pooled; ratio: added p99 over the `sqlite` row's"
     );
-    for (Setup { label, .. }, outcomes) in configs.iter().zip(&results) {
-        let median = |f: &dyn Fn(&Outcome) -> i64| {
-            let mut v: Vec<i64> = outcomes.iter().map(f).collect();
-            v.sort_unstable();
-            v.get(v.len() / 2).copied().unwrap_or(0)
+    println!(
+        "{:<34} {:>9} {:>9} {:>7} {:>11} {:>11} {:>7} {:>9} {:>6}",
+        "path",
+        "med +p50",
+        "med +p99",
+        "ratio",
+        "pooled +p50",
+        "pooled +p99",
+        "ratio",
+        "c32 req/s",
+        "lost"
+    );
+    let sqlite = configs.iter().position(|c| c.key == "sqlite");
+    let direct = &pooled[0];
+    let pooled_p99 = |i: usize| pooled[i + 1].pct(0.99) as i64 - direct.pct(0.99) as i64;
+    for (i, (Setup { label, .. }, outcomes)) in configs.iter().zip(&results).enumerate() {
+        let ratio = |r: usize| {
+            sqlite.map(|s| outcomes[r].added_p99 as f64 / results[s][r].added_p99.max(1) as f64)
+        };
+        let mut ratios: Vec<f64> = (0..outcomes.len()).filter_map(ratio).collect();
+        ratios.sort_by(f64::total_cmp);
+        let other = |r: Option<f64>| {
+            r.filter(|_| Some(i) != sqlite)
+                .map_or(String::new(), |r| format!("{r:.2}"))
         };
         println!(
-            "{label:<34} {:>12} {:>12} {:>14} {:>8}",
-            median(&|o| o.added_p50),
-            median(&|o| o.added_p99),
-            median(&|o| o.rate32 as i64),
+            "{label:<34} {:>9} {:>9} {:>7} {:>11} {:>11} {:>7} {:>9} {:>6}",
+            median(outcomes.iter().map(|o| o.added_p50).collect()),
+            median(outcomes.iter().map(|o| o.added_p99).collect()),
+            other(ratios.get(ratios.len() / 2).copied()),
+            pooled[i + 1].pct(0.50) as i64 - direct.pct(0.50) as i64,
+            pooled_p99(i),
+            other(sqlite.map(|s| pooled_p99(i) as f64 / pooled_p99(s).max(1) as f64)),
+            median(outcomes.iter().map(|o| o.rate32 as i64).collect()),
             outcomes.iter().map(|o| o.lost).sum::<i64>()
         );
     }
@@ -150,6 +176,11 @@ fn main() -> Result<(), Error> {
     receiver.kill()?;
     receiver.wait()?;
     Ok(())
+}
+
+fn median(mut v: Vec<i64>) -> i64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
 }
 
 /// One configuration of tokentrace to measure.
@@ -171,17 +202,16 @@ struct Outcome {
     lost: i64,
 }
 
-/// Starts `tokentrace serve` configured as `setup` says, loads it at concurrency 1 and 32, prints
-/// the figures, stops it with SIGTERM and counts the request traces in SQLite.
-fn through_tokentrace(
-    rt: &tokio::runtime::Runtime,
-    setup: &Setup,
-    up_port: u16,
-    seconds: u64,
-    (direct1, direct32): (&Load, &Load),
-) -> Result<Outcome, Error> {
+/// A running `tokentrace serve` and its data directory.
+struct Server {
+    child: std::process::Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+/// Starts `tokentrace serve` configured as `setup` says, in a new data directory.
+fn start(setup: &Setup, up_port: u16) -> Result<Server, Error> {
     let Setup {
-        label,
         sinks,
         otlp_endpoint,
         thread_nice,
@@ -196,84 +226,211 @@ fn through_tokentrace(
             dir.path().display()
         ),
     )?;
-    let tt_port = free_port()?;
-    let mut tt = Command::new(env!("CARGO_BIN_EXE_tokentrace"))
+    let port = free_port()?;
+    let child = Command::new(env!("CARGO_BIN_EXE_tokentrace"))
         .args([
             "serve",
             "--config",
             config.to_str().ok_or("path")?,
             "--port",
-            &tt_port.to_string(),
+            &port.to_string(),
         ])
         .env("TOKENTRACE_LOG", "error")
         .env("OTEL_METRIC_EXPORT_INTERVAL", "1000")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    wait_listening(tt_port)?;
-    let c1 = rt.block_on(load(tt_port, 1, seconds))?;
-    let c32 = rt.block_on(load(tt_port, 32, seconds))?;
-    for (conc, r, d) in [(1, &c1, direct1), (32, &c32, direct32)] {
-        println!(
-            "{conc:<6} {label:<34} {:>10.0} {:>8} {:>8} {:>10} {:>10}",
-            r.rate,
-            r.p50,
-            r.p99,
-            r.p50 as i64 - d.p50 as i64,
-            r.p99 as i64 - d.p99 as i64
-        );
+    wait_listening(port)?;
+    Ok(Server { child, port, dir })
+}
+
+/// One round: every configuration runs at once, and the direct path and the configurations take
+/// turns in short slices at concurrency 1, in a new random order each time, so that a slow moment
+/// of the machine falls on all of them alike; then each is loaded at concurrency 32 for `seconds`
+/// in one piece. After each slice the bench waits until the slice's work is done (see [`settle`]),
+/// so that no configuration's background work lands in another's slice. Then every tokentrace is
+/// stopped with SIGTERM and the request traces in SQLite are counted.
+fn measure_round(
+    rt: &tokio::runtime::Runtime,
+    configs: &[Setup],
+    up_port: u16,
+    seconds: u64,
+    slice: Duration,
+) -> Result<(Vec<Outcome>, Vec<Load>), Error> {
+    let servers = configs
+        .iter()
+        .map(|s| start(s, up_port))
+        .collect::<Result<Vec<_>, _>>()?;
+    let pids: Vec<u32> = servers.iter().map(|s| s.child.id()).collect();
+    let ports: Vec<u16> = std::iter::once(up_port)
+        .chain(servers.iter().map(|s| s.port))
+        .collect();
+    let slices = (seconds as u128 * 1000 / slice.as_millis().max(1)).max(1) as usize;
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos() as u64
+        | 1;
+    let mut by_conc = Vec::new();
+    // Throughput is measured in one piece per path: in short slices the pipeline queue would
+    // absorb what the SQLite writer cannot keep up with, and the rate would not be sustained.
+    for (conc, slices, slice) in [(1, slices, slice), (32, 1, Duration::from_secs(seconds))] {
+        let mut loads: Vec<Load> = ports.iter().map(|_| Load::default()).collect();
+        let mut order: Vec<usize> = (0..ports.len()).collect();
+        for _ in 0..slices {
+            // A new order every time, so that no path always follows the same one.
+            shuffle(&mut order, &mut seed);
+            for &t in &order {
+                let l = rt.block_on(load(ports[t], conc, slice))?;
+                loads[t].add(l);
+                settle(&pids)?;
+            }
+        }
+        loads.iter_mut().for_each(Load::sort);
+        by_conc.push(loads);
     }
-    let sent = c1.count + c32.count;
-    let written = std::fs::read_to_string(format!("/proc/{}/io", tt.id()))
-        .ok()
-        .and_then(|io| {
-            io.lines().find_map(|l| {
-                l.strip_prefix("wchar: ")
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-            })
-        })
-        .unwrap_or(0);
-    let per_request = |ticks: u64| ticks as f64 * 1e6 / ticks_per_second() / sent.max(1) as f64;
     println!(
-        "       per request: {} bytes written; CPU µs by thread: {}",
-        written / sent.max(1),
-        thread_cpu(tt.id())
-            .iter()
-            .map(|(name, t)| format!("{name} {:.0}", per_request(*t)))
-            .collect::<Vec<_>>()
-            .join(", ")
+        "{:<6} {:<34} {:>10} {:>8} {:>8} {:>10} {:>10}",
+        "conc", "path", "req/s", "p50", "p99", "+p50", "+p99"
     );
-    Command::new("kill")
-        .args(["-TERM", &tt.id().to_string()])
-        .status()?;
-    tt.wait()?;
-    let mut lost = 0;
-    if sinks.contains("sqlite") {
-        let conn = rusqlite::Connection::open(dir.path().join("trace_store.db"))?;
-        let traces: i64 = conn.query_row(
-            "SELECT count(DISTINCT trace_id) FROM spans WHERE name = 'POST /v1/chat/completions'",
-            [],
-            |r| r.get(0),
-        )?;
-        lost = sent as i64 - traces;
-        println!("       requests: {sent}, traces in SQLite: {traces}, lost: {lost}");
+    for (conc, loads) in [1, 32].iter().zip(&by_conc) {
+        let d = &loads[0];
+        let label = std::iter::once("direct to upstream").chain(configs.iter().map(|c| c.label));
+        for (i, (label, r)) in label.zip(loads).enumerate() {
+            let added = |a: u64, b: u64| {
+                if i == 0 {
+                    String::new()
+                } else {
+                    format!("{:+}", a as i64 - b as i64)
+                }
+            };
+            println!(
+                "{conc:<6} {label:<34} {:>10.0} {:>8} {:>8} {:>10} {:>10}",
+                r.rate(),
+                r.pct(0.50),
+                r.pct(0.99),
+                added(r.pct(0.50), d.pct(0.50)),
+                added(r.pct(0.99), d.pct(0.99)),
+            );
+        }
     }
-    Ok(Outcome {
-        added_p50: c1.p50 as i64 - direct1.p50 as i64,
-        added_p99: c1.p99 as i64 - direct1.p99 as i64,
-        rate32: c32.rate,
-        lost,
-    })
+    let mut outcomes = Vec::new();
+    for (i, (setup, mut server)) in configs.iter().zip(servers).enumerate() {
+        let (c1, c32) = (&by_conc[0][i + 1], &by_conc[1][i + 1]);
+        let sent = (c1.latencies.len() + c32.latencies.len()) as u64;
+        let pid = server.child.id();
+        let written = std::fs::read_to_string(format!("/proc/{pid}/io"))
+            .ok()
+            .and_then(|io| {
+                io.lines().find_map(|l| {
+                    l.strip_prefix("wchar: ")
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                })
+            })
+            .unwrap_or(0);
+        let per_request = |ticks: u64| ticks as f64 * 1e6 / ticks_per_second() / sent.max(1) as f64;
+        println!(
+            "{}: per request {} bytes written; CPU µs by thread: {}",
+            setup.key,
+            written / sent.max(1),
+            thread_cpu(pid)
+                .iter()
+                .map(|(name, t)| format!("{name} {:.0}", per_request(*t)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        server.child.wait()?;
+        let mut lost = 0;
+        if setup.sinks.contains("sqlite") {
+            let conn = rusqlite::Connection::open(server.dir.path().join("trace_store.db"))?;
+            let traces: i64 = conn.query_row(
+                "SELECT count(DISTINCT trace_id) FROM spans WHERE name = 'POST /v1/chat/completions'",
+                [],
+                |r| r.get(0),
+            )?;
+            lost = sent as i64 - traces;
+            println!("    requests: {sent}, traces in SQLite: {traces}, lost: {lost}");
+        }
+        let d1 = &by_conc[0][0];
+        outcomes.push(Outcome {
+            added_p50: c1.pct(0.50) as i64 - d1.pct(0.50) as i64,
+            added_p99: c1.pct(0.99) as i64 - d1.pct(0.99) as i64,
+            rate32: c32.rate(),
+            lost,
+        });
+    }
+    let mut by_conc = by_conc.into_iter();
+    Ok((outcomes, by_conc.next().unwrap_or_default()))
 }
 
+/// Waits until what a slice left behind is done: the dirty pages it wrote are on disk (`sync`;
+/// otherwise their writeback, and fsyncs in flight that use no CPU, would slow whichever path
+/// comes next), and the processes use no more CPU (at most one clock tick in 50 ms, for at most
+/// 5 s).
+fn settle(pids: &[u32]) -> Result<(), Error> {
+    Command::new("sync").status()?;
+    let total = || -> u64 {
+        pids.iter()
+            .flat_map(|&p| thread_cpu(p))
+            .map(|(_, t)| t)
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut before = total();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = total();
+        if now <= before + 1 {
+            break;
+        }
+        before = now;
+    }
+    Ok(())
+}
+
+/// Fisher–Yates with xorshift64: enough to vary the order, no dependency.
+fn shuffle(v: &mut [usize], seed: &mut u64) {
+    for i in (1..v.len()).rev() {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        v.swap(i, (*seed % (i as u64 + 1)) as usize);
+    }
+}
+
+/// Latencies (µs) of completed requests and the time spent sending them.
+#[derive(Default)]
 struct Load {
-    rate: f64,
-    p50: u64,
-    p99: u64,
-    count: u64,
+    latencies: Vec<u64>,
+    elapsed: Duration,
 }
 
-async fn load(port: u16, connections: usize, seconds: u64) -> Result<Load, Error> {
+impl Load {
+    fn add(&mut self, other: Load) {
+        self.latencies.extend(other.latencies);
+        self.elapsed += other.elapsed;
+    }
+
+    fn sort(&mut self) {
+        self.latencies.sort_unstable();
+    }
+
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Percentile `p` (0–1) of sorted latencies.
+    fn pct(&self, p: f64) -> u64 {
+        let all = &self.latencies;
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+async fn load(port: u16, connections: usize, duration: Duration) -> Result<Load, Error> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     let started = Instant::now();
@@ -304,24 +461,15 @@ async fn load(port: u16, connections: usize, seconds: u64) -> Result<Load, Error
             Ok::<Vec<u64>, Error>(latencies)
         }));
     }
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    tokio::time::sleep(duration).await;
     stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
+    let mut latencies = Vec::new();
     for t in tasks {
-        all.extend(t.await??);
+        latencies.extend(t.await??);
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort_unstable();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
     Ok(Load {
-        rate: all.len() as f64 / elapsed,
-        p50: pct(0.50),
-        p99: pct(0.99),
-        count: all.len() as u64,
+        latencies,
+        elapsed: started.elapsed(),
     })
 }
 
