@@ -132,7 +132,7 @@ fn main() -> Result<(), Error> {
     pooled.iter_mut().for_each(Load::sort);
     println!(
         "\nover {rounds} rounds: medians of the rounds' figures, and percentiles of all the rounds' \
-         concurrency-1 latencies pooled; ratio: added p99 over the `sqlite` row's"
+         concurrency-1 latencies pooled; ratio: that added p99 over the `sqlite` row's"
     );
     println!(
         "{:<34} {:>9} {:>9} {:>7} {:>11} {:>11} {:>7} {:>9} {:>6}",
@@ -150,11 +150,7 @@ fn main() -> Result<(), Error> {
     let direct = &pooled[0];
     let pooled_p99 = |i: usize| pooled[i + 1].pct(0.99) as i64 - direct.pct(0.99) as i64;
     for (i, (Setup { label, .. }, outcomes)) in configs.iter().zip(&results).enumerate() {
-        let ratio = |r: usize| {
-            sqlite.map(|s| outcomes[r].added_p99 as f64 / results[s][r].added_p99.max(1) as f64)
-        };
-        let mut ratios: Vec<f64> = (0..outcomes.len()).filter_map(ratio).collect();
-        ratios.sort_by(f64::total_cmp);
+        let med_p99 = |o: &[Outcome]| median(o.iter().map(|o| o.added_p99).collect());
         let other = |r: Option<f64>| {
             r.filter(|_| Some(i) != sqlite)
                 .map_or(String::new(), |r| format!("{r:.2}"))
@@ -162,8 +158,8 @@ fn main() -> Result<(), Error> {
         println!(
             "{label:<34} {:>9} {:>9} {:>7} {:>11} {:>11} {:>7} {:>9} {:>6}",
             median(outcomes.iter().map(|o| o.added_p50).collect()),
-            median(outcomes.iter().map(|o| o.added_p99).collect()),
-            other(ratios.get(ratios.len() / 2).copied()),
+            med_p99(outcomes),
+            other(sqlite.map(|s| med_p99(outcomes) as f64 / med_p99(&results[s]).max(1) as f64)),
             pooled[i + 1].pct(0.50) as i64 - direct.pct(0.50) as i64,
             pooled_p99(i),
             other(sqlite.map(|s| pooled_p99(i) as f64 / pooled_p99(s).max(1) as f64)),
@@ -178,9 +174,14 @@ fn main() -> Result<(), Error> {
     Ok(())
 }
 
+/// The middle value, or the mean of the two middle values of an even count.
 fn median(mut v: Vec<i64>) -> i64 {
     v.sort_unstable();
-    v.get(v.len() / 2).copied().unwrap_or(0)
+    match v.len() {
+        0 => 0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2,
+    }
 }
 
 /// One configuration of tokentrace to measure.
