@@ -251,18 +251,6 @@ async fn metrics(
                 w.batches_committed as f64,
             ),
             sample(
-                "tokentrace_sqlite_last_batch_rows",
-                "Rows in the last SQLite transaction.",
-                false,
-                w.last_batch_rows as f64,
-            ),
-            sample(
-                "tokentrace_sqlite_last_commit_seconds",
-                "Duration of the last SQLite commit.",
-                false,
-                w.last_commit_micros as f64 / 1e6,
-            ),
-            sample(
                 "tokentrace_sqlite_write_errors_total",
                 "SQLite batches that failed to commit.",
                 true,

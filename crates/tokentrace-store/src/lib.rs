@@ -38,6 +38,19 @@ pub struct StoreOptions {
     pub retention_interval: Duration,
     /// Nice value of the writer thread (see [`set_thread_nice`]); 0 keeps the process's.
     pub thread_nice: i32,
+    /// Told of every committed transaction.
+    pub on_commit: Option<CommitObserver>,
+}
+
+/// Told by the writer thread, after each transaction it commits, how many records it held and
+/// how long writing and committing took. It runs on the writer thread: keep it cheap.
+#[derive(Clone)]
+pub struct CommitObserver(pub Arc<dyn Fn(u64, Duration) + Send + Sync>);
+
+impl std::fmt::Debug for CommitObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommitObserver")
+    }
 }
 
 impl Default for StoreOptions {
@@ -49,6 +62,7 @@ impl Default for StoreOptions {
             read_connections: 4,
             retention_interval: Duration::from_secs(60),
             thread_nice: 0,
+            on_commit: None,
         }
     }
 }
@@ -117,6 +131,7 @@ impl Store {
             options.batch_max_rows,
             options.flush_interval,
             counters.clone(),
+            options.on_commit,
         );
         let nice = options.thread_nice;
         let thread = std::thread::Builder::new()

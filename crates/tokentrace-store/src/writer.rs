@@ -10,7 +10,7 @@ use rusqlite::{Connection, params};
 use serde_json::{Map, Value};
 use tokentrace_model::{MetricPoint, SpanEvent, SpanEventBody, SpanRecord, Timestamp};
 
-use crate::{Record, StoreError};
+use crate::{CommitObserver, Record, StoreError};
 
 /// Rows deleted per retention transaction.
 const EXPIRE_CHUNK: usize = 2_000;
@@ -35,8 +35,6 @@ pub(crate) enum Cmd {
 pub(crate) struct Counters {
     pub batches: AtomicU64,
     pub rows: AtomicU64,
-    pub last_batch_rows: AtomicU64,
-    pub last_commit_micros: AtomicU64,
     pub max_batch_rows: AtomicU64,
     pub rows_expired: AtomicU64,
     pub write_errors: AtomicU64,
@@ -49,12 +47,8 @@ pub struct WriterStats {
     pub batches_committed: u64,
     /// Records committed.
     pub rows_committed: u64,
-    /// Records in the last transaction.
-    pub last_batch_rows: u64,
     /// Largest transaction so far, in records.
     pub max_batch_rows: u64,
-    /// Duration of the last commit, in microseconds.
-    pub last_commit_micros: u64,
     /// Rows deleted by retention.
     pub rows_expired: u64,
     /// Batches that failed to commit (logged; their records are lost).
@@ -67,9 +61,7 @@ impl Counters {
         WriterStats {
             batches_committed: l(&self.batches),
             rows_committed: l(&self.rows),
-            last_batch_rows: l(&self.last_batch_rows),
             max_batch_rows: l(&self.max_batch_rows),
-            last_commit_micros: l(&self.last_commit_micros),
             rows_expired: l(&self.rows_expired),
             write_errors: l(&self.write_errors),
         }
@@ -87,6 +79,7 @@ pub(crate) struct Writer {
     pub batch_max_rows: usize,
     pub flush_interval: Duration,
     pub counters: Arc<Counters>,
+    on_commit: Option<CommitObserver>,
     pending: Vec<Row>,
     first_pending: Option<Instant>,
     expiry: Option<Expiry>,
@@ -98,12 +91,14 @@ impl Writer {
         batch_max_rows: usize,
         flush_interval: Duration,
         counters: Arc<Counters>,
+        on_commit: Option<CommitObserver>,
     ) -> Self {
         Self {
             conn,
             batch_max_rows: batch_max_rows.max(1),
             flush_interval,
             counters,
+            on_commit,
             pending: Vec::new(),
             first_pending: None,
             expiry: None,
@@ -205,10 +200,10 @@ impl Writer {
                 let c = &self.counters;
                 c.batches.fetch_add(1, Ordering::Relaxed);
                 c.rows.fetch_add(n, Ordering::Relaxed);
-                c.last_batch_rows.store(n, Ordering::Relaxed);
                 c.max_batch_rows.fetch_max(n, Ordering::Relaxed);
-                c.last_commit_micros
-                    .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                if let Some(observe) = &self.on_commit {
+                    (observe.0)(n, started.elapsed());
+                }
                 Ok(())
             }
             Err(e) => {

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use tokentrace_config::{RunConfig, SinkKind};
 use tokentrace_pipeline::sinks::console::ConsoleSink;
 use tokentrace_pipeline::sinks::otlp::{ExportConfig, OtlpMetricSink, OtlpTraceSink};
-use tokentrace_pipeline::sinks::prometheus::{PrometheusSink, Registry};
+use tokentrace_pipeline::sinks::prometheus::{PrometheusSink, Registry, commit_observer};
 use tokentrace_pipeline::sinks::sqlite::SqliteSink;
 use tokentrace_pipeline::{Pipeline, PipelineOptions, Sink};
 use tokentrace_server::AppState;
@@ -117,6 +117,7 @@ async fn run(config: RunConfig) -> Result<(), String> {
                 let options = StoreOptions {
                     retention_interval: Duration::from_secs(tc.retention_interval_seconds),
                     thread_nice: tc.thread_nice,
+                    on_commit: Some(commit_observer(registry.clone())),
                     ..StoreOptions::default()
                 };
                 let opened = Store::open(&tc.sqlite_db_path, options).map_err(|e| {

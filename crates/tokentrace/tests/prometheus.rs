@@ -224,6 +224,32 @@ fn prometheus_answers_the_seed_queries_with_the_tokens_sent() {
     assert_eq!(m1.0["provider_id"], "echo");
     assert!(m1.1 > 0.0, "tokens per second of m1: {}", m1.1);
 
+    // The store's transactions as histograms: one observation per commit, every row counted.
+    wait_for(
+        &rt,
+        &prom_url,
+        "tokentrace_sqlite_commit_seconds_count - tokentrace_sqlite_batches_committed_total",
+        0.0,
+    );
+    wait_for(
+        &rt,
+        &prom_url,
+        "tokentrace_sqlite_batch_rows_sum - tokentrace_sqlite_rows_committed_total",
+        0.0,
+    );
+    let rows = query(&rt, &prom_url, "tokentrace_sqlite_rows_committed_total");
+    assert!(rows.first().is_some_and(|(_, v)| *v > 0.0), "{rows:?}");
+    let p99 = query(
+        &rt,
+        &prom_url,
+        "histogram_quantile(0.99, tokentrace_sqlite_commit_seconds_bucket)",
+    );
+    assert!(
+        p99.first()
+            .is_some_and(|(_, v)| v.is_finite() && *v > 0.0 && *v <= 5.0),
+        "commit p99: {p99:?}"
+    );
+
     drop(prom);
     signal(&server.child, "-TERM");
     assert!(wait_exit(&mut server.child).success());

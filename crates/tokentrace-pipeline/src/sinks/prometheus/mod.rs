@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 pub use registry::{Format, Registry, Sample};
 use tokentrace_model::{AttrValue, MetricPoint, SpanEvent, SpanKind, SpanRecord};
+use tokentrace_store::CommitObserver;
 
 use crate::Sink;
 
@@ -25,6 +26,36 @@ pub const TTFT_BUCKETS: &[f64] = &[
 pub const TOKENS_PER_SECOND_BUCKETS: &[f64] = &[
     1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
 ];
+
+/// `tokentrace_sqlite_commit_seconds` bucket boundaries.
+pub const COMMIT_SECONDS_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+/// `tokentrace_sqlite_batch_rows` bucket boundaries (a transaction holds at most 5,000 records).
+pub const BATCH_ROWS_BUCKETS: &[f64] = &[1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0];
+
+/// Records every transaction the SQLite store commits in `registry`: its duration in
+/// `tokentrace_sqlite_commit_seconds` and its size in `tokentrace_sqlite_batch_rows`.
+pub fn commit_observer(registry: Arc<Registry>) -> CommitObserver {
+    CommitObserver(Arc::new(move |rows, took| {
+        registry.observe(
+            "tokentrace_sqlite_commit_seconds",
+            "Time to write and commit one SQLite transaction.",
+            &[],
+            COMMIT_SECONDS_BUCKETS,
+            Vec::new(),
+            took.as_secs_f64(),
+        );
+        registry.observe(
+            "tokentrace_sqlite_batch_rows",
+            "Records in one committed SQLite transaction.",
+            &[],
+            BATCH_ROWS_BUCKETS,
+            Vec::new(),
+            rows as f64,
+        );
+    }))
+}
 
 /// The Prometheus name of a token metric event, if it is one.
 pub fn token_counter_name(metric: &str) -> Option<(&'static str, &'static str)> {
