@@ -51,22 +51,7 @@ fn promtool_accepts_the_deploy_config_and_rules() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let dashboard: Value = serde_json::from_str(
-        &std::fs::read_to_string(deploy("grafana/tokentrace-dashboard.json")).unwrap(),
-    )
-    .unwrap();
-    let exprs: Vec<String> = dashboard["panels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|p| {
-            p["targets"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t["expr"].as_str().unwrap().to_string())
-        })
-        .collect();
+    let exprs = dashboard_exprs();
     for seed in [
         "sum(llama_stack_tokens_total)",
         "sum by (model_id) (llama_stack_tokens_total)",
@@ -78,6 +63,26 @@ fn promtool_accepts_the_deploy_config_and_rules() {
             "the dashboard uses the seed's query {seed}"
         );
     }
+}
+
+/// Every query of the Grafana dashboard in deploy/.
+fn dashboard_exprs() -> Vec<String> {
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(deploy("grafana/tokentrace-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            p["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["expr"].as_str().unwrap().to_string())
+        })
+        .collect()
 }
 
 fn query(rt: &tokio::runtime::Runtime, prom: &str, q: &str) -> Vec<(HashMap<String, String>, f64)> {
@@ -249,6 +254,59 @@ fn prometheus_answers_the_seed_queries_with_the_tokens_sent() {
             .is_some_and(|(_, v)| v.is_finite() && *v > 0.0 && *v <= 5.0),
         "commit p99: {p99:?}"
     );
+
+    // A streaming request, so that the time-to-first-token histogram exists too.
+    rt.block_on(async {
+        let sse = reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", server.base))
+            .json(&json!({"model": "m1", "stream": true, "messages": [{"role": "user", "content": "stream this"}]}))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(sse.contains("data: [DONE]"), "{sse}");
+    });
+    wait_for(
+        &rt,
+        &prom_url,
+        "count(llama_stack_time_to_first_token_seconds_count)",
+        1.0,
+    );
+
+    // Every dashboard query is one this Prometheus accepts, over series tokentrace serves (the
+    // exporter series exist only with the OTLP sinks, which this server does not run).
+    let series: Vec<String> = rt.block_on(async {
+        let body: Value = reqwest::get(format!("{prom_url}/api/v1/label/__name__/values"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        serde_json::from_value(body["data"].clone()).unwrap()
+    });
+    for expr in dashboard_exprs() {
+        let body: Value = rt.block_on(async {
+            reqwest::Client::new()
+                .get(format!("{prom_url}/api/v1/query"))
+                .query(&[("query", expr.as_str())])
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap()
+        });
+        assert_eq!(body["status"], "success", "{expr}: {body}");
+        let named = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("llama_stack_") || w.starts_with("tokentrace_"))
+            .filter(|w| !w.starts_with("tokentrace_exporter_"));
+        for name in named {
+            assert!(series.iter().any(|s| s == name), "{expr}: no series {name}");
+        }
+    }
 
     drop(prom);
     signal(&server.child, "-TERM");
