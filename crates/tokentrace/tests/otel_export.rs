@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,6 +42,15 @@ async fn traces(
         r.fail_first.fetch_sub(1, Ordering::SeqCst);
         return (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "0")]).into_response();
     }
+    let body = if headers.get("content-encoding").is_some_and(|v| v == "gzip") {
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_end(&mut raw)
+            .unwrap();
+        raw
+    } else {
+        body.to_vec()
+    };
     r.traces
         .lock()
         .unwrap()
@@ -49,7 +59,11 @@ async fn traces(
     StatusCode::OK.into_response()
 }
 
-async fn metrics(State(r): State<Arc<Received>>, body: Bytes) -> StatusCode {
+async fn metrics(State(r): State<Arc<Received>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    assert!(
+        headers.get("content-encoding").is_none(),
+        "metrics are not compressed unless asked"
+    );
     r.metrics
         .lock()
         .unwrap()
@@ -145,6 +159,7 @@ fn exported_spans_and_metrics_match_the_sqlite_rows_and_survive_a_503() {
             ("OTEL_SERVICE_NAME", "tt-test"),
             ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=ci"),
             ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=secret"),
+            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip"),
             ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
         ],
     );
@@ -267,7 +282,13 @@ fn exported_spans_and_metrics_match_the_sqlite_rows_and_survive_a_503() {
             );
         }
     }
-    assert_eq!(received.headers.lock().unwrap()[0]["x-api-key"], "secret");
+    for h in received.headers.lock().unwrap().iter() {
+        assert_eq!(h["x-api-key"], "secret");
+        assert_eq!(
+            h["content-encoding"], "gzip",
+            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION"
+        );
+    }
 
     // metrics: cumulative token counters equal to the SQLite metric rows, histograms per call
     let last = received
