@@ -346,6 +346,58 @@ fn exported_spans_and_metrics_match_the_sqlite_rows_and_survive_a_503() {
     );
 }
 
+/// A collector that accepts connections, reads what is sent and never answers; closed on drop.
+struct Stalled {
+    /// Connections on which a trace export request arrived.
+    requests: Arc<AtomicUsize>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Stalled {
+    fn listen(port: u16) -> Stalled {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (r, st) = (requests.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut conns: Vec<(std::net::TcpStream, bool)> = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !st.load(Ordering::SeqCst) {
+                if let Ok((c, _)) = listener.accept() {
+                    c.set_nonblocking(true).unwrap();
+                    conns.push((c, false));
+                }
+                for (c, seen) in &mut conns {
+                    if let Ok(n) = c.read(&mut buf)
+                        && buf[..n].starts_with(b"POST /v1/traces")
+                        && !*seen
+                    {
+                        *seen = true;
+                        r.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Stalled {
+            requests,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Stalled {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 fn metric_value(rt: &tokio::runtime::Runtime, base: &str, name: &str) -> f64 {
     let text = rt.block_on(async {
         reqwest::get(format!("{base}/metrics"))
@@ -376,12 +428,7 @@ fn a_collector_that_is_down_slows_nothing_drops_are_counted_and_export_resumes()
             ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
         ],
     );
-    let t = Instant::now();
     chat(&rt, &server.base, 10);
-    assert!(
-        t.elapsed() < Duration::from_secs(10),
-        "requests are not held up by the exporter"
-    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while metric_value(&rt, &server.base, "tokentrace_exporter_dropped_spans_total") == 0.0 {
         assert!(Instant::now() < deadline, "drops were never counted");
@@ -394,6 +441,30 @@ fn a_collector_that_is_down_slows_nothing_drops_are_counted_and_export_resumes()
             "tokentrace_exporter_errors_total{signal=\"traces\"}"
         ) > 0.0
     );
+    // A collector that takes the connection and never answers: once an export is stuck on it,
+    // requests are still answered, and the stuck export has delivered nothing meanwhile.
+    let stalled = Stalled::listen(port);
+    chat(&rt, &server.base, 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stalled.requests.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no export reached the stalled collector"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    chat(&rt, &server.base, 10);
+    assert_eq!(
+        metric_value(
+            &rt,
+            &server.base,
+            "tokentrace_exporter_exported_total{signal=\"traces\"}"
+        ),
+        0.0,
+        "the requests were answered while the export was stuck"
+    );
+    drop(stalled);
+
     // the collector comes back
     let received = receiver(&rt, port);
     chat(&rt, &server.base, 2);
