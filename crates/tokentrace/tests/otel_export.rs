@@ -1,6 +1,8 @@
 //! The otel_trace and otel_metric sinks against a real OTLP/HTTP receiver on 127.0.0.1 that
 //! decodes the protobuf with opentelemetry-proto's types; exported spans are compared field by
-//! field with the SQLite rows of the same requests.
+//! field with the SQLite rows of the same requests, token counters with the stored metric rows,
+//! and metric events logged through the API with the instruments they become. A collector that
+//! is down, or that never answers, slows no request; drops are counted; export resumes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
 
 mod common;
@@ -164,6 +166,16 @@ fn exported_spans_and_metrics_match_the_sqlite_rows_and_survive_a_503() {
         ],
     );
     chat(&rt, &server.base, 4);
+    // Metric events logged through the telemetry API become instruments, by name and unit: a
+    // count is a cumulative sum even with a fractional value, a level is a gauge even when whole.
+    for (name, unit, value) in [
+        ("cache_hits", "{request}", 3.0),
+        ("cache_hits", "{request}", 4.5),
+        ("queue_depth", "1", 2.5),
+        ("queue_depth", "1", 6.0),
+    ] {
+        log_metric(&rt, &server.base, name, unit, value);
+    }
     signal(&server.child, "-TERM");
     assert!(wait_exit(&mut server.child).success());
 
@@ -344,6 +356,49 @@ fn exported_spans_and_metrics_match_the_sqlite_rows_and_survive_a_503() {
             .any(|m| m.name == "llama_stack_time_to_first_token"),
         "the streamed calls have a TTFT"
     );
+
+    use tokentrace_otlp::proto::metrics::v1::number_data_point::Value as N;
+    let logged = |name: &str| metrics.iter().find(|m| m.name == name).cloned();
+    let hits = logged("cache_hits").expect("cache_hits exported");
+    assert_eq!(hits.unit, "{request}");
+    let Some(metric::Data::Sum(sum)) = &hits.data else {
+        panic!("cache_hits is a sum: {hits:?}")
+    };
+    assert!(sum.is_monotonic);
+    assert_eq!(sum.aggregation_temporality, 2, "cumulative");
+    assert_eq!(sum.data_points[0].value, Some(N::AsDouble(7.5)));
+    assert_eq!(
+        sum.data_points[0].attributes[0].key, "cache",
+        "the event's attributes are its labels"
+    );
+    let depth = logged("queue_depth").expect("queue_depth exported");
+    let Some(metric::Data::Gauge(gauge)) = &depth.data else {
+        panic!("queue_depth is a gauge: {depth:?}")
+    };
+    assert_eq!(
+        gauge.data_points[0].value,
+        Some(N::AsDouble(6.0)),
+        "the last value"
+    );
+}
+
+/// Logs a metric event through the telemetry API, on a span of its own.
+fn log_metric(rt: &tokio::runtime::Runtime, base: &str, name: &str, unit: &str, value: f64) {
+    let event = json!({"event": {
+        "type": "metric", "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+        "span_id": "00f067aa0ba902b7", "timestamp": "2026-11-25T10:00:00Z",
+        "attributes": {"cache": "prompt"}, "metric": name, "value": value, "unit": unit,
+    }, "ttl_seconds": 3600});
+    let status = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{base}/v1/telemetry/events"))
+            .json(&event)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert!(status.is_success(), "{status}");
 }
 
 /// A collector that accepts connections, reads what is sent and never answers; closed on drop.
