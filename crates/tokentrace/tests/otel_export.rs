@@ -31,6 +31,7 @@ struct Received {
     traces: Mutex<Vec<ExportTraceServiceRequest>>,
     metrics: Mutex<Vec<ExportMetricsServiceRequest>>,
     headers: Mutex<Vec<HeaderMap>>,
+    metrics_headers: Mutex<Vec<HeaderMap>>,
     /// Answer 503 to this many trace requests first.
     fail_first: AtomicUsize,
 }
@@ -62,10 +63,7 @@ async fn traces(
 }
 
 async fn metrics(State(r): State<Arc<Received>>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    assert!(
-        headers.get("content-encoding").is_none(),
-        "metrics are not compressed unless asked"
-    );
+    r.metrics_headers.lock().unwrap().push(headers);
     r.metrics
         .lock()
         .unwrap()
@@ -299,6 +297,13 @@ fn exported_spans_and_metrics_match_the_sqlite_rows_and_survive_a_503() {
         assert_eq!(
             h["content-encoding"], "gzip",
             "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION"
+        );
+    }
+
+    for h in received.metrics_headers.lock().unwrap().iter() {
+        assert!(
+            h.get("content-encoding").is_none(),
+            "metrics are not compressed unless asked"
         );
     }
 

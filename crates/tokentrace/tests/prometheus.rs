@@ -85,9 +85,10 @@ fn dashboard_exprs() -> Vec<String> {
         .collect()
 }
 
-fn query(rt: &tokio::runtime::Runtime, prom: &str, q: &str) -> Vec<(HashMap<String, String>, f64)> {
+/// The Prometheus HTTP API's answer to an instant query, whole.
+fn api_query(rt: &tokio::runtime::Runtime, prom: &str, q: &str) -> Value {
     rt.block_on(async {
-        let body: Value = reqwest::Client::new()
+        reqwest::Client::new()
             .get(format!("{prom}/api/v1/query"))
             .query(&[("query", q)])
             .send()
@@ -95,23 +96,26 @@ fn query(rt: &tokio::runtime::Runtime, prom: &str, q: &str) -> Vec<(HashMap<Stri
             .unwrap()
             .json()
             .await
-            .unwrap();
-        body["data"]["result"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|r| {
-                let labels = r["metric"]
-                    .as_object()
-                    .unwrap()
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
-                    .collect();
-                (labels, r["value"][1].as_str().unwrap().parse().unwrap())
-            })
-            .collect()
+            .unwrap()
     })
+}
+
+fn query(rt: &tokio::runtime::Runtime, prom: &str, q: &str) -> Vec<(HashMap<String, String>, f64)> {
+    api_query(rt, prom, q)["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let labels = r["metric"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                .collect();
+            (labels, r["value"][1].as_str().unwrap().parse().unwrap())
+        })
+        .collect()
 }
 
 fn wait_for(rt: &tokio::runtime::Runtime, prom: &str, q: &str, want: f64) {
@@ -287,17 +291,7 @@ fn prometheus_answers_the_seed_queries_with_the_tokens_sent() {
         serde_json::from_value(body["data"].clone()).unwrap()
     });
     for expr in dashboard_exprs() {
-        let body: Value = rt.block_on(async {
-            reqwest::Client::new()
-                .get(format!("{prom_url}/api/v1/query"))
-                .query(&[("query", expr.as_str())])
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap()
-        });
+        let body = api_query(&rt, &prom_url, &expr);
         assert_eq!(body["status"], "success", "{expr}: {body}");
         let named = expr
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
