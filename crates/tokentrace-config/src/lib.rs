@@ -1,14 +1,18 @@
 //! tokentrace's run config: YAML in Llama Stack's `run.yaml` shape, `${env.*}` substitution, the
 //! seed's environment variables, embedded defaults, and validation with one clear message.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer};
 use serde_json::Value;
 
+mod deserialize;
 mod inference;
+mod substitute;
+
+use deserialize::{SinkList, number, opt_number};
+pub use substitute::substitute_env;
+use substitute::substitute_tree;
 
 pub use inference::{
     InferenceConfig, InferenceProvider, Model, ModelType, PROVIDER_TYPES, ProviderKind,
@@ -186,6 +190,28 @@ pub struct TelemetryConfig {
     pub capture_content: bool,
 }
 
+impl Default for TelemetryConfig {
+    /// The defaults of every telemetry setting: the one place they are stated. A run config
+    /// that leaves a key out gets the value given here.
+    fn default() -> Self {
+        Self {
+            provider_id: "meta-reference".into(),
+            service_name: "tokentrace".into(),
+            sinks: vec![SinkKind::Console, SinkKind::Sqlite],
+            otel_exporter_otlp_endpoint: None,
+            sqlite_db_path: default_data_dir().join("trace_store.db"),
+            default_ttl_seconds: 604_800,
+            span_timeout_seconds: 3600,
+            retention_interval_seconds: 60,
+            queue_capacity: 65_536,
+            backpressure_ms: 1_000,
+            thread_nice: 10,
+            console: ConsoleConfig::default(),
+            capture_content: true,
+        }
+    }
+}
+
 /// Why a config was refused. Each message is one line naming the key or variable at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -265,105 +291,6 @@ pub fn load_from_str(
     build(raw, env).map_err(|(key, message)| invalid(&key, message))
 }
 
-/// Replaces `${env.NAME}`, `${env.NAME:=default}`, `${env.NAME:+value}` and `${data_dir}` in
-/// one string. `${env.NAME}` requires NAME to be set; `:=` applies when NAME is unset or empty;
-/// `:+` gives the value when NAME is set and not empty, else nothing.
-pub fn substitute_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = matching_brace(after).ok_or_else(|| format!("unterminated `${{` in {text:?}"))?;
-        out.push_str(&expand(&after[..end], env)?);
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-/// Index of the `}` closing a `${` whose body starts `s`, allowing nested `${...}`.
-fn matching_brace(s: &str) -> Option<usize> {
-    let mut depth = 0usize;
-    let bytes = s.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'$' if bytes.get(i + 1) == Some(&b'{') => {
-                depth += 1;
-                i += 1;
-            }
-            b'}' if depth == 0 => return Some(i),
-            b'}' => depth -= 1,
-            _ => {}
-        }
-        i += 1;
-    }
-    None
-}
-
-fn expand(body: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
-    if body == "data_dir" {
-        return Ok(default_data_dir().display().to_string());
-    }
-    let Some(spec) = body.strip_prefix("env.") else {
-        return Err(format!(
-            "unknown placeholder `${{{body}}}`; use ${{env.NAME}}, ${{env.NAME:=default}} or ${{env.NAME:+value}}"
-        ));
-    };
-    let (name, op, arg) = match spec.find(":=").or_else(|| spec.find(":+")) {
-        Some(i) => (&spec[..i], &spec[i..i + 2], &spec[i + 2..]),
-        None => (spec, "", ""),
-    };
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(format!(
-            "invalid environment variable name {name:?} in `${{{body}}}`"
-        ));
-    }
-    let value = env(name).filter(|v| !v.is_empty());
-    match (op, value) {
-        ("", Some(v)) => Ok(v),
-        ("", None) => Err(format!(
-            "`${{env.{name}}}` requires the environment variable {name} to be set"
-        )),
-        (":=", Some(v)) => Ok(v),
-        (":=", None) => substitute_env(arg, env),
-        (_, Some(_)) => substitute_env(arg, env),
-        (_, None) => Ok(String::new()),
-    }
-}
-
-/// Substitutes placeholders in every string of the parsed YAML (never in its structure, so a
-/// variable's value cannot inject keys). Errors carry the key path.
-fn substitute_tree(
-    v: &mut Value,
-    path: String,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), (String, String)> {
-    match v {
-        Value::String(s) if s.contains("${") => {
-            *s = substitute_env(s, env).map_err(|m| (path, m))?;
-        }
-        Value::Array(items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                substitute_tree(item, format!("{path}[{i}]"), env)?;
-            }
-        }
-        Value::Object(map) => {
-            for (k, item) in map.iter_mut() {
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                substitute_tree(item, p, env)?;
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
 /// The user's data directory for tokentrace (`$XDG_DATA_HOME/tokentrace` on Linux).
 pub fn default_data_dir() -> PathBuf {
     dirs::data_dir()
@@ -379,30 +306,6 @@ fn expand_home(p: &str) -> PathBuf {
             None => PathBuf::from(p),
         },
         _ => PathBuf::from(p),
-    }
-}
-
-/// Accepts a number, or a string holding one (what `${env.X}` substitution produces).
-fn number<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: std::str::FromStr + TryFrom<u64> + TryFrom<i64>,
-    <T as std::str::FromStr>::Err: fmt::Display,
-{
-    match Value::deserialize(d)? {
-        Value::Number(n) => {
-            let parsed = match (n.as_u64(), n.as_i64()) {
-                (Some(u), _) => T::try_from(u).ok(),
-                (None, Some(i)) => T::try_from(i).ok(),
-                _ => None,
-            };
-            parsed.ok_or_else(|| de::Error::custom(format!("{n} is out of range")))
-        }
-        Value::String(s) => s
-            .trim()
-            .parse()
-            .map_err(|e| de::Error::custom(format!("{s:?} is not a valid number: {e}"))),
-        other => Err(de::Error::custom(format!("expected a number, got {other}"))),
     }
 }
 
@@ -456,52 +359,6 @@ struct RawTelemetryConfig {
     capture_content: Option<bool>,
 }
 
-pub(crate) fn opt_number<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: std::str::FromStr + TryFrom<u64> + TryFrom<i64>,
-    <T as std::str::FromStr>::Err: fmt::Display,
-{
-    number(d).map(Some)
-}
-
-/// `sinks`: a list, or a comma-separated string.
-struct SinkList(Vec<SinkKind>);
-
-impl<'de> Deserialize<'de> for SinkList {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let list = match Value::deserialize(d)? {
-            Value::String(s) => SinkKind::parse_list(&s),
-            Value::Array(items) => items
-                .iter()
-                .map(|v| match v {
-                    Value::String(s) => SinkKind::parse(s.trim()),
-                    other => Err(format!(
-                        "expected a sink name, got {other}; valid sinks: {SINK_NAMES}"
-                    )),
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map(|mut v| {
-                    let mut seen = Vec::new();
-                    v.retain(|s| {
-                        if seen.contains(s) {
-                            false
-                        } else {
-                            seen.push(*s);
-                            true
-                        }
-                    });
-                    v
-                }),
-            Value::Null => Ok(Vec::new()),
-            other => Err(format!(
-                "expected a list or a comma-separated string of sinks, got {other}"
-            )),
-        };
-        list.map(SinkList).map_err(de::Error::custom)
-    }
-}
-
 const TELEMETRY: &str = "providers.telemetry[0].config";
 
 fn build(
@@ -509,6 +366,7 @@ fn build(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<RunConfig, (String, String)> {
     let server = raw.server.unwrap_or_default();
+    let d = TelemetryConfig::default();
     if server.max_body_bytes < 1024 {
         return Err((
             "server.max_body_bytes".into(),
@@ -555,7 +413,7 @@ fn build(
             }
             (p.provider_id, p.config.unwrap_or_default())
         }
-        None => ("meta-reference".to_string(), RawTelemetryConfig::default()),
+        None => (d.provider_id.clone(), RawTelemetryConfig::default()),
     };
     let env_nonempty = |name: &str| env(name).filter(|v| !v.trim().is_empty());
 
@@ -563,12 +421,12 @@ fn build(
         .service_name
         .or_else(|| env_nonempty("OTEL_SERVICE_NAME"))
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "tokentrace".to_string());
+        .unwrap_or(d.service_name);
     let sinks = match config.sinks {
         Some(SinkList(list)) => list,
         None => match env_nonempty("TELEMETRY_SINKS") {
             Some(v) => SinkKind::parse_list(&v).map_err(|m| ("TELEMETRY_SINKS".to_string(), m))?,
-            None => vec![SinkKind::Console, SinkKind::Sqlite],
+            None => d.sinks,
         },
     };
     let endpoint = config
@@ -599,17 +457,17 @@ fn build(
         Some(p) => expand_home(p.trim()),
         None => match env_nonempty("SQLITE_STORE_DIR") {
             Some(dir) => expand_home(dir.trim()).join("trace_store.db"),
-            None => default_data_dir().join("trace_store.db"),
+            None => d.sqlite_db_path,
         },
     };
-    let default_ttl_seconds = config.default_ttl_seconds.unwrap_or(604_800);
+    let default_ttl_seconds = config.default_ttl_seconds.unwrap_or(d.default_ttl_seconds);
     if default_ttl_seconds <= 0 {
         return Err((
             format!("{TELEMETRY}.default_ttl_seconds"),
             format!("must be positive, got {default_ttl_seconds}"),
         ));
     }
-    let thread_nice = config.thread_nice.unwrap_or(10);
+    let thread_nice = config.thread_nice.unwrap_or(d.thread_nice);
     if !(0..=19).contains(&thread_nice) {
         return Err((
             format!("{TELEMETRY}.thread_nice"),
@@ -634,22 +492,22 @@ fn build(
             span_timeout_seconds: positive(
                 "span_timeout_seconds",
                 config.span_timeout_seconds,
-                3600,
+                d.span_timeout_seconds,
             )?,
             retention_interval_seconds: positive(
                 "retention_interval_seconds",
                 config.retention_interval_seconds,
-                60,
+                d.retention_interval_seconds,
             )?,
             queue_capacity: positive(
                 "queue_capacity",
                 config.queue_capacity.map(|q| q as u64),
-                65_536,
+                d.queue_capacity as u64,
             )? as usize,
-            backpressure_ms: config.backpressure_ms.unwrap_or(1_000),
+            backpressure_ms: config.backpressure_ms.unwrap_or(d.backpressure_ms),
             thread_nice,
-            console: config.console.unwrap_or_default(),
-            capture_content: config.capture_content.unwrap_or(true),
+            console: config.console.unwrap_or(d.console),
+            capture_content: config.capture_content.unwrap_or(d.capture_content),
         },
         inference,
     })
