@@ -5,7 +5,10 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
+use opentelemetry_proto::tonic::metrics::v1::{
+    ExponentialHistogramDataPoint, Gauge, HistogramDataPoint, Sum, SummaryDataPoint, metric,
+    number_data_point,
+};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, status};
 use tokentrace_model::{
@@ -245,6 +248,25 @@ pub fn metrics_to_points(
                     out.reject("metric without a name".into());
                     continue;
                 }
+                let points: Vec<Point<'_>> = match &m.data {
+                    Some(metric::Data::Gauge(Gauge { data_points }))
+                    | Some(metric::Data::Sum(Sum { data_points, .. })) => data_points
+                        .iter()
+                        .map(|p| {
+                            let v = number(p.value);
+                            (m.name.clone(), &p.attributes[..], p.time_unix_nano, v)
+                        })
+                        .collect(),
+                    Some(metric::Data::Histogram(h)) => count_sum(&m.name, &h.data_points),
+                    Some(metric::Data::ExponentialHistogram(h)) => {
+                        count_sum(&m.name, &h.data_points)
+                    }
+                    Some(metric::Data::Summary(s)) => count_sum(&m.name, &s.data_points),
+                    None => {
+                        out.reject(format!("metric {:?} has no data", m.name));
+                        continue;
+                    }
+                };
                 let mut push = |name: String, kvs: &[KeyValue], t: u64, value: f64| {
                     let mut labels = attributes(kvs);
                     if let Some(s) = &service {
@@ -269,79 +291,50 @@ pub fn metrics_to_points(
                         )),
                     }
                 };
-                match &m.data {
-                    Some(metric::Data::Gauge(g)) => {
-                        for p in &g.data_points {
-                            push(
-                                m.name.clone(),
-                                &p.attributes,
-                                p.time_unix_nano,
-                                number(p.value),
-                            );
-                        }
-                    }
-                    Some(metric::Data::Sum(s)) => {
-                        for p in &s.data_points {
-                            push(
-                                m.name.clone(),
-                                &p.attributes,
-                                p.time_unix_nano,
-                                number(p.value),
-                            );
-                        }
-                    }
-                    Some(metric::Data::Histogram(h)) => {
-                        for p in &h.data_points {
-                            push(
-                                format!("{}_count", m.name),
-                                &p.attributes,
-                                p.time_unix_nano,
-                                p.count as f64,
-                            );
-                            push(
-                                format!("{}_sum", m.name),
-                                &p.attributes,
-                                p.time_unix_nano,
-                                p.sum.unwrap_or(0.0),
-                            );
-                        }
-                    }
-                    Some(metric::Data::ExponentialHistogram(h)) => {
-                        for p in &h.data_points {
-                            push(
-                                format!("{}_count", m.name),
-                                &p.attributes,
-                                p.time_unix_nano,
-                                p.count as f64,
-                            );
-                            push(
-                                format!("{}_sum", m.name),
-                                &p.attributes,
-                                p.time_unix_nano,
-                                p.sum.unwrap_or(0.0),
-                            );
-                        }
-                    }
-                    Some(metric::Data::Summary(s)) => {
-                        for p in &s.data_points {
-                            push(
-                                format!("{}_count", m.name),
-                                &p.attributes,
-                                p.time_unix_nano,
-                                p.count as f64,
-                            );
-                            push(
-                                format!("{}_sum", m.name),
-                                &p.attributes,
-                                p.time_unix_nano,
-                                p.sum,
-                            );
-                        }
-                    }
-                    None => out.reject(format!("metric {:?} has no data", m.name)),
+                for (name, kvs, t, value) in points {
+                    push(name, kvs, t, value);
                 }
             }
         }
+    }
+    out
+}
+
+/// A metric data point before its labels are built: name, attributes, time, value.
+type Point<'a> = (String, &'a [KeyValue], u64, f64);
+
+/// A histogram or summary data point: its attributes, time, count and sum.
+trait CountSum {
+    fn parts(&self) -> (&[KeyValue], u64, u64, f64);
+}
+
+impl CountSum for HistogramDataPoint {
+    fn parts(&self) -> (&[KeyValue], u64, u64, f64) {
+        let sum = self.sum.unwrap_or(0.0);
+        (&self.attributes, self.time_unix_nano, self.count, sum)
+    }
+}
+
+impl CountSum for ExponentialHistogramDataPoint {
+    fn parts(&self) -> (&[KeyValue], u64, u64, f64) {
+        let sum = self.sum.unwrap_or(0.0);
+        (&self.attributes, self.time_unix_nano, self.count, sum)
+    }
+}
+
+impl CountSum for SummaryDataPoint {
+    fn parts(&self) -> (&[KeyValue], u64, u64, f64) {
+        (&self.attributes, self.time_unix_nano, self.count, self.sum)
+    }
+}
+
+/// Histograms and summaries are kept as their `_count` and `_sum` series.
+fn count_sum<'a, P: CountSum>(name: &str, points: &'a [P]) -> Vec<Point<'a>> {
+    let mut out = Vec::with_capacity(points.len() * 2);
+    for p in points {
+        let (kvs, t, count, sum) = p.parts();
+        out.push((format!("{name}_count"), kvs, t, count as f64));
+        out.push((format!("{name}_sum"), kvs, t, sum));
     }
     out
 }
