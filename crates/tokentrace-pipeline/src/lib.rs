@@ -1,8 +1,16 @@
-//! tokentrace's in-process telemetry pipeline: span assembly and fan-out to the sinks.
+//! tokentrace's in-process telemetry pipeline, in the order telemetry flows through it:
+//! `telemetry.rs` ([`Telemetry`], the handle producers submit through, and its bounded queue) →
+//! [`assemble`] (where events become spans) → `worker.rs` (fan-out, in arrival order) →
+//! [`sinks`] (console, sqlite, otlp_export, prometheus, memory).
 
-mod pipeline;
+pub mod assemble;
+pub mod genai;
 mod sink;
 pub mod sinks;
+mod telemetry;
+pub mod thread;
+mod worker;
 
-pub use pipeline::{Batch, Pipeline, PipelineOptions, PipelineStats, SubmitError, Telemetry};
+pub use assemble::metric_records;
 pub use sink::{Sink, SinkError, SpanStart};
+pub use telemetry::{Batch, Pipeline, PipelineOptions, PipelineStats, SubmitError, Telemetry};

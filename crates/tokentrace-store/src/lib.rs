@@ -3,6 +3,7 @@
 
 mod metrics;
 mod reader;
+mod rows;
 mod schema;
 mod writer;
 
@@ -18,8 +19,9 @@ use tokentrace_model::{MetricPoint, SpanEvent, SpanRecord, Timestamp};
 
 pub use metrics::{MAX_BUCKETS, MetricQuery};
 pub use reader::{DatasetRow, StoreReader, Table};
+pub use rows::Row;
 pub use schema::SCHEMA_VERSION;
-pub use writer::{Row, WriterStats};
+pub use writer::WriterStats;
 
 use writer::{Cmd, Counters, Writer};
 
@@ -34,10 +36,8 @@ pub struct StoreOptions {
     pub queue_capacity: usize,
     /// Idle read-only connections kept.
     pub read_connections: usize,
-    /// How often retention should run (used by whoever schedules [`StoreWriter::expire`]).
-    pub retention_interval: Duration,
-    /// Nice value of the writer thread (see [`set_thread_nice`]); 0 keeps the process's.
-    pub thread_nice: i32,
+    /// Run first on the writer thread (the binary lowers its priority there).
+    pub on_writer_start: Option<ThreadStart>,
     /// Told of every committed transaction.
     pub on_commit: Option<CommitObserver>,
 }
@@ -53,6 +53,16 @@ impl std::fmt::Debug for CommitObserver {
     }
 }
 
+/// Code run once at the start of the writer thread.
+#[derive(Clone)]
+pub struct ThreadStart(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for ThreadStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ThreadStart")
+    }
+}
+
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
@@ -60,8 +70,7 @@ impl Default for StoreOptions {
             flush_interval: Duration::from_millis(200),
             queue_capacity: 64,
             read_connections: 4,
-            retention_interval: Duration::from_secs(60),
-            thread_nice: 0,
+            on_writer_start: None,
             on_commit: None,
         }
     }
@@ -93,9 +102,12 @@ pub enum StoreError {
     /// Stored data could not be read back, or the file is from a newer version.
     #[error("{0}")]
     Corrupt(String),
-    /// The writer thread reported a failure.
-    #[error("trace store write failed: {0}")]
-    Write(String),
+    /// Retention was asked to run while it already runs.
+    #[error("retention is already running")]
+    RetentionRunning,
+    /// The writer thread panicked.
+    #[error("the trace store's writer thread panicked")]
+    WriterPanicked,
 }
 
 /// An open store: owns the writer thread. Close it with [`Store::close`].
@@ -133,11 +145,13 @@ impl Store {
             counters.clone(),
             options.on_commit,
         );
-        let nice = options.thread_nice;
+        let on_start = options.on_writer_start;
         let thread = std::thread::Builder::new()
             .name("tokentrace-store-writer".into())
             .spawn(move || {
-                set_thread_nice(nice);
+                if let Some(ThreadStart(start)) = on_start {
+                    start();
+                }
                 writer.run(rx)
             })?;
         Ok(Store {
@@ -173,9 +187,7 @@ impl Store {
         if let Some(thread) = thread {
             // Queued behind every accepted batch.
             let _ = self.writer.tx.send(Cmd::Close);
-            thread
-                .join()
-                .map_err(|_| StoreError::Write("the writer thread panicked".into()))?;
+            thread.join().map_err(|_| StoreError::WriterPanicked)?;
         }
         Ok(())
     }
@@ -192,16 +204,13 @@ impl Drop for Store {
 impl StoreWriter {
     fn call<T>(
         &self,
-        make: impl FnOnce(SyncSender<Result<T, String>>) -> Cmd,
+        make: impl FnOnce(SyncSender<Result<T, StoreError>>) -> Cmd,
     ) -> Result<T, StoreError> {
         let (reply_tx, reply_rx) = mpsc::sync_channel(1);
         self.tx
             .send(make(reply_tx))
             .map_err(|_| StoreError::Closed)?;
-        reply_rx
-            .recv()
-            .map_err(|_| StoreError::Closed)?
-            .map_err(StoreError::Write)
+        reply_rx.recv().map_err(|_| StoreError::Closed)?
     }
 
     /// Encodes records (on this thread) and hands them to the writer thread; blocks while its
@@ -258,18 +267,4 @@ impl StoreWriter {
 pub fn init_schema(conn: &mut Connection) -> Result<(), StoreError> {
     schema::configure_writer(conn)?;
     schema::migrate(conn)
-}
-
-/// Lowers the calling thread's CPU priority to `nice` (1 to 19; Linux only, elsewhere and for 0
-/// nothing happens), so that telemetry work yields the CPU to request handling when both want
-/// it, and uses it fully when it is free. The change cannot be undone without privileges.
-pub fn set_thread_nice(nice: i32) {
-    #[cfg(target_os = "linux")]
-    if nice != 0
-        && let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice)
-    {
-        tracing::debug!("cannot lower the priority of a telemetry thread: {e}");
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = nice;
 }

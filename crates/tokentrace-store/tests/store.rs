@@ -682,23 +682,3 @@ fn one_batch_folds_its_spans_into_each_trace_row_like_separate_writes() {
     assert_eq!(r.count_rows(Table::Traces).unwrap(), 2);
     store.close().unwrap();
 }
-
-#[cfg(target_os = "linux")]
-#[test]
-fn a_thread_given_a_nice_value_runs_with_it() {
-    let nice = std::thread::spawn(|| {
-        tokentrace_store::set_thread_nice(7);
-        // Field 19 of /proc/thread-self/stat is the nice value.
-        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-        let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
-        after_comm
-            .split(' ')
-            .nth(16)
-            .unwrap()
-            .parse::<i32>()
-            .unwrap()
-    })
-    .join()
-    .unwrap();
-    assert_eq!(nice, 7);
-}

@@ -7,14 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tokentrace_config::{RunConfig, SinkKind};
-use tokentrace_pipeline::sinks::console::ConsoleSink;
-use tokentrace_pipeline::sinks::otlp::{ExportConfig, OtlpMetricSink, OtlpTraceSink};
-use tokentrace_pipeline::sinks::prometheus::{PrometheusSink, Registry, commit_observer};
-use tokentrace_pipeline::sinks::sqlite::SqliteSink;
+use tokentrace_config::RunConfig;
+use tokentrace_pipeline::sinks::prometheus::{PrometheusSink, Registry};
+use tokentrace_pipeline::sinks::{BuildError, SinkConfig};
 use tokentrace_pipeline::{Pipeline, PipelineOptions, Sink};
-use tokentrace_server::AppState;
-use tokentrace_store::{Store, StoreOptions};
+use tokentrace_server::gateway::ProviderSetupError;
+use tokentrace_server::{AppState, Settings};
 
 /// Events are built on the request threads and freed on the pipeline and store threads; glibc's
 /// allocator handles that cross-thread pattern poorly (about a fifth of request-thread CPU in the
@@ -76,14 +74,45 @@ fn main() -> ExitCode {
     }
 }
 
+/// Why `tokentrace serve` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    #[error(transparent)]
+    Config(#[from] tokentrace_config::ConfigError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("{key}: not a socket address ({source})")]
+    Address {
+        key: &'static str,
+        source: std::net::AddrParseError,
+    },
+    #[error(transparent)]
+    Sink(#[from] BuildError),
+    #[error("cannot start the telemetry pipeline: {0}")]
+    Pipeline(std::io::Error),
+    #[error(transparent)]
+    Provider(#[from] ProviderSetupError),
+    #[error("cannot listen on {addr}{what}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("closing the trace store: {0}")]
+    Close(tokentrace_store::StoreError),
+    #[error("shutdown task failed: {0}")]
+    Shutdown(tokio::task::JoinError),
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
 fn serve(
     config_path: Option<PathBuf>,
     port: Option<u16>,
     host: Option<String>,
-) -> Result<(), String> {
+) -> Result<(), ServeError> {
     let mut config =
-        tokentrace_config::load(config_path.as_deref(), &tokentrace_config::process_env)
-            .map_err(|e| e.to_string())?;
+        tokentrace_config::load(config_path.as_deref(), &tokentrace_config::process_env)?;
     if let Some(port) = port {
         config.server.port = port;
     }
@@ -93,96 +122,42 @@ fn serve(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        .map_err(ServeError::Runtime)?;
     runtime.block_on(run(config))
 }
 
-async fn run(config: RunConfig) -> Result<(), String> {
-    let tc = &config.telemetry;
-    let addr: SocketAddr = format!("{}:{}", config.server.host, config.server.port)
+/// Binds `host:port`; `key` and `what` name the setting in messages.
+async fn bind(
+    host: &str,
+    port: u16,
+    key: &'static str,
+    what: &'static str,
+) -> Result<(tokio::net::TcpListener, SocketAddr), ServeError> {
+    let addr: SocketAddr = format!("{host}:{port}")
         .parse()
-        .map_err(|e| format!("server.host/server.port: not a socket address ({e})"))?;
+        .map_err(|source| ServeError::Address { key, source })?;
+    let listen = |source| ServeError::Listen { addr, what, source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(listen)?;
+    let local = listener.local_addr().map_err(listen)?;
+    Ok((listener, local))
+}
 
+async fn run(config: RunConfig) -> Result<(), ServeError> {
+    let tc = &config.telemetry;
+    // The prometheus sink is always on: it feeds `/metrics`.
     let registry = Arc::new(Registry::new());
     let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(PrometheusSink::new(registry.clone()))];
     let mut store = None;
     let mut exporters = Vec::new();
     for kind in &tc.sinks {
-        match kind {
-            SinkKind::Console => sinks.push(Box::new(ConsoleSink::stderr(
-                tc.console.color,
-                tc.console.max_value_len,
-            ))),
-            SinkKind::Sqlite => {
-                let options = StoreOptions {
-                    retention_interval: Duration::from_secs(tc.retention_interval_seconds),
-                    thread_nice: tc.thread_nice,
-                    on_commit: Some(commit_observer(registry.clone())),
-                    ..StoreOptions::default()
-                };
-                let opened = Store::open(&tc.sqlite_db_path, options).map_err(|e| {
-                    format!(
-                        "cannot open the trace store {}: {e}",
-                        tc.sqlite_db_path.display()
-                    )
-                })?;
-                sinks.push(Box::new(SqliteSink::new(opened.writer())));
-                store = Some(opened);
-            }
-            SinkKind::OtelTrace => {
-                let endpoint = tc
-                    .otel_exporter_otlp_endpoint
-                    .as_deref()
-                    .unwrap_or_default();
-                let config = ExportConfig {
-                    thread_nice: tc.thread_nice,
-                    ..ExportConfig::from_env(endpoint, "traces", &tokentrace_config::process_env)
-                };
-                tracing::info!("otel_trace: exporting spans to {}", config.url);
-                let sink = OtlpTraceSink::start(config, &tc.service_name)
-                    .map_err(|e| format!("cannot start the otel_trace exporter: {e}"))?;
-                exporters.push(("traces", sink.stats()));
-                sinks.push(Box::new(sink));
-            }
-            SinkKind::OtelMetric => {
-                let endpoint = tc
-                    .otel_exporter_otlp_endpoint
-                    .as_deref()
-                    .unwrap_or_default();
-                let config = ExportConfig {
-                    thread_nice: tc.thread_nice,
-                    ..ExportConfig::from_env(endpoint, "metrics", &tokentrace_config::process_env)
-                };
-                let interval = std::env::var("OTEL_METRIC_EXPORT_INTERVAL")
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .filter(|ms| *ms > 0)
-                    .map_or(Duration::from_secs(60), Duration::from_millis);
-                tracing::info!(
-                    "otel_metric: exporting metrics to {} every {:?}",
-                    config.url,
-                    interval
-                );
-                let sink = OtlpMetricSink::start(config, &tc.service_name, interval)
-                    .map_err(|e| format!("cannot start the otel_metric exporter: {e}"))?;
-                exporters.push(("metrics", sink.stats()));
-                sinks.push(Box::new(sink));
-            }
-        }
+        let built =
+            SinkConfig::from_config(*kind, tc, &tokentrace_config::process_env).build(&registry)?;
+        sinks.push(built.sink);
+        store = store.or(built.store);
+        exporters.extend(built.exporter);
     }
-
-    let pipeline = Pipeline::start(
-        PipelineOptions {
-            queue_capacity: tc.queue_capacity,
-            span_timeout: Duration::from_secs(tc.span_timeout_seconds),
-            default_ttl_seconds: tc.default_ttl_seconds,
-            service_name: tc.service_name.clone(),
-            thread_nice: tc.thread_nice,
-            ..PipelineOptions::default()
-        },
-        sinks,
-    )
-    .map_err(|e| format!("cannot start the telemetry pipeline: {e}"))?;
+    let pipeline =
+        Pipeline::start(PipelineOptions::from_config(tc), sinks).map_err(ServeError::Pipeline)?;
 
     let handles = store.as_ref().map(|s| (s.reader(), s.writer()));
     let retention = store.as_ref().map(|s| {
@@ -195,22 +170,13 @@ async fn run(config: RunConfig) -> Result<(), String> {
     let mut state = AppState::new(
         pipeline.telemetry(),
         handles,
-        config.server.max_body_bytes,
         inference,
+        Settings::from_config(&config.server, tc),
     );
-    state.request_timeout = Duration::from_secs(config.server.request_timeout_seconds);
-    state.backpressure = Duration::from_millis(tc.backpressure_ms);
-    state.capture_content = tc.capture_content;
-    state.trace_telemetry_api = config.server.trace_telemetry_api;
     state.metrics = registry;
-    state.otlp_max_body_bytes = config.server.otlp_max_body_bytes;
     state.exporters = exporters;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    let server = &config.server;
+    let (listener, local) = bind(&server.host, server.port, "server.host/server.port", "").await?;
     let sink_names: Vec<&str> = tc.sinks.iter().map(|s| s.as_str()).collect();
     let models: Vec<&str> = config
         .inference
@@ -235,17 +201,15 @@ async fn run(config: RunConfig) -> Result<(), String> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let otlp = match config.server.otlp_port {
+    let otlp = match server.otlp_port {
         Some(port) => {
-            let otlp_addr: SocketAddr = format!("{}:{port}", config.server.host)
-                .parse()
-                .map_err(|e| format!("server.otlp_port: not a socket address ({e})"))?;
-            let l = tokio::net::TcpListener::bind(otlp_addr)
-                .await
-                .map_err(|e| format!("cannot listen on {otlp_addr} (server.otlp_port): {e}"))?;
-            let otlp_local = l
-                .local_addr()
-                .map_err(|e| format!("cannot read the listening address: {e}"))?;
+            let (l, otlp_local) = bind(
+                &server.host,
+                port,
+                "server.otlp_port",
+                " (server.otlp_port)",
+            )
+            .await?;
             tracing::info!("OTLP/HTTP receiver listening on http://{otlp_local}");
             let app = tokentrace_server::otlp_router(state.clone());
             let rx = stop_rx.clone();
@@ -274,16 +238,14 @@ async fn run(config: RunConfig) -> Result<(), String> {
     // Drain the pipeline and commit the store off the async runtime.
     tokio::task::spawn_blocking(move || {
         pipeline.shutdown();
-        if let Some(store) = store {
-            store
-                .close()
-                .map_err(|e| format!("closing the trace store: {e}"))?;
+        match store {
+            Some(store) => store.close().map_err(ServeError::Close),
+            None => Ok(()),
         }
-        Ok::<(), String>(())
     })
     .await
-    .map_err(|e| format!("shutdown task failed: {e}"))??;
-    served.map_err(|e| format!("server error: {e}"))?;
+    .map_err(ServeError::Shutdown)??;
+    served.map_err(ServeError::Serve)?;
     tracing::info!("stopped");
     Ok(())
 }

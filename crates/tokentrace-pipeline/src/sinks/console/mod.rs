@@ -1,6 +1,7 @@
-//! Console sink: human-readable lines for developers. Its settings are
-//! `tokentrace_config::ConsoleConfig`.
+//! Console sink: human-readable lines on stderr for developers.
 
+mod config;
 mod sink;
 
+pub use config::ConsoleSinkConfig;
 pub use sink::ConsoleSink;

@@ -10,22 +10,10 @@ use tokentrace_model::{AttrValue, MetricPoint, SpanEvent, SpanKind, SpanRecord};
 use tokentrace_store::CommitObserver;
 
 use crate::Sink;
+use crate::genai::{self, DURATION_BUCKETS, TOKENS_PER_SECOND_BUCKETS, TTFT_BUCKETS};
 
 const MODEL_LABELS: &[&str] = &["model_id", "provider_id"];
 const ROUTE_LABELS: &[&str] = &["route", "status_code"];
-
-/// `gen_ai.client.operation.duration` bucket boundaries (OpenTelemetry GenAI conventions).
-pub const DURATION_BUCKETS: &[f64] = &[
-    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
-];
-/// `gen_ai.server.time_to_first_token` bucket boundaries.
-pub const TTFT_BUCKETS: &[f64] = &[
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-];
-/// Output tokens per second bucket boundaries.
-pub const TOKENS_PER_SECOND_BUCKETS: &[f64] = &[
-    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
-];
 
 /// `tokentrace_sqlite_commit_seconds` bucket boundaries.
 pub const COMMIT_SECONDS_BUCKETS: &[f64] = &[
@@ -104,7 +92,7 @@ impl Sink for PrometheusSink {
         if span.end_time.is_none() {
             return;
         }
-        if let Some(o) = super::genai::observe(span) {
+        if let Some(o) = genai::observe(span) {
             let labels = o.labels.to_vec();
             self.registry.observe(
                 "llama_stack_request_duration_seconds",

@@ -22,7 +22,7 @@ use tokentrace_otlp::proto::metrics::v1::{
 };
 
 use super::export::{ExportConfig, ExportStats, ExportThread, Exporter};
-use crate::sinks::prometheus::{DURATION_BUCKETS, TOKENS_PER_SECOND_BUCKETS, TTFT_BUCKETS};
+use crate::genai::{DURATION_BUCKETS, TOKENS_PER_SECOND_BUCKETS, TTFT_BUCKETS};
 use crate::{Sink, SinkError};
 
 /// The instrument name of a token metric event.
@@ -177,39 +177,19 @@ fn run(
     interval: Duration,
 ) {
     loop {
-        match rx.recv_timeout(interval) {
-            Ok(Msg::Flush(reply)) => {
-                export(
-                    &mut exporter,
-                    &config,
-                    &state,
-                    &service,
-                    started,
-                    Duration::from_secs(30),
-                );
-                let _ = reply.send(());
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                export(
-                    &mut exporter,
-                    &config,
-                    &state,
-                    &service,
-                    started,
-                    Duration::from_secs(30),
-                );
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                export(
-                    &mut exporter,
-                    &config,
-                    &state,
-                    &service,
-                    started,
-                    Duration::from_secs(5),
-                );
-                return;
-            }
+        // At shutdown, a last export with a short budget so stopping never hangs.
+        let (reply, last) = match rx.recv_timeout(interval) {
+            Ok(Msg::Flush(reply)) => (Some(reply), false),
+            Err(RecvTimeoutError::Timeout) => (None, false),
+            Err(RecvTimeoutError::Disconnected) => (None, true),
+        };
+        let budget = Duration::from_secs(if last { 5 } else { 30 });
+        export(&mut exporter, &config, &state, &service, started, budget);
+        if let Some(reply) = reply {
+            let _ = reply.send(());
+        }
+        if last {
+            return;
         }
     }
 }
@@ -226,6 +206,32 @@ fn nanos(t: Timestamp) -> u64 {
     u64::try_from(t.unix_nanos()).unwrap_or(0)
 }
 
+/// One OTLP `Metric` per instrument name of `series` (keyed by name, then labels, so each name's
+/// series are adjacent), its unit taken from the first series; returns the data points added.
+fn instruments<V>(
+    series: &BTreeMap<(String, Labels), V>,
+    out: &mut Vec<Metric>,
+    unit: impl Fn(&V) -> String,
+    data: impl Fn(&[(&Labels, &V)]) -> metric::Data,
+) -> u64 {
+    let mut points = 0;
+    let mut all = series.iter().peekable();
+    while let Some(((name, labels), v)) = all.next() {
+        let mut same = vec![(labels, v)];
+        while let Some(((_, labels), v)) = all.next_if(|((n, _), _)| n == name) {
+            same.push((labels, v));
+        }
+        points += same.len() as u64;
+        out.push(Metric {
+            name: name.clone(),
+            unit: unit(v),
+            data: Some(data(&same)),
+            ..Default::default()
+        });
+    }
+    points
+}
+
 fn export(
     exporter: &mut Exporter,
     config: &ExportConfig,
@@ -236,75 +242,54 @@ fn export(
 ) {
     let now = nanos(Timestamp::now());
     let start = nanos(started);
-    let mut metrics: Vec<Metric> = Vec::new();
-    let mut points = 0u64;
-    {
+    let (metrics, points) = {
         let s = state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut by_name: BTreeMap<&str, Vec<(&Labels, &String, f64)>> = BTreeMap::new();
-        for ((name, labels), (unit, v)) in &s.sums {
-            by_name.entry(name).or_default().push((labels, unit, *v));
-        }
-        for (name, series) in by_name {
-            points += series.len() as u64;
-            metrics.push(Metric {
-                name: name.to_string(),
-                unit: series[0].1.clone(),
-                data: Some(metric::Data::Sum(Sum {
+        let number = |labels: &Labels, start: u64, at: u64, v: f64| NumberDataPoint {
+            attributes: attrs(labels),
+            start_time_unix_nano: start,
+            time_unix_nano: at,
+            value: Some(number_data_point::Value::AsDouble(v)),
+            ..Default::default()
+        };
+        let mut metrics = Vec::new();
+        let mut points = 0;
+        points += instruments(
+            &s.sums,
+            &mut metrics,
+            |(unit, _)| unit.clone(),
+            |series| {
+                metric::Data::Sum(Sum {
                     data_points: series
                         .iter()
-                        .map(|(labels, _, v)| NumberDataPoint {
-                            attributes: attrs(labels),
-                            start_time_unix_nano: start,
-                            time_unix_nano: now,
-                            value: Some(number_data_point::Value::AsDouble(*v)),
-                            ..Default::default()
-                        })
+                        .map(|(labels, (_, v))| number(labels, start, now, *v))
                         .collect(),
                     aggregation_temporality: AggregationTemporality::Cumulative as i32,
                     is_monotonic: true,
-                })),
-                ..Default::default()
-            });
-        }
-        let mut by_name: BTreeMap<&str, Vec<(&Labels, &String, f64, Timestamp)>> = BTreeMap::new();
-        for ((name, labels), (unit, v, t)) in &s.gauges {
-            by_name
-                .entry(name)
-                .or_default()
-                .push((labels, unit, *v, *t));
-        }
-        for (name, series) in by_name {
-            points += series.len() as u64;
-            metrics.push(Metric {
-                name: name.to_string(),
-                unit: series[0].1.clone(),
-                data: Some(metric::Data::Gauge(Gauge {
+                })
+            },
+        );
+        points += instruments(
+            &s.gauges,
+            &mut metrics,
+            |(unit, ..)| unit.clone(),
+            |series| {
+                metric::Data::Gauge(Gauge {
                     data_points: series
                         .iter()
-                        .map(|(labels, _, v, t)| NumberDataPoint {
-                            attributes: attrs(labels),
-                            time_unix_nano: nanos(*t),
-                            value: Some(number_data_point::Value::AsDouble(*v)),
-                            ..Default::default()
-                        })
+                        .map(|(labels, (_, v, t))| number(labels, 0, nanos(*t), *v))
                         .collect(),
-                })),
-                ..Default::default()
-            });
-        }
-        let mut by_name: BTreeMap<&str, Vec<(&Labels, &str, &Hist)>> = BTreeMap::new();
-        for ((name, labels), (unit, h)) in &s.histograms {
-            by_name.entry(name).or_default().push((labels, unit, h));
-        }
-        for (name, series) in by_name {
-            points += series.len() as u64;
-            metrics.push(Metric {
-                name: name.to_string(),
-                unit: series[0].1.to_string(),
-                data: Some(metric::Data::Histogram(Histogram {
+                })
+            },
+        );
+        points += instruments(
+            &s.histograms,
+            &mut metrics,
+            |(unit, _)| unit.to_string(),
+            |series| {
+                metric::Data::Histogram(Histogram {
                     data_points: series
                         .iter()
-                        .map(|(labels, _, h)| HistogramDataPoint {
+                        .map(|(labels, (_, h))| HistogramDataPoint {
                             attributes: attrs(labels),
                             start_time_unix_nano: start,
                             time_unix_nano: now,
@@ -316,11 +301,11 @@ fn export(
                         })
                         .collect(),
                     aggregation_temporality: AggregationTemporality::Cumulative as i32,
-                })),
-                ..Default::default()
-            });
-        }
-    }
+                })
+            },
+        );
+        (metrics, points)
+    };
     if metrics.is_empty() {
         return;
     }
@@ -348,7 +333,7 @@ impl Sink for OtlpMetricSink {
     }
 
     fn span_ended(&mut self, span: &SpanRecord) {
-        let Some(o) = crate::sinks::genai::observe(span) else {
+        let Some(o) = crate::genai::observe(span) else {
             return;
         };
         let labels: Labels = vec![

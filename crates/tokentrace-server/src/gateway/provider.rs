@@ -84,9 +84,19 @@ pub struct Provider {
     pub server_address: Option<String>,
 }
 
+/// A provider that could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("provider {provider_id}: cannot build its HTTP client: {source}")]
+pub struct ProviderSetupError {
+    /// The provider's id.
+    pub provider_id: String,
+    /// Why.
+    source: reqwest::Error,
+}
+
 impl Provider {
     /// Builds the provider (and its HTTP client for remote ones).
-    pub fn new(config: InferenceProvider) -> Result<Self, String> {
+    pub fn new(config: InferenceProvider) -> Result<Self, ProviderSetupError> {
         let client = match config.kind {
             ProviderKind::Echo => None,
             ProviderKind::OpenAiCompatible => Some(
@@ -96,11 +106,9 @@ impl Provider {
                     .pool_max_idle_per_host(256)
                     .tcp_nodelay(true)
                     .build()
-                    .map_err(|e| {
-                        format!(
-                            "provider {}: cannot build its HTTP client: {e}",
-                            config.provider_id
-                        )
+                    .map_err(|source| ProviderSetupError {
+                        provider_id: config.provider_id.clone(),
+                        source,
                     })?,
             ),
         };

@@ -1,6 +1,7 @@
-//! The OTLP/HTTP receiver: `POST /v1/traces`, `/v1/metrics`, `/v1/logs` in protobuf or JSON,
-//! optionally gzip-compressed. Received telemetry goes through the same pipeline and sinks as the
-//! gateway's own.
+//! The OTLP/HTTP receiver, OTel SDKs and collectors → tokentrace: `POST /v1/traces`,
+//! `/v1/metrics`, `/v1/logs` in protobuf or JSON, optionally gzip-compressed. Received telemetry
+//! goes through the same pipeline and sinks as the gateway's own. (The other direction,
+//! tokentrace → a collector, is the pipeline's `sinks/otlp_export`.)
 
 use axum::Router;
 use axum::body::Body;
@@ -9,8 +10,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use tokentrace_otlp::{
-    DecodeError, Encoding, Signal, decode_logs, decode_metrics, decode_traces, export_response,
-    gunzip, logs_to_events, metrics_to_points, status_body, traces_to_spans,
+    Converted, DecodeError, Encoding, Signal, decode_logs, decode_metrics, decode_traces,
+    export_response, gunzip, logs_to_events, metrics_to_points, status_body, traces_to_spans,
 };
 use tokentrace_pipeline::{Batch, SubmitError};
 
@@ -81,7 +82,7 @@ async fn read_body(
         code,
         message,
     };
-    let limit = state.otlp_max_body_bytes;
+    let limit = state.settings.otlp_max_body_bytes;
     let raw = axum::body::to_bytes(body, limit).await.map_err(|e| {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         let mut too_large = false;
@@ -132,24 +133,34 @@ async fn read_body(
     Ok((encoding, bytes))
 }
 
-fn decode_error(encoding: Encoding, e: DecodeError) -> OtlpError {
-    OtlpError {
-        status: StatusCode::BAD_REQUEST,
-        encoding,
-        code: INVALID_ARGUMENT,
-        message: e.to_string(),
-    }
-}
+/// A decoded request turned into one pipeline batch: the batch, how many items were rejected,
+/// and why.
+type Accepted = (Batch, i64, String);
 
-/// Submits as one batch and answers with partial success when items were rejected.
-fn submit(
+/// Reads the body, decodes and converts it with `convert`, and submits the batch.
+async fn receive(
     state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
     signal: Signal,
-    encoding: Encoding,
-    batch: Batch,
-    rejected: i64,
-    message: String,
+    convert: impl FnOnce(&[u8], Encoding) -> Result<Accepted, DecodeError>,
 ) -> Response {
+    let (encoding, bytes) = match read_body(state, headers, body).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let (batch, rejected, message) = match convert(&bytes, encoding) {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            return OtlpError {
+                status: StatusCode::BAD_REQUEST,
+                encoding,
+                code: INVALID_ARGUMENT,
+                message: e.to_string(),
+            }
+            .into_response();
+        }
+    };
     match state.telemetry.record_batch(batch) {
         Ok(()) => (
             StatusCode::OK,
@@ -172,77 +183,41 @@ fn submit(
     }
 }
 
+/// A conversion's items as a batch (placed by `into`), with its rejected count and message.
+fn accepted<T>(c: Converted<T>, into: impl FnOnce(Vec<T>) -> Batch) -> Accepted {
+    let message = c.error_message();
+    (into(c.items), c.rejected, message)
+}
+
 async fn traces(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let (encoding, bytes) = match read_body(&state, &headers, body).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let req = match decode_traces(&bytes, encoding) {
-        Ok(r) => r,
-        Err(e) => return decode_error(encoding, e).into_response(),
-    };
-    let converted = traces_to_spans(&req, None);
-    let message = converted.error_message();
-    let batch = Batch {
-        spans: converted.items,
-        ..Batch::default()
-    };
-    submit(
-        &state,
-        Signal::Traces,
-        encoding,
-        batch,
-        converted.rejected,
-        message,
-    )
+    receive(&state, &headers, body, Signal::Traces, |b, e| {
+        let spans = traces_to_spans(&decode_traces(b, e)?, None);
+        Ok(accepted(spans, |spans| Batch {
+            spans,
+            ..Batch::default()
+        }))
+    })
+    .await
 }
 
 async fn metrics(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let (encoding, bytes) = match read_body(&state, &headers, body).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let req = match decode_metrics(&bytes, encoding) {
-        Ok(r) => r,
-        Err(e) => return decode_error(encoding, e).into_response(),
-    };
-    let converted = metrics_to_points(&req, None);
-    let message = converted.error_message();
-    let batch = Batch {
-        metrics: converted.items,
-        ..Batch::default()
-    };
-    submit(
-        &state,
-        Signal::Metrics,
-        encoding,
-        batch,
-        converted.rejected,
-        message,
-    )
+    receive(&state, &headers, body, Signal::Metrics, |b, e| {
+        let points = metrics_to_points(&decode_metrics(b, e)?, None);
+        Ok(accepted(points, |metrics| Batch {
+            metrics,
+            ..Batch::default()
+        }))
+    })
+    .await
 }
 
 async fn logs(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let (encoding, bytes) = match read_body(&state, &headers, body).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let req = match decode_logs(&bytes, encoding) {
-        Ok(r) => r,
-        Err(e) => return decode_error(encoding, e).into_response(),
-    };
-    let converted = logs_to_events(&req, None);
-    let message = converted.error_message();
-    let batch = Batch {
-        events: converted.items,
-        ..Batch::default()
-    };
-    submit(
-        &state,
-        Signal::Logs,
-        encoding,
-        batch,
-        converted.rejected,
-        message,
-    )
+    receive(&state, &headers, body, Signal::Logs, |b, e| {
+        let events = logs_to_events(&decode_logs(b, e)?, None);
+        Ok(accepted(events, |events| Batch {
+            events,
+            ..Batch::default()
+        }))
+    })
+    .await
 }

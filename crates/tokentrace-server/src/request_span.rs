@@ -41,15 +41,15 @@ impl RequestContext {
         }
     }
 
-    /// Records an event inside the request span; false when there is no request span to carry
-    /// it (the caller should submit it on its own).
-    pub fn add_event(&self, event: SpanEvent) -> bool {
+    /// Records an event inside the request span; gives it back when there is no request span to
+    /// carry it (the caller should submit it on its own).
+    pub fn add_event(&self, event: SpanEvent) -> Option<SpanEvent> {
         match &self.events {
             Some(events) => {
                 events.lock().unwrap_or_else(|p| p.into_inner()).push(event);
-                true
+                None
             }
-            None => false,
+            None => Some(event),
         }
     }
 }
@@ -90,12 +90,15 @@ pub async fn trace_requests(
     next: Next,
 ) -> Response {
     let path = req.uri().path().to_string();
-    if !is_traced(&path, state.trace_telemetry_api) {
+    if !is_traced(&path, state.settings.trace_telemetry_api) {
         return next.run(req).await;
     }
     // Under load beyond what the sinks absorb, slow requests down rather than lose their spans.
-    if !state.backpressure.is_zero() {
-        state.telemetry.wait_for_room(state.backpressure).await;
+    if !state.settings.backpressure.is_zero() {
+        state
+            .telemetry
+            .wait_for_room(state.settings.backpressure)
+            .await;
     }
     let remote = req
         .headers()

@@ -1,5 +1,6 @@
-//! The Llama Stack telemetry API (`/v1/telemetry/*`, also under `/v1alpha/telemetry/*`) and
-//! the datasetio route that reads exported spans back.
+//! The Llama Stack telemetry query API (`/v1/telemetry/*`, also under `/v1alpha/telemetry/*`:
+//! traces, spans, span trees, metrics, export to datasets) and the datasetio route that reads
+//! exported spans back. Queries run on the store's read-only connections off the async runtime.
 
 use std::collections::BTreeMap;
 
@@ -13,16 +14,15 @@ use tokentrace_model::query::{
     QueryTracesRequest, SaveSpansToDatasetRequest, validate_dataset_id, validate_filters,
     validate_keys, validate_max_depth,
 };
-use tokentrace_model::{LogEventRequest, Span, SpanId, SpanWithStatus, Timestamp, Trace, TraceId};
+use tokentrace_model::{Span, SpanId, SpanWithStatus, Timestamp, Trace, TraceId};
 use tokentrace_store::{MetricQuery, StoreReader, StoreWriter};
 
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::{ApiError, AppState};
 
-/// The telemetry routes, relative to a prefix such as `/v1/telemetry`.
+/// The query routes, relative to a prefix such as `/v1/telemetry`.
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/events", post(log_event))
         .route("/traces", post(query_traces))
         .route("/traces/{trace_id}", get(get_trace))
         .route("/traces/{trace_id}/spans/{span_id}", get(get_span))
@@ -47,40 +47,29 @@ fn parse_span_id(s: &str) -> Result<SpanId, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("span_id: {e}")))
 }
 
-/// Runs a store query off the async runtime.
+/// Runs `f` on a store handle off the async runtime.
+async fn off_runtime<H: Send + 'static, T: Send + 'static>(
+    handle: H,
+    what: &'static str,
+    f: impl FnOnce(&H) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(move || f(&handle))
+        .await
+        .map_err(|e| ApiError::internal(what, &e))?
+}
+
 async fn with_reader<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&StoreReader) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let reader = state.reader()?.clone();
-    tokio::task::spawn_blocking(move || f(&reader))
-        .await
-        .map_err(|e| ApiError::internal("trace store query", &e))?
+    off_runtime(state.reader()?.clone(), "trace store query", f).await
 }
 
 async fn with_writer<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&StoreWriter) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let writer = state.writer()?.clone();
-    tokio::task::spawn_blocking(move || f(&writer))
-        .await
-        .map_err(|e| ApiError::internal("trace store write", &e))?
-}
-
-async fn log_event(
-    State(state): State<AppState>,
-    ApiJson(req): ApiJson<LogEventRequest>,
-) -> Result<Json<Value>, ApiError> {
-    if let Some(ttl) = req.ttl_seconds
-        && ttl <= 0
-    {
-        return Err(ApiError::bad_request(format!(
-            "ttl_seconds must be positive, got {ttl}"
-        )));
-    }
-    state.telemetry.log_event(req.event, req.ttl_seconds)?;
-    Ok(Json(Value::Null))
+    off_runtime(state.writer()?.clone(), "trace store write", f).await
 }
 
 async fn query_traces(

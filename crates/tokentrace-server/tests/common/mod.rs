@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 use tokentrace_pipeline::sinks::sqlite::SqliteSink;
 use tokentrace_pipeline::{Pipeline, PipelineOptions, Sink, Telemetry};
-use tokentrace_server::AppState;
+use tokentrace_server::{AppState, Settings};
 use tokentrace_store::{Store, StoreOptions};
 
 pub struct TestServer {
@@ -57,8 +57,11 @@ impl TestServer {
         let state = AppState::new(
             telemetry.clone(),
             Some((store.reader(), store.writer())),
-            max_body,
             tokentrace_server::Inference::new(&inference).unwrap(),
+            Settings {
+                max_body_bytes: max_body,
+                ..Settings::default()
+            },
         );
         let mut state = state;
         state.metrics = registry;
@@ -86,7 +89,7 @@ impl TestServer {
     pub async fn set_otlp_limit(&mut self, limit: usize) {
         self.server.abort();
         let mut state = self.state.clone();
-        state.otlp_max_body_bytes = limit;
+        state.settings.otlp_max_body_bytes = limit;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         self.base = format!("http://{}", listener.local_addr().unwrap());
         let app = tokentrace_server::router(state);

@@ -5,14 +5,15 @@ use std::time::Instant;
 
 use serde_json::{Map, Value};
 use tokentrace_model::{
-    AttrValue, Attributes, MetricPoint, MetricValue, SpanEvent, SpanEventBody, SpanId, SpanKind,
-    SpanRecord, SpanStatus, Timestamp,
+    AttrValue, Attributes, MetricEvent, MetricValue, SpanId, SpanKind, SpanRecord, SpanStatus,
+    Timestamp,
 };
-use tokentrace_pipeline::{Batch, Telemetry};
+use tokentrace_pipeline::genai;
+use tokentrace_pipeline::{Batch, Telemetry, metric_records};
 
 use super::provider::{Operation, Provider};
 use super::tokens;
-use crate::{AppState, RequestContext};
+use crate::RequestContext;
 
 /// Longest content recorded in an attribute.
 const MAX_CONTENT: usize = 64 * 1024;
@@ -36,6 +37,15 @@ pub struct Usage {
     pub completion: u64,
     /// Whether any count came from the tokenizer rather than the provider.
     pub estimated: bool,
+}
+
+/// What a provider call needs to report itself.
+#[derive(Clone)]
+pub struct Recorder {
+    /// Where its span and token metrics go.
+    pub telemetry: Telemetry,
+    /// Record request and response content on the span.
+    pub capture_content: bool,
 }
 
 /// One call to a provider, from request to end.
@@ -77,7 +87,7 @@ fn cut(mut s: String) -> String {
 impl ProviderCall {
     /// Starts the span for a call of `op` on `model_id` through `provider`.
     pub fn start(
-        state: &AppState,
+        recorder: &Recorder,
         ctx: RequestContext,
         op: Operation,
         model_id: &str,
@@ -85,9 +95,9 @@ impl ProviderCall {
         req: &Map<String, Value>,
         stream: bool,
     ) -> Self {
-        let capture = state.capture_content;
+        let capture = recorder.capture_content;
         let mut a = Attributes::new();
-        put(&mut a, "gen_ai.operation.name", op.genai_name());
+        put(&mut a, genai::OPERATION_NAME, op.genai_name());
         let system = provider
             .config
             .provider_type
@@ -95,21 +105,21 @@ impl ProviderCall {
             .next()
             .unwrap_or(&provider.config.provider_type)
             .to_string();
-        put(&mut a, "gen_ai.provider.name", system);
-        put(&mut a, "gen_ai.request.model", model_id);
+        put(&mut a, genai::PROVIDER_NAME, system);
+        put(&mut a, genai::REQUEST_MODEL, model_id);
         put(&mut a, "model_id", model_id);
         put(&mut a, "provider_id", provider.config.provider_id.as_str());
-        put(&mut a, "gen_ai.request.stream", stream);
+        put(&mut a, genai::REQUEST_STREAM, stream);
         if let Some(m) = req
             .get("max_completion_tokens")
             .or_else(|| req.get("max_tokens"))
             .and_then(Value::as_i64)
         {
-            put(&mut a, "gen_ai.request.max_tokens", m);
+            put(&mut a, genai::REQUEST_MAX_TOKENS, m);
         }
         for (field, key) in [
-            ("temperature", "gen_ai.request.temperature"),
-            ("top_p", "gen_ai.request.top_p"),
+            ("temperature", genai::REQUEST_TEMPERATURE),
+            ("top_p", genai::REQUEST_TOP_P),
         ] {
             if let Some(v) = req.get(field).and_then(Value::as_f64) {
                 put(&mut a, key, v);
@@ -125,7 +135,7 @@ impl ProviderCall {
                 .or_else(|| req.get("input"))
                 .map(Value::to_string)
                 .unwrap_or_default();
-            put(&mut a, "gen_ai.prompt", cut(content));
+            put(&mut a, genai::PROMPT, cut(content));
         }
         let span = SpanRecord {
             trace_id: ctx.trace_id,
@@ -144,7 +154,7 @@ impl ProviderCall {
             expires_at: None,
         };
         Self {
-            telemetry: state.telemetry.clone(),
+            telemetry: recorder.telemetry.clone(),
             ctx,
             span: Some(span),
             op,
@@ -271,10 +281,10 @@ impl ProviderCall {
         let usage = self.usage();
         let a = &mut span.attributes;
         if let Some(id) = &self.response_id {
-            put(a, "gen_ai.response.id", id.as_str());
+            put(a, genai::RESPONSE_ID, id.as_str());
         }
         if let Some(m) = &self.response_model {
-            put(a, "gen_ai.response.model", m.as_str());
+            put(a, genai::RESPONSE_MODEL, m.as_str());
         }
         if !self.finish_reasons.is_empty() {
             let reasons = self
@@ -283,26 +293,22 @@ impl ProviderCall {
                 .map(|r| AttrValue::from(r.as_str()))
                 .collect();
             a.insert(
-                "gen_ai.response.finish_reasons".into(),
+                genai::RESPONSE_FINISH_REASONS.into(),
                 AttrValue::Array(reasons),
             );
         }
         if let Some(t) = self.first_chunk {
-            put(a, "gen_ai.response.time_to_first_chunk", t);
+            put(a, genai::RESPONSE_TIME_TO_FIRST_CHUNK, t);
         }
         if counted {
-            put(a, "gen_ai.usage.input_tokens", usage.prompt as i64);
-            put(a, "gen_ai.usage.output_tokens", usage.completion as i64);
+            put(a, genai::USAGE_INPUT_TOKENS, usage.prompt as i64);
+            put(a, genai::USAGE_OUTPUT_TOKENS, usage.completion as i64);
             if usage.estimated {
                 put(a, "tokentrace.tokens_estimated", true);
             }
         }
         if self.capture && !self.output.is_empty() {
-            put(
-                a,
-                "gen_ai.completion",
-                cut(std::mem::take(&mut self.output)),
-            );
+            put(a, genai::COMPLETION, cut(std::mem::take(&mut self.output)));
         }
         match outcome {
             Outcome::Ok => span.status = Some(SpanStatus::Ok),
@@ -346,36 +352,26 @@ impl ProviderCall {
             ("completion_tokens", usage.completion),
             ("total_tokens", usage.prompt + usage.completion),
         ] {
-            let event = SpanEvent {
-                trace_id: Some(self.ctx.trace_id),
-                span_id: Some(self.ctx.span_id),
-                timestamp: at,
-                name: name.to_string(),
-                body: SpanEventBody::Metric {
+            let (point, event) = metric_records(
+                MetricEvent {
+                    trace_id: self.ctx.trace_id,
+                    span_id: self.ctx.span_id,
+                    timestamp: at,
+                    attributes: labels.clone(),
+                    metric: name.to_string(),
                     value: MetricValue::Int(value as i64),
                     unit: "tokens".to_string(),
                 },
-                attributes: labels.clone(),
-                expires_at: None,
-            };
-            let point = MetricPoint {
-                name: name.to_string(),
-                timestamp: at,
-                value: value as f64,
-                unit: "tokens".to_string(),
-                labels: labels.clone(),
-                trace_id: Some(self.ctx.trace_id),
-                span_id: Some(self.ctx.span_id),
-                expires_at: None,
-            };
-            let submitted = if self.ctx.add_event(event.clone()) {
-                self.telemetry.record_metric(point)
-            } else {
-                self.telemetry.record_batch(Batch {
+                None,
+            );
+            // The event rides in the request span when there is one; else both go together.
+            let submitted = match self.ctx.add_event(event) {
+                None => self.telemetry.record_metric(point),
+                Some(event) => self.telemetry.record_batch(Batch {
                     events: vec![event],
                     metrics: vec![point],
                     ..Batch::default()
-                })
+                }),
             };
             if submitted.is_err() {
                 tracing::debug!("token metric dropped: telemetry pipeline full or stopped");

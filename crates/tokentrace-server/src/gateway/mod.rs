@@ -19,10 +19,10 @@ use axum::{Extension, Json, Router};
 use serde_json::{Map, Value, json};
 use tokentrace_config::{InferenceConfig, Model, ModelType};
 
-pub use provider::{Operation, Provider, ProviderError, Upstream};
+pub use provider::{Operation, Provider, ProviderError, ProviderSetupError, Upstream};
 
 use crate::{AppState, RequestContext};
-use call::{Outcome, ProviderCall};
+use call::{Outcome, ProviderCall, Recorder};
 use stream::{Output, TrackedStream};
 
 /// Providers and models, ready to serve.
@@ -34,7 +34,7 @@ pub struct Inference {
 
 impl Inference {
     /// Builds the providers of a config.
-    pub fn new(config: &InferenceConfig) -> Result<Self, String> {
+    pub fn new(config: &InferenceConfig) -> Result<Self, ProviderSetupError> {
         let mut providers = HashMap::new();
         for p in &config.providers {
             providers.insert(p.provider_id.clone(), Arc::new(Provider::new(p.clone())?));
@@ -210,7 +210,11 @@ fn prepare(
         Some(Value::Bool(b)) => *b && !wants_embedding,
         Some(_) => return Err(OpenAiError::invalid("`stream` must be a boolean")),
     };
-    let call = ProviderCall::start(state, ctx, op, &model_id, &provider, &req, stream);
+    let recorder = Recorder {
+        telemetry: state.telemetry.clone(),
+        capture_content: state.settings.capture_content,
+    };
+    let call = ProviderCall::start(&recorder, ctx, op, &model_id, &provider, &req, stream);
     req.insert(
         "model".into(),
         Value::String(model.provider_model_id.clone()),

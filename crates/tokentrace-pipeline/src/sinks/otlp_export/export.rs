@@ -21,7 +21,7 @@ pub struct ExportConfig {
     pub resource_attributes: Vec<(String, String)>,
     /// Attempts per export before the data is dropped.
     pub max_attempts: u32,
-    /// Nice value of the exporter thread (see [`tokentrace_store::set_thread_nice`]).
+    /// Nice value of the exporter thread (see [`crate::thread::set_nice`]).
     pub thread_nice: i32,
 }
 
@@ -248,7 +248,7 @@ impl<M: Send + 'static> ExportThread<M> {
         let thread = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
-                tokentrace_store::set_thread_nice(nice);
+                crate::thread::set_nice(nice);
                 run(rx)
             })?;
         Ok(Self {

@@ -1,0 +1,382 @@
+//! Span assembly: the one place where events become spans. Llama Stack `span_start` and
+//! `span_end` events are joined by (trace, span) into a [`SpanRecord`]; logs become log events of
+//! their span; a metric becomes a point and a metric event of its span ([`metric_records`]);
+//! complete spans (gateway, OTLP) get their defaults. What comes out goes to the sinks, in order.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokentrace_model::{
+    AttrValue, Attributes, Event, MetricEvent, MetricPoint, SpanEvent, SpanEventBody, SpanId,
+    SpanKind, SpanRecord, StructuredLogPayload, Timestamp, TraceId, TraceParent,
+};
+
+use crate::SpanStart;
+use crate::telemetry::{Batch, Msg, PipelineOptions, PipelineStats};
+
+/// What the assembler hands to the sinks, in order.
+#[derive(Debug)]
+pub(crate) enum Output {
+    Started(SpanStart),
+    Ended(SpanRecord),
+    Event(SpanEvent),
+    Metric(MetricPoint),
+}
+
+/// The rule for a metric measured inside a span: it becomes a point (the `metrics` table,
+/// Prometheus, OTLP metrics) and a metric event of its span (`span_events`, exported inside the
+/// span). Both the events API and the gateway's token counts go through here.
+pub fn metric_records(m: MetricEvent, expires_at: Option<Timestamp>) -> (MetricPoint, SpanEvent) {
+    let point = MetricPoint {
+        name: m.metric.clone(),
+        timestamp: m.timestamp,
+        value: m.value.as_f64(),
+        unit: m.unit.clone(),
+        labels: m.attributes.clone(),
+        trace_id: Some(m.trace_id),
+        span_id: Some(m.span_id),
+        expires_at,
+    };
+    let event = SpanEvent {
+        trace_id: Some(m.trace_id),
+        span_id: Some(m.span_id),
+        timestamp: m.timestamp,
+        name: m.metric,
+        body: SpanEventBody::Metric {
+            value: m.value,
+            unit: m.unit,
+        },
+        attributes: m.attributes,
+        expires_at,
+    };
+    (point, event)
+}
+
+struct OpenSpan {
+    start: SpanStart,
+    ttl_seconds: Option<i64>,
+    events: Vec<SpanEvent>,
+    opened: Instant,
+}
+
+type SpanKey = (TraceId, SpanId);
+
+/// A bounded set of recently seen keys, oldest forgotten first.
+struct RecentKeys<V> {
+    map: HashMap<SpanKey, V>,
+    order: VecDeque<SpanKey>,
+    capacity: usize,
+}
+
+impl<V> RecentKeys<V> {
+    fn new(capacity: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    fn insert(&mut self, key: SpanKey, value: V) {
+        if self.map.insert(key, value).is_none() {
+            self.order.push_back(key);
+            while self.order.len() > self.capacity {
+                if let Some(old) = self.order.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn contains(&self, key: &SpanKey) -> bool {
+        self.map.contains_key(key)
+    }
+
+    fn remove(&mut self, key: &SpanKey) -> Option<V> {
+        self.map.remove(key)
+    }
+}
+
+/// Turns span start/end events into spans. Keyed by (trace, span): no shared "current span".
+pub(crate) struct Assembler {
+    options: PipelineOptions,
+    stats: Arc<PipelineStats>,
+    open: HashMap<SpanKey, OpenSpan>,
+    open_order: VecDeque<(Instant, SpanKey)>,
+    /// Spans that ended recently: a late duplicate start for them is ignored.
+    ended: RecentKeys<()>,
+    /// Starts of spans flushed unfinished: a late end completes them.
+    flushed_unfinished: RecentKeys<SpanStart>,
+}
+
+const RECENT_CAPACITY: usize = 65_536;
+
+impl Assembler {
+    pub(crate) fn new(options: PipelineOptions, stats: Arc<PipelineStats>) -> Self {
+        Self {
+            options,
+            stats,
+            open: HashMap::new(),
+            open_order: VecDeque::new(),
+            ended: RecentKeys::new(RECENT_CAPACITY),
+            flushed_unfinished: RecentKeys::new(RECENT_CAPACITY / 4),
+        }
+    }
+
+    fn expires_at(&self, ttl_seconds: Option<i64>) -> Option<Timestamp> {
+        let ttl = ttl_seconds.unwrap_or(self.options.default_ttl_seconds);
+        let nanos = ttl.checked_mul(1_000_000_000)?;
+        Timestamp::now()
+            .unix_nanos()
+            .checked_add(nanos)
+            .map(Timestamp::from_unix_nanos)
+    }
+
+    pub(crate) fn handle(&mut self, msg: Msg, out: &mut Vec<Output>) {
+        match msg {
+            Msg::Event { event, ttl_seconds } => self.handle_event(event, ttl_seconds, out),
+            Msg::Span(span) => self.complete_span(*span, out),
+            Msg::SpanEvent(e) => {
+                let mut e = *e;
+                e.expires_at = e.expires_at.or_else(|| self.expires_at(None));
+                self.attach_event(e, out);
+            }
+            Msg::Metric(m) => {
+                let mut m = *m;
+                m.expires_at = m.expires_at.or_else(|| self.expires_at(None));
+                out.push(Output::Metric(m));
+            }
+            Msg::Batch(batch) => {
+                let Batch {
+                    spans,
+                    events,
+                    metrics,
+                } = *batch;
+                for span in spans {
+                    self.complete_span(span, out);
+                }
+                for e in events {
+                    self.handle(Msg::SpanEvent(Box::new(e)), out);
+                }
+                for m in metrics {
+                    self.handle(Msg::Metric(Box::new(m)), out);
+                }
+            }
+            Msg::Flush(_) | Msg::Shutdown => {}
+        }
+    }
+
+    /// A span that arrives complete (from the gateway or OTLP): defaults filled in, its events
+    /// emitted as events too.
+    fn complete_span(&mut self, mut span: SpanRecord, out: &mut Vec<Output>) {
+        if span.service_name.is_none() {
+            span.service_name = Some(self.options.service_name.clone());
+        }
+        if span.expires_at.is_none() {
+            span.expires_at = self.expires_at(None);
+        }
+        for e in &mut span.events {
+            e.expires_at = e.expires_at.or(span.expires_at);
+            out.push(Output::Event(e.clone()));
+        }
+        self.stats.spans.fetch_add(1, Ordering::Relaxed);
+        out.push(Output::Ended(span));
+    }
+
+    fn handle_event(&mut self, event: Event, ttl_seconds: Option<i64>, out: &mut Vec<Output>) {
+        match event {
+            Event::StructuredLog(ev) => {
+                let key = (ev.trace_id, ev.span_id);
+                match ev.payload {
+                    StructuredLogPayload::SpanStart(p) => {
+                        if self.open.contains_key(&key) || self.ended.contains(&key) {
+                            self.stats.duplicate_starts.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                        let mut attributes = ev.attributes;
+                        let remote_parent = take_remote_parent(&mut attributes, ev.trace_id);
+                        let start = SpanStart {
+                            trace_id: ev.trace_id,
+                            span_id: ev.span_id,
+                            parent_span_id: p.parent_span_id.or(remote_parent),
+                            name: p.name,
+                            timestamp: ev.timestamp,
+                            attributes,
+                        };
+                        out.push(Output::Started(start.clone()));
+                        let now = Instant::now();
+                        self.open.insert(
+                            key,
+                            OpenSpan {
+                                start,
+                                ttl_seconds,
+                                events: Vec::new(),
+                                opened: now,
+                            },
+                        );
+                        self.open_order.push_back((now, key));
+                        while self.open.len() > self.options.max_open_spans {
+                            if !self.flush_oldest_open(out) {
+                                break;
+                            }
+                        }
+                    }
+                    StructuredLogPayload::SpanEnd(p) => {
+                        let (start, events, start_ttl) = match self.open.remove(&key) {
+                            Some(open) => (Some(open.start), open.events, open.ttl_seconds),
+                            None => (self.flushed_unfinished.remove(&key), Vec::new(), None),
+                        };
+                        let mut attributes;
+                        let (parent_span_id, name, start_time) = match start {
+                            Some(s) => {
+                                attributes = s.attributes;
+                                (s.parent_span_id, s.name, s.timestamp)
+                            }
+                            None => {
+                                self.stats.orphan_ends.fetch_add(1, Ordering::Relaxed);
+                                attributes = Default::default();
+                                attributes.insert(
+                                    "tokentrace.span_start_missing".into(),
+                                    AttrValue::Bool(true),
+                                );
+                                (None, "unknown".to_string(), ev.timestamp)
+                            }
+                        };
+                        let mut end_attributes = ev.attributes;
+                        take_remote_parent(&mut end_attributes, ev.trace_id);
+                        attributes.extend(end_attributes);
+                        let expires_at = self.expires_at(ttl_seconds.or(start_ttl));
+                        self.ended.insert(key, ());
+                        self.stats.spans.fetch_add(1, Ordering::Relaxed);
+                        out.push(Output::Ended(SpanRecord {
+                            trace_id: ev.trace_id,
+                            span_id: ev.span_id,
+                            parent_span_id,
+                            name,
+                            kind: SpanKind::Internal,
+                            start_time,
+                            end_time: Some(ev.timestamp),
+                            status: Some(p.status),
+                            status_message: None,
+                            attributes,
+                            events,
+                            links: Vec::new(),
+                            service_name: Some(self.options.service_name.clone()),
+                            expires_at,
+                        }));
+                    }
+                }
+            }
+            Event::UnstructuredLog(ev) => {
+                let span_event = SpanEvent {
+                    trace_id: Some(ev.trace_id),
+                    span_id: Some(ev.span_id),
+                    timestamp: ev.timestamp,
+                    name: "log".to_string(),
+                    body: SpanEventBody::Log {
+                        severity: ev.severity,
+                        message: ev.message,
+                    },
+                    attributes: ev.attributes,
+                    expires_at: self.expires_at(ttl_seconds),
+                };
+                self.attach_event(span_event, out);
+            }
+            Event::Metric(ev) => {
+                let (point, event) = metric_records(ev, self.expires_at(ttl_seconds));
+                out.push(Output::Metric(point));
+                self.attach_event(event, out);
+            }
+        }
+    }
+
+    /// Emits the event, and keeps a copy in its span while the span is open.
+    fn attach_event(&mut self, event: SpanEvent, out: &mut Vec<Output>) {
+        if let (Some(t), Some(s)) = (event.trace_id, event.span_id)
+            && let Some(open) = self.open.get_mut(&(t, s))
+        {
+            if open.events.len() < self.options.max_events_per_span {
+                open.events.push(event.clone());
+            } else if self.options.max_events_per_span > 0 {
+                self.stats
+                    .span_events_over_limit
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        out.push(Output::Event(event));
+    }
+
+    fn flush_unfinished(&mut self, key: SpanKey, out: &mut Vec<Output>) {
+        let Some(open) = self.open.remove(&key) else {
+            return;
+        };
+        self.stats.spans_unfinished.fetch_add(1, Ordering::Relaxed);
+        let expires_at = self.expires_at(open.ttl_seconds);
+        let s = open.start;
+        out.push(Output::Ended(SpanRecord {
+            trace_id: s.trace_id,
+            span_id: s.span_id,
+            parent_span_id: s.parent_span_id,
+            name: s.name.clone(),
+            kind: SpanKind::Internal,
+            start_time: s.timestamp,
+            end_time: None,
+            status: None,
+            status_message: None,
+            attributes: s.attributes.clone(),
+            events: open.events,
+            links: Vec::new(),
+            service_name: Some(self.options.service_name.clone()),
+            expires_at,
+        }));
+        self.flushed_unfinished.insert(key, s);
+    }
+
+    /// Flushes the oldest open span; false when none is open.
+    fn flush_oldest_open(&mut self, out: &mut Vec<Output>) -> bool {
+        while let Some((opened, key)) = self.open_order.pop_front() {
+            if self.open.get(&key).is_some_and(|o| o.opened == opened) {
+                self.flush_unfinished(key, out);
+                return true;
+            }
+        }
+        false
+    }
+
+    pub(crate) fn expire_open_spans(&mut self, now: Instant, out: &mut Vec<Output>) {
+        while let Some(&(opened, key)) = self.open_order.front() {
+            if now.duration_since(opened) < self.options.span_timeout {
+                break;
+            }
+            self.open_order.pop_front();
+            if self.open.get(&key).is_some_and(|o| o.opened == opened) {
+                self.flush_unfinished(key, out);
+            }
+        }
+        // Entries of spans that already ended pile up at the back; drop them when they dominate.
+        if self.open_order.len() > 2 * self.open.len() + 1024 {
+            let open = &self.open;
+            self.open_order
+                .retain(|(opened, key)| open.get(key).is_some_and(|o| o.opened == *opened));
+        }
+    }
+
+    pub(crate) fn flush_all_open(&mut self, out: &mut Vec<Output>) {
+        let keys: Vec<SpanKey> = self.open.keys().copied().collect();
+        for key in keys {
+            self.flush_unfinished(key, out);
+        }
+        self.open_order.clear();
+    }
+}
+
+/// Removes the W3C `traceparent`/`tracestate` attributes a span start may carry and returns the
+/// remote parent they name when it belongs to the same trace.
+fn take_remote_parent(attributes: &mut Attributes, trace_id: TraceId) -> Option<SpanId> {
+    attributes.remove("tracestate");
+    let header = attributes.remove("traceparent")?;
+    let parent = TraceParent::parse(header.as_str()?).ok()?;
+    (parent.trace_id == trace_id).then_some(parent.parent_id)
+}

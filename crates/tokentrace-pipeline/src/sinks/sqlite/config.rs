@@ -1,0 +1,47 @@
+//! The sqlite sink's config: where the store lives and how its writer runs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokentrace_config::TelemetryConfig;
+use tokentrace_store::{Store, StoreOptions, ThreadStart};
+
+use super::SqliteSink;
+use crate::sinks::BuildError;
+use crate::sinks::prometheus::{Registry, commit_observer};
+use crate::thread;
+
+/// The trace store the sink writes.
+#[derive(Clone, Debug)]
+pub struct SqliteSinkConfig {
+    /// The SQLite file (created with its directory when missing).
+    pub path: PathBuf,
+    /// Nice value of the store's writer thread.
+    pub thread_nice: i32,
+}
+
+impl SqliteSinkConfig {
+    /// The settings of a run config.
+    pub fn from_config(tc: &TelemetryConfig) -> Self {
+        Self {
+            path: tc.sqlite_db_path.clone(),
+            thread_nice: tc.thread_nice,
+        }
+    }
+
+    /// Opens (and migrates) the store and starts its writer thread; every commit is recorded in
+    /// `registry`. Returns the sink and the store, which the query API reads and shutdown closes.
+    pub fn build(self, registry: &Arc<Registry>) -> Result<(SqliteSink, Store), BuildError> {
+        let nice = self.thread_nice;
+        let options = StoreOptions {
+            on_writer_start: Some(ThreadStart(Arc::new(move || thread::set_nice(nice)))),
+            on_commit: Some(commit_observer(registry.clone())),
+            ..StoreOptions::default()
+        };
+        let store = Store::open(&self.path, options).map_err(|source| BuildError::Store {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok((SqliteSink::new(store.writer()), store))
+    }
+}

@@ -1,0 +1,361 @@
+//! The way in: [`Telemetry`], the handle every producer submits through (events, spans, metric
+//! points, batches), the bounded queue behind it, the room callers wait for under load, and
+//! [`Pipeline`], which owns the thread that drains the queue.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokentrace_config::TelemetryConfig;
+use tokentrace_model::{Event, MetricPoint, SpanEvent, SpanRecord};
+
+use crate::assemble::Assembler;
+use crate::worker::Worker;
+use crate::{Sink, thread};
+
+/// Tuning of the pipeline.
+#[derive(Clone, Debug)]
+pub struct PipelineOptions {
+    /// Items (events, spans, metric points) buffered before submitters are told to back off.
+    pub queue_capacity: usize,
+    /// Spans not ended after this long are flushed as unfinished.
+    pub span_timeout: Duration,
+    /// Retention for events sent without `ttl_seconds`.
+    pub default_ttl_seconds: i64,
+    /// Events kept inside one open span for exporters (all are stored regardless).
+    pub max_events_per_span: usize,
+    /// Open spans kept at most; beyond it the oldest is flushed unfinished.
+    pub max_open_spans: usize,
+    /// The service name recorded on spans that do not carry one.
+    pub service_name: String,
+    /// Nice value of the pipeline thread (see [`crate::thread::set_nice`]).
+    pub thread_nice: i32,
+}
+
+impl PipelineOptions {
+    /// The options a run config asks for. The limits the config does not expose
+    /// (`max_events_per_span`, `max_open_spans`) have their one default here.
+    pub fn from_config(tc: &TelemetryConfig) -> Self {
+        Self {
+            queue_capacity: tc.queue_capacity,
+            span_timeout: Duration::from_secs(tc.span_timeout_seconds),
+            default_ttl_seconds: tc.default_ttl_seconds,
+            max_events_per_span: 1_000,
+            max_open_spans: 100_000,
+            service_name: tc.service_name.clone(),
+            thread_nice: tc.thread_nice,
+        }
+    }
+}
+
+impl Default for PipelineOptions {
+    /// The options of the default run config.
+    fn default() -> Self {
+        Self::from_config(&TelemetryConfig::default())
+    }
+}
+
+/// Why a submission was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// The queue is full: retry later.
+    #[error("telemetry pipeline is full; retry later")]
+    Full,
+    /// The pipeline has stopped.
+    #[error("telemetry pipeline has stopped")]
+    Closed,
+}
+
+/// Counters the pipeline keeps about itself.
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    /// Messages accepted.
+    pub accepted: AtomicU64,
+    /// Messages refused because the queue was full.
+    pub rejected_full: AtomicU64,
+    /// Messages in the queue now (approximate).
+    pub queue_depth: AtomicU64,
+    /// Spans emitted to the sinks.
+    pub spans: AtomicU64,
+    /// Spans flushed unfinished (timeout, open-span limit or shutdown).
+    pub spans_unfinished: AtomicU64,
+    /// Duplicate span starts ignored.
+    pub duplicate_starts: AtomicU64,
+    /// Span ends that arrived without a known start.
+    pub orphan_ends: AtomicU64,
+    /// Events not kept inside their open span because it had too many (still stored).
+    pub span_events_over_limit: AtomicU64,
+    /// Sink flush failures.
+    pub sink_errors: AtomicU64,
+    /// Callers of [`Telemetry::wait_for_room`] that had to wait.
+    pub room_waits: AtomicU64,
+    /// Callers of [`Telemetry::wait_for_room`] that gave up waiting.
+    pub room_wait_timeouts: AtomicU64,
+}
+
+/// Where callers wait for room in a full queue; the pipeline thread wakes them.
+pub(crate) struct Room {
+    /// Queue depth below which there is room: three quarters of the capacity, so that the
+    /// callers let through together still fit.
+    level: u64,
+    notify: tokio::sync::Notify,
+    waiting: AtomicUsize,
+    closed: AtomicBool,
+}
+
+impl Room {
+    fn new(capacity: usize) -> Self {
+        Self {
+            level: (capacity - capacity / 4).max(1) as u64,
+            notify: tokio::sync::Notify::new(),
+            waiting: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn has_room(&self, stats: &PipelineStats) -> bool {
+        stats.queue_depth.load(Ordering::Relaxed) < self.level
+    }
+
+    /// Called by the pipeline thread after it dequeued: wakes waiting callers if there is room.
+    pub(crate) fn wake_if_room(&self, stats: &PipelineStats) {
+        if self.waiting.load(Ordering::SeqCst) > 0 && self.has_room(stats) {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// The pipeline is stopping: nobody waits any more.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+}
+
+/// Spans, events and metric points submitted together: accepted or refused as one.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Complete spans.
+    pub spans: Vec<SpanRecord>,
+    /// Events.
+    pub events: Vec<SpanEvent>,
+    /// Metric points.
+    pub metrics: Vec<MetricPoint>,
+}
+
+/// What travels through the queue to the pipeline thread.
+pub(crate) enum Msg {
+    Batch(Box<Batch>),
+    Event {
+        event: Event,
+        ttl_seconds: Option<i64>,
+    },
+    Span(Box<SpanRecord>),
+    SpanEvent(Box<SpanEvent>),
+    Metric(Box<MetricPoint>),
+    Flush(SyncSender<()>),
+    Shutdown,
+}
+
+impl Msg {
+    /// How many items a message carries, for the queue's bound.
+    pub(crate) fn weight(&self) -> u64 {
+        match self {
+            Msg::Batch(b) => (b.spans.len() + b.events.len() + b.metrics.len()).max(1) as u64,
+            // Control messages bypass `submit` and are not counted.
+            Msg::Flush(_) | Msg::Shutdown => 0,
+            _ => 1,
+        }
+    }
+}
+
+/// Handle for submitting telemetry; cheap to clone and safe to use from any thread or task.
+/// Submissions never block: a full queue is reported as [`SubmitError::Full`].
+#[derive(Clone)]
+pub struct Telemetry {
+    tx: SyncSender<Msg>,
+    stats: Arc<PipelineStats>,
+    /// Items (spans, events, points) the queue may hold: batches count by their size, so memory
+    /// stays bounded however callers group their items.
+    capacity: u64,
+    room: Arc<Room>,
+}
+
+impl Telemetry {
+    fn submit(&self, msg: Msg) -> Result<(), SubmitError> {
+        let weight = msg.weight();
+        let depth = self.stats.queue_depth.fetch_add(weight, Ordering::Relaxed);
+        // A batch larger than the whole queue is still accepted into an empty queue.
+        if depth > 0 && depth.saturating_add(weight) > self.capacity {
+            self.stats.queue_depth.fetch_sub(weight, Ordering::Relaxed);
+            self.stats
+                .rejected_full
+                .fetch_add(weight, Ordering::Relaxed);
+            return Err(SubmitError::Full);
+        }
+        match self.tx.try_send(msg) {
+            Ok(()) => {
+                self.stats.accepted.fetch_add(weight, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => {
+                self.stats.queue_depth.fetch_sub(weight, Ordering::Relaxed);
+                self.stats
+                    .rejected_full
+                    .fetch_add(weight, Ordering::Relaxed);
+                Err(SubmitError::Full)
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.stats.queue_depth.fetch_sub(weight, Ordering::Relaxed);
+                Err(SubmitError::Closed)
+            }
+        }
+    }
+
+    /// Submits a Llama Stack event; `ttl_seconds` overrides the default retention.
+    pub fn log_event(&self, event: Event, ttl_seconds: Option<i64>) -> Result<(), SubmitError> {
+        self.submit(Msg::Event { event, ttl_seconds })
+    }
+
+    /// Submits a complete span (its `events` are delivered as events too).
+    pub fn record_span(&self, span: SpanRecord) -> Result<(), SubmitError> {
+        self.submit(Msg::Span(Box::new(span)))
+    }
+
+    /// Submits an event that is not part of a span assembled here (e.g. a received OTLP log).
+    pub fn record_event(&self, event: SpanEvent) -> Result<(), SubmitError> {
+        self.submit(Msg::SpanEvent(Box::new(event)))
+    }
+
+    /// Submits spans, events and metric points as one message: all are accepted, or none
+    /// (then retrying cannot duplicate anything).
+    pub fn record_batch(&self, batch: Batch) -> Result<(), SubmitError> {
+        self.submit(Msg::Batch(Box::new(batch)))
+    }
+
+    /// Submits a metric data point.
+    pub fn record_metric(&self, point: MetricPoint) -> Result<(), SubmitError> {
+        self.submit(Msg::Metric(Box::new(point)))
+    }
+
+    /// Blocks until everything submitted before the call has been handed to the sinks and the
+    /// sinks have written it (for SQLite: committed). Call it off the async runtime.
+    pub fn flush(&self) -> Result<(), SubmitError> {
+        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        self.tx
+            .send(Msg::Flush(reply_tx))
+            .map_err(|_| SubmitError::Closed)?;
+        reply_rx.recv().map_err(|_| SubmitError::Closed)
+    }
+
+    /// The pipeline's counters.
+    pub fn stats(&self) -> &PipelineStats {
+        &self.stats
+    }
+
+    /// Whether the queue is below the level at which [`Telemetry::wait_for_room`] waits: three
+    /// quarters of its capacity, so that the callers let through together still fit.
+    pub fn has_room(&self) -> bool {
+        self.room.has_room(&self.stats)
+    }
+
+    /// Waits, at most `limit`, until the queue has room (see [`Telemetry::has_room`]) or the
+    /// pipeline stops. API requests call it before doing work they will report: under load
+    /// beyond what the sinks absorb, requests then slow down to the sinks' pace instead of
+    /// their spans being dropped. Returns `false` when `limit` passed first.
+    pub async fn wait_for_room(&self, limit: Duration) -> bool {
+        if self.has_room() {
+            return true;
+        }
+        self.stats.room_waits.fetch_add(1, Ordering::Relaxed);
+        self.room.waiting.fetch_add(1, Ordering::SeqCst);
+        let room = async {
+            loop {
+                let mut notified = std::pin::pin!(self.room.notify.notified());
+                // Registered before the check, so a wake-up between the two is not missed.
+                notified.as_mut().enable();
+                if self.has_room() || self.room.closed.load(Ordering::SeqCst) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let in_time = tokio::time::timeout(limit, room).await.is_ok();
+        self.room.waiting.fetch_sub(1, Ordering::SeqCst);
+        if !in_time {
+            self.stats
+                .room_wait_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        in_time
+    }
+}
+
+/// The running pipeline: owns its thread. Stop it with [`Pipeline::shutdown`].
+pub struct Pipeline {
+    telemetry: Telemetry,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Pipeline {
+    /// Starts the pipeline thread with these sinks.
+    pub fn start(options: PipelineOptions, sinks: Vec<Box<dyn Sink>>) -> std::io::Result<Pipeline> {
+        let capacity = options.queue_capacity.max(1);
+        let (tx, rx) = mpsc::sync_channel(capacity);
+        let stats = Arc::new(PipelineStats::default());
+        let mut options = options;
+        let nice = options.thread_nice;
+        if !sinks.iter().any(|s| s.wants_span_events()) {
+            options.max_events_per_span = 0;
+        }
+        let room = Arc::new(Room::new(capacity));
+        let worker = Worker::new(
+            Assembler::new(options, stats.clone()),
+            sinks,
+            stats.clone(),
+            room.clone(),
+        );
+        let thread = std::thread::Builder::new()
+            .name("tokentrace-pipeline".into())
+            .spawn(move || {
+                thread::set_nice(nice);
+                worker.run(rx)
+            })?;
+        Ok(Pipeline {
+            telemetry: Telemetry {
+                tx,
+                stats,
+                capacity: capacity as u64,
+                room,
+            },
+            thread: Some(thread),
+        })
+    }
+
+    /// A handle for submitting telemetry.
+    pub fn telemetry(&self) -> Telemetry {
+        self.telemetry.clone()
+    }
+
+    /// Processes everything already accepted, flushes open spans as unfinished, shuts the sinks
+    /// down, and joins the thread.
+    pub fn shutdown(mut self) {
+        // A blocking send: the shutdown message queues behind every accepted message.
+        let _ = self.telemetry.tx.send(Msg::Shutdown);
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("telemetry pipeline thread panicked");
+        }
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = self.telemetry.tx.send(Msg::Shutdown);
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! The pipeline thread's loop: drain the queue in batches, let the assembler turn messages into
+//! outputs, and fan every output out to every sink, in arrival order.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use crate::assemble::{Assembler, Output};
+use crate::telemetry::{Msg, PipelineStats, Room};
+use crate::{Sink, SinkError};
+
+/// Messages handled before the sinks are flushed.
+const MAX_BATCH: usize = 1024;
+/// How often open spans are checked for their timeout when the queue is idle.
+const TICK: Duration = Duration::from_millis(500);
+
+pub(crate) struct Worker {
+    assembler: Assembler,
+    sinks: Vec<Box<dyn Sink>>,
+    stats: Arc<PipelineStats>,
+    room: Arc<Room>,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        assembler: Assembler,
+        sinks: Vec<Box<dyn Sink>>,
+        stats: Arc<PipelineStats>,
+        room: Arc<Room>,
+    ) -> Self {
+        Self {
+            assembler,
+            sinks,
+            stats,
+            room,
+        }
+    }
+
+    pub(crate) fn run(mut self, rx: Receiver<Msg>) {
+        let mut out = Vec::with_capacity(MAX_BATCH * 2);
+        let mut last_tick = Instant::now();
+        loop {
+            let first = match rx.recv_timeout(TICK) {
+                Ok(msg) => Some(msg),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.stop(&mut out);
+                    return;
+                }
+            };
+            let mut next = first;
+            let mut handled = 0;
+            while let Some(msg) = next.take() {
+                self.stats
+                    .queue_depth
+                    .fetch_sub(msg.weight(), Ordering::Relaxed);
+                match msg {
+                    Msg::Flush(reply) => {
+                        self.emit(&mut out);
+                        self.each_sink(|s| s.sync());
+                        let _ = reply.send(());
+                    }
+                    Msg::Shutdown => {
+                        self.stop(&mut out);
+                        return;
+                    }
+                    other => self.assembler.handle(other, &mut out),
+                }
+                handled += 1;
+                if handled < MAX_BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            // Dequeuing is what makes room: wake waiting callers before the sinks run.
+            self.room.wake_if_room(&self.stats);
+            if last_tick.elapsed() >= TICK {
+                self.assembler.expire_open_spans(Instant::now(), &mut out);
+                last_tick = Instant::now();
+            }
+            self.emit(&mut out);
+            self.each_sink(|s| s.flush());
+        }
+    }
+
+    fn stop(&mut self, out: &mut Vec<Output>) {
+        self.room.close();
+        self.assembler.flush_all_open(out);
+        self.emit(out);
+        self.each_sink(|s| s.shutdown());
+    }
+
+    fn emit(&mut self, out: &mut Vec<Output>) {
+        for item in out.drain(..) {
+            for sink in &mut self.sinks {
+                match &item {
+                    Output::Started(s) => sink.span_started(s),
+                    Output::Ended(s) => sink.span_ended(s),
+                    Output::Event(e) => sink.event(e),
+                    Output::Metric(m) => sink.metric(m),
+                }
+            }
+        }
+    }
+
+    /// Calls `f` on every sink; failures are logged and counted, never stop the others.
+    fn each_sink(&mut self, mut f: impl FnMut(&mut dyn Sink) -> Result<(), SinkError>) {
+        for sink in &mut self.sinks {
+            if let Err(e) = f(sink.as_mut()) {
+                self.stats.sink_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("{e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! `POST /v1/telemetry/events` (also under `/v1alpha/telemetry`): one Llama Stack event, as the
+//! `llama-stack-client` SDK sends it. Span start/end events become spans in the pipeline's
+//! assembler.
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::Value;
+use tokentrace_model::LogEventRequest;
+
+use crate::extract::ApiJson;
+use crate::{ApiError, AppState};
+
+/// The events route, relative to a prefix such as `/v1/telemetry`.
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/events", post(log_event))
+}
+
+async fn log_event(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<LogEventRequest>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(ttl) = req.ttl_seconds
+        && ttl <= 0
+    {
+        return Err(ApiError::bad_request(format!(
+            "ttl_seconds must be positive, got {ttl}"
+        )));
+    }
+    state.telemetry.log_event(req.event, req.ttl_seconds)?;
+    Ok(Json(Value::Null))
+}

@@ -1,0 +1,145 @@
+//! `GET /metrics`: what the prometheus sink recorded (token counters, GenAI histograms, request
+//! counts, SQLite commit histograms), plus the counters read at scrape time from their owners:
+//! the pipeline, the store writer and the OTLP exporters. Prometheus text format 0.0.4, or
+//! OpenMetrics when the scraper asks for it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use tokentrace_pipeline::sinks::prometheus::{Format, Sample};
+
+use crate::AppState;
+
+pub(crate) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let format = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let body = state.metrics.render(format, &live_samples(&state));
+    ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
+}
+
+fn counter(name: &'static str, help: &'static str, value: f64) -> Sample {
+    Sample {
+        name,
+        help,
+        counter: true,
+        labels: Vec::new(),
+        value,
+    }
+}
+
+fn load(a: &AtomicU64) -> f64 {
+    a.load(Ordering::Relaxed) as f64
+}
+
+/// The counters read at scrape time.
+fn live_samples(state: &AppState) -> Vec<Sample> {
+    let p = state.telemetry.stats();
+    let mut live = vec![
+        Sample {
+            counter: false,
+            ..counter(
+                "tokentrace_pipeline_queue_depth",
+                "Telemetry messages waiting in the pipeline queue.",
+                load(&p.queue_depth),
+            )
+        },
+        counter(
+            "tokentrace_pipeline_accepted_total",
+            "Telemetry messages accepted into the pipeline.",
+            load(&p.accepted),
+        ),
+        Sample {
+            labels: vec![("reason", "queue_full".into())],
+            ..counter(
+                "tokentrace_dropped_events_total",
+                "Telemetry refused or lost, by reason.",
+                load(&p.rejected_full),
+            )
+        },
+        counter(
+            "tokentrace_spans_unfinished_total",
+            "Spans stored unfinished (timeout, open-span limit, shutdown).",
+            load(&p.spans_unfinished),
+        ),
+        counter(
+            "tokentrace_span_starts_duplicate_total",
+            "Duplicate span_start events ignored.",
+            load(&p.duplicate_starts),
+        ),
+        counter(
+            "tokentrace_span_ends_orphan_total",
+            "span_end events without a known start.",
+            load(&p.orphan_ends),
+        ),
+        counter(
+            "tokentrace_backpressure_waits_total",
+            "Traced requests that waited for room in a nearly full pipeline queue.",
+            load(&p.room_waits),
+        ),
+        counter(
+            "tokentrace_backpressure_timeouts_total",
+            "Traced requests that stopped waiting for room and went on (their spans may be dropped).",
+            load(&p.room_wait_timeouts),
+        ),
+        counter(
+            "tokentrace_sink_errors_total",
+            "Sink flush failures.",
+            load(&p.sink_errors),
+        ),
+    ];
+    if let Ok(writer) = state.writer() {
+        let w = writer.stats();
+        live.extend([
+            counter(
+                "tokentrace_sqlite_rows_committed_total",
+                "Rows committed to SQLite.",
+                w.rows_committed as f64,
+            ),
+            counter(
+                "tokentrace_sqlite_batches_committed_total",
+                "SQLite transactions committed.",
+                w.batches_committed as f64,
+            ),
+            counter(
+                "tokentrace_sqlite_write_errors_total",
+                "SQLite batches that failed to commit.",
+                w.write_errors as f64,
+            ),
+            counter(
+                "tokentrace_sqlite_rows_expired_total",
+                "Rows deleted by retention.",
+                w.rows_expired as f64,
+            ),
+        ]);
+    }
+    for (signal, stats) in &state.exporters {
+        let dropped = if *signal == "traces" {
+            "tokentrace_exporter_dropped_spans_total"
+        } else {
+            "tokentrace_exporter_dropped_metric_points_total"
+        };
+        let by_signal = |s: Sample| Sample {
+            labels: vec![("signal", signal.to_string())],
+            ..s
+        };
+        live.extend([
+            counter(
+                dropped,
+                "Items the OTLP exporter could not deliver (queue full, or still failing after retries).",
+                load(&stats.dropped),
+            ),
+            by_signal(counter(
+                "tokentrace_exporter_errors_total",
+                "Failed OTLP export attempts, by signal.",
+                load(&stats.errors),
+            )),
+            by_signal(counter(
+                "tokentrace_exporter_exported_total",
+                "Items delivered by the OTLP exporters, by signal.",
+                load(&stats.exported),
+            )),
+        ]);
+    }
+    live
+}
