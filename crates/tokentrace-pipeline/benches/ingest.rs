@@ -214,17 +214,23 @@ fn run_baseline(
     Ok(started.elapsed())
 }
 
+#[derive(clap::Parser)]
+struct Args {
+    /// Spans per round.
+    #[arg(long, default_value_t = 50_000)]
+    spans: usize,
+    /// Rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    let opt = |name: &str, default: usize| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let n = opt("--spans", 50_000);
-    let rounds = opt("--rounds", 3);
+    let Args {
+        spans: n, rounds, ..
+    } = clap::Parser::parse();
     let spans = inputs(n);
     println!(
         "ingest of {n} spans (4 events each: span_start, log, metric, span_end), {rounds} rounds"

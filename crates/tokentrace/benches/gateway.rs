@@ -11,6 +11,9 @@
 //! of `--slice-ms` at concurrency 1 (`--seconds` in all per path), then each is loaded at
 //! concurrency 32 for `--seconds`. The summary gives the median over the rounds and the
 //! percentiles of all rounds' concurrency-1 latencies pooled.
+//!
+//! Over 500 lines: the bench, its fake upstream and its OTLP receiver (the helper roles this
+//! binary plays in child processes) belong together.
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -24,49 +27,47 @@ use tokio::net::TcpStream;
 const ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help you today?"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":9,"total_tokens":21}}"#;
 const REQUEST: &str = r#"{"model":"llama","messages":[{"role":"system","content":"You are helpful."},{"role":"user","content":"Hello!"}],"max_tokens":64,"temperature":0.7}"#;
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
+mod common;
+
+use common::{Error, free_port, spawn_helper, terminate, wait_listening};
+
+#[derive(clap::Parser)]
+struct Args {
+    /// Seconds per path and round at concurrency 1 (and of the concurrency-32 load).
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Length of one concurrency-1 slice, in ms.
+    #[arg(long, default_value_t = 1000)]
+    slice_ms: u64,
+    /// Run only these configurations (comma-separated keys: none, sqlite, otel, down, ...).
+    #[arg(long, value_delimiter = ',')]
+    only: Option<Vec<String>>,
+    /// Helper role: serve as the fake upstream on this port.
+    #[arg(long, hide = true)]
+    upstream: Option<u16>,
+    /// Helper role: serve as the OTLP receiver on this port.
+    #[arg(long, hide = true)]
+    receiver: Option<u16>,
+}
 
 fn main() -> Result<(), Error> {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--upstream") {
-        let port: u16 = args.get(i + 1).ok_or("port")?.parse()?;
+    let args: Args = common::args();
+    if let Some(port) = args.upstream {
         return upstream(port);
     }
-    if let Some(i) = args.iter().position(|a| a == "--receiver") {
-        let port: u16 = args.get(i + 1).ok_or("port")?.parse()?;
+    if let Some(port) = args.receiver {
         return receiver(port);
     }
-    let value = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-    };
-    let seconds = value("--seconds")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5u64);
-    let rounds = value("--rounds")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3usize);
-    let slice = Duration::from_millis(
-        value("--slice-ms")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1000u64),
-    );
-    let only: Option<Vec<String>> =
-        value("--only").map(|v| v.split(',').map(str::to_owned).collect());
+    let (seconds, rounds, only) = (args.seconds, args.rounds, args.only);
+    let slice = Duration::from_millis(args.slice_ms);
 
     let up_port = free_port()?;
-    let mut up = Command::new(std::env::current_exe()?)
-        .args(["--upstream", &up_port.to_string()])
-        .stdout(Stdio::null())
-        .spawn()?;
-    wait_listening(up_port)?;
+    let mut up = spawn_helper(&["--upstream", &up_port.to_string()], up_port)?;
     let rx_port = free_port()?;
-    let mut receiver = Command::new(std::env::current_exe()?)
-        .args(["--receiver", &rx_port.to_string()])
-        .stdout(Stdio::null())
-        .spawn()?;
-    wait_listening(rx_port)?;
+    let mut receiver = spawn_helper(&["--receiver", &rx_port.to_string()], rx_port)?;
     let down_port = free_port()?; // nothing listens there: a collector that is down
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -339,10 +340,7 @@ fn measure_round(
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()?;
-        server.child.wait()?;
+        terminate(&mut server.child)?;
         let mut lost = 0;
         if setup.sinks.contains("sqlite") {
             let conn = rusqlite::Connection::open(server.dir.path().join("trace_store.db"))?;
@@ -502,23 +500,6 @@ fn thread_cpu(pid: u32) -> Vec<(String, u64)> {
 /// `/proc` reports CPU time in USER_HZ ticks, 100 per second on Linux.
 fn ticks_per_second() -> f64 {
     100.0
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn wait_listening(port: u16) -> Result<(), Error> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return Err(format!("nothing listening on {port}").into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
 }
 
 /// A fast fake OpenAI-compatible upstream: one fixed answer with usage.

@@ -14,22 +14,32 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use tokio::net::TcpStream;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--baseline-server") {
-        let port: u16 = args.get(i + 1).ok_or("port")?.parse()?;
+mod common;
+
+use common::{Error, free_port, spawn_helper, terminate, wait_listening};
+
+#[derive(clap::Parser)]
+struct Args {
+    /// Seconds of load per server and round.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Keep-alive connections.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Rounds.
+    #[arg(long, default_value_t = 2)]
+    rounds: u64,
+    /// Helper role: serve as the baseline server on this port.
+    #[arg(long, hide = true)]
+    baseline_server: Option<u16>,
+}
+
+fn main() -> Result<(), Error> {
+    let args: Args = common::args();
+    if let Some(port) = args.baseline_server {
         return baseline_server(port);
     }
-    let opt = |name: &str, default: u64| -> u64 {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let seconds = opt("--seconds", 5);
-    let connections = opt("--connections", 32) as usize;
-    let rounds = opt("--rounds", 2);
+    let (seconds, connections, rounds) = (args.seconds, args.connections, args.rounds);
 
     let dir = tempfile::tempdir()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -45,11 +55,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     for round in 0..rounds {
         let base_port = free_port()?;
-        let mut baseline = Command::new(std::env::current_exe()?)
-            .args(["--baseline-server", &base_port.to_string()])
-            .stdout(Stdio::null())
-            .spawn()?;
-        wait_listening(base_port)?;
+        let mut baseline = spawn_helper(&["--baseline-server", &base_port.to_string()], base_port)?;
         let base = rt.block_on(load(&baseline, base_port, connections, seconds))?;
         baseline.kill()?;
         baseline.wait()?;
@@ -66,10 +72,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .spawn()?;
         wait_listening(port)?;
         let tt = rt.block_on(load(&server, port, connections, seconds))?;
-        Command::new("kill")
-            .args(["-TERM", &server.id().to_string()])
-            .status()?;
-        server.wait()?;
+        terminate(&mut server)?;
         let stored = count_rows(&store_dir.join("trace_store.db"))?;
 
         println!(
@@ -103,7 +106,7 @@ async fn load(
     port: u16,
     connections: usize,
     seconds: u64,
-) -> Result<LoadResult, Box<dyn std::error::Error>> {
+) -> Result<LoadResult, Error> {
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
@@ -136,7 +139,7 @@ async fn load(
                     s => return Err(format!("unexpected status {s}").into()),
                 };
             }
-            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+            Ok::<(), Error>(())
         }));
     }
     // Warm up, then measure a window.
@@ -165,7 +168,7 @@ async fn load(
 }
 
 /// User + system CPU seconds of a process, from /proc.
-fn cpu_seconds(pid: u32) -> Result<f64, Box<dyn std::error::Error>> {
+fn cpu_seconds(pid: u32) -> Result<f64, Error> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = stat.rsplit(')').next().ok_or("stat")?;
     let fields: Vec<&str> = after.split_whitespace().collect();
@@ -174,30 +177,13 @@ fn cpu_seconds(pid: u32) -> Result<f64, Box<dyn std::error::Error>> {
     Ok((utime + stime) / 100.0)
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn wait_listening(port: u16) -> Result<(), Box<dyn std::error::Error>> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return Err(format!("nothing listening on {port}").into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
-fn count_rows(db: &std::path::Path) -> Result<i64, Box<dyn std::error::Error>> {
+fn count_rows(db: &std::path::Path) -> Result<i64, Error> {
     let conn = rusqlite::Connection::open(db)?;
     Ok(conn.query_row("SELECT count(*) FROM span_events", [], |r| r.get(0))?)
 }
 
 /// The baseline: an axum server on the same runtime settings that parses the body and answers null.
-fn baseline_server(port: u16) -> Result<(), Box<dyn std::error::Error>> {
+fn baseline_server(port: u16) -> Result<(), Error> {
     use axum::routing::post;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

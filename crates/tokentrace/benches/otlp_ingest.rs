@@ -18,7 +18,19 @@ use tokentrace_otlp::proto::common::v1::{AnyValue, KeyValue, any_value};
 use tokentrace_otlp::proto::resource::v1::Resource;
 use tokentrace_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
+mod common;
+
+use common::{Error, free_port, terminate, wait_listening};
+
+#[derive(clap::Parser)]
+struct Args {
+    /// Export requests of 512 spans each.
+    #[arg(long, default_value_t = 200)]
+    batches: usize,
+    /// Concurrent senders.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+}
 
 const BATCH: usize = 512;
 
@@ -94,16 +106,10 @@ fn request(batch: usize) -> ExportTraceServiceRequest {
 }
 
 fn main() -> Result<(), Error> {
-    let args: Vec<String> = std::env::args().collect();
-    let opt = |name: &str, default: usize| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let batches = opt("--batches", 200);
-    let connections = opt("--connections", 4);
+    let Args {
+        batches,
+        connections,
+    } = common::args();
     let requests: Vec<ExportTraceServiceRequest> = (0..batches).map(request).collect();
     let total = batches * BATCH;
     println!(
@@ -198,9 +204,7 @@ fn through_tokentrace(
     total: usize,
 ) -> Result<(f64, u64), Error> {
     std::fs::create_dir_all(dir)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = free_port()?;
     let mut server = Command::new(env!("CARGO_BIN_EXE_tokentrace"))
         .args(["serve", "--port", &port.to_string()])
         .env("TELEMETRY_SINKS", "sqlite")
@@ -209,13 +213,7 @@ fn through_tokentrace(
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return Err("tokentrace did not start".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_listening(port)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -282,9 +280,6 @@ fn through_tokentrace(
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()?;
-    server.wait()?;
+    terminate(&mut server)?;
     Ok((rate, rss_kib))
 }
