@@ -1,6 +1,7 @@
 //! tokentrace's SQLite trace store: schema and migrations, one batching writer thread, read-only
 //! query connections, datasets and retention.
 
+mod datasets;
 mod metrics;
 mod reader;
 mod rows;
@@ -17,8 +18,9 @@ use rusqlite::Connection;
 use serde_json::{Map, Value};
 use tokentrace_model::{MetricPoint, SpanEvent, SpanRecord, Timestamp};
 
+pub use datasets::DatasetRow;
 pub use metrics::{MAX_BUCKETS, MetricQuery};
-pub use reader::{DatasetRow, StoreReader, Table};
+pub use reader::{StoreReader, Table};
 pub use rows::Row;
 pub use schema::SCHEMA_VERSION;
 pub use writer::WriterStats;

@@ -1,11 +1,23 @@
-//! Validated metric queries: time window, bucket size, compiled label matchers.
+//! Metric queries: the validated request (time window, bucket size, compiled label matchers)
+//! and its evaluation over the `metrics` table.
+
+use std::collections::BTreeMap;
 
 use regex::Regex;
+use rusqlite::params;
 use tokentrace_model::Timestamp;
 use tokentrace_model::query::{
-    InvalidQuery, MetricLabelOperator, MetricQueryType, QueryMetricsRequest, parse_granularity,
-    validate_attribute_key,
+    InvalidQuery, MetricDataPoint, MetricLabel, MetricLabelOperator, MetricQueryType, MetricSeries,
+    QueryMetricsRequest, parse_granularity, validate_attribute_key,
 };
+
+use crate::reader::attributes;
+use crate::{StoreError, StoreReader};
+
+/// A metric series' labels, sorted by name.
+type LabelSet = Vec<(String, String)>;
+/// Bucket start (unix seconds) → summed value.
+type Buckets = BTreeMap<i64, f64>;
 
 /// Most buckets one range query may produce.
 pub const MAX_BUCKETS: i64 = 10_000;
@@ -120,5 +132,61 @@ impl MetricQuery {
             Matcher::Re(n, re) => re.is_match(get(n)),
             Matcher::NotRe(n, re) => !re.is_match(get(n)),
         })
+    }
+}
+
+impl StoreReader {
+    /// Metric series of `name` per distinct label set.
+    pub fn query_metrics(
+        &self,
+        name: &str,
+        q: &MetricQuery,
+    ) -> Result<Vec<MetricSeries>, StoreError> {
+        let conn = self.conn()?;
+        let mut st = conn.prepare_cached(
+            "SELECT ts_nanos, value, unit, labels FROM metrics WHERE name = ?1 AND ts_nanos >= ?2 AND ts_nanos <= ?3 ORDER BY ts_nanos",
+        )?;
+        let rows = st.query_map(params![name, q.start_nanos(), q.end_nanos()], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, f64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        // label set → (unit, bucket → sum)
+        let mut series: BTreeMap<LabelSet, (String, Buckets)> = BTreeMap::new();
+        for row in rows {
+            let (ts_nanos, value, unit, labels) = row?;
+            let labels: Vec<(String, String)> = attributes(&labels)?
+                .into_iter()
+                .map(|(k, v)| (k, v.to_label()))
+                .collect();
+            if !q.matches(&labels) {
+                continue;
+            }
+            let entry = series
+                .entry(labels)
+                .or_insert_with(|| (unit, BTreeMap::new()));
+            *entry.1.entry(q.bucket(ts_nanos)).or_insert(0.0) += value;
+        }
+        Ok(series
+            .into_iter()
+            .map(|(labels, (unit, buckets))| MetricSeries {
+                metric: name.to_string(),
+                labels: labels
+                    .into_iter()
+                    .map(|(name, value)| MetricLabel { name, value })
+                    .collect(),
+                values: buckets
+                    .into_iter()
+                    .map(|(timestamp, value)| MetricDataPoint {
+                        timestamp,
+                        value,
+                        unit: unit.clone(),
+                    })
+                    .collect(),
+            })
+            .collect())
     }
 }

@@ -6,24 +6,16 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params, params_from_iter};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokentrace_model::query::{
-    Filter, FilterTarget, MetricDataPoint, MetricLabel, MetricSeries, QueryConditionOp, SpanField,
-    TraceOrderField, TraceQuery,
+    Filter, FilterTarget, QueryConditionOp, SpanField, TraceOrderField, TraceQuery,
 };
 use tokentrace_model::{
     AttrValue, Attributes, LogSeverity, MetricValue, Span, SpanEvent, SpanEventBody, SpanId,
     SpanStatus, SpanWithStatus, Timestamp, Trace, TraceId,
 };
 
-use crate::{MetricQuery, StoreError};
-
-/// A metric series' labels, sorted by name.
-type LabelSet = Vec<(String, String)>;
-/// Bucket start (unix seconds) → summed value.
-type Buckets = BTreeMap<i64, f64>;
-/// One row of a dataset.
-pub type DatasetRow = Map<String, Value>;
+use crate::StoreError;
 
 /// Deepest span tree walked when the caller sets no `max_depth` (also stops parent cycles).
 const MAX_TREE_DEPTH: u32 = 10_000;
@@ -65,7 +57,7 @@ pub struct StoreReader {
 }
 
 /// A connection borrowed from the pool, returned when dropped.
-struct Lease<'a> {
+pub(crate) struct Lease<'a> {
     pool: &'a Pool,
     conn: Option<Connection>,
 }
@@ -102,7 +94,7 @@ fn id<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, StoreError> {
         .map_err(|_| StoreError::Corrupt(format!("stored {what} {s:?} is not valid")))
 }
 
-fn attributes(s: &str) -> Result<Attributes, StoreError> {
+pub(crate) fn attributes(s: &str) -> Result<Attributes, StoreError> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("stored attributes: {e}")))
 }
 
@@ -237,7 +229,7 @@ impl StoreReader {
         }
     }
 
-    fn conn(&self) -> Result<Lease<'_>, StoreError> {
+    pub(crate) fn conn(&self) -> Result<Lease<'_>, StoreError> {
         let idle = self.pool.idle.lock().ok().and_then(|mut v| v.pop());
         let conn = match idle {
             Some(c) => c,
@@ -429,92 +421,6 @@ impl StoreReader {
             out.push(row.into_span(keys)?);
         }
         Ok(out)
-    }
-
-    /// Metric series of `name` per distinct label set.
-    pub fn query_metrics(
-        &self,
-        name: &str,
-        q: &MetricQuery,
-    ) -> Result<Vec<MetricSeries>, StoreError> {
-        let conn = self.conn()?;
-        let mut st = conn.prepare_cached(
-            "SELECT ts_nanos, value, unit, labels FROM metrics WHERE name = ?1 AND ts_nanos >= ?2 AND ts_nanos <= ?3 ORDER BY ts_nanos",
-        )?;
-        let rows = st.query_map(params![name, q.start_nanos(), q.end_nanos()], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, f64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-            ))
-        })?;
-        // label set → (unit, bucket → sum)
-        let mut series: BTreeMap<LabelSet, (String, Buckets)> = BTreeMap::new();
-        for row in rows {
-            let (ts_nanos, value, unit, labels) = row?;
-            let labels: Vec<(String, String)> = attributes(&labels)?
-                .into_iter()
-                .map(|(k, v)| (k, v.to_label()))
-                .collect();
-            if !q.matches(&labels) {
-                continue;
-            }
-            let entry = series
-                .entry(labels)
-                .or_insert_with(|| (unit, BTreeMap::new()));
-            *entry.1.entry(q.bucket(ts_nanos)).or_insert(0.0) += value;
-        }
-        Ok(series
-            .into_iter()
-            .map(|(labels, (unit, buckets))| MetricSeries {
-                metric: name.to_string(),
-                labels: labels
-                    .into_iter()
-                    .map(|(name, value)| MetricLabel { name, value })
-                    .collect(),
-                values: buckets
-                    .into_iter()
-                    .map(|(timestamp, value)| MetricDataPoint {
-                        timestamp,
-                        value,
-                        unit: unit.clone(),
-                    })
-                    .collect(),
-            })
-            .collect())
-    }
-
-    /// Rows of a dataset from `start_index`, at most `limit` (all when `None`), and whether more
-    /// follow; `None` for an unknown dataset.
-    pub fn iterrows(
-        &self,
-        dataset_id: &str,
-        start_index: u64,
-        limit: Option<u64>,
-    ) -> Result<Option<(Vec<DatasetRow>, bool)>, StoreError> {
-        let conn = self.conn()?;
-        let Some(count) = conn
-            .prepare_cached("SELECT row_count FROM datasets WHERE dataset_id = ?1")?
-            .query_row([dataset_id], |r| r.get::<_, i64>(0))
-            .optional()?
-        else {
-            return Ok(None);
-        };
-        let start = i64::try_from(start_index).unwrap_or(i64::MAX);
-        let limit = limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
-        let mut st = conn.prepare_cached(
-            "SELECT row FROM dataset_rows WHERE dataset_id = ?1 AND row_index >= ?2 ORDER BY row_index LIMIT ?3",
-        )?;
-        let rows = st
-            .query_map(params![dataset_id, start, limit], |r| r.get::<_, String>(0))?
-            .map(|r| {
-                serde_json::from_str(&r?)
-                    .map_err(|e| StoreError::Corrupt(format!("stored dataset row: {e}")))
-            })
-            .collect::<Result<Vec<Map<String, Value>>, StoreError>>()?;
-        let has_more = start.saturating_add(rows.len() as i64) < count;
-        Ok(Some((rows, has_more)))
     }
 
     /// The logs, metrics and other events stored for a span, oldest first.

@@ -6,11 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 use serde_json::{Map, Value};
 use tokentrace_model::Timestamp;
 
-use crate::rows::{Row, json, write_rows};
+use crate::datasets::append_rows;
+use crate::rows::{Row, write_rows};
 use crate::{CommitObserver, StoreError};
 
 /// Rows deleted per retention transaction.
@@ -236,38 +237,6 @@ impl Writer {
             }
         }
     }
-}
-
-fn append_rows(
-    conn: &mut Connection,
-    dataset_id: &str,
-    rows: Vec<Map<String, Value>>,
-) -> Result<u64, StoreError> {
-    let tx = conn.transaction()?;
-    tx.execute(
-        "INSERT OR IGNORE INTO datasets (dataset_id, created_at) VALUES (?1, ?2)",
-        params![dataset_id, Timestamp::now().to_sql()],
-    )?;
-    let start: i64 = tx.query_row(
-        "SELECT row_count FROM datasets WHERE dataset_id = ?1",
-        [dataset_id],
-        |r| r.get(0),
-    )?;
-    {
-        let mut st = tx.prepare_cached(
-            "INSERT INTO dataset_rows (dataset_id, row_index, row) VALUES (?1, ?2, ?3)",
-        )?;
-        for (i, row) in rows.iter().enumerate() {
-            st.execute(params![dataset_id, start + i as i64, json(row)?])?;
-        }
-    }
-    let count = start + rows.len() as i64;
-    tx.execute(
-        "UPDATE datasets SET row_count = ?2 WHERE dataset_id = ?1",
-        params![dataset_id, count],
-    )?;
-    tx.commit()?;
-    Ok(count as u64)
 }
 
 /// Deletes up to a chunk of expired rows from each table in one short transaction.

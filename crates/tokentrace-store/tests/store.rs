@@ -1,5 +1,7 @@
 //! The store on real SQLite files: writes, queries, the seed's SQL (also through the sqlite3
 //! shell), batching, retention.
+//!
+//! Over 500 lines: one test per store behaviour, all on the same record builders at the top.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;

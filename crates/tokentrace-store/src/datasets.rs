@@ -1,0 +1,78 @@
+//! Datasets: rows saved by `save_spans_to_dataset` (appended on the writer thread) and read back
+//! by datasetio's `iterrows`.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::{Map, Value};
+use tokentrace_model::Timestamp;
+
+use crate::rows::json;
+use crate::{StoreError, StoreReader};
+
+/// One row of a dataset.
+pub type DatasetRow = Map<String, Value>;
+
+pub(crate) fn append_rows(
+    conn: &mut Connection,
+    dataset_id: &str,
+    rows: Vec<Map<String, Value>>,
+) -> Result<u64, StoreError> {
+    let tx = conn.transaction()?;
+    tx.execute(
+        "INSERT OR IGNORE INTO datasets (dataset_id, created_at) VALUES (?1, ?2)",
+        params![dataset_id, Timestamp::now().to_sql()],
+    )?;
+    let start: i64 = tx.query_row(
+        "SELECT row_count FROM datasets WHERE dataset_id = ?1",
+        [dataset_id],
+        |r| r.get(0),
+    )?;
+    {
+        let mut st = tx.prepare_cached(
+            "INSERT INTO dataset_rows (dataset_id, row_index, row) VALUES (?1, ?2, ?3)",
+        )?;
+        for (i, row) in rows.iter().enumerate() {
+            st.execute(params![dataset_id, start + i as i64, json(row)?])?;
+        }
+    }
+    let count = start + rows.len() as i64;
+    tx.execute(
+        "UPDATE datasets SET row_count = ?2 WHERE dataset_id = ?1",
+        params![dataset_id, count],
+    )?;
+    tx.commit()?;
+    Ok(count as u64)
+}
+
+impl StoreReader {
+    /// Rows of a dataset from `start_index`, at most `limit` (all when `None`), and whether more
+    /// follow; `None` for an unknown dataset.
+    pub fn iterrows(
+        &self,
+        dataset_id: &str,
+        start_index: u64,
+        limit: Option<u64>,
+    ) -> Result<Option<(Vec<DatasetRow>, bool)>, StoreError> {
+        let conn = self.conn()?;
+        let Some(count) = conn
+            .prepare_cached("SELECT row_count FROM datasets WHERE dataset_id = ?1")?
+            .query_row([dataset_id], |r| r.get::<_, i64>(0))
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let start = i64::try_from(start_index).unwrap_or(i64::MAX);
+        let limit = limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        let mut st = conn.prepare_cached(
+            "SELECT row FROM dataset_rows WHERE dataset_id = ?1 AND row_index >= ?2 ORDER BY row_index LIMIT ?3",
+        )?;
+        let rows = st
+            .query_map(params![dataset_id, start, limit], |r| r.get::<_, String>(0))?
+            .map(|r| {
+                serde_json::from_str(&r?)
+                    .map_err(|e| StoreError::Corrupt(format!("stored dataset row: {e}")))
+            })
+            .collect::<Result<Vec<Map<String, Value>>, StoreError>>()?;
+        let has_more = start.saturating_add(rows.len() as i64) < count;
+        Ok(Some((rows, has_more)))
+    }
+}
