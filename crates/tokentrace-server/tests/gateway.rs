@@ -1,5 +1,8 @@
 //! The inference gateway against a real fake upstream on 127.0.0.1: tracing, token metrics,
 //! streaming, faults.
+//!
+//! Over 500 lines: one test per behaviour of the gateway, sharing the fake upstream defined here;
+//! the server helpers are in `common/`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
