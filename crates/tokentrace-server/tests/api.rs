@@ -192,10 +192,21 @@ async fn traces_spans_and_trees_round_trip() {
     assert_eq!(tree.len(), 3);
     assert_eq!(tree[CHILD]["status"], "error");
     assert_eq!(tree[GRANDCHILD]["parent_span_id"], CHILD);
+    // The starting span is depth 1, as Llama Stack 0.2.x counts it.
+    for depth in [0, 1] {
+        let (_, body) = s
+            .post(
+                &format!("/v1/telemetry/spans/{ROOT}/tree"),
+                json!({"max_depth": depth}),
+            )
+            .await;
+        let tree = body["data"].as_object().unwrap();
+        assert_eq!(tree.keys().collect::<Vec<_>>(), [ROOT], "{body}");
+    }
     let (_, body) = s
         .post(
             &format!("/v1/telemetry/spans/{ROOT}/tree"),
-            json!({"max_depth": 1, "attributes_to_return": ["model_id"]}),
+            json!({"max_depth": 2, "attributes_to_return": ["model_id"]}),
         )
         .await;
     let tree = body["data"].as_object().unwrap();
@@ -227,6 +238,26 @@ async fn traces_spans_and_trees_round_trip() {
         .collect();
     names.sort();
     assert_eq!(names, ["llm", "tokenize"]);
+    // max_depth counts from each matching trace's root, the root being depth 1
+    for (depth, want) in [(1, vec![ROOT]), (2, vec![ROOT, CHILD])] {
+        let (_, body) = s
+            .post(
+                "/v1/telemetry/spans",
+                json!({
+                    "attribute_filters": [{"key": "user", "op": "eq", "value": "ada"}],
+                    "attributes_to_return": [],
+                    "max_depth": depth
+                }),
+            )
+            .await;
+        let ids: Vec<&str> = body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["span_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, want, "max_depth {depth}: {body}");
+    }
 
     // the log is a span event of the child, and the seed's SQL holds
     let conn = s.sqlite();

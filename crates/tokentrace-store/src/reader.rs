@@ -340,7 +340,8 @@ impl StoreReader {
     }
 
     /// A span and its descendants down to `max_depth`, keyed by span id; `None` if the span is
-    /// unknown. One recursive query.
+    /// unknown. The span itself is depth 1, as in Llama Stack: `max_depth` 1 (or 0) is the span
+    /// alone, 2 adds its children. One recursive query.
     pub fn get_span_tree(
         &self,
         span_id: SpanId,
@@ -349,7 +350,7 @@ impl StoreReader {
     ) -> Result<Option<BTreeMap<String, SpanWithStatus>>, StoreError> {
         let sql = format!(
             "WITH RECURSIVE tree (trace_id, span_id, depth) AS (
-                SELECT trace_id, span_id, 0 FROM spans WHERE span_id = ?1
+                SELECT trace_id, span_id, 1 FROM spans WHERE span_id = ?1
                 UNION ALL
                 SELECT c.trace_id, c.span_id, tree.depth + 1 FROM spans c
                 JOIN tree ON c.trace_id = tree.trace_id AND c.parent_span_id = tree.span_id
@@ -373,7 +374,7 @@ impl StoreReader {
         Ok((!tree.is_empty()).then_some(tree))
     }
 
-    /// Spans, down to `max_depth` below each root, of the traces with a span matching every
+    /// Spans, down to `max_depth` counted from each root (the root is depth 1), of the traces with a span matching every
     /// filter; only spans that carry every key of `attributes_to_return` with a non-empty value,
     /// with only those attributes (all when the list is empty). One query.
     pub fn query_spans(
@@ -395,7 +396,7 @@ impl StoreReader {
         let sql = format!(
             "WITH RECURSIVE matched (trace_id) AS ({matched}),
             tree (trace_id, span_id, depth) AS (
-                SELECT t.trace_id, t.root_span_id, 0 FROM traces t JOIN matched m ON m.trace_id = t.trace_id
+                SELECT t.trace_id, t.root_span_id, 1 FROM traces t JOIN matched m ON m.trace_id = t.trace_id
                 UNION ALL
                 SELECT c.trace_id, c.span_id, tree.depth + 1 FROM spans c
                 JOIN tree ON c.trace_id = tree.trace_id AND c.parent_span_id = tree.span_id

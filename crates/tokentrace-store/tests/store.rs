@@ -257,9 +257,16 @@ fn root_span_is_the_true_root_even_when_it_arrives_last() {
         .unwrap()
         .unwrap();
     assert_eq!(tree.len(), 3);
+    // The starting span is depth 1: 1 is the span alone, 2 adds its children.
+    let alone = store
+        .reader()
+        .get_span_tree(root, None, Some(1))
+        .unwrap()
+        .unwrap();
+    assert_eq!(alone.keys().collect::<Vec<_>>(), [&root.to_string()]);
     let tree = store
         .reader()
-        .get_span_tree(root, Some(&[]), Some(1))
+        .get_span_tree(root, Some(&[]), Some(2))
         .unwrap()
         .unwrap();
     assert_eq!(tree.len(), 2);
