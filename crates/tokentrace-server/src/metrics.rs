@@ -97,6 +97,11 @@ fn live_samples(state: &AppState) -> Vec<Sample> {
                 w.rows_committed as f64,
             ),
             counter(
+                "tokentrace_sqlite_spans_committed_total",
+                "Spans committed to SQLite (also counted in rows).",
+                w.spans_committed as f64,
+            ),
+            counter(
                 "tokentrace_sqlite_batches_committed_total",
                 "SQLite transactions committed.",
                 w.batches_committed as f64,

@@ -180,6 +180,11 @@ impl Row {
         })))
     }
 
+    /// Whether this is a `spans` row.
+    pub(crate) fn is_span(&self) -> bool {
+        matches!(self.0, RowKind::Span(_))
+    }
+
     /// The row for a record.
     pub fn from_record(r: &Record) -> Result<Row, StoreError> {
         match r {

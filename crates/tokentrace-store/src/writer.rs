@@ -37,6 +37,7 @@ pub(crate) enum Cmd {
 pub(crate) struct Counters {
     pub batches: AtomicU64,
     pub rows: AtomicU64,
+    pub spans: AtomicU64,
     pub max_batch_rows: AtomicU64,
     pub rows_expired: AtomicU64,
     pub write_errors: AtomicU64,
@@ -49,6 +50,8 @@ pub struct WriterStats {
     pub batches_committed: u64,
     /// Records committed.
     pub rows_committed: u64,
+    /// Spans among them.
+    pub spans_committed: u64,
     /// Largest transaction so far, in records.
     pub max_batch_rows: u64,
     /// Rows deleted by retention.
@@ -63,6 +66,7 @@ impl Counters {
         WriterStats {
             batches_committed: l(&self.batches),
             rows_committed: l(&self.rows),
+            spans_committed: l(&self.spans),
             max_batch_rows: l(&self.max_batch_rows),
             rows_expired: l(&self.rows_expired),
             write_errors: l(&self.write_errors),
@@ -195,12 +199,14 @@ impl Writer {
         }
         let records = std::mem::take(&mut self.pending);
         let n = records.len() as u64;
+        let spans = records.iter().filter(|r| r.is_span()).count() as u64;
         let started = Instant::now();
         match write_rows(&mut self.conn, &records) {
             Ok(()) => {
                 let c = &self.counters;
                 c.batches.fetch_add(1, Ordering::Relaxed);
                 c.rows.fetch_add(n, Ordering::Relaxed);
+                c.spans.fetch_add(spans, Ordering::Relaxed);
                 c.max_batch_rows.fetch_max(n, Ordering::Relaxed);
                 if let Some(observe) = &self.on_commit {
                     (observe.0)(n, started.elapsed());

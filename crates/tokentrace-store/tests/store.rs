@@ -515,6 +515,7 @@ fn small_writes_are_batched_and_idle_rows_commit_without_flush() {
     w.flush().unwrap();
     let stats = w.stats();
     assert_eq!(stats.rows_committed, 10_000);
+    assert_eq!(stats.spans_committed, 10_000);
     assert!(stats.max_batch_rows >= 100, "{stats:?}");
     assert!(stats.batches_committed <= 100, "{stats:?}");
 
