@@ -65,6 +65,8 @@ async fn each_bad_request_gets_a_clear_error_and_nothing_is_corrupted() {
         ("/v1/telemetry/traces", json!({"offset": -1}).to_string().into_bytes(), 400, "offset"),
         ("/v1/telemetry/traces", json!({"limit": "ten"}).to_string().into_bytes(), 400, "limit"),
         ("/v1/telemetry/traces", json!({"bogus": 1}).to_string().into_bytes(), 400, "bogus"),
+        ("/v1/telemetry/traces", json!({"attribute_filters": vec![json!({"key": "k", "op": "ne", "value": 1}); 496]}).to_string().into_bytes(), 400, "at most 64"),
+        ("/v1/telemetry/spans", json!({"attribute_filters": vec![json!({"key": "k", "op": "ne", "value": 1}); 65], "attributes_to_return": []}).to_string().into_bytes(), 400, "at most 64"),
         ("/v1/telemetry/spans", json!({"attribute_filters": [], "attributes_to_return": ["a'b\"c"]}).to_string().into_bytes(), 400, "attribute key"),
         (&tree_path, json!({"max_depth": -3}).to_string().into_bytes(), 400, "max_depth"),
         ("/v1/telemetry/spans/nothex/tree", b"{}".to_vec(), 400, "span_id"),

@@ -180,8 +180,18 @@ impl QueryCondition {
     }
 }
 
+/// Most filters one query may carry (each becomes a condition of one SQL expression, whose size
+/// SQLite bounds).
+pub const MAX_FILTERS: usize = 64;
+
 /// Validates a list of filters.
 pub fn validate_filters(filters: &[QueryCondition]) -> Result<Vec<Filter>, InvalidQuery> {
+    if filters.len() > MAX_FILTERS {
+        return invalid(format!(
+            "attribute_filters has {} filters; at most {MAX_FILTERS} are allowed",
+            filters.len()
+        ));
+    }
     filters.iter().map(QueryCondition::validate).collect()
 }
 
