@@ -1,11 +1,11 @@
 //! Read queries, on a small pool of read-only connections.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params, params_from_iter};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params_from_iter};
 use serde_json::Value;
 use tokentrace_model::query::{
     Filter, FilterTarget, QueryConditionOp, SpanField, TraceOrderField, TraceQuery,
@@ -17,7 +17,7 @@ use tokentrace_model::{
 
 use crate::StoreError;
 
-/// Deepest span tree walked when the caller sets no `max_depth` (also stops parent cycles).
+/// Deepest span tree walked when the caller sets no `max_depth`.
 const MAX_TREE_DEPTH: u32 = 10_000;
 
 /// A table, for [`StoreReader::count_rows`].
@@ -117,6 +117,7 @@ fn truthy(v: &AttrValue) -> bool {
 }
 
 /// The raw columns of a span row, in the order of [`SPAN_COLUMNS`].
+#[derive(Clone)]
 struct SpanRow {
     span_id: String,
     trace_id: String,
@@ -128,22 +129,49 @@ struct SpanRow {
     status: Option<String>,
 }
 
-/// A span (`?1`) and its descendants down to depth `?2`, the span itself at depth 1. The tree
-/// drives the join (`CROSS JOIN` fixes the order): left to the planner, the bundled SQLite
-/// scanned every span and probed the tree for each (~180 ms at a million spans, instead of
-/// well under 1 ms).
-fn span_tree_sql() -> String {
-    format!(
-        "WITH RECURSIVE tree (trace_id, span_id, depth) AS (
-            SELECT trace_id, span_id, 1 FROM spans WHERE span_id = ?1
-            UNION ALL
-            SELECT c.trace_id, c.span_id, tree.depth + 1 FROM spans c
-            JOIN tree ON c.trace_id = tree.trace_id AND c.parent_span_id = tree.span_id
-            WHERE tree.depth < ?2
-        )
-        SELECT {SPAN_COLUMNS} FROM tree CROSS JOIN spans s ON s.trace_id = tree.trace_id AND s.span_id = tree.span_id
-        ORDER BY tree.depth, s.start_time"
-    )
+/// Indexes into `spans` (one trace's) of the span `start` and its descendants down to
+/// `max_depth` (`start` is depth 1), breadth first, each span once: a parent cycle cannot make
+/// the walk go round, and a span reached twice is kept at its first depth.
+fn walk(spans: &[SpanRow], start: &str, max_depth: u32) -> Vec<usize> {
+    let mut children: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, s) in spans.iter().enumerate() {
+        if let Some(p) = &s.parent_span_id {
+            children.entry(p.as_str()).or_default().push(i);
+        }
+    }
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut level: Vec<usize> = spans
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.span_id == start)
+        .map(|(i, _)| i)
+        .take(1)
+        .collect();
+    let mut out = Vec::new();
+    let mut depth = 1;
+    while !level.is_empty() {
+        let mut next = Vec::new();
+        for i in level {
+            if !seen.insert(spans[i].span_id.as_str()) {
+                continue;
+            }
+            out.push(i);
+            if depth < max_depth.max(1) {
+                next.extend(
+                    children
+                        .get(spans[i].span_id.as_str())
+                        .into_iter()
+                        .flatten(),
+                );
+            }
+        }
+        // Spans are in start order, so sorting indexes orders each level by start time.
+        next.sort_unstable();
+        next.dedup();
+        level = next;
+        depth += 1;
+    }
+    out
 }
 
 const SPAN_COLUMNS: &str = "s.span_id, s.trace_id, s.parent_span_id, s.name, s.start_time, s.end_time, s.attributes, s.status";
@@ -357,34 +385,54 @@ impl StoreReader {
         row.map(|r| r.into_span(None)).transpose()
     }
 
+    /// The spans of one trace, in start order.
+    fn trace_spans(conn: &Connection, trace_id: &str) -> Result<Vec<SpanRow>, StoreError> {
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT {SPAN_COLUMNS} FROM spans s WHERE s.trace_id = ?1 ORDER BY s.start_time"
+        ))?;
+        let rows = st.query_map([trace_id], SpanRow::read)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// A span and its descendants down to `max_depth`, keyed by span id; `None` if the span is
     /// unknown. The span itself is depth 1, as in Llama Stack: `max_depth` 1 (or 0) is the span
-    /// alone, 2 adds its children. One recursive query.
+    /// alone, 2 adds its children. The walk stays in the span's trace and visits each span once,
+    /// so a parent cycle (a span that is its own ancestor) ends it.
     pub fn get_span_tree(
         &self,
         span_id: SpanId,
         attributes_to_return: Option<&[String]>,
         max_depth: Option<u32>,
     ) -> Result<Option<BTreeMap<String, SpanWithStatus>>, StoreError> {
-        let sql = span_tree_sql();
         let depth = max_depth.unwrap_or(MAX_TREE_DEPTH).min(MAX_TREE_DEPTH);
+        let id = span_id.to_string();
         let conn = self.conn()?;
-        let mut st = conn.prepare_cached(&sql)?;
-        let rows = st.query_map(params![span_id.to_string(), depth], SpanRow::read)?;
+        // A span id may be repeated in other traces (it is unique only within its trace).
+        let traces: Vec<String> = conn
+            .prepare_cached("SELECT DISTINCT trace_id FROM spans WHERE span_id = ?1")?
+            .query_map([&id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
         let mut tree = BTreeMap::new();
-        for row in rows {
-            let row = row?;
-            let status = row.status();
-            let span = row.into_span(attributes_to_return)?;
-            tree.entry(span.span_id.to_string())
-                .or_insert(SpanWithStatus { span, status });
+        for trace_id in traces {
+            let spans = Self::trace_spans(&conn, &trace_id)?;
+            for i in walk(&spans, &id, depth) {
+                let row = &spans[i];
+                if tree.contains_key(&row.span_id) {
+                    continue;
+                }
+                let status = row.status();
+                let span = row.clone().into_span(attributes_to_return)?;
+                tree.insert(row.span_id.clone(), SpanWithStatus { span, status });
+            }
         }
         Ok((!tree.is_empty()).then_some(tree))
     }
 
-    /// Spans, down to `max_depth` counted from each root (the root is depth 1), of the traces with a span matching every
-    /// filter; only spans that carry every key of `attributes_to_return` with a non-empty value,
-    /// with only those attributes (all when the list is empty). One query.
+    /// Spans, down to `max_depth` counted from each root (the root is depth 1), of the traces
+    /// with a span matching every filter, by trace id and then depth; only spans that carry
+    /// every key of `attributes_to_return` with a non-empty value, with only those attributes
+    /// (all when the list is empty). Each trace is walked from its root as in
+    /// [`StoreReader::get_span_tree`].
     pub fn query_spans(
         &self,
         filters: &[Filter],
@@ -392,42 +440,37 @@ impl StoreReader {
         max_depth: Option<u32>,
     ) -> Result<Vec<Span>, StoreError> {
         let mut params = Vec::new();
-        let matched = if filters.is_empty() {
-            "SELECT trace_id FROM traces".to_string()
+        let sql = if filters.is_empty() {
+            "SELECT trace_id, root_span_id FROM traces ORDER BY trace_id".to_string()
         } else {
             let cond = filter_sql(filters, &mut params);
-            format!("SELECT DISTINCT s.trace_id FROM spans s WHERE {cond}")
-        };
-        params.push(SqlValue::Integer(
-            max_depth.unwrap_or(MAX_TREE_DEPTH).min(MAX_TREE_DEPTH) as i64,
-        ));
-        let sql = format!(
-            "WITH RECURSIVE matched (trace_id) AS ({matched}),
-            tree (trace_id, span_id, depth) AS (
-                SELECT t.trace_id, t.root_span_id, 1 FROM traces t JOIN matched m ON m.trace_id = t.trace_id
-                UNION ALL
-                SELECT c.trace_id, c.span_id, tree.depth + 1 FROM spans c
-                JOIN tree ON c.trace_id = tree.trace_id AND c.parent_span_id = tree.span_id
-                WHERE tree.depth < ?
+            format!(
+                "SELECT t.trace_id, t.root_span_id FROM traces t
+                 WHERE t.trace_id IN (SELECT s.trace_id FROM spans s WHERE {cond})
+                 ORDER BY t.trace_id"
             )
-            SELECT {SPAN_COLUMNS} FROM tree CROSS JOIN spans s ON s.trace_id = tree.trace_id AND s.span_id = tree.span_id
-            ORDER BY s.trace_id, tree.depth, s.start_time"
-        );
+        };
+        let depth = max_depth.unwrap_or(MAX_TREE_DEPTH).min(MAX_TREE_DEPTH);
         let keys = (!attributes_to_return.is_empty()).then_some(attributes_to_return);
         let conn = self.conn()?;
-        let mut st = conn.prepare_cached(&sql)?;
-        let rows = st.query_map(params_from_iter(params), SpanRow::read)?;
+        let roots: Vec<(String, String)> = conn
+            .prepare_cached(&sql)?
+            .query_map(params_from_iter(params), |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
         let mut out = Vec::new();
-        for row in rows {
-            let row = row?;
-            let attrs = attributes(&row.attributes)?;
-            if !attributes_to_return
-                .iter()
-                .all(|k| attrs.get(k).is_some_and(truthy))
-            {
-                continue;
+        for (trace_id, root) in roots {
+            let spans = Self::trace_spans(&conn, &trace_id)?;
+            for i in walk(&spans, &root, depth) {
+                let row = &spans[i];
+                let attrs = attributes(&row.attributes)?;
+                if !attributes_to_return
+                    .iter()
+                    .all(|k| attrs.get(k).is_some_and(truthy))
+                {
+                    continue;
+                }
+                out.push(row.clone().into_span(keys)?);
             }
-            out.push(row.into_span(keys)?);
         }
         Ok(out)
     }
@@ -503,63 +546,52 @@ impl StoreReader {
 
 #[cfg(test)]
 mod tests {
-    use tokentrace_model::{Attributes, SpanKind, SpanRecord, SpanStatus};
-
-    use crate::{Record, Store, StoreOptions};
-
     use super::*;
 
-    /// The span tree's plan, checked through the bundled SQLite (the `sqlite3` shell plans it
-    /// differently): every access to `spans` is an index search, none a scan.
-    #[test]
-    fn the_span_tree_searches_spans_by_index_and_never_scans_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("t.db"), StoreOptions::default()).unwrap();
-        let mut records = Vec::new();
-        for t in 0..50 {
-            let trace_id = TraceId::random();
-            let root = SpanId::random();
-            for i in 0..10 {
-                let start = Timestamp::now();
-                records.push(Record::Span(SpanRecord {
-                    trace_id,
-                    span_id: if i == 0 { root } else { SpanId::random() },
-                    parent_span_id: (i > 0).then_some(root),
-                    name: format!("span-{t}-{i}"),
-                    kind: SpanKind::Internal,
-                    start_time: start,
-                    end_time: Some(start),
-                    status: Some(SpanStatus::Ok),
-                    status_message: None,
-                    attributes: Attributes::new(),
-                    events: Vec::new(),
-                    links: Vec::new(),
-                    service_name: None,
-                    expires_at: None,
-                }));
-            }
+    fn row(span_id: &str, parent: Option<&str>) -> SpanRow {
+        SpanRow {
+            span_id: span_id.into(),
+            trace_id: "t".into(),
+            parent_span_id: parent.map(str::to_string),
+            name: span_id.into(),
+            start_time: String::new(),
+            end_time: None,
+            attributes: "{}".into(),
+            status: None,
         }
-        store.writer().write(records).unwrap();
-        store.writer().flush().unwrap();
-        let reader = store.reader();
-        let conn = reader.conn().unwrap();
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {}", span_tree_sql()))
-            .unwrap()
-            .query_map(params!["0000000000000001", 10], |r| r.get::<_, String>(3))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        // `spans` appears as `spans`, `c` (children) and `s` (the rows returned).
-        let scans: Vec<&String> = plan
-            .iter()
-            .filter(|d| {
-                let access = d.split(" USING").next().unwrap_or(d);
-                ["SCAN spans", "SCAN c", "SCAN s"].contains(&access)
-            })
-            .collect();
-        assert!(scans.is_empty(), "{plan:?}");
-        drop(conn);
-        store.close().unwrap();
+    }
+
+    fn ids(spans: &[SpanRow], walked: Vec<usize>) -> Vec<&str> {
+        walked.iter().map(|&i| spans[i].span_id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_span_that_is_its_own_parent_is_walked_once_with_each_child_once() {
+        let mut spans = vec![row("root", Some("root"))];
+        spans.extend((0..200).map(|i| row(&format!("c{i:03}"), Some("root"))));
+        let walked = walk(&spans, "root", MAX_TREE_DEPTH);
+        assert_eq!(walked.len(), 201);
+        assert_eq!(walked[0], 0);
+        assert_eq!(walk(&spans, "root", 1), [0]);
+    }
+
+    #[test]
+    fn a_parent_cycle_ends_the_walk_and_depth_counts_from_one() {
+        // a → b → c → a, and d below c
+        let spans = vec![
+            row("a", Some("c")),
+            row("b", Some("a")),
+            row("c", Some("b")),
+            row("d", Some("c")),
+        ];
+        assert_eq!(
+            ids(&spans, walk(&spans, "a", MAX_TREE_DEPTH)),
+            ["a", "b", "c", "d"]
+        );
+        assert_eq!(ids(&spans, walk(&spans, "a", 0)), ["a"]);
+        assert_eq!(ids(&spans, walk(&spans, "a", 1)), ["a"]);
+        assert_eq!(ids(&spans, walk(&spans, "a", 2)), ["a", "b"]);
+        assert_eq!(ids(&spans, walk(&spans, "c", 2)), ["c", "a", "d"]);
+        assert!(walk(&spans, "zzz", 5).is_empty());
     }
 }

@@ -310,16 +310,9 @@ struct Query {
 const GET_TRACE_SQL: &str =
     "SELECT root_span_id, start_time, end_time FROM traces WHERE trace_id = ?1";
 const GET_SPAN_SQL: &str = "SELECT span_id, trace_id, parent_span_id, name, start_time, end_time, attributes, status FROM spans WHERE trace_id = ?1 AND span_id = ?2";
-const TREE_SQL: &str = "WITH RECURSIVE tree (trace_id, span_id, depth) AS (
-    SELECT trace_id, span_id, 1 FROM spans WHERE span_id = ?1
-    UNION ALL
-    SELECT c.trace_id, c.span_id, tree.depth + 1 FROM spans c
-    JOIN tree ON c.trace_id = tree.trace_id AND c.parent_span_id = tree.span_id
-    WHERE tree.depth < 10000
-)
-SELECT s.span_id, s.trace_id, s.parent_span_id, s.name, s.start_time, s.end_time, s.attributes, s.status
-FROM tree CROSS JOIN spans s ON s.trace_id = tree.trace_id AND s.span_id = tree.span_id
-ORDER BY tree.depth, s.start_time";
+/// The span tree is two lookups: the span's trace, then that trace's spans (walked in Rust).
+const TREE_ANCHOR_SQL: &str = "SELECT DISTINCT trace_id FROM spans WHERE span_id = ?1";
+const TREE_SQL: &str = "SELECT s.span_id, s.trace_id, s.parent_span_id, s.name, s.start_time, s.end_time, s.attributes, s.status FROM spans s WHERE s.trace_id = ?1 ORDER BY s.start_time";
 const NEWEST_SQL: &str = "SELECT trace_id, root_span_id, start_time, end_time FROM traces ORDER BY start_time DESC LIMIT 100";
 const USER_SQL: &str = "SELECT t.trace_id, t.root_span_id, t.start_time, t.end_time FROM traces t
 WHERE EXISTS (SELECT 1 FROM spans s WHERE s.trace_id = t.trace_id AND json_extract(s.attributes, '$.\"user.id\"') IS ?1)
@@ -574,8 +567,11 @@ fn main() -> Result<(), Error> {
                 }
             }),
             floor: Box::new(|c, t| {
+                let trace: String = c
+                    .prepare_cached(TREE_ANCHOR_SQL)?
+                    .query_row(params![hex(&span_id(t, 0))], |r| r.get(0))?;
                 let mut st = c.prepare_cached(TREE_SQL)?;
-                drain(st.query(params![hex(&span_id(t, 0))])?)?;
+                drain(st.query(params![trace])?)?;
                 Ok(())
             }),
             sql: TREE_SQL,
