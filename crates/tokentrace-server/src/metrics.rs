@@ -91,6 +91,14 @@ fn live_samples(state: &AppState) -> Vec<Sample> {
     if let Ok(writer) = state.writer() {
         let w = writer.stats();
         live.extend([
+            Sample {
+                counter: false,
+                ..counter(
+                    "tokentrace_sqlite_queue_bytes",
+                    "Bytes of rows handed to the SQLite writer and not yet committed.",
+                    w.queued_bytes as f64,
+                )
+            },
             counter(
                 "tokentrace_sqlite_rows_committed_total",
                 "Rows committed to SQLite.",

@@ -1,6 +1,7 @@
 //! tokentrace's SQLite trace store: schema and migrations, one batching writer thread, read-only
 //! query connections, datasets and retention.
 
+mod backlog;
 mod datasets;
 mod metrics;
 mod reader;
@@ -25,6 +26,7 @@ pub use rows::Row;
 pub use schema::SCHEMA_VERSION;
 pub use writer::WriterStats;
 
+use backlog::Backlog;
 use writer::{Cmd, Counters, Writer};
 
 /// Tuning of the store.
@@ -36,6 +38,8 @@ pub struct StoreOptions {
     pub flush_interval: Duration,
     /// Batches queued for the writer before `write` blocks.
     pub queue_capacity: usize,
+    /// Bytes of rows handed to the writer and not yet committed before `write` blocks.
+    pub queue_max_bytes: u64,
     /// Idle read-only connections kept.
     pub read_connections: usize,
     /// Run first on the writer thread (the binary lowers its priority there).
@@ -71,6 +75,7 @@ impl Default for StoreOptions {
             batch_max_rows: 5_000,
             flush_interval: Duration::from_millis(200),
             queue_capacity: 64,
+            queue_max_bytes: 16 << 20,
             read_connections: 4,
             on_writer_start: None,
             on_commit: None,
@@ -125,6 +130,7 @@ pub struct Store {
 pub struct StoreWriter {
     tx: SyncSender<Cmd>,
     counters: Arc<Counters>,
+    backlog: Arc<Backlog>,
 }
 
 impl Store {
@@ -140,12 +146,14 @@ impl Store {
         schema::migrate(&mut conn)?;
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::sync_channel(options.queue_capacity.max(1));
+        let backlog = Arc::new(Backlog::new(options.queue_max_bytes));
         let writer = Writer::new(
             conn,
             options.batch_max_rows,
             options.flush_interval,
             counters.clone(),
             options.on_commit,
+            backlog.clone(),
         );
         let on_start = options.on_writer_start;
         let thread = std::thread::Builder::new()
@@ -158,7 +166,11 @@ impl Store {
             })?;
         Ok(Store {
             path: path.to_path_buf(),
-            writer: StoreWriter { tx, counters },
+            writer: StoreWriter {
+                tx,
+                counters,
+                backlog,
+            },
             reader: StoreReader::new(path.to_path_buf(), options.read_connections),
             thread: Mutex::new(Some(thread)),
         })
@@ -225,14 +237,23 @@ impl StoreWriter {
         self.write_rows(rows)
     }
 
-    /// Hands encoded rows to the writer thread; blocks while its queue is full.
+    /// Hands encoded rows to the writer thread; blocks while its backlog is full (in bytes, see
+    /// [`StoreOptions::queue_max_bytes`], or in batches).
     pub fn write_rows(&self, rows: Vec<Row>) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
         }
-        self.tx
-            .send(Cmd::Write(rows))
-            .map_err(|_| StoreError::Closed)
+        let bytes = rows.iter().map(Row::size).sum();
+        self.backlog.reserve(bytes);
+        self.tx.send(Cmd::Write(rows)).map_err(|_| {
+            self.backlog.release(bytes);
+            StoreError::Closed
+        })
+    }
+
+    /// Bytes of rows handed to the writer and not yet committed.
+    pub fn queued_bytes(&self) -> u64 {
+        self.backlog.bytes()
     }
 
     /// Returns once everything written before is committed.
@@ -261,7 +282,10 @@ impl StoreWriter {
 
     /// The writer's counters.
     pub fn stats(&self) -> WriterStats {
-        self.counters.snapshot()
+        WriterStats {
+            queued_bytes: self.backlog.bytes(),
+            ..self.counters.snapshot()
+        }
     }
 }
 

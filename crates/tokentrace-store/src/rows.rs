@@ -180,6 +180,43 @@ impl Row {
         })))
     }
 
+    /// About how much memory the row holds, in bytes: what the writer's backlog counts.
+    pub fn size(&self) -> u64 {
+        let text = |s: &str| s.len() as u64;
+        let opt = |s: &Option<String>| s.as_deref().map_or(0, text);
+        64 + match &self.0 {
+            RowKind::Span(s) => {
+                text(&s.trace_id)
+                    + text(&s.span_id)
+                    + opt(&s.parent_span_id)
+                    + text(&s.name)
+                    + text(&s.start_time)
+                    + opt(&s.end_time)
+                    + opt(&s.status_message)
+                    + text(&s.attributes)
+                    + opt(&s.links)
+                    + opt(&s.service_name)
+            }
+            RowKind::Event(e) => {
+                opt(&e.trace_id)
+                    + opt(&e.span_id)
+                    + text(&e.timestamp)
+                    + text(&e.name)
+                    + opt(&e.message)
+                    + opt(&e.unit)
+                    + text(&e.attributes)
+            }
+            RowKind::Metric(m) => {
+                text(&m.name)
+                    + text(&m.timestamp)
+                    + text(&m.unit)
+                    + text(&m.labels)
+                    + opt(&m.trace_id)
+                    + opt(&m.span_id)
+            }
+        }
+    }
+
     /// Whether this is a `spans` row.
     pub(crate) fn is_span(&self) -> bool {
         matches!(self.0, RowKind::Span(_))

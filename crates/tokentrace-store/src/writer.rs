@@ -10,6 +10,7 @@ use rusqlite::Connection;
 use serde_json::{Map, Value};
 use tokentrace_model::Timestamp;
 
+use crate::backlog::Backlog;
 use crate::datasets::append_rows;
 use crate::rows::{Row, write_rows};
 use crate::{CommitObserver, StoreError};
@@ -58,6 +59,8 @@ pub struct WriterStats {
     pub rows_expired: u64,
     /// Batches that failed to commit (logged; their records are lost).
     pub write_errors: u64,
+    /// Bytes of rows handed to the writer and not yet committed (now).
+    pub queued_bytes: u64,
 }
 
 impl Counters {
@@ -70,6 +73,7 @@ impl Counters {
             max_batch_rows: l(&self.max_batch_rows),
             rows_expired: l(&self.rows_expired),
             write_errors: l(&self.write_errors),
+            queued_bytes: 0,
         }
     }
 }
@@ -86,6 +90,7 @@ pub(crate) struct Writer {
     pub flush_interval: Duration,
     pub counters: Arc<Counters>,
     on_commit: Option<CommitObserver>,
+    backlog: Arc<Backlog>,
     pending: Vec<Row>,
     first_pending: Option<Instant>,
     expiry: Option<Expiry>,
@@ -98,6 +103,7 @@ impl Writer {
         flush_interval: Duration,
         counters: Arc<Counters>,
         on_commit: Option<CommitObserver>,
+        backlog: Arc<Backlog>,
     ) -> Self {
         Self {
             conn,
@@ -105,6 +111,7 @@ impl Writer {
             flush_interval,
             counters,
             on_commit,
+            backlog,
             pending: Vec::new(),
             first_pending: None,
             expiry: None,
@@ -112,6 +119,12 @@ impl Writer {
     }
 
     pub fn run(mut self, rx: Receiver<Cmd>) {
+        self.serve(rx);
+        // Whatever happens to the thread, nobody waits for room any more.
+        self.backlog.close();
+    }
+
+    fn serve(&mut self, rx: Receiver<Cmd>) {
         loop {
             let cmd = if self.expiry.is_some() {
                 match rx.try_recv() {
@@ -191,17 +204,30 @@ impl Writer {
         }
     }
 
-    /// Commits what is pending in one transaction. Errors are logged and counted.
+    /// Commits what is pending, in transactions of at most `batch_max_rows` rows. Errors are
+    /// logged and counted; the first is returned.
     fn commit_pending(&mut self) -> Result<(), StoreError> {
         self.first_pending = None;
-        if self.pending.is_empty() {
-            return Ok(());
+        let mut result = Ok(());
+        let mut rest = std::mem::take(&mut self.pending);
+        while !rest.is_empty() {
+            let tail = rest.split_off(rest.len().min(self.batch_max_rows));
+            let r = self.commit(&rest);
+            self.backlog.release(rest.iter().map(Row::size).sum());
+            if result.is_ok() {
+                result = r;
+            }
+            rest = tail;
         }
-        let records = std::mem::take(&mut self.pending);
+        result
+    }
+
+    /// Commits `records` in one transaction.
+    fn commit(&mut self, records: &[Row]) -> Result<(), StoreError> {
         let n = records.len() as u64;
         let spans = records.iter().filter(|r| r.is_span()).count() as u64;
         let started = Instant::now();
-        match write_rows(&mut self.conn, &records) {
+        match write_rows(&mut self.conn, records) {
             Ok(()) => {
                 let c = &self.counters;
                 c.batches.fetch_add(1, Ordering::Relaxed);

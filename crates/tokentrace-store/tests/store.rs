@@ -692,3 +692,78 @@ fn one_batch_folds_its_spans_into_each_trace_row_like_separate_writes() {
     assert_eq!(r.count_rows(Table::Traces).unwrap(), 2);
     store.close().unwrap();
 }
+
+fn spans_of_one_trace(n: usize) -> Vec<Record> {
+    let t = TraceId::random();
+    (0..n)
+        .map(|i| {
+            Record::Span(span(
+                t,
+                SpanId::random(),
+                None,
+                &format!("s{i}"),
+                now_minus(5),
+                1,
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn the_writer_backlog_is_bounded_in_bytes_and_writers_wait_for_room() {
+    let dir = tempfile::tempdir().unwrap();
+    // The writer thread waits at its start until the test lets it go.
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let options = StoreOptions {
+        queue_max_bytes: 64 * 1024,
+        on_writer_start: Some(tokentrace_store::ThreadStart(std::sync::Arc::new(
+            move || {
+                let _ = go_rx.lock().unwrap().recv();
+            },
+        ))),
+        ..StoreOptions::default()
+    };
+    let store = Store::open(&dir.path().join("trace_store.db"), options).unwrap();
+    let w = store.writer();
+    // 200 spans (~40 KB) fit; the next 200 do not while the first wait.
+    w.write(spans_of_one_trace(200)).unwrap();
+    let first = w.queued_bytes();
+    assert!(first > 20 * 1024 && first <= 64 * 1024, "{first}");
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let second = {
+        let w = w.clone();
+        std::thread::spawn(move || {
+            w.write(spans_of_one_trace(200)).unwrap();
+            done_tx.send(()).unwrap();
+        })
+    };
+    assert!(
+        done_rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "the second write waits for room"
+    );
+    assert_eq!(w.queued_bytes(), first, "the waiting rows are not queued");
+    go_tx.send(()).unwrap();
+    done_rx.recv().unwrap();
+    second.join().unwrap();
+    w.flush().unwrap();
+    let stats = w.stats();
+    assert_eq!(stats.spans_committed, 400);
+    assert_eq!(stats.queued_bytes, 0);
+    store.close().unwrap();
+}
+
+#[test]
+fn a_large_write_commits_in_transactions_of_at_most_batch_max_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let w = store.writer();
+    w.write(spans_of_one_trace(12_000)).unwrap();
+    w.flush().unwrap();
+    let stats = w.stats();
+    assert_eq!(stats.rows_committed, 12_000);
+    assert_eq!(stats.max_batch_rows, 5_000, "{stats:?}");
+    assert_eq!(stats.batches_committed, 3, "{stats:?}");
+    assert_eq!(store.reader().count_rows(Table::Spans).unwrap(), 12_000);
+    store.close().unwrap();
+}
