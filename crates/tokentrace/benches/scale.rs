@@ -236,7 +236,8 @@ fn request(plan: Plan, r: u64) -> (Vec<u8>, Vec<u8>, u64) {
     (traces.encode_to_vec(), metrics.encode_to_vec(), n)
 }
 
-/// Posts until accepted; a 503 (the pipeline is full) is retried after a short pause.
+/// Posts until accepted; a 503 (the pipeline is full) is retried after its `Retry-After`, as
+/// the OpenTelemetry SDKs' exporters do.
 fn post(client: &reqwest::blocking::Client, url: &str, body: Vec<u8>) -> Result<(), Error> {
     loop {
         let res = client
@@ -246,7 +247,14 @@ fn post(client: &reqwest::blocking::Client, url: &str, body: Vec<u8>) -> Result<
             .send()?;
         match res.status().as_u16() {
             200 => return Ok(()),
-            503 => std::thread::sleep(Duration::from_millis(20)),
+            503 => {
+                let after = res
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+                    .unwrap_or(1);
+                std::thread::sleep(Duration::from_secs(after.min(5)));
+            }
             s => return Err(format!("{url} answered {s}: {}", res.text()?).into()),
         }
     }
