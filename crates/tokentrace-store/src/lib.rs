@@ -142,6 +142,8 @@ impl Store {
             std::fs::create_dir_all(dir)?;
         }
         let mut conn = Connection::open(path)?;
+        // A file from a newer tokentrace is refused before WAL mode or anything else touches it.
+        schema::check_version(&conn)?;
         schema::configure_writer(&conn)?;
         schema::migrate(&mut conn)?;
         let counters = Arc::new(Counters::default());

@@ -135,40 +135,109 @@ impl MetricQuery {
     }
 }
 
+impl MetricQuery {
+    /// The whole minutes `[from, to)` (unix minutes) inside the window, which the per-minute
+    /// rollups answer; `None` when buckets are not whole minutes or no whole minute fits.
+    fn rollup_minutes(&self) -> Option<(i64, i64)> {
+        if self.step.is_some_and(|s| s % 60 != 0) {
+            return None;
+        }
+        let from = (self.start + 59).div_euclid(60);
+        let to = (self.end + 1).div_euclid(60);
+        (from < to).then_some((from, to))
+    }
+}
+
+/// A stored label set (JSON) as sorted (name, value) pairs, values as labels.
+fn label_set(labels: &str) -> Result<LabelSet, StoreError> {
+    Ok(attributes(labels)?
+        .into_iter()
+        .map(|(k, v)| (k, v.to_label()))
+        .collect())
+}
+
+const MINUTE_NANOS: i64 = 60_000_000_000;
+
 impl StoreReader {
-    /// Metric series of `name` per distinct label set.
+    /// Metric series of `name` per distinct label set. Whole minutes of the window are read
+    /// from the per-minute rollups of the series whose labels match (a few rows per series and
+    /// minute, whatever the number of points); the partial minutes at its edges, or a window
+    /// with buckets that are not whole minutes, from the points.
     pub fn query_metrics(
         &self,
         name: &str,
         q: &MetricQuery,
     ) -> Result<Vec<MetricSeries>, StoreError> {
         let conn = self.conn()?;
+        // label set → (unit, bucket → sum)
+        let mut series: BTreeMap<LabelSet, (String, Buckets)> = BTreeMap::new();
+        let mut add = |labels: LabelSet, unit: &str, bucket: i64, value: f64| {
+            let entry = series
+                .entry(labels)
+                .or_insert_with(|| (unit.to_string(), BTreeMap::new()));
+            *entry.1.entry(bucket).or_insert(0.0) += value;
+        };
+        let from_points = match q.rollup_minutes() {
+            Some((from, to)) => {
+                let mut matching = Vec::new();
+                let mut st = conn
+                    .prepare_cached("SELECT id, unit, labels FROM metric_series WHERE name = ?1")?;
+                for row in st.query_map([name], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })? {
+                    let (id, unit, labels) = row?;
+                    let labels = label_set(&labels)?;
+                    if q.matches(&labels) {
+                        matching.push((id, unit, labels));
+                    }
+                }
+                // Summed per bucket by SQLite: a row per bucket comes back, not one per minute.
+                let minutes_per_bucket = q.step.map_or(i64::MAX, |s| s / 60);
+                let mut st = conn.prepare_cached(
+                    "SELECT MIN(minute), SUM(sum) FROM metric_rollups
+                     WHERE series = ?1 AND minute >= ?2 AND minute < ?3 GROUP BY minute / ?4",
+                )?;
+                for (id, unit, labels) in matching {
+                    for row in st.query_map(params![id, from, to, minutes_per_bucket], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?))
+                    })? {
+                        let (minute, sum) = row?;
+                        add(labels.clone(), &unit, q.bucket(minute * MINUTE_NANOS), sum);
+                    }
+                }
+                vec![
+                    (q.start_nanos(), from * MINUTE_NANOS - 1),
+                    (to * MINUTE_NANOS, q.end_nanos()),
+                ]
+            }
+            None => vec![(q.start_nanos(), q.end_nanos())],
+        };
         let mut st = conn.prepare_cached(
             "SELECT ts_nanos, value, unit, labels FROM metrics WHERE name = ?1 AND ts_nanos >= ?2 AND ts_nanos <= ?3 ORDER BY ts_nanos",
         )?;
-        let rows = st.query_map(params![name, q.start_nanos(), q.end_nanos()], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, f64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-            ))
-        })?;
-        // label set → (unit, bucket → sum)
-        let mut series: BTreeMap<LabelSet, (String, Buckets)> = BTreeMap::new();
-        for row in rows {
-            let (ts_nanos, value, unit, labels) = row?;
-            let labels: Vec<(String, String)> = attributes(&labels)?
-                .into_iter()
-                .map(|(k, v)| (k, v.to_label()))
-                .collect();
-            if !q.matches(&labels) {
+        for (first, last) in from_points {
+            if first > last {
                 continue;
             }
-            let entry = series
-                .entry(labels)
-                .or_insert_with(|| (unit, BTreeMap::new()));
-            *entry.1.entry(q.bucket(ts_nanos)).or_insert(0.0) += value;
+            let rows = st.query_map(params![name, first, last], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, f64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?;
+            for row in rows {
+                let (ts_nanos, value, unit, labels) = row?;
+                let labels = label_set(&labels)?;
+                if q.matches(&labels) {
+                    add(labels, &unit, q.bucket(ts_nanos), value);
+                }
+            }
         }
         Ok(series
             .into_iter()

@@ -1,6 +1,8 @@
 //! Records encoded as rows of their tables, and the statements that write a batch of them in
 //! one transaction.
 
+use std::collections::HashMap;
+
 use rusqlite::{Connection, params};
 use tokentrace_model::{MetricPoint, SpanEvent, SpanEventBody, SpanRecord, Timestamp};
 
@@ -37,6 +39,19 @@ ON CONFLICT (trace_id) DO UPDATE SET
 
 const INSERT_EVENT: &str = "INSERT INTO span_events (trace_id, span_id, timestamp, name, kind, severity, message, value, unit, attributes, expires_at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+
+const UPSERT_SERIES: &str = "INSERT INTO metric_series (name, unit, labels) VALUES (?1, ?2, ?3)
+ON CONFLICT (name, labels) DO UPDATE SET name = excluded.name
+RETURNING id";
+
+const UPSERT_ROLLUP: &str =
+    "INSERT INTO metric_rollups (series, minute, sum, count, min, max, expires_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+ON CONFLICT (series, minute) DO UPDATE SET
+    sum = sum + excluded.sum, count = count + excluded.count,
+    min = MIN(min, excluded.min), max = MAX(max, excluded.max),
+    expires_at = CASE WHEN expires_at IS NULL OR excluded.expires_at IS NULL THEN NULL
+                      ELSE MAX(expires_at, excluded.expires_at) END";
 
 const INSERT_METRIC: &str = "INSERT INTO metrics (name, timestamp, ts_nanos, value, unit, labels, trace_id, span_id, expires_at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
@@ -292,10 +307,60 @@ impl<'a> TraceUpdates<'a> {
     }
 }
 
-/// Writes rows in one transaction, the statements prepared once per transaction.
-pub(crate) fn write_rows(conn: &mut Connection, rows: &[Row]) -> Result<(), StoreError> {
+/// Series ids by name and labels (as stored), kept across transactions so that a point costs
+/// a lookup here rather than a statement. Forget them when a transaction fails: ids it created
+/// were rolled back.
+#[derive(Default)]
+pub(crate) struct SeriesIds(HashMap<(String, String), i64>);
+
+/// Series ids remembered at most; beyond, the map starts again (the table has them all).
+const MAX_REMEMBERED_SERIES: usize = 65_536;
+
+impl SeriesIds {
+    fn get(&mut self, tx: &rusqlite::Transaction<'_>, m: &MetricRow) -> Result<i64, StoreError> {
+        if let Some(id) = self.0.get(&(m.name.clone(), m.labels.clone())) {
+            return Ok(*id);
+        }
+        let id: i64 = tx
+            .prepare_cached(UPSERT_SERIES)?
+            .query_row(params![m.name, m.unit, m.labels], |r| r.get(0))?;
+        if self.0.len() >= MAX_REMEMBERED_SERIES {
+            self.0.clear();
+        }
+        self.0.insert((m.name.clone(), m.labels.clone()), id);
+        Ok(id)
+    }
+
+    pub(crate) fn forget(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// One minute of one series, summed over a batch before its upsert.
+struct Rollup {
+    sum: f64,
+    count: i64,
+    min: f64,
+    max: f64,
+    /// `None` when some point never expires.
+    expires_at: Option<i64>,
+}
+
+/// The minute (unix minutes) a point at `ts_nanos` rolls up into.
+pub(crate) fn minute_of(ts_nanos: i64) -> i64 {
+    ts_nanos.div_euclid(60_000_000_000)
+}
+
+/// Writes rows in one transaction, the statements prepared once per transaction; every metric
+/// point also lands in its series' per-minute rollup.
+pub(crate) fn write_rows(
+    conn: &mut Connection,
+    rows: &[Row],
+    series: &mut SeriesIds,
+) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     {
+        let mut rollups: HashMap<(i64, i64), Rollup> = HashMap::new();
         let mut span = tx.prepare_cached(INSERT_SPAN)?;
         let mut event = tx.prepare_cached(INSERT_EVENT)?;
         let mut metric = tx.prepare_cached(INSERT_METRIC)?;
@@ -348,8 +413,37 @@ pub(crate) fn write_rows(conn: &mut Connection, rows: &[Row]) -> Result<(), Stor
                         m.span_id,
                         m.expires_at,
                     ])?;
+                    let key = (series.get(&tx, m)?, minute_of(m.ts_nanos));
+                    rollups
+                        .entry(key)
+                        .and_modify(|r| {
+                            r.sum += m.value;
+                            r.count += 1;
+                            r.min = r.min.min(m.value);
+                            r.max = r.max.max(m.value);
+                            r.expires_at = r.expires_at.zip(m.expires_at).map(|(a, b)| a.max(b));
+                        })
+                        .or_insert(Rollup {
+                            sum: m.value,
+                            count: 1,
+                            min: m.value,
+                            max: m.value,
+                            expires_at: m.expires_at,
+                        });
                 }
             }
+        }
+        let mut rollup = tx.prepare_cached(UPSERT_ROLLUP)?;
+        for ((series, minute), r) in rollups {
+            rollup.execute(params![
+                series,
+                minute,
+                r.sum,
+                r.count,
+                r.min,
+                r.max,
+                r.expires_at
+            ])?;
         }
         let mut trace = tx.prepare_cached(UPSERT_TRACE)?;
         for (trace_id, t) in traces.by_trace {

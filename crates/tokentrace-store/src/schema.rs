@@ -1,6 +1,6 @@
 //! The schema and its versioned migrations (`PRAGMA user_version`).
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::StoreError;
 
@@ -89,24 +89,140 @@ CREATE TABLE dataset_rows (
     PRIMARY KEY (dataset_id, row_index)
 ) WITHOUT ROWID;
 "#,
+    // 2: per-minute rollups of every metric series, written with the points; filled from the
+    // points already stored by `backfill_rollups`.
+    r#"
+CREATE TABLE IF NOT EXISTS metric_series (
+    id     INTEGER PRIMARY KEY,
+    name   TEXT NOT NULL,
+    unit   TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    UNIQUE (name, labels)
+);
+CREATE TABLE IF NOT EXISTS metric_rollups (
+    series     INTEGER NOT NULL,
+    minute     INTEGER NOT NULL,
+    sum        REAL NOT NULL,
+    count      INTEGER NOT NULL,
+    min        REAL NOT NULL,
+    max        REAL NOT NULL,
+    expires_at INTEGER,
+    PRIMARY KEY (series, minute)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS metric_rollups_expires_at ON metric_rollups (expires_at);
+CREATE TABLE IF NOT EXISTS migration_progress (
+    version    INTEGER PRIMARY KEY,
+    done_up_to INTEGER NOT NULL
+);
+"#,
 ];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-/// Brings the file up to [`SCHEMA_VERSION`], each migration in its own transaction.
-pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+/// The schema version of a file (0 for a new one). Reading it does not modify the file.
+pub fn version(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+}
+
+/// Refuses a file written by a newer tokentrace, before anything touches it.
+pub fn check_version(conn: &Connection) -> Result<(), StoreError> {
+    let current = version(conn)?;
     if current > SCHEMA_VERSION {
         return Err(StoreError::Corrupt(format!(
-            "the store has schema version {current}, newer than this tokentrace understands ({SCHEMA_VERSION})"
+            "the store has schema version {current}, newer than this tokentrace understands ({SCHEMA_VERSION}); it was left untouched: use a newer tokentrace, or another sqlite_db_path"
         )));
     }
+    Ok(())
+}
+
+/// Metric points turned into rollups per migration transaction.
+const BACKFILL_BATCH: i64 = 100_000;
+
+/// Brings the file up to [`SCHEMA_VERSION`]. Each migration's tables are created in one
+/// transaction; one that must fill them from existing rows does so in batches, each its own
+/// transaction that records how far it got, so an interrupted migration resumes where it
+/// stopped. The version is raised when a migration is complete.
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    check_version(conn)?;
+    let current = version(conn)?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let to = (i + 1) as i64;
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        if to == 1 {
+            tx.pragma_update(None, "user_version", to)?;
+            tx.commit()?;
+            continue;
+        }
         tx.commit()?;
+        if to == 2 {
+            backfill_rollups(conn)?;
+        }
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM migration_progress WHERE version = ?1", [to])?;
+        tx.pragma_update(None, "user_version", to)?;
+        tx.commit()?;
+        tracing::info!("trace store: migrated to schema version {to}");
+    }
+    Ok(())
+}
+
+/// Migration 2: per-minute rollups of the metric points already stored, in batches of points.
+fn backfill_rollups(conn: &mut Connection) -> Result<(), StoreError> {
+    let (last, total): (i64, i64) = conn.query_row(
+        "SELECT COALESCE(MAX(id), 0), COUNT(*) FROM metrics",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let mut done: i64 = conn
+        .query_row(
+            "SELECT done_up_to FROM migration_progress WHERE version = 2",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    if total > 0 {
+        tracing::info!(
+            "trace store: migrating to schema version 2: rollups of {total} metric points"
+        );
+    }
+    while done < last {
+        let upto = done.saturating_add(BACKFILL_BATCH).min(last);
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO metric_series (name, unit, labels)
+             SELECT name, MIN(unit), labels FROM metrics WHERE id > ?1 AND id <= ?2
+             GROUP BY name, labels
+             ON CONFLICT (name, labels) DO NOTHING",
+            params![done, upto],
+        )?;
+        tx.execute(
+            "INSERT INTO metric_rollups (series, minute, sum, count, min, max, expires_at)
+             SELECT s.id, (m.ts_nanos - ((m.ts_nanos % 60000000000) + 60000000000) % 60000000000) / 60000000000,
+                    SUM(m.value), COUNT(*), MIN(m.value), MAX(m.value),
+                    CASE WHEN COUNT(m.expires_at) < COUNT(*) THEN NULL ELSE MAX(m.expires_at) END
+             FROM metrics m JOIN metric_series s ON s.name = m.name AND s.labels = m.labels
+             WHERE m.id > ?1 AND m.id <= ?2
+             GROUP BY 1, 2
+             ON CONFLICT (series, minute) DO UPDATE SET
+                 sum = sum + excluded.sum, count = count + excluded.count,
+                 min = MIN(min, excluded.min), max = MAX(max, excluded.max),
+                 expires_at = CASE WHEN expires_at IS NULL OR excluded.expires_at IS NULL THEN NULL
+                                   ELSE MAX(expires_at, excluded.expires_at) END",
+            params![done, upto],
+        )?;
+        tx.execute(
+            "INSERT INTO migration_progress (version, done_up_to) VALUES (2, ?1)
+             ON CONFLICT (version) DO UPDATE SET done_up_to = excluded.done_up_to",
+            [upto],
+        )?;
+        tx.commit()?;
+        done = upto;
+        tracing::info!(
+            "trace store: schema version 2: rollups up to metric point {done} of {last}"
+        );
     }
     Ok(())
 }

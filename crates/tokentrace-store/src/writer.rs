@@ -12,7 +12,7 @@ use tokentrace_model::Timestamp;
 
 use crate::backlog::Backlog;
 use crate::datasets::append_rows;
-use crate::rows::{Row, write_rows};
+use crate::rows::{Row, SeriesIds, write_rows};
 use crate::{CommitObserver, StoreError};
 
 /// Rows deleted per retention transaction.
@@ -91,6 +91,7 @@ pub(crate) struct Writer {
     pub counters: Arc<Counters>,
     on_commit: Option<CommitObserver>,
     backlog: Arc<Backlog>,
+    series: SeriesIds,
     pending: Vec<Row>,
     first_pending: Option<Instant>,
     expiry: Option<Expiry>,
@@ -112,6 +113,7 @@ impl Writer {
             counters,
             on_commit,
             backlog,
+            series: SeriesIds::default(),
             pending: Vec::new(),
             first_pending: None,
             expiry: None,
@@ -227,7 +229,7 @@ impl Writer {
         let n = records.len() as u64;
         let spans = records.iter().filter(|r| r.is_span()).count() as u64;
         let started = Instant::now();
-        match write_rows(&mut self.conn, records) {
+        match write_rows(&mut self.conn, records, &mut self.series) {
             Ok(()) => {
                 let c = &self.counters;
                 c.batches.fetch_add(1, Ordering::Relaxed);
@@ -240,6 +242,7 @@ impl Writer {
                 Ok(())
             }
             Err(e) => {
+                self.series.forget();
                 self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!("trace store: a batch of {n} records failed to commit: {e}");
                 Err(e)
@@ -275,10 +278,16 @@ impl Writer {
 fn expire_chunk(conn: &mut Connection, now: i64) -> Result<u64, StoreError> {
     let tx = conn.transaction()?;
     let mut deleted = 0;
-    for table in ["spans", "span_events", "metrics", "traces"] {
-        // Table names come from this fixed list, never from a caller.
+    for (table, key, columns) in [
+        ("spans", "rowid", "rowid"),
+        ("span_events", "rowid", "rowid"),
+        ("metrics", "rowid", "rowid"),
+        ("metric_rollups", "(series, minute)", "series, minute"),
+        ("traces", "rowid", "rowid"),
+    ] {
+        // Table names and keys come from this fixed list, never from a caller.
         let sql = format!(
-            "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE expires_at <= ?1 LIMIT {EXPIRE_CHUNK})"
+            "DELETE FROM {table} WHERE {key} IN (SELECT {columns} FROM {table} WHERE expires_at <= ?1 LIMIT {EXPIRE_CHUNK})"
         );
         deleted += tx.prepare_cached(&sql)?.execute([now])? as u64;
     }

@@ -326,7 +326,9 @@ const USER_SQL: &str = "SELECT t.trace_id, t.root_span_id, t.start_time, t.end_t
 WHERE EXISTS (SELECT 1 FROM spans s WHERE s.trace_id = t.trace_id AND json_extract(s.attributes, '$.\"user.id\"') IS ?1)
 LIMIT 100";
 const SESSION_SQL: &str = "SELECT s.span_id, s.attributes FROM spans s WHERE json_extract(s.attributes, '$.\"session.id\"') IS ?1";
-const METRICS_SQL: &str = "SELECT ts_nanos, value, labels FROM metrics WHERE name = ?1 AND ts_nanos >= ?2 AND ts_nanos <= ?3";
+/// Metric range queries read the per-minute rollups of the name's series (the store filters the
+/// series by label in Rust, and reads the points of the partial minutes at the window's edges).
+const METRICS_SQL: &str = "SELECT r.minute, r.sum, s.labels FROM metric_series s CROSS JOIN metric_rollups r ON r.series = s.id WHERE s.name = ?1 AND r.minute >= ?2 AND r.minute < ?3";
 
 fn drain(mut rows: rusqlite::Rows<'_>) -> Result<u64, Error> {
     let mut n = 0;
@@ -655,11 +657,7 @@ fn main() -> Result<(), Error> {
             }),
             floor: Box::new(move |c, _| {
                 let mut st = c.prepare_cached(METRICS_SQL)?;
-                drain(st.query(params![
-                    "prompt_tokens",
-                    week_ago_secs * 1_000_000_000,
-                    end_secs * 1_000_000_000
-                ])?)?;
+                drain(st.query(params!["prompt_tokens", week_ago_secs / 60, end_secs / 60])?)?;
                 Ok(())
             }),
             sql: METRICS_SQL,

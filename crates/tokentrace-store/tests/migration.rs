@@ -1,0 +1,432 @@
+//! Schema versions on real files: a file written by the release with schema version 1 is
+//! migrated in place (every row kept, metric rollups filled from its points), and a file from a
+//! newer version is refused and left byte for byte as it was. Metric queries answered from the
+//! rollups agree with the points they summarise, on windows that cut minutes in half.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rusqlite::{Connection, params};
+use tokentrace_model::query::QueryMetricsRequest;
+use tokentrace_model::{AttrValue, MetricPoint, Timestamp};
+use tokentrace_store::{MetricQuery, Record, SCHEMA_VERSION, Store, StoreOptions};
+
+/// The schema of version 1, as the release that wrote it created it.
+const SCHEMA_V1: &str = r#"
+CREATE TABLE traces (trace_id TEXT PRIMARY KEY, service_name TEXT, root_span_id TEXT NOT NULL,
+    root_is_true_root INTEGER NOT NULL DEFAULT 0, start_time TEXT NOT NULL, end_time TEXT,
+    timestamp TEXT NOT NULL, expires_at INTEGER);
+CREATE INDEX traces_start_time ON traces (start_time);
+CREATE INDEX traces_timestamp ON traces (timestamp);
+CREATE INDEX traces_expires_at ON traces (expires_at);
+CREATE TABLE spans (trace_id TEXT NOT NULL, span_id TEXT NOT NULL, parent_span_id TEXT,
+    name TEXT NOT NULL, kind TEXT NOT NULL, start_time TEXT NOT NULL, end_time TEXT,
+    duration_ms REAL, status TEXT, status_message TEXT, attributes TEXT NOT NULL, links TEXT,
+    service_name TEXT, expires_at INTEGER, PRIMARY KEY (trace_id, span_id));
+CREATE INDEX spans_span_id ON spans (span_id);
+CREATE INDEX spans_parent_span_id ON spans (parent_span_id);
+CREATE INDEX spans_start_time ON spans (start_time);
+CREATE INDEX spans_name ON spans (name);
+CREATE INDEX spans_expires_at ON spans (expires_at);
+CREATE TABLE span_events (id INTEGER PRIMARY KEY, trace_id TEXT, span_id TEXT,
+    timestamp TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL, severity TEXT, message TEXT,
+    value REAL, unit TEXT, attributes TEXT NOT NULL, expires_at INTEGER);
+CREATE INDEX span_events_span ON span_events (trace_id, span_id);
+CREATE INDEX span_events_expires_at ON span_events (expires_at);
+CREATE TABLE metrics (id INTEGER PRIMARY KEY, name TEXT NOT NULL, timestamp TEXT NOT NULL,
+    ts_nanos INTEGER NOT NULL, value REAL NOT NULL, unit TEXT NOT NULL, labels TEXT NOT NULL,
+    trace_id TEXT, span_id TEXT, expires_at INTEGER);
+CREATE INDEX metrics_name_time ON metrics (name, ts_nanos);
+CREATE INDEX metrics_expires_at ON metrics (expires_at);
+CREATE TABLE datasets (dataset_id TEXT PRIMARY KEY, created_at TEXT NOT NULL,
+    row_count INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE dataset_rows (dataset_id TEXT NOT NULL, row_index INTEGER NOT NULL,
+    row TEXT NOT NULL, PRIMARY KEY (dataset_id, row_index)) WITHOUT ROWID;
+PRAGMA user_version = 1;
+"#;
+
+const BASE: i64 = 1_795_514_400; // unix seconds, a whole hour
+
+/// A query's answer: each series' labels (`name=value`) and its (bucket, value) points.
+type Series = Vec<(Vec<String>, Vec<(i64, f64)>)>;
+
+/// Every row of the version-1 tables, for comparing before and after.
+fn dump(conn: &Connection) -> BTreeMap<&'static str, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for (table, sql) in [
+        (
+            "traces",
+            "SELECT json_array(trace_id, service_name, root_span_id, root_is_true_root, start_time, end_time, timestamp, expires_at) FROM traces ORDER BY trace_id",
+        ),
+        (
+            "spans",
+            "SELECT json_array(trace_id, span_id, parent_span_id, name, kind, start_time, end_time, duration_ms, status, status_message, attributes, links, service_name, expires_at) FROM spans ORDER BY trace_id, span_id",
+        ),
+        (
+            "span_events",
+            "SELECT json_array(id, trace_id, span_id, timestamp, name, kind, severity, message, value, unit, attributes, expires_at) FROM span_events ORDER BY id",
+        ),
+        (
+            "metrics",
+            "SELECT json_array(id, name, timestamp, ts_nanos, value, unit, labels, trace_id, span_id, expires_at) FROM metrics ORDER BY id",
+        ),
+        (
+            "dataset_rows",
+            "SELECT json_array(dataset_id, row_index, row) FROM dataset_rows ORDER BY 1",
+        ),
+    ] {
+        let rows: Vec<String> = conn
+            .prepare(sql)
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        out.insert(table, rows);
+    }
+    out
+}
+
+/// A version-1 file with spans, events, a dataset and `points` metric points over 4 hours.
+fn version_1_file(path: &Path, points: i64) {
+    let conn = Connection::open(path).unwrap();
+    conn.execute_batch(SCHEMA_V1).unwrap();
+    conn.execute_batch(
+        "INSERT INTO traces VALUES ('4bf92f3577b34da6a3ce929d0e0e4736', 'svc', '00f067aa0ba902b7', 1, '2026-11-24 10:00:00.000000000', '2026-11-24 10:00:02.000000000', '2026-11-24 10:00:00.000000000', NULL);
+         INSERT INTO spans VALUES ('4bf92f3577b34da6a3ce929d0e0e4736', '00f067aa0ba902b7', NULL, 'chat', 'server', '2026-11-24 10:00:00.000000000', '2026-11-24 10:00:02.000000000', 2000.0, 'ok', NULL, '{\"model_id\":\"llama\"}', NULL, 'svc', NULL);
+         INSERT INTO spans VALUES ('4bf92f3577b34da6a3ce929d0e0e4736', 'b7ad6b7169203331', '00f067aa0ba902b7', 'chat llama', 'client', '2026-11-24 10:00:00.100000000', '2026-11-24 10:00:01.600000000', 1500.0, 'error', 'upstream', '{}', NULL, 'svc', 1900000000000000000);
+         INSERT INTO span_events VALUES (1, '4bf92f3577b34da6a3ce929d0e0e4736', 'b7ad6b7169203331', '2026-11-24 10:00:00.300000000', 'log', 'log', 'warn', 'slow upstream', NULL, NULL, '{}', NULL);
+         INSERT INTO datasets VALUES ('kept', '2026-11-24 10:00:00.000000000', 1);
+         INSERT INTO dataset_rows VALUES ('kept', 0, '{\"span_id\":\"00f067aa0ba902b7\"}');",
+    )
+    .unwrap();
+    let tx = conn.unchecked_transaction().unwrap();
+    {
+        let mut st = tx
+            .prepare("INSERT INTO metrics (name, timestamp, ts_nanos, value, unit, labels, trace_id, span_id, expires_at) VALUES (?1, 'x', ?2, ?3, 'tokens', ?4, NULL, NULL, ?5)")
+            .unwrap();
+        for i in 0..points {
+            let ts = (BASE + (i * 7919) % (4 * 3600)) * 1_000_000_000 + (i % 1000) * 1_000_000;
+            let name = if i % 3 == 0 {
+                "prompt_tokens"
+            } else {
+                "total_tokens"
+            };
+            let labels = format!("{{\"model_id\":\"m{}\",\"provider_id\":\"p\"}}", i % 4);
+            let expires = (i % 5 != 0).then_some(2_000_000_000_000_000_000i64 + i);
+            st.execute(params![name, ts, (i % 97) as f64, labels, expires])
+                .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+}
+
+fn query(store: &Store, name: &str, body: serde_json::Value) -> Series {
+    let req: QueryMetricsRequest = serde_json::from_value(body).unwrap();
+    let q = MetricQuery::from_request(&req, Timestamp::now()).unwrap();
+    store
+        .reader()
+        .query_metrics(name, &q)
+        .unwrap()
+        .into_iter()
+        .map(|s| {
+            (
+                s.labels
+                    .into_iter()
+                    .map(|l| format!("{}={}", l.name, l.value))
+                    .collect(),
+                s.values
+                    .into_iter()
+                    .map(|p| (p.timestamp, p.value))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// The same query computed from the points with SQL on the file: what rollups must agree with.
+fn from_points(
+    path: &Path,
+    name: &str,
+    start: i64,
+    end: i64,
+    step: Option<i64>,
+    model: Option<&str>,
+) -> Series {
+    let conn = Connection::open(path).unwrap();
+    let mut st = conn
+        .prepare("SELECT ts_nanos, value, labels FROM metrics WHERE name = ?1 AND ts_nanos >= ?2 AND ts_nanos <= ?3")
+        .unwrap();
+    let mut series: BTreeMap<Vec<String>, BTreeMap<i64, f64>> = BTreeMap::new();
+    let rows = st
+        .query_map(
+            params![
+                name,
+                start * 1_000_000_000,
+                end * 1_000_000_000 + 999_999_999
+            ],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, f64>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            },
+        )
+        .unwrap();
+    for row in rows {
+        let (ts, v, labels) = row.unwrap();
+        let labels: BTreeMap<String, serde_json::Value> = serde_json::from_str(&labels).unwrap();
+        let labels: Vec<String> = labels
+            .into_iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+            .collect();
+        if model.is_some_and(|m| !labels.contains(&format!("model_id={m}"))) {
+            continue;
+        }
+        let bucket = match step {
+            Some(s) => ts.div_euclid(1_000_000_000).div_euclid(s) * s,
+            None => end,
+        };
+        *series
+            .entry(labels)
+            .or_default()
+            .entry(bucket)
+            .or_insert(0.0) += v;
+    }
+    series
+        .into_iter()
+        .map(|(l, b)| (l, b.into_iter().collect()))
+        .collect()
+}
+
+fn assert_close(got: &Series, want: &Series, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: series");
+    for ((gl, gv), (wl, wv)) in got.iter().zip(want) {
+        assert_eq!(gl, wl, "{what}");
+        assert_eq!(gv.len(), wv.len(), "{what} {gl:?}: buckets");
+        for ((gt, g), (wt, w)) in gv.iter().zip(wv) {
+            assert_eq!(gt, wt, "{what} {gl:?}");
+            assert!((g - w).abs() < 1e-6, "{what} {gl:?} at {gt}: {g} != {w}");
+        }
+    }
+}
+
+#[test]
+fn a_version_1_file_is_migrated_in_place_keeping_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trace_store.db");
+    // More points than one migration batch holds, so the backfill takes several.
+    version_1_file(&path, 230_000);
+    let before = dump(&Connection::open(&path).unwrap());
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    store.close().unwrap();
+    let conn = Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    assert_eq!(dump(&conn), before, "every version-1 row is kept as it was");
+    let (points, rolled): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM metrics), (SELECT SUM(count) FROM metric_rollups)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(rolled, points, "every point is in exactly one rollup");
+    let progress: i64 = conn
+        .query_row("SELECT COUNT(*) FROM migration_progress", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(progress, 0);
+    // A minute with a point that never expires never expires; the others at their latest point.
+    let wrong: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM metric_rollups r JOIN metric_series s ON s.id = r.series
+             WHERE r.expires_at IS NOT (
+               SELECT CASE WHEN COUNT(m.expires_at) < COUNT(*) THEN NULL ELSE MAX(m.expires_at) END
+               FROM metrics m WHERE m.name = s.name AND m.labels = s.labels
+                 AND m.ts_nanos >= r.minute * 60000000000 AND m.ts_nanos < (r.minute + 1) * 60000000000)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(wrong, 0);
+    drop(conn);
+
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    for (start, end, g, step) in [
+        (BASE + 17, BASE + 3 * 3600 + 41, "1h", Some(3600)),
+        (BASE - 5, BASE + 4 * 3600, "5m", Some(300)),
+        (BASE + 61, BASE + 119, "1m", Some(60)),
+    ] {
+        let got = query(
+            &store,
+            "total_tokens",
+            serde_json::json!({"start_time": start, "end_time": end, "granularity": g, "query_type": "range"}),
+        );
+        assert_close(
+            &got,
+            &from_points(&path, "total_tokens", start, end, step, None),
+            g,
+        );
+    }
+    let got = query(
+        &store,
+        "prompt_tokens",
+        serde_json::json!({"start_time": BASE + 30, "end_time": BASE + 7200 + 30, "query_type": "instant", "label_matchers": [{"name": "model_id", "value": "m1", "operator": "="}]}),
+    );
+    assert_close(
+        &got,
+        &from_points(
+            &path,
+            "prompt_tokens",
+            BASE + 30,
+            BASE + 7230,
+            None,
+            Some("m1"),
+        ),
+        "instant",
+    );
+    store.close().unwrap();
+}
+
+#[test]
+fn points_written_now_roll_up_and_odd_windows_agree_with_the_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trace_store.db");
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let records: Vec<Record> = (0..20_000i64)
+        .map(|i| {
+            Record::Metric(MetricPoint {
+                name: "total_tokens".into(),
+                timestamp: Timestamp::from_unix_nanos(
+                    (BASE + (i * 104_729) % 7200) * 1_000_000_000 + i % 999,
+                ),
+                value: (i % 13) as f64,
+                unit: "tokens".into(),
+                labels: [(
+                    "model_id".to_string(),
+                    AttrValue::from(format!("m{}", i % 3)),
+                )]
+                .into_iter()
+                .collect(),
+                trace_id: None,
+                span_id: None,
+                expires_at: None,
+            })
+        })
+        .collect();
+    store.writer().write(records).unwrap();
+    store.writer().flush().unwrap();
+    for (start, end, g, step) in [
+        (BASE + 1, BASE + 7199, "10m", Some(600)),
+        (BASE + 59, BASE + 60, "1m", Some(60)),
+        (BASE + 30, BASE + 3600 + 30, "30s", Some(30)),
+    ] {
+        let got = query(
+            &store,
+            "total_tokens",
+            serde_json::json!({"start_time": start, "end_time": end, "granularity": g, "query_type": "range"}),
+        );
+        assert_close(
+            &got,
+            &from_points(&path, "total_tokens", start, end, step, None),
+            g,
+        );
+    }
+    let got = query(
+        &store,
+        "total_tokens",
+        serde_json::json!({"start_time": BASE + 7, "end_time": BASE + 7000, "query_type": "instant", "label_matchers": [{"name": "model_id", "value": "m2", "operator": "="}]}),
+    );
+    assert_close(
+        &got,
+        &from_points(
+            &path,
+            "total_tokens",
+            BASE + 7,
+            BASE + 7000,
+            None,
+            Some("m2"),
+        ),
+        "instant",
+    );
+    store.close().unwrap();
+}
+
+#[test]
+fn a_file_from_a_newer_version_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trace_store.db");
+    version_1_file(&path, 10);
+    Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        .unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let err = Store::open(&path, StoreOptions::default())
+        .err()
+        .expect("refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("newer") && msg.contains(&format!("{}", SCHEMA_VERSION + 1)),
+        "{msg}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the file is left as it was"
+    );
+    assert!(!dir.path().join("trace_store.db-wal").exists());
+}
+
+#[test]
+fn retention_deletes_a_rollup_once_every_point_in_it_has_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trace_store.db");
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let now = Timestamp::now().unix_nanos();
+    let (past, future) = (now - 1_000_000_000, now + 3_600_000_000_000);
+    let at =
+        |minute: i64, s: i64| Timestamp::from_unix_nanos((BASE + minute * 60 + s) * 1_000_000_000);
+    let p = |t: Timestamp, expires: i64| {
+        Record::Metric(MetricPoint {
+            name: "total_tokens".into(),
+            timestamp: t,
+            value: 1.0,
+            unit: "tokens".into(),
+            labels: Default::default(),
+            trace_id: None,
+            span_id: None,
+            expires_at: Some(Timestamp::from_unix_nanos(expires)),
+        })
+    };
+    // minute 0: all expired; minute 1: one expired, one not.
+    store
+        .writer()
+        .write(vec![
+            p(at(0, 1), past),
+            p(at(0, 2), past),
+            p(at(1, 1), past),
+            p(at(1, 2), future),
+        ])
+        .unwrap();
+    store.writer().flush().unwrap();
+    store.writer().expire(Timestamp::now()).unwrap();
+    let conn = Connection::open(&path).unwrap();
+    let minutes: Vec<(i64, i64)> = conn
+        .prepare("SELECT minute, count FROM metric_rollups ORDER BY minute")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        minutes,
+        [(BASE / 60 + 1, 2)],
+        "minute 0 is gone; minute 1 keeps its rollup"
+    );
+    store.close().unwrap();
+}
