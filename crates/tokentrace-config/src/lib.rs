@@ -188,7 +188,30 @@ pub struct TelemetryConfig {
     pub console: ConsoleConfig,
     /// Record request and response content as span attributes.
     pub capture_content: bool,
+    /// Attribute keys (and the span fields `name`, `status`) the store indexes, so that filters
+    /// on them are answered from an index rather than by reading every span.
+    pub indexed_attributes: Vec<String>,
 }
+
+/// The keys people filter by, indexed unless `indexed_attributes` says otherwise.
+pub const DEFAULT_INDEXED_ATTRIBUTES: &[&str] = &[
+    "model_id",
+    "provider_id",
+    "gen_ai.request.model",
+    "gen_ai.response.model",
+    "gen_ai.provider.name",
+    "service.name",
+    "user.id",
+    "user_id",
+    "enduser.id",
+    "session.id",
+    "session_id",
+    "gen_ai.conversation.id",
+    "error.type",
+    "http.response.status_code",
+    "name",
+    "status",
+];
 
 impl Default for TelemetryConfig {
     /// The defaults of every telemetry setting: the one place they are stated. A run config
@@ -208,6 +231,10 @@ impl Default for TelemetryConfig {
             thread_nice: 10,
             console: ConsoleConfig::default(),
             capture_content: true,
+            indexed_attributes: DEFAULT_INDEXED_ATTRIBUTES
+                .iter()
+                .map(|k| k.to_string())
+                .collect(),
         }
     }
 }
@@ -357,6 +384,7 @@ struct RawTelemetryConfig {
     thread_nice: Option<i32>,
     console: Option<ConsoleConfig>,
     capture_content: Option<bool>,
+    indexed_attributes: Option<Vec<String>>,
 }
 
 const TELEMETRY: &str = "providers.telemetry[0].config";
@@ -474,6 +502,24 @@ fn build(
             format!("must be between 0 and 19, got {thread_nice}"),
         ));
     }
+    let indexed_attributes = config.indexed_attributes.unwrap_or(d.indexed_attributes);
+    for (i, key) in indexed_attributes.iter().enumerate() {
+        let bad = if key.is_empty() {
+            Some("must not be empty")
+        } else if key.len() > 256 {
+            Some("is longer than 256 bytes")
+        } else if key.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
+            Some("must not contain quotes, backslashes or control characters")
+        } else {
+            None
+        };
+        if let Some(why) = bad {
+            return Err((
+                format!("{TELEMETRY}.indexed_attributes[{i}]"),
+                format!("{key:?} is not a valid attribute key: it {why}"),
+            ));
+        }
+    }
     let positive = |key: &str, v: Option<u64>, default: u64| -> Result<u64, (String, String)> {
         match v.unwrap_or(default) {
             0 => Err((format!("{TELEMETRY}.{key}"), "must be positive".to_string())),
@@ -508,6 +554,7 @@ fn build(
             thread_nice,
             console: config.console.unwrap_or(d.console),
             capture_content: config.capture_content.unwrap_or(d.capture_content),
+            indexed_attributes,
         },
         inference,
     })

@@ -344,3 +344,45 @@ models:
         "{e}"
     );
 }
+
+#[test]
+fn indexed_attributes_default_to_the_keys_people_filter_by_and_bad_keys_are_named() {
+    let c = load(None, &env_of(&[])).unwrap();
+    for key in [
+        "model_id",
+        "user.id",
+        "session.id",
+        "gen_ai.conversation.id",
+        "name",
+        "status",
+    ] {
+        assert!(
+            c.telemetry.indexed_attributes.iter().any(|k| k == key),
+            "{key}"
+        );
+    }
+    let c = load_from_str(
+        &telemetry_yaml("indexed_attributes: [tenant]"),
+        "t",
+        &env_of(&[]),
+    )
+    .unwrap();
+    assert_eq!(c.telemetry.indexed_attributes, ["tenant"]);
+    for (bad, why) in [
+        ("''", "empty"),
+        ("'a\"b'", "quotes"),
+        ("\"a\\tb\"", "control"),
+    ] {
+        let e = load_from_str(
+            &telemetry_yaml(&format!("indexed_attributes: [ok, {bad}]")),
+            "t",
+            &env_of(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("providers.telemetry[0].config.indexed_attributes[1]") && e.contains(why),
+            "{bad}: {e}"
+        );
+    }
+}

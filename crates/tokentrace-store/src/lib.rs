@@ -3,6 +3,7 @@
 
 mod backlog;
 mod datasets;
+mod index;
 mod metrics;
 mod reader;
 mod rows;
@@ -27,6 +28,7 @@ pub use schema::SCHEMA_VERSION;
 pub use writer::WriterStats;
 
 use backlog::Backlog;
+use index::IndexedKeys;
 use writer::{Cmd, Counters, Writer};
 
 /// Tuning of the store.
@@ -40,6 +42,8 @@ pub struct StoreOptions {
     pub queue_capacity: usize,
     /// Bytes of rows handed to the writer and not yet committed before `write` blocks.
     pub queue_max_bytes: u64,
+    /// Attribute keys (and the span fields `name`, `status`) to index for filters.
+    pub indexed_attributes: Vec<String>,
     /// Idle read-only connections kept.
     pub read_connections: usize,
     /// Run first on the writer thread (the binary lowers its priority there).
@@ -76,6 +80,7 @@ impl Default for StoreOptions {
             flush_interval: Duration::from_millis(200),
             queue_capacity: 64,
             queue_max_bytes: 16 << 20,
+            indexed_attributes: Vec::new(),
             read_connections: 4,
             on_writer_start: None,
             on_commit: None,
@@ -131,6 +136,7 @@ pub struct StoreWriter {
     tx: SyncSender<Cmd>,
     counters: Arc<Counters>,
     backlog: Arc<Backlog>,
+    indexed: Arc<IndexedKeys>,
 }
 
 impl Store {
@@ -146,6 +152,10 @@ impl Store {
         schema::check_version(&conn)?;
         schema::configure_writer(&conn)?;
         schema::migrate(&mut conn)?;
+        let indexed = Arc::new(IndexedKeys::prepare(
+            &mut conn,
+            &options.indexed_attributes,
+        )?);
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::sync_channel(options.queue_capacity.max(1));
         let backlog = Arc::new(Backlog::new(options.queue_max_bytes));
@@ -172,8 +182,9 @@ impl Store {
                 tx,
                 counters,
                 backlog,
+                indexed: indexed.clone(),
             },
-            reader: StoreReader::new(path.to_path_buf(), options.read_connections),
+            reader: StoreReader::new(path.to_path_buf(), options.read_connections, indexed),
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -237,6 +248,11 @@ impl StoreWriter {
             .map(Row::from_record)
             .collect::<Result<Vec<_>, _>>()?;
         self.write_rows(rows)
+    }
+
+    /// A span's row, with its entries in the attribute index.
+    pub fn span_row(&self, span: &SpanRecord) -> Result<Row, StoreError> {
+        Ok(Row::span(span)?.with_index(self.indexed.entries(span)))
     }
 
     /// Hands encoded rows to the writer thread; blocks while its backlog is full (in bytes, see

@@ -16,6 +16,7 @@ use tokentrace_model::{
 };
 
 use crate::StoreError;
+use crate::index::{IndexedKeys, sql_value};
 
 /// Deepest span tree walked when the caller sets no `max_depth`.
 const MAX_TREE_DEPTH: u32 = 10_000;
@@ -54,6 +55,7 @@ struct Pool {
 #[derive(Clone)]
 pub struct StoreReader {
     pool: Arc<Pool>,
+    indexed: Arc<IndexedKeys>,
 }
 
 /// A connection borrowed from the pool, returned when dropped.
@@ -215,17 +217,6 @@ impl SpanRow {
     }
 }
 
-fn attr_sql(v: &AttrValue) -> SqlValue {
-    match v {
-        AttrValue::Null => SqlValue::Null,
-        AttrValue::Bool(b) => SqlValue::Integer(*b as i64),
-        AttrValue::Int(i) => SqlValue::Integer(*i),
-        AttrValue::Float(f) => SqlValue::Real(*f),
-        AttrValue::String(s) => SqlValue::Text(s.clone()),
-        AttrValue::Array(_) => SqlValue::Text(v.to_json().to_string()),
-    }
-}
-
 /// SQL for "span `s` matches every filter", with its parameters appended to `params`. Column
 /// names come from closed enums; keys and values are bound.
 fn filter_sql(filters: &[Filter], params: &mut Vec<SqlValue>) -> String {
@@ -257,7 +248,7 @@ fn filter_sql(filters: &[Filter], params: &mut Vec<SqlValue>) -> String {
                 QueryConditionOp::Gt => ">",
                 QueryConditionOp::Lt => "<",
             };
-            params.push(attr_sql(&f.value));
+            params.push(sql_value(&f.value));
             format!("{lhs} {op} ?")
         })
         .collect();
@@ -265,13 +256,14 @@ fn filter_sql(filters: &[Filter], params: &mut Vec<SqlValue>) -> String {
 }
 
 impl StoreReader {
-    pub(crate) fn new(path: PathBuf, max_idle: usize) -> Self {
+    pub(crate) fn new(path: PathBuf, max_idle: usize, indexed: Arc<IndexedKeys>) -> Self {
         Self {
             pool: Arc::new(Pool {
                 path,
                 idle: Mutex::new(Vec::new()),
                 max_idle: max_idle.max(1),
             }),
+            indexed,
         }
     }
 
@@ -301,9 +293,15 @@ impl StoreReader {
             "SELECT t.trace_id, t.root_span_id, t.start_time, t.end_time FROM traces t",
         );
         if !q.filters.is_empty() {
+            // An indexed filter narrows the traces first; every filter is then checked on spans.
+            if let Some(candidates) = self.indexed.candidates(&q.filters, &mut params) {
+                sql.push_str(&format!(" WHERE t.trace_id IN ({candidates}) AND"));
+            } else {
+                sql.push_str(" WHERE");
+            }
             let cond = filter_sql(&q.filters, &mut params);
             sql.push_str(&format!(
-                " WHERE EXISTS (SELECT 1 FROM spans s WHERE s.trace_id = t.trace_id AND {cond})"
+                " EXISTS (SELECT 1 FROM spans s WHERE s.trace_id = t.trace_id AND {cond})"
             ));
         }
         let order: Vec<String> = q
@@ -442,6 +440,14 @@ impl StoreReader {
         let mut params = Vec::new();
         let sql = if filters.is_empty() {
             "SELECT trace_id, root_span_id FROM traces ORDER BY trace_id".to_string()
+        } else if let Some(candidates) = self.indexed.candidates(filters, &mut params) {
+            let cond = filter_sql(filters, &mut params);
+            format!(
+                "SELECT t.trace_id, t.root_span_id FROM traces t
+                 WHERE t.trace_id IN ({candidates})
+                   AND EXISTS (SELECT 1 FROM spans s WHERE s.trace_id = t.trace_id AND {cond})
+                 ORDER BY t.trace_id"
+            )
         } else {
             let cond = filter_sql(filters, &mut params);
             format!(

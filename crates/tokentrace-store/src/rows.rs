@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, params};
 use tokentrace_model::{MetricPoint, SpanEvent, SpanEventBody, SpanRecord, Timestamp};
 
@@ -39,6 +40,13 @@ ON CONFLICT (trace_id) DO UPDATE SET
 
 const INSERT_EVENT: &str = "INSERT INTO span_events (trace_id, span_id, timestamp, name, kind, severity, message, value, unit, attributes, expires_at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+
+const UPSERT_INDEX: &str =
+    "INSERT INTO attribute_index (key, value, start_ns, trace_id, expires_at)
+VALUES (?1, ?2, ?3, ?4, ?5)
+ON CONFLICT (key, value, start_ns, trace_id) DO UPDATE SET expires_at = CASE
+    WHEN expires_at IS NULL OR excluded.expires_at IS NULL THEN NULL
+    ELSE MAX(expires_at, excluded.expires_at) END";
 
 const UPSERT_SERIES: &str = "INSERT INTO metric_series (name, unit, labels) VALUES (?1, ?2, ?3)
 ON CONFLICT (name, labels) DO UPDATE SET name = excluded.name
@@ -85,6 +93,10 @@ struct SpanRow {
     links: Option<String>,
     service_name: Option<String>,
     expires_at: Option<i64>,
+    /// Its entries in the attribute index: (key id, value).
+    index: Vec<(i64, SqlValue)>,
+    /// Start, in unix nanoseconds (orders its index entries).
+    start_ns: i64,
 }
 
 /// A `span_events` row.
@@ -143,7 +155,17 @@ impl Row {
             },
             service_name: s.service_name.clone(),
             expires_at: s.expires_at.map(Timestamp::unix_nanos),
+            index: Vec::new(),
+            start_ns: s.start_time.unix_nanos(),
         })))
+    }
+
+    /// The row with these attribute index entries (a span row; other rows have none).
+    pub(crate) fn with_index(mut self, entries: Vec<(i64, SqlValue)>) -> Self {
+        if let RowKind::Span(s) = &mut self.0 {
+            s.index = entries;
+        }
+        self
     }
 
     /// A `span_events` row.
@@ -211,6 +233,7 @@ impl Row {
                     + text(&s.attributes)
                     + opt(&s.links)
                     + opt(&s.service_name)
+                    + 32 * s.index.len() as u64
             }
             RowKind::Event(e) => {
                 opt(&e.trace_id)
@@ -346,6 +369,17 @@ struct Rollup {
     expires_at: Option<i64>,
 }
 
+/// A value as a map key (SQLite values are not `Hash`): its type and its text.
+fn index_key(v: &SqlValue) -> String {
+    match v {
+        SqlValue::Null => "n".into(),
+        SqlValue::Integer(i) => format!("i{i}"),
+        SqlValue::Real(f) => format!("r{f}"),
+        SqlValue::Text(t) => format!("t{t}"),
+        SqlValue::Blob(b) => format!("b{b:?}"),
+    }
+}
+
 /// The minute (unix minutes) a point at `ts_nanos` rolls up into.
 pub(crate) fn minute_of(ts_nanos: i64) -> i64 {
     ts_nanos.div_euclid(60_000_000_000)
@@ -361,6 +395,9 @@ pub(crate) fn write_rows(
     let tx = conn.transaction()?;
     {
         let mut rollups: HashMap<(i64, i64), Rollup> = HashMap::new();
+        // (key, trace, value) → (earliest start, latest expiry), and the entries in order.
+        let mut indexed: HashMap<(i64, &str, String), (i64, Option<i64>)> = HashMap::new();
+        let mut index_values: Vec<(i64, &String, &SqlValue)> = Vec::new();
         let mut span = tx.prepare_cached(INSERT_SPAN)?;
         let mut event = tx.prepare_cached(INSERT_EVENT)?;
         let mut metric = tx.prepare_cached(INSERT_METRIC)?;
@@ -385,6 +422,21 @@ pub(crate) fn write_rows(
                         s.expires_at,
                     ])?;
                     traces.add(s);
+                    for (key, value) in &s.index {
+                        // The spans of a trace mostly share their values: one write each, at
+                        // the earliest start among them.
+                        let entry = (*key, s.trace_id.as_str(), index_key(value));
+                        match indexed.get_mut(&entry) {
+                            Some((start, expires)) => {
+                                *start = (*start).min(s.start_ns);
+                                *expires = expires.zip(s.expires_at).map(|(a, b)| a.max(b));
+                            }
+                            None => {
+                                indexed.insert(entry, (s.start_ns, s.expires_at));
+                                index_values.push((*key, &s.trace_id, value));
+                            }
+                        }
+                    }
                 }
                 RowKind::Event(e) => {
                     event.execute(params![
@@ -432,6 +484,14 @@ pub(crate) fn write_rows(
                         });
                 }
             }
+        }
+        let mut index = tx.prepare_cached(UPSERT_INDEX)?;
+        for (key, trace_id, value) in index_values {
+            let (start, expires) = indexed
+                .get(&(key, trace_id.as_str(), index_key(value)))
+                .copied()
+                .unwrap_or_default();
+            index.execute(params![key, value, start, trace_id, expires])?;
         }
         let mut rollup = tx.prepare_cached(UPSERT_ROLLUP)?;
         for ((series, minute), r) in rollups {

@@ -115,6 +115,27 @@ CREATE TABLE IF NOT EXISTS migration_progress (
     done_up_to INTEGER NOT NULL
 );
 "#,
+    // 3: the attribute index: for each indexed key (`attribute_keys`, complete once every span
+    // stored before the key was configured has been indexed), the traces that have a span with
+    // each value. Within a key and value, entries are ordered by the span's start, so that new
+    // entries land at the end of their value's range rather than at random places (trace ids
+    // are random). Filled by `crate::index` when the store opens.
+    r#"
+CREATE TABLE IF NOT EXISTS attribute_keys (
+    id       INTEGER PRIMARY KEY,
+    key      TEXT NOT NULL UNIQUE,
+    complete INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS attribute_index (
+    key        INTEGER NOT NULL,
+    value      NOT NULL,
+    start_ns   INTEGER NOT NULL,
+    trace_id   TEXT NOT NULL,
+    expires_at INTEGER,
+    PRIMARY KEY (key, value, start_ns, trace_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS attribute_index_expires_at ON attribute_index (expires_at);
+"#,
 ];
 
 /// The schema version this build writes.

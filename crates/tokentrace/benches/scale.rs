@@ -322,10 +322,14 @@ const GET_SPAN_SQL: &str = "SELECT span_id, trace_id, parent_span_id, name, star
 const TREE_ANCHOR_SQL: &str = "SELECT DISTINCT trace_id FROM spans WHERE span_id = ?1";
 const TREE_SQL: &str = "SELECT s.span_id, s.trace_id, s.parent_span_id, s.name, s.start_time, s.end_time, s.attributes, s.status FROM spans s WHERE s.trace_id = ?1 ORDER BY s.start_time";
 const NEWEST_SQL: &str = "SELECT trace_id, root_span_id, start_time, end_time FROM traces ORDER BY start_time DESC LIMIT 100";
+/// Filters on an indexed key read the attribute index for candidate traces, then check the
+/// filter on the candidates' spans.
 const USER_SQL: &str = "SELECT t.trace_id, t.root_span_id, t.start_time, t.end_time FROM traces t
-WHERE EXISTS (SELECT 1 FROM spans s WHERE s.trace_id = t.trace_id AND json_extract(s.attributes, '$.\"user.id\"') IS ?1)
-LIMIT 100";
-const SESSION_SQL: &str = "SELECT s.span_id, s.attributes FROM spans s WHERE json_extract(s.attributes, '$.\"session.id\"') IS ?1";
+WHERE t.trace_id IN (SELECT trace_id FROM attribute_index WHERE key = (SELECT id FROM attribute_keys WHERE key = 'user.id') AND value = ?1)
+AND EXISTS (SELECT 1 FROM spans s WHERE s.trace_id = t.trace_id AND json_extract(s.attributes, '$.\"user.id\"') IS ?1)
+ORDER BY t.start_time DESC LIMIT 100";
+const SESSION_SQL: &str = "SELECT s.span_id, s.attributes FROM spans s
+WHERE s.trace_id IN (SELECT trace_id FROM attribute_index WHERE key = (SELECT id FROM attribute_keys WHERE key = 'session.id') AND value = ?1)";
 /// Metric range queries read the per-minute rollups of the name's series (the store filters the
 /// series by label in Rust, and reads the points of the partial minutes at the window's edges).
 const METRICS_SQL: &str = "SELECT r.minute, r.sum, s.labels FROM metric_series s CROSS JOIN metric_rollups r ON r.series = s.id WHERE s.name = ?1 AND r.minute >= ?2 AND r.minute < ?3";

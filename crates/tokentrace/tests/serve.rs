@@ -197,4 +197,15 @@ fn configuration_errors_stop_start_up_with_one_clear_message() {
 
     let err = run_to_failure(dir.path(), &["--config", "/nonexistent/run.yaml"], &[]);
     assert!(err.contains("/nonexistent/run.yaml"), "{err}");
+
+    std::fs::write(
+        &config,
+        "providers:\n  telemetry:\n  - provider_id: meta-reference\n    provider_type: inline::meta-reference\n    config:\n      indexed_attributes: [user.id, 'bad\"key']\n",
+    )
+    .unwrap();
+    let err = run_to_failure(dir.path(), &["--config", config.to_str().unwrap()], &[]);
+    assert!(
+        err.contains("indexed_attributes[1]") && err.contains("bad\\\"key"),
+        "{err}"
+    );
 }

@@ -18,6 +18,8 @@ pub struct SqliteSinkConfig {
     pub path: PathBuf,
     /// Nice value of the store's writer thread.
     pub thread_nice: i32,
+    /// Attribute keys (and span fields) the store indexes for filters.
+    pub indexed_attributes: Vec<String>,
 }
 
 impl SqliteSinkConfig {
@@ -26,6 +28,7 @@ impl SqliteSinkConfig {
         Self {
             path: tc.sqlite_db_path.clone(),
             thread_nice: tc.thread_nice,
+            indexed_attributes: tc.indexed_attributes.clone(),
         }
     }
 
@@ -36,6 +39,7 @@ impl SqliteSinkConfig {
         let options = StoreOptions {
             on_writer_start: Some(ThreadStart(Arc::new(move || thread::set_nice(nice)))),
             on_commit: Some(commit_observer(registry.clone())),
+            indexed_attributes: self.indexed_attributes,
             ..StoreOptions::default()
         };
         let store = Store::open(&self.path, options).map_err(|source| BuildError::Store {

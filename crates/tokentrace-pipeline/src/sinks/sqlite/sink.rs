@@ -49,7 +49,7 @@ impl Sink for SqliteSink {
 
     fn span_ended(&mut self, span: &SpanRecord) {
         // The span's events reach `event` one by one; the row holds the span alone.
-        self.push(Row::span(span));
+        self.push(self.writer.span_row(span));
     }
 
     fn event(&mut self, event: &SpanEvent) {

@@ -1,0 +1,189 @@
+//! The attribute index on real files: filters on indexed keys give the answers of a scan of
+//! every span (the same store opened without the index), a key configured after spans were
+//! stored is filled from them, and the query plan reads the index.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use tokentrace_model::query::{
+    QueryCondition, QueryConditionOp, QueryTracesRequest, validate_filters,
+};
+use tokentrace_model::{
+    AttrValue, Attributes, SpanId, SpanKind, SpanRecord, SpanStatus, Timestamp, TraceId,
+};
+use tokentrace_store::{Store, StoreOptions};
+
+const KEYS: &[&str] = &["user.id", "http.response.status_code", "name", "status"];
+
+fn open(path: &Path, keys: &[&str]) -> Store {
+    let options = StoreOptions {
+        indexed_attributes: keys.iter().map(|k| k.to_string()).collect(),
+        ..StoreOptions::default()
+    };
+    Store::open(path, options).unwrap()
+}
+
+/// 300 traces of 3 spans; users, status codes and names vary by trace and span.
+fn write(store: &Store) {
+    let mut spans = Vec::new();
+    for t in 0..300i64 {
+        // The same ids in both stores, so their answers compare exactly.
+        let trace: TraceId = format!("{:032x}", t + 1).parse().unwrap();
+        let id = |j: i64| -> SpanId { format!("{:016x}", t * 3 + j + 1).parse().unwrap() };
+        let root = id(0);
+        for j in 0..3i64 {
+            let start =
+                Timestamp::from_unix_nanos(1_795_514_400_000_000_000 + (t * 3 + j) * 1_000_000);
+            let mut attributes = Attributes::new();
+            attributes.insert(
+                "user.id".into(),
+                AttrValue::from(format!("user-{}", t % 17)),
+            );
+            if j == 2 {
+                attributes.insert(
+                    "http.response.status_code".into(),
+                    AttrValue::Int(200 + (t % 4) * 100),
+                );
+            }
+            let span = SpanRecord {
+                trace_id: trace,
+                span_id: id(j),
+                parent_span_id: (j > 0).then_some(root),
+                name: format!("step-{}", (t + j) % 5),
+                kind: SpanKind::Internal,
+                start_time: start,
+                end_time: Some(start),
+                status: Some(if t % 7 == 0 && j == 1 {
+                    SpanStatus::Error
+                } else {
+                    SpanStatus::Ok
+                }),
+                status_message: None,
+                attributes,
+                events: Vec::new(),
+                links: Vec::new(),
+                service_name: None,
+                expires_at: None,
+            };
+            // The sink encodes spans through the writer, which adds their index entries.
+            spans.push(span);
+        }
+    }
+    let w = store.writer();
+    let rows = spans.iter().map(|s| w.span_row(s).unwrap()).collect();
+    w.write_rows(rows).unwrap();
+    w.flush().unwrap();
+}
+
+fn filters(list: &[(&str, QueryConditionOp, AttrValue)]) -> Vec<QueryCondition> {
+    list.iter()
+        .map(|(k, op, v)| QueryCondition {
+            key: k.to_string(),
+            op: *op,
+            value: v.clone(),
+        })
+        .collect()
+}
+
+fn traces(store: &Store, f: &[QueryCondition]) -> Vec<String> {
+    let req = QueryTracesRequest {
+        attribute_filters: Some(f.to_vec()),
+        limit: Some(10_000),
+        ..Default::default()
+    };
+    let mut ids: Vec<String> = store
+        .reader()
+        .query_traces(&req.validate().unwrap())
+        .unwrap()
+        .into_iter()
+        .map(|t| t.trace_id.to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn spans(store: &Store, f: &[QueryCondition]) -> Vec<String> {
+    let f = validate_filters(f).unwrap();
+    let mut ids: Vec<String> = store
+        .reader()
+        .query_spans(&f, &[], None)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.span_id.to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn cases() -> Vec<Vec<QueryCondition>> {
+    use QueryConditionOp::*;
+    vec![
+        filters(&[("user.id", Eq, "user-3".into())]),
+        filters(&[("user.id", Eq, "nobody".into())]),
+        filters(&[("http.response.status_code", Gt, AttrValue::Int(300))]),
+        filters(&[("http.response.status_code", Lt, AttrValue::Int(300))]),
+        filters(&[
+            ("name", Eq, "step-4".into()),
+            ("user.id", Eq, "user-5".into()),
+        ]),
+        filters(&[("status", Eq, "error".into())]),
+        filters(&[("user.id", Ne, "user-3".into())]),
+        filters(&[
+            ("user.id", Eq, "user-3".into()),
+            ("http.response.status_code", Eq, AttrValue::Int(400)),
+        ]),
+    ]
+}
+
+#[test]
+fn indexed_filters_answer_what_a_scan_of_every_span_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let indexed = dir.path().join("indexed.db");
+    let scanned = dir.path().join("scanned.db");
+    let (a, b) = (open(&indexed, KEYS), open(&scanned, &[]));
+    write(&a);
+    write(&b);
+    for f in cases() {
+        assert_eq!(traces(&a, &f), traces(&b, &f), "{f:?}");
+        assert_eq!(spans(&a, &f), spans(&b, &f), "{f:?}");
+    }
+    // The index is what answers: every trace of user-3, and no other.
+    let f = filters(&[("user.id", QueryConditionOp::Eq, "user-3".into())]);
+    assert_eq!(traces(&a, &f).len(), 300 / 17 + 1);
+    let conn = rusqlite::Connection::open(&indexed).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT COUNT(*) FROM attribute_index i JOIN attribute_keys k ON k.id = i.key WHERE k.key = 'user.id'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 300, "one entry per trace and value, not per span");
+    a.close().unwrap();
+    b.close().unwrap();
+}
+
+#[test]
+fn a_key_configured_later_is_filled_from_the_spans_already_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trace_store.db");
+    let store = open(&path, &[]);
+    write(&store);
+    store.close().unwrap();
+    // Added: filled at open. Dropped and added again: filled again, nothing doubled.
+    for keys in [&["user.id"][..], &[][..], &["user.id", "name"][..]] {
+        let store = open(&path, keys);
+        store.close().unwrap();
+    }
+    let store = open(&path, &["user.id", "name"]);
+    let f = filters(&[("user.id", QueryConditionOp::Eq, "user-3".into())]);
+    assert_eq!(traces(&store, &f).len(), 300 / 17 + 1);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let (entries, complete): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM attribute_index), (SELECT COUNT(*) FROM attribute_keys WHERE complete = 1)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(complete, 2);
+    // 300 traces × one user + each trace's distinct span names (3 of 5).
+    assert_eq!(entries, 300 + 300 * 3);
+    store.close().unwrap();
+}
