@@ -283,6 +283,11 @@ fn expire_chunk(conn: &mut Connection, now: i64) -> Result<u64, StoreError> {
         ("span_events", "rowid", "rowid"),
         ("metrics", "rowid", "rowid"),
         ("metric_rollups", "(series, minute)", "series, minute"),
+        (
+            "attribute_index",
+            "(key, value, start_ns, trace_id)",
+            "key, value, start_ns, trace_id",
+        ),
         ("traces", "rowid", "rowid"),
     ] {
         // Table names and keys come from this fixed list, never from a caller.

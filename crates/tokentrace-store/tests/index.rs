@@ -187,3 +187,53 @@ fn a_key_configured_later_is_filled_from_the_spans_already_stored() {
     assert_eq!(entries, 300 + 300 * 3);
     store.close().unwrap();
 }
+
+#[test]
+fn retention_removes_the_index_entries_of_expired_spans() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trace_store.db");
+    let store = open(&path, &["user.id"]);
+    let now = Timestamp::now().unix_nanos();
+    let w = store.writer();
+    let rows = [
+        (now - 1_000_000_000, "gone"),
+        (now + 3_600_000_000_000, "kept"),
+    ]
+    .into_iter()
+    .map(|(expires, user)| {
+        let mut attributes = Attributes::new();
+        attributes.insert("user.id".into(), AttrValue::from(user));
+        let start = Timestamp::from_unix_nanos(now);
+        w.span_row(&SpanRecord {
+            trace_id: TraceId::random(),
+            span_id: SpanId::random(),
+            parent_span_id: None,
+            name: "s".into(),
+            kind: SpanKind::Internal,
+            start_time: start,
+            end_time: Some(start),
+            status: Some(SpanStatus::Ok),
+            status_message: None,
+            attributes,
+            events: Vec::new(),
+            links: Vec::new(),
+            service_name: None,
+            expires_at: Some(Timestamp::from_unix_nanos(expires)),
+        })
+        .unwrap()
+    })
+    .collect();
+    w.write_rows(rows).unwrap();
+    w.flush().unwrap();
+    w.expire(Timestamp::now()).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let values: Vec<String> = conn
+        .prepare("SELECT value FROM attribute_index")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(values, ["kept"]);
+    store.close().unwrap();
+}
