@@ -248,8 +248,15 @@ fn backfill_rollups(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Connection settings for the writer: WAL, `synchronous=NORMAL`.
+/// Connection settings for the writer: WAL, `synchronous=NORMAL`; and for a new file,
+/// `auto_vacuum = INCREMENTAL`, so the pages retention frees go back to the file system (in
+/// steps, after each retention run). That can only be chosen before anything, WAL mode
+/// included, has written the file; older files reuse their free pages for new rows instead.
 pub fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    if pages == 0 {
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    }
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
+use rusqlite::{Connection, params};
 use serde_json::{Map, Value};
 use tokentrace_model::Timestamp;
 
@@ -15,8 +15,13 @@ use crate::datasets::append_rows;
 use crate::rows::{Row, SeriesIds, write_rows};
 use crate::{CommitObserver, StoreError};
 
-/// Rows deleted per retention transaction.
-const EXPIRE_CHUNK: usize = 2_000;
+/// Rows deleted per table in the first retention transaction; later ones adapt so that each
+/// holds the writer for about `EXPIRE_STEP_TARGET`.
+const EXPIRE_CHUNK: i64 = 500;
+/// How long one retention (or vacuum) step may hold the writer.
+const EXPIRE_STEP_TARGET: Duration = Duration::from_millis(50);
+/// Free pages returned to the file system per vacuum step.
+const VACUUM_PAGES: i64 = 256;
 
 pub(crate) enum Cmd {
     Write(Vec<Row>),
@@ -81,6 +86,14 @@ impl Counters {
 struct Expiry {
     now: i64,
     deleted: u64,
+    /// Rows per table per step, adapted to the step's time.
+    chunk: i64,
+    /// Deleting is done; free pages are being given back (files with `auto_vacuum`).
+    vacuuming: bool,
+    /// Steps taken, those over the target, and the longest, for the log line at the end.
+    steps: u32,
+    over: u32,
+    longest: Duration,
     reply: SyncSender<Result<u64, StoreError>>,
 }
 
@@ -176,6 +189,11 @@ impl Writer {
                         self.expiry = Some(Expiry {
                             now: now.unix_nanos(),
                             deleted: 0,
+                            chunk: EXPIRE_CHUNK,
+                            vacuuming: false,
+                            steps: 0,
+                            over: 0,
+                            longest: Duration::ZERO,
                             reply,
                         });
                     }
@@ -250,18 +268,50 @@ impl Writer {
         }
     }
 
-    /// Deletes one chunk of expired rows; finishes the expiry when nothing is left.
+    /// One step of retention between writes: deletes a chunk of expired rows, sized so that a
+    /// step takes about `EXPIRE_STEP_TARGET`; when nothing is left, gives free pages back to the
+    /// file system a few at a time (files created with `auto_vacuum = INCREMENTAL`; older files
+    /// reuse their free pages for new rows instead); then answers.
     fn expire_step(&mut self) {
         let Some(expiry) = &mut self.expiry else {
             return;
         };
-        match expire_chunk(&mut self.conn, expiry.now) {
-            Ok(n) => {
+        let started = Instant::now();
+        let step = if expiry.vacuuming {
+            vacuum_step(&self.conn).map(|more| (0, more))
+        } else {
+            expire_chunk(&mut self.conn, expiry.now, expiry.chunk).map(|n| (n, true))
+        };
+        let took = started.elapsed();
+        expiry.steps += 1;
+        expiry.over += u32::from(took > EXPIRE_STEP_TARGET);
+        expiry.longest = expiry.longest.max(took);
+        match step {
+            Ok((n, more)) => {
                 expiry.deleted += n;
                 self.counters.rows_expired.fetch_add(n, Ordering::Relaxed);
-                if n == 0
-                    && let Some(done) = self.expiry.take()
-                {
+                if !expiry.vacuuming {
+                    expiry.chunk = if took > EXPIRE_STEP_TARGET {
+                        (expiry.chunk / 2).max(50)
+                    } else if took < EXPIRE_STEP_TARGET / 2 {
+                        (expiry.chunk * 2).min(50_000)
+                    } else {
+                        expiry.chunk
+                    };
+                    if n == 0 {
+                        expiry.vacuuming = true;
+                    }
+                } else if !more && let Some(done) = self.expiry.take() {
+                    if done.deleted > 0 {
+                        tracing::info!(
+                            "retention: deleted {} expired rows in {} steps between writes ({} over {} ms, the longest {:.1} ms)",
+                            done.deleted,
+                            done.steps,
+                            done.over,
+                            EXPIRE_STEP_TARGET.as_millis(),
+                            done.longest.as_secs_f64() * 1000.0
+                        );
+                    }
                     let _ = done.reply.send(Ok(done.deleted));
                 }
             }
@@ -274,8 +324,19 @@ impl Writer {
     }
 }
 
-/// Deletes up to a chunk of expired rows from each table in one short transaction.
-fn expire_chunk(conn: &mut Connection, now: i64) -> Result<u64, StoreError> {
+/// Gives up to `VACUUM_PAGES` free pages back; whether free pages remain.
+fn vacuum_step(conn: &Connection) -> Result<bool, StoreError> {
+    let auto: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+    if auto != 2 {
+        return Ok(false);
+    }
+    conn.execute_batch(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))?;
+    let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    Ok(free > 0)
+}
+
+/// Deletes up to `chunk` expired rows from each table in one short transaction.
+fn expire_chunk(conn: &mut Connection, now: i64, chunk: i64) -> Result<u64, StoreError> {
     let tx = conn.transaction()?;
     let mut deleted = 0;
     for (table, key, columns) in [
@@ -292,9 +353,9 @@ fn expire_chunk(conn: &mut Connection, now: i64) -> Result<u64, StoreError> {
     ] {
         // Table names and keys come from this fixed list, never from a caller.
         let sql = format!(
-            "DELETE FROM {table} WHERE {key} IN (SELECT {columns} FROM {table} WHERE expires_at <= ?1 LIMIT {EXPIRE_CHUNK})"
+            "DELETE FROM {table} WHERE {key} IN (SELECT {columns} FROM {table} WHERE expires_at <= ?1 LIMIT ?2)"
         );
-        deleted += tx.prepare_cached(&sql)?.execute([now])? as u64;
+        deleted += tx.prepare_cached(&sql)?.execute(params![now, chunk])? as u64;
     }
     tx.commit()?;
     Ok(deleted)

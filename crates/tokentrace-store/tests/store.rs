@@ -767,3 +767,47 @@ fn a_large_write_commits_in_transactions_of_at_most_batch_max_rows() {
     assert_eq!(store.reader().count_rows(Table::Spans).unwrap(), 12_000);
     store.close().unwrap();
 }
+
+#[test]
+fn with_retention_in_steady_state_the_file_stops_growing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trace_store.db");
+    let store = open(dir.path());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let auto: i64 = conn
+        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        auto, 2,
+        "a new file is created with auto_vacuum = INCREMENTAL"
+    );
+    let w = store.writer();
+    let mut sizes = Vec::new();
+    for round in 0..4 {
+        // Each round: 20,000 spans that have expired by the time retention runs.
+        let expired = Timestamp::from_unix_nanos(Timestamp::now().unix_nanos() - 1);
+        let records = spans_of_one_trace(20_000)
+            .into_iter()
+            .map(|r| match r {
+                Record::Span(s) => Record::Span(SpanRecord {
+                    expires_at: Some(expired),
+                    name: format!("round {round}"),
+                    ..s
+                }),
+                other => other,
+            })
+            .collect();
+        w.write(records).unwrap();
+        w.flush().unwrap();
+        assert!(w.expire(Timestamp::now()).unwrap() >= 20_000);
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        sizes.push(std::fs::metadata(&path).unwrap().len());
+    }
+    assert!(
+        sizes.iter().all(|s| *s <= sizes[0]),
+        "the file does not grow once retention keeps up: {sizes:?}"
+    );
+    drop(conn);
+    store.close().unwrap();
+}
