@@ -249,6 +249,12 @@ impl Telemetry {
         reply_rx.recv().map_err(|_| SubmitError::Closed)
     }
 
+    /// Counts `items` refused by a caller that checked [`Telemetry::has_room`] first and did not
+    /// submit (a request refused before its items were decoded counts 1).
+    pub fn count_refused(&self, items: u64) {
+        self.stats.rejected_full.fetch_add(items, Ordering::Relaxed);
+    }
+
     /// The pipeline's counters.
     pub fn stats(&self) -> &PipelineStats {
         &self.stats

@@ -149,6 +149,12 @@ async fn receive(
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
+    // A queue without room refuses before decoding: under overload, senders that retry quickly
+    // would otherwise have every refused body decoded, taking CPU from the sinks that drain it.
+    if !state.telemetry.has_room() {
+        state.telemetry.count_refused(1);
+        return full(encoding, SubmitError::Full);
+    }
     let (batch, rejected, message) = match convert(&bytes, encoding) {
         Ok(accepted) => accepted,
         Err(e) => {
@@ -168,19 +174,24 @@ async fn receive(
             export_response(signal, encoding, rejected, message),
         )
             .into_response(),
-        Err(e) => OtlpError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            encoding,
-            code: UNAVAILABLE,
-            message: match e {
-                SubmitError::Full => {
-                    "the telemetry pipeline is full; retry after the Retry-After delay".into()
-                }
-                SubmitError::Closed => "tokentrace is shutting down".into(),
-            },
-        }
-        .into_response(),
+        Err(e) => full(encoding, e),
     }
+}
+
+/// 503 with `Retry-After`: the pipeline is full or stopping.
+fn full(encoding: Encoding, e: SubmitError) -> Response {
+    OtlpError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        encoding,
+        code: UNAVAILABLE,
+        message: match e {
+            SubmitError::Full => {
+                "the telemetry pipeline is full; retry after the Retry-After delay".into()
+            }
+            SubmitError::Closed => "tokentrace is shutting down".into(),
+        },
+    }
+    .into_response()
 }
 
 /// A conversion's items as a batch (placed by `into`), with its rejected count and message.
