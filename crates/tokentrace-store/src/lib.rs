@@ -6,8 +6,10 @@ mod datasets;
 mod index;
 mod metrics;
 mod reader;
+mod rollups;
 mod rows;
 mod schema;
+mod trees;
 mod writer;
 
 use std::path::{Path, PathBuf};

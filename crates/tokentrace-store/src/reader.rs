@@ -1,6 +1,5 @@
 //! Read queries, on a small pool of read-only connections.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -12,14 +11,14 @@ use tokentrace_model::query::{
 };
 use tokentrace_model::{
     AttrValue, Attributes, LogSeverity, MetricValue, Span, SpanEvent, SpanEventBody, SpanId,
-    SpanStatus, SpanWithStatus, Timestamp, Trace, TraceId,
+    SpanStatus, Timestamp, Trace, TraceId,
 };
 
 use crate::StoreError;
 use crate::index::{IndexedKeys, sql_value};
 
 /// Deepest span tree walked when the caller sets no `max_depth`.
-const MAX_TREE_DEPTH: u32 = 10_000;
+pub(crate) const MAX_TREE_DEPTH: u32 = 10_000;
 
 /// A table, for [`StoreReader::count_rows`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +54,7 @@ struct Pool {
 #[derive(Clone)]
 pub struct StoreReader {
     pool: Arc<Pool>,
-    indexed: Arc<IndexedKeys>,
+    pub(crate) indexed: Arc<IndexedKeys>,
 }
 
 /// A connection borrowed from the pool, returned when dropped.
@@ -107,7 +106,7 @@ fn project(mut attrs: Attributes, keys: Option<&[String]>) -> Attributes {
     attrs
 }
 
-fn truthy(v: &AttrValue) -> bool {
+pub(crate) fn truthy(v: &AttrValue) -> bool {
     match v {
         AttrValue::Null => false,
         AttrValue::Bool(b) => *b,
@@ -120,66 +119,21 @@ fn truthy(v: &AttrValue) -> bool {
 
 /// The raw columns of a span row, in the order of [`SPAN_COLUMNS`].
 #[derive(Clone)]
-struct SpanRow {
-    span_id: String,
-    trace_id: String,
-    parent_span_id: Option<String>,
-    name: String,
-    start_time: String,
-    end_time: Option<String>,
-    attributes: String,
-    status: Option<String>,
+pub(crate) struct SpanRow {
+    pub(crate) span_id: String,
+    pub(crate) trace_id: String,
+    pub(crate) parent_span_id: Option<String>,
+    pub(crate) name: String,
+    pub(crate) start_time: String,
+    pub(crate) end_time: Option<String>,
+    pub(crate) attributes: String,
+    pub(crate) status: Option<String>,
 }
 
-/// Indexes into `spans` (one trace's) of the span `start` and its descendants down to
-/// `max_depth` (`start` is depth 1), breadth first, each span once: a parent cycle cannot make
-/// the walk go round, and a span reached twice is kept at its first depth.
-fn walk(spans: &[SpanRow], start: &str, max_depth: u32) -> Vec<usize> {
-    let mut children: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, s) in spans.iter().enumerate() {
-        if let Some(p) = &s.parent_span_id {
-            children.entry(p.as_str()).or_default().push(i);
-        }
-    }
-    let mut seen: HashSet<&str> = HashSet::new();
-    let mut level: Vec<usize> = spans
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.span_id == start)
-        .map(|(i, _)| i)
-        .take(1)
-        .collect();
-    let mut out = Vec::new();
-    let mut depth = 1;
-    while !level.is_empty() {
-        let mut next = Vec::new();
-        for i in level {
-            if !seen.insert(spans[i].span_id.as_str()) {
-                continue;
-            }
-            out.push(i);
-            if depth < max_depth.max(1) {
-                next.extend(
-                    children
-                        .get(spans[i].span_id.as_str())
-                        .into_iter()
-                        .flatten(),
-                );
-            }
-        }
-        // Spans are in start order, so sorting indexes orders each level by start time.
-        next.sort_unstable();
-        next.dedup();
-        level = next;
-        depth += 1;
-    }
-    out
-}
-
-const SPAN_COLUMNS: &str = "s.span_id, s.trace_id, s.parent_span_id, s.name, s.start_time, s.end_time, s.attributes, s.status";
+pub(crate) const SPAN_COLUMNS: &str = "s.span_id, s.trace_id, s.parent_span_id, s.name, s.start_time, s.end_time, s.attributes, s.status";
 
 impl SpanRow {
-    fn read(r: &Row<'_>) -> rusqlite::Result<Self> {
+    pub(crate) fn read(r: &Row<'_>) -> rusqlite::Result<Self> {
         Ok(Self {
             span_id: r.get(0)?,
             trace_id: r.get(1)?,
@@ -192,7 +146,7 @@ impl SpanRow {
         })
     }
 
-    fn into_span(self, keys: Option<&[String]>) -> Result<Span, StoreError> {
+    pub(crate) fn into_span(self, keys: Option<&[String]>) -> Result<Span, StoreError> {
         Ok(Span {
             span_id: id(&self.span_id, "span id")?,
             trace_id: id(&self.trace_id, "trace id")?,
@@ -208,7 +162,7 @@ impl SpanRow {
         })
     }
 
-    fn status(&self) -> Option<SpanStatus> {
+    pub(crate) fn status(&self) -> Option<SpanStatus> {
         match self.status.as_deref() {
             Some("ok") => Some(SpanStatus::Ok),
             Some("error") => Some(SpanStatus::Error),
@@ -219,7 +173,7 @@ impl SpanRow {
 
 /// SQL for "span `s` matches every filter", with its parameters appended to `params`. Column
 /// names come from closed enums; keys and values are bound.
-fn filter_sql(filters: &[Filter], params: &mut Vec<SqlValue>) -> String {
+pub(crate) fn filter_sql(filters: &[Filter], params: &mut Vec<SqlValue>) -> String {
     if filters.is_empty() {
         return "1".to_string();
     }
@@ -383,104 +337,6 @@ impl StoreReader {
         row.map(|r| r.into_span(None)).transpose()
     }
 
-    /// The spans of one trace, in start order.
-    fn trace_spans(conn: &Connection, trace_id: &str) -> Result<Vec<SpanRow>, StoreError> {
-        let mut st = conn.prepare_cached(&format!(
-            "SELECT {SPAN_COLUMNS} FROM spans s WHERE s.trace_id = ?1 ORDER BY s.start_time"
-        ))?;
-        let rows = st.query_map([trace_id], SpanRow::read)?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// A span and its descendants down to `max_depth`, keyed by span id; `None` if the span is
-    /// unknown. The span itself is depth 1, as in Llama Stack: `max_depth` 1 (or 0) is the span
-    /// alone, 2 adds its children. The walk stays in the span's trace and visits each span once,
-    /// so a parent cycle (a span that is its own ancestor) ends it.
-    pub fn get_span_tree(
-        &self,
-        span_id: SpanId,
-        attributes_to_return: Option<&[String]>,
-        max_depth: Option<u32>,
-    ) -> Result<Option<BTreeMap<String, SpanWithStatus>>, StoreError> {
-        let depth = max_depth.unwrap_or(MAX_TREE_DEPTH).min(MAX_TREE_DEPTH);
-        let id = span_id.to_string();
-        let conn = self.conn()?;
-        // A span id may be repeated in other traces (it is unique only within its trace).
-        let traces: Vec<String> = conn
-            .prepare_cached("SELECT DISTINCT trace_id FROM spans WHERE span_id = ?1")?
-            .query_map([&id], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        let mut tree = BTreeMap::new();
-        for trace_id in traces {
-            let spans = Self::trace_spans(&conn, &trace_id)?;
-            for i in walk(&spans, &id, depth) {
-                let row = &spans[i];
-                if tree.contains_key(&row.span_id) {
-                    continue;
-                }
-                let status = row.status();
-                let span = row.clone().into_span(attributes_to_return)?;
-                tree.insert(row.span_id.clone(), SpanWithStatus { span, status });
-            }
-        }
-        Ok((!tree.is_empty()).then_some(tree))
-    }
-
-    /// Spans, down to `max_depth` counted from each root (the root is depth 1), of the traces
-    /// with a span matching every filter, by trace id and then depth; only spans that carry
-    /// every key of `attributes_to_return` with a non-empty value, with only those attributes
-    /// (all when the list is empty). Each trace is walked from its root as in
-    /// [`StoreReader::get_span_tree`].
-    pub fn query_spans(
-        &self,
-        filters: &[Filter],
-        attributes_to_return: &[String],
-        max_depth: Option<u32>,
-    ) -> Result<Vec<Span>, StoreError> {
-        let mut params = Vec::new();
-        let sql = if filters.is_empty() {
-            "SELECT trace_id, root_span_id FROM traces ORDER BY trace_id".to_string()
-        } else if let Some(candidates) = self.indexed.candidates(filters, &mut params) {
-            let cond = filter_sql(filters, &mut params);
-            format!(
-                "SELECT t.trace_id, t.root_span_id FROM traces t
-                 WHERE t.trace_id IN ({candidates})
-                   AND EXISTS (SELECT 1 FROM spans s WHERE s.trace_id = t.trace_id AND {cond})
-                 ORDER BY t.trace_id"
-            )
-        } else {
-            let cond = filter_sql(filters, &mut params);
-            format!(
-                "SELECT t.trace_id, t.root_span_id FROM traces t
-                 WHERE t.trace_id IN (SELECT s.trace_id FROM spans s WHERE {cond})
-                 ORDER BY t.trace_id"
-            )
-        };
-        let depth = max_depth.unwrap_or(MAX_TREE_DEPTH).min(MAX_TREE_DEPTH);
-        let keys = (!attributes_to_return.is_empty()).then_some(attributes_to_return);
-        let conn = self.conn()?;
-        let roots: Vec<(String, String)> = conn
-            .prepare_cached(&sql)?
-            .query_map(params_from_iter(params), |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        let mut out = Vec::new();
-        for (trace_id, root) in roots {
-            let spans = Self::trace_spans(&conn, &trace_id)?;
-            for i in walk(&spans, &root, depth) {
-                let row = &spans[i];
-                let attrs = attributes(&row.attributes)?;
-                if !attributes_to_return
-                    .iter()
-                    .all(|k| attrs.get(k).is_some_and(truthy))
-                {
-                    continue;
-                }
-                out.push(row.clone().into_span(keys)?);
-            }
-        }
-        Ok(out)
-    }
-
     /// The logs, metrics and other events stored for a span, oldest first.
     pub fn span_events(
         &self,
@@ -547,57 +403,5 @@ impl StoreReader {
         let conn = self.conn()?;
         let n: i64 = conn.query_row(table.count_sql(), [], |r| r.get(0))?;
         Ok(n as u64)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn row(span_id: &str, parent: Option<&str>) -> SpanRow {
-        SpanRow {
-            span_id: span_id.into(),
-            trace_id: "t".into(),
-            parent_span_id: parent.map(str::to_string),
-            name: span_id.into(),
-            start_time: String::new(),
-            end_time: None,
-            attributes: "{}".into(),
-            status: None,
-        }
-    }
-
-    fn ids(spans: &[SpanRow], walked: Vec<usize>) -> Vec<&str> {
-        walked.iter().map(|&i| spans[i].span_id.as_str()).collect()
-    }
-
-    #[test]
-    fn a_span_that_is_its_own_parent_is_walked_once_with_each_child_once() {
-        let mut spans = vec![row("root", Some("root"))];
-        spans.extend((0..200).map(|i| row(&format!("c{i:03}"), Some("root"))));
-        let walked = walk(&spans, "root", MAX_TREE_DEPTH);
-        assert_eq!(walked.len(), 201);
-        assert_eq!(walked[0], 0);
-        assert_eq!(walk(&spans, "root", 1), [0]);
-    }
-
-    #[test]
-    fn a_parent_cycle_ends_the_walk_and_depth_counts_from_one() {
-        // a → b → c → a, and d below c
-        let spans = vec![
-            row("a", Some("c")),
-            row("b", Some("a")),
-            row("c", Some("b")),
-            row("d", Some("c")),
-        ];
-        assert_eq!(
-            ids(&spans, walk(&spans, "a", MAX_TREE_DEPTH)),
-            ["a", "b", "c", "d"]
-        );
-        assert_eq!(ids(&spans, walk(&spans, "a", 0)), ["a"]);
-        assert_eq!(ids(&spans, walk(&spans, "a", 1)), ["a"]);
-        assert_eq!(ids(&spans, walk(&spans, "a", 2)), ["a", "b"]);
-        assert_eq!(ids(&spans, walk(&spans, "c", 2)), ["c", "a", "d"]);
-        assert!(walk(&spans, "zzz", 5).is_empty());
     }
 }

@@ -7,6 +7,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, params};
 use tokentrace_model::{MetricPoint, SpanEvent, SpanEventBody, SpanRecord, Timestamp};
 
+use crate::rollups::{Rollup, SeriesIds, UPSERT_ROLLUP, minute_of};
 use crate::{Record, StoreError};
 
 const INSERT_SPAN: &str = "INSERT INTO spans (trace_id, span_id, parent_span_id, name, kind, start_time, end_time, duration_ms, status, status_message, attributes, links, service_name, expires_at)
@@ -47,19 +48,6 @@ VALUES (?1, ?2, ?3, ?4, ?5)
 ON CONFLICT (key, value, start_ns, trace_id) DO UPDATE SET expires_at = CASE
     WHEN expires_at IS NULL OR excluded.expires_at IS NULL THEN NULL
     ELSE MAX(expires_at, excluded.expires_at) END";
-
-const UPSERT_SERIES: &str = "INSERT INTO metric_series (name, unit, labels) VALUES (?1, ?2, ?3)
-ON CONFLICT (name, labels) DO UPDATE SET name = excluded.name
-RETURNING id";
-
-const UPSERT_ROLLUP: &str =
-    "INSERT INTO metric_rollups (series, minute, sum, count, min, max, expires_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-ON CONFLICT (series, minute) DO UPDATE SET
-    sum = sum + excluded.sum, count = count + excluded.count,
-    min = MIN(min, excluded.min), max = MAX(max, excluded.max),
-    expires_at = CASE WHEN expires_at IS NULL OR excluded.expires_at IS NULL THEN NULL
-                      ELSE MAX(expires_at, excluded.expires_at) END";
 
 const INSERT_METRIC: &str = "INSERT INTO metrics (name, timestamp, ts_nanos, value, unit, labels, trace_id, span_id, expires_at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
@@ -330,45 +318,6 @@ impl<'a> TraceUpdates<'a> {
     }
 }
 
-/// Series ids by name and labels (as stored), kept across transactions so that a point costs
-/// a lookup here rather than a statement. Forget them when a transaction fails: ids it created
-/// were rolled back.
-#[derive(Default)]
-pub(crate) struct SeriesIds(HashMap<(String, String), i64>);
-
-/// Series ids remembered at most; beyond, the map starts again (the table has them all).
-const MAX_REMEMBERED_SERIES: usize = 65_536;
-
-impl SeriesIds {
-    fn get(&mut self, tx: &rusqlite::Transaction<'_>, m: &MetricRow) -> Result<i64, StoreError> {
-        if let Some(id) = self.0.get(&(m.name.clone(), m.labels.clone())) {
-            return Ok(*id);
-        }
-        let id: i64 = tx
-            .prepare_cached(UPSERT_SERIES)?
-            .query_row(params![m.name, m.unit, m.labels], |r| r.get(0))?;
-        if self.0.len() >= MAX_REMEMBERED_SERIES {
-            self.0.clear();
-        }
-        self.0.insert((m.name.clone(), m.labels.clone()), id);
-        Ok(id)
-    }
-
-    pub(crate) fn forget(&mut self) {
-        self.0.clear();
-    }
-}
-
-/// One minute of one series, summed over a batch before its upsert.
-struct Rollup {
-    sum: f64,
-    count: i64,
-    min: f64,
-    max: f64,
-    /// `None` when some point never expires.
-    expires_at: Option<i64>,
-}
-
 /// A value as a map key (SQLite values are not `Hash`): its type and its text.
 fn index_key(v: &SqlValue) -> String {
     match v {
@@ -378,11 +327,6 @@ fn index_key(v: &SqlValue) -> String {
         SqlValue::Text(t) => format!("t{t}"),
         SqlValue::Blob(b) => format!("b{b:?}"),
     }
-}
-
-/// The minute (unix minutes) a point at `ts_nanos` rolls up into.
-pub(crate) fn minute_of(ts_nanos: i64) -> i64 {
-    ts_nanos.div_euclid(60_000_000_000)
 }
 
 /// Writes rows in one transaction, the statements prepared once per transaction; every metric
@@ -465,7 +409,10 @@ pub(crate) fn write_rows(
                         m.span_id,
                         m.expires_at,
                     ])?;
-                    let key = (series.get(&tx, m)?, minute_of(m.ts_nanos));
+                    let key = (
+                        series.get(&tx, &m.name, &m.unit, &m.labels)?,
+                        minute_of(m.ts_nanos),
+                    );
                     rollups
                         .entry(key)
                         .and_modify(|r| {

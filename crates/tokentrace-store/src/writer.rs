@@ -12,7 +12,8 @@ use tokentrace_model::Timestamp;
 
 use crate::backlog::Backlog;
 use crate::datasets::append_rows;
-use crate::rows::{Row, SeriesIds, write_rows};
+use crate::rollups::SeriesIds;
+use crate::rows::{Row, write_rows};
 use crate::{CommitObserver, StoreError};
 
 /// Rows deleted per table in the first retention transaction; later ones adapt so that each
