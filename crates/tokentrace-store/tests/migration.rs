@@ -213,6 +213,23 @@ fn assert_close(got: &Series, want: &Series, what: &str) {
     }
 }
 
+/// Range queries of `total_tokens` over these windows (start, end, granularity, its seconds)
+/// agree with the points.
+fn ranges_agree(store: &Store, path: &Path, windows: &[(i64, i64, &str, Option<i64>)]) {
+    for &(start, end, g, step) in windows {
+        let got = query(
+            store,
+            "total_tokens",
+            serde_json::json!({"start_time": start, "end_time": end, "granularity": g, "query_type": "range"}),
+        );
+        assert_close(
+            &got,
+            &from_points(path, "total_tokens", start, end, step, None),
+            g,
+        );
+    }
+}
+
 #[test]
 fn a_version_1_file_is_migrated_in_place_keeping_every_row() {
     let dir = tempfile::tempdir().unwrap();
@@ -256,22 +273,15 @@ fn a_version_1_file_is_migrated_in_place_keeping_every_row() {
     drop(conn);
 
     let store = Store::open(&path, StoreOptions::default()).unwrap();
-    for (start, end, g, step) in [
-        (BASE + 17, BASE + 3 * 3600 + 41, "1h", Some(3600)),
-        (BASE - 5, BASE + 4 * 3600, "5m", Some(300)),
-        (BASE + 61, BASE + 119, "1m", Some(60)),
-    ] {
-        let got = query(
-            &store,
-            "total_tokens",
-            serde_json::json!({"start_time": start, "end_time": end, "granularity": g, "query_type": "range"}),
-        );
-        assert_close(
-            &got,
-            &from_points(&path, "total_tokens", start, end, step, None),
-            g,
-        );
-    }
+    ranges_agree(
+        &store,
+        &path,
+        &[
+            (BASE + 17, BASE + 3 * 3600 + 41, "1h", Some(3600)),
+            (BASE - 5, BASE + 4 * 3600, "5m", Some(300)),
+            (BASE + 61, BASE + 119, "1m", Some(60)),
+        ],
+    );
     let got = query(
         &store,
         "prompt_tokens",
@@ -320,22 +330,15 @@ fn points_written_now_roll_up_and_odd_windows_agree_with_the_points() {
         .collect();
     store.writer().write(records).unwrap();
     store.writer().flush().unwrap();
-    for (start, end, g, step) in [
-        (BASE + 1, BASE + 7199, "10m", Some(600)),
-        (BASE + 59, BASE + 60, "1m", Some(60)),
-        (BASE + 30, BASE + 3600 + 30, "30s", Some(30)),
-    ] {
-        let got = query(
-            &store,
-            "total_tokens",
-            serde_json::json!({"start_time": start, "end_time": end, "granularity": g, "query_type": "range"}),
-        );
-        assert_close(
-            &got,
-            &from_points(&path, "total_tokens", start, end, step, None),
-            g,
-        );
-    }
+    ranges_agree(
+        &store,
+        &path,
+        &[
+            (BASE + 1, BASE + 7199, "10m", Some(600)),
+            (BASE + 59, BASE + 60, "1m", Some(60)),
+            (BASE + 30, BASE + 3600 + 30, "30s", Some(30)),
+        ],
+    );
     let got = query(
         &store,
         "total_tokens",
