@@ -184,7 +184,9 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tx.execute("DELETE FROM migration_progress WHERE version = ?1", [to])?;
         tx.pragma_update(None, "user_version", to)?;
         tx.commit()?;
-        tracing::info!("trace store: migrated to schema version {to}");
+        if current > 0 {
+            tracing::info!("trace store: migrated to schema version {to}");
+        }
     }
     Ok(())
 }
