@@ -25,7 +25,11 @@ ON CONFLICT (series, minute) DO UPDATE SET
 /// a lookup here rather than a statement. Forget them when a transaction fails: ids it created
 /// were rolled back.
 #[derive(Default)]
-pub(crate) struct SeriesIds(HashMap<(String, String), i64>);
+pub(crate) struct SeriesIds {
+    /// name → labels → id: looked up by `&str`, so a known series costs no allocation.
+    ids: HashMap<String, HashMap<String, i64>>,
+    len: usize,
+}
 
 /// Series ids remembered at most; beyond, the map starts again (the table has them all).
 const MAX_REMEMBERED_SERIES: usize = 65_536;
@@ -38,21 +42,30 @@ impl SeriesIds {
         unit: &str,
         labels: &str,
     ) -> Result<i64, StoreError> {
-        if let Some(id) = self.0.get(&(name.to_string(), labels.to_string())) {
+        if let Some(id) = self
+            .ids
+            .get(name)
+            .and_then(|by_labels| by_labels.get(labels))
+        {
             return Ok(*id);
         }
         let id: i64 = tx
             .prepare_cached(UPSERT_SERIES)?
             .query_row(params![name, unit, labels], |r| r.get(0))?;
-        if self.0.len() >= MAX_REMEMBERED_SERIES {
-            self.0.clear();
+        if self.len >= MAX_REMEMBERED_SERIES {
+            self.forget();
         }
-        self.0.insert((name.to_string(), labels.to_string()), id);
+        self.ids
+            .entry(name.to_string())
+            .or_default()
+            .insert(labels.to_string(), id);
+        self.len += 1;
         Ok(id)
     }
 
     pub(crate) fn forget(&mut self) {
-        self.0.clear();
+        self.ids.clear();
+        self.len = 0;
     }
 }
 
