@@ -14,13 +14,13 @@ use hyper::body::Bytes;
 use prost::Message;
 use rusqlite::params;
 use tokentrace_otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
-use tokentrace_otlp::proto::common::v1::{AnyValue, KeyValue, any_value};
+use tokentrace_otlp::proto::common::v1::any_value;
 use tokentrace_otlp::proto::resource::v1::Resource;
 use tokentrace_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 
 mod common;
 
-use common::{Error, free_port, terminate, wait_listening};
+use common::{Error, free_port, kv, terminate, wait_listening};
 
 #[derive(clap::Parser)]
 struct Args {
@@ -33,14 +33,6 @@ struct Args {
 }
 
 const BATCH: usize = 512;
-
-fn kv(k: &str, v: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue { value: Some(v) }),
-        ..Default::default()
-    }
-}
 
 fn request(batch: usize) -> ExportTraceServiceRequest {
     let now = 1_795_514_400_000_000_000u64;

@@ -26,7 +26,7 @@ use rusqlite::{OpenFlags, params};
 use serde_json::{Value, json};
 use tokentrace_otlp::proto::collector::metrics::v1::ExportMetricsServiceRequest;
 use tokentrace_otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
-use tokentrace_otlp::proto::common::v1::{AnyValue, KeyValue, any_value};
+use tokentrace_otlp::proto::common::v1::any_value;
 use tokentrace_otlp::proto::metrics::v1::{
     AggregationTemporality, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric,
     number_data_point,
@@ -36,7 +36,7 @@ use tokentrace_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span, Status}
 
 mod common;
 
-use common::{Error, free_port, terminate, wait_listening};
+use common::{Error, free_port, kv, terminate, wait_listening};
 
 #[derive(clap::Parser)]
 struct Args {
@@ -112,14 +112,6 @@ struct Plan {
 impl Plan {
     fn start_of(&self, t: u64) -> u64 {
         self.end - WEEK_NANOS + t * (WEEK_NANOS / self.traces.max(1))
-    }
-}
-
-fn kv(k: &str, v: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue { value: Some(v) }),
-        ..Default::default()
     }
 }
 

@@ -5,7 +5,18 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use tokentrace_otlp::proto::common::v1::{AnyValue, KeyValue, any_value};
+
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// An OTLP attribute.
+pub fn kv(k: &str, v: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue { value: Some(v) }),
+        ..Default::default()
+    }
+}
 
 /// The bench's options. `cargo bench` passes `--bench` to every bench binary; it is dropped.
 pub fn args<T: clap::Parser>() -> T {
