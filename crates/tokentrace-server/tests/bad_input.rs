@@ -124,7 +124,7 @@ async fn each_bad_request_gets_a_clear_error_and_nothing_is_corrupted() {
         .unwrap();
     assert_eq!(ok, "ok");
     let tables: i64 = conn
-        .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('traces', 'spans', 'span_events', 'metrics')", [], |r| r.get(0))
+        .query_row("SELECT count(*) FROM sqlite_master WHERE type IN ('table', 'view') AND name IN ('traces', 'spans', 'span_events', 'metrics')", [], |r| r.get(0))
         .unwrap();
     assert_eq!(tables, 4);
     drop(conn);

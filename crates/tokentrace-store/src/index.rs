@@ -1,18 +1,63 @@
 //! The attribute index: for a configured set of keys (attributes, and the span fields `name`
-//! and `status`), which traces have a span with a given value. `query_traces`, `query_spans` and
-//! `save_spans_to_dataset` answer `eq`, `gt` and `lt` on an indexed key from it (one index range
-//! instead of the JSON of every span), then check every filter on the candidates' spans, so the
-//! answers are those of the scan. A key configured after spans were stored is filled from them
-//! when the store opens, in batches; only complete keys answer queries.
+//! and `status`), which traces have a span with a given value. An entry is (kind
+//! [`attribute_kind`] of the key's id, the value, the trace key). A key with few values (a
+//! model, a status, a span name) keeps its entries in `attribute_values`, a B-tree in which
+//! each value's entries grow at the end of their range (trace keys grow), so a batch touches
+//! a page per value; a key seen with more than [`LOW_CARDINALITY`] values (users, sessions)
+//! puts its entries in the sorted runs of `crate::lookup`, where random values cost no random
+//! page. Queries read both.
+//! `query_traces`, `query_spans` and `save_spans_to_dataset` answer `eq`, `gt` and `lt` on an
+//! indexed key from it (an index range per run instead of the JSON of every span), then check
+//! every filter on the candidates' spans, so the answers are those of the scan. A key
+//! configured after spans were stored is filled from them when the store opens, in batches;
+//! only complete keys answer queries.
 
 use std::collections::HashMap;
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tokentrace_model::query::{Filter, FilterTarget, QueryConditionOp, SpanField};
 use tokentrace_model::{AttrValue, SpanRecord};
 
 use crate::StoreError;
+use crate::lookup::{Entry, Lookup, attribute_kind, targets_sql};
+
+/// Values a key may show (per writer run) and still keep its entries in `attribute_values`.
+pub(crate) const LOW_CARDINALITY: usize = 64;
+
+/// Which keys have shown many values, as the writer sees them: their entries go to the sorted
+/// runs. Bounded: at most `LOW_CARDINALITY` value hashes per key.
+#[derive(Default)]
+pub(crate) struct Cardinality {
+    values: HashMap<i64, std::collections::HashSet<u64>>,
+    high: std::collections::HashSet<i64>,
+}
+
+impl Cardinality {
+    /// Whether the entry (of this kind and value) belongs in the sorted runs.
+    pub(crate) fn is_high(&mut self, kind: i64, value: &SqlValue) -> bool {
+        if self.high.contains(&kind) {
+            return true;
+        }
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        match value {
+            SqlValue::Null => 0u8.hash(&mut h),
+            SqlValue::Integer(i) => i.hash(&mut h),
+            SqlValue::Real(f) => f.to_bits().hash(&mut h),
+            SqlValue::Text(t) => t.hash(&mut h),
+            SqlValue::Blob(b) => b.hash(&mut h),
+        }
+        let seen = self.values.entry(kind).or_default();
+        seen.insert(h.finish());
+        if seen.len() > LOW_CARDINALITY {
+            self.values.remove(&kind);
+            self.high.insert(kind);
+            return true;
+        }
+        false
+    }
+}
 
 /// Spans indexed per backfill transaction.
 const BACKFILL_BATCH: i64 = 50_000;
@@ -36,17 +81,22 @@ pub(crate) fn sql_value(v: &AttrValue) -> SqlValue {
 /// What a key reads from a stored span: a column for the span fields, else the attribute.
 fn extract_sql(key: &str) -> &'static str {
     match key {
-        "name" => "s.name",
-        "status" => "s.status",
-        _ => "json_extract(s.attributes, ?3)",
+        "name" => "name",
+        "status" => "status",
+        _ => "json_extract(attributes, ?3)",
     }
 }
 
 impl IndexedKeys {
     /// Registers `keys` in the file, fills the index for those not complete yet, and marks keys
-    /// no longer configured incomplete (their entries stay until retention removes them; if the
-    /// key comes back it is filled again).
-    pub(crate) fn prepare(conn: &mut Connection, keys: &[String]) -> Result<Self, StoreError> {
+    /// no longer configured incomplete. A key that is filled gets a new id first (ids only
+    /// grow), so entries left from an earlier filling, complete or interrupted, belong to no key
+    /// and are dropped when their runs are merged.
+    pub(crate) fn prepare(
+        conn: &mut Connection,
+        keys: &[String],
+        lookup: &mut Lookup,
+    ) -> Result<Self, StoreError> {
         let tx = conn.transaction()?;
         let known: Vec<String> = tx
             .prepare("SELECT key FROM attribute_keys")?
@@ -60,6 +110,11 @@ impl IndexedKeys {
                 "INSERT OR IGNORE INTO attribute_keys (key) VALUES (?1)",
                 [k],
             )?;
+            tx.execute(
+                "UPDATE attribute_keys SET id = (SELECT MAX(id) + 1 FROM attribute_keys)
+                 WHERE key = ?1 AND complete = 0",
+                [k],
+            )?;
         }
         tx.commit()?;
         let mut ids = HashMap::new();
@@ -70,7 +125,7 @@ impl IndexedKeys {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             if !complete {
-                backfill(conn, id, k)?;
+                backfill(conn, id, k, lookup)?;
             }
             ids.insert(k.clone(), id);
         }
@@ -99,8 +154,9 @@ impl IndexedKeys {
         out
     }
 
-    /// SQL selecting the trace ids that an indexed filter admits (its parameters appended), for
-    /// the first filter the index can answer exactly: `eq` with a value, `gt`, `lt`.
+    /// SQL selecting the trace keys (`trace_rows.id`) that an indexed filter admits (its
+    /// parameters appended), for the first filter the index can answer exactly: `eq` with a
+    /// value, `gt`, `lt`.
     pub(crate) fn candidates(
         &self,
         filters: &[Filter],
@@ -120,48 +176,113 @@ impl IndexedKeys {
                 QueryConditionOp::Lt => "<",
                 _ => return None,
             };
-            params.push(SqlValue::Integer(id));
-            params.push(sql_value(&f.value));
+            for _ in 0..2 {
+                params.push(SqlValue::Integer(attribute_kind(id)));
+                params.push(sql_value(&f.value));
+            }
             Some(format!(
-                "SELECT trace_id FROM attribute_index WHERE key = ? AND value {op} ?"
+                "{} UNION ALL SELECT trace FROM attribute_values WHERE kind = ? AND value {op} ?",
+                targets_sql(op)
             ))
         })
     }
 }
 
-/// Indexes the spans already stored for key `id`, in batches, then marks it complete.
-fn backfill(conn: &mut Connection, id: i64, key: &str) -> Result<(), StoreError> {
-    let last: i64 = conn.query_row("SELECT COALESCE(MAX(rowid), 0) FROM spans", [], |r| {
+/// Indexes the spans already stored for key `id`, in batches (each its own run), then marks
+/// it complete.
+fn backfill(
+    conn: &mut Connection,
+    id: i64,
+    key: &str,
+    lookup: &mut Lookup,
+) -> Result<(), StoreError> {
+    let last: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM span_rows", [], |r| {
         r.get(0)
     })?;
     if last > 0 {
         tracing::info!("trace store: indexing attribute {key:?} of the spans already stored");
     }
     let sql = format!(
-        "INSERT INTO attribute_index (key, value, start_ns, trace_id, expires_at)
-         SELECT ?4, v, MIN(start_ns), trace_id,
-                CASE WHEN COUNT(expires_at) < COUNT(*) THEN NULL ELSE MAX(expires_at) END
-         FROM (
-             SELECT {} AS v, s.trace_id, s.expires_at,
-                    CAST(strftime('%s', substr(s.start_time, 1, 19)) AS INTEGER) * 1000000000
-                        + CAST(substr(s.start_time, 21, 9) AS INTEGER) AS start_ns
-             FROM spans s WHERE s.rowid > ?1 AND s.rowid <= ?2
-         ) WHERE v IS NOT NULL GROUP BY v, trace_id
-         ON CONFLICT (key, value, start_ns, trace_id) DO UPDATE SET expires_at = CASE
-             WHEN expires_at IS NULL OR excluded.expires_at IS NULL THEN NULL
-             ELSE MAX(expires_at, excluded.expires_at) END",
+        "SELECT DISTINCT {} AS v, trace FROM span_rows WHERE id > ?1 AND id <= ?2 AND v IS NOT NULL",
         extract_sql(key)
     );
     let path = format!("$.\"{key}\"");
+    let kind = attribute_kind(id);
     let mut done = 0;
     while done < last {
         let upto = done.saturating_add(BACKFILL_BATCH).min(last);
         let tx = conn.transaction()?;
-        tx.prepare_cached(&sql)?
-            .execute(params![done, upto, path, id])?;
-        tx.commit()?;
+        let entries: Vec<Entry> = {
+            let mut st = tx.prepare_cached(&sql)?;
+            let entry = |r: &rusqlite::Row<'_>| {
+                Ok(Entry {
+                    kind,
+                    key: r.get(0)?,
+                    target: r.get(1)?,
+                })
+            };
+            if extract_sql(key).contains("?3") {
+                st.query_map(params![done, upto, path], entry)?
+                    .collect::<Result<_, _>>()?
+            } else {
+                st.query_map(params![done, upto], entry)?
+                    .collect::<Result<_, _>>()?
+            }
+        };
+        if let Err(e) = lookup.add_run(&tx, entries).and_then(|_| Ok(tx.commit()?)) {
+            lookup.rolled_back(conn)?;
+            return Err(e);
+        }
         done = upto;
     }
     conn.execute("UPDATE attribute_keys SET complete = 1 WHERE id = ?1", [id])?;
     Ok(())
+}
+
+/// One step of retention in `attribute_values`: deletes up to `chunk` entries of the (kind,
+/// value) range at `at` (the first range when `None`) that point at deleted traces, and moves
+/// `at` to the next range once this one has none left; returns the entries deleted and whether
+/// every range has been visited.
+pub(crate) fn expire_values(
+    conn: &Connection,
+    at: &mut Option<(i64, SqlValue)>,
+    chunk: i64,
+) -> Result<(u64, bool), StoreError> {
+    let pair: Option<(i64, SqlValue)> = match &*at {
+        None => conn
+            .prepare_cached("SELECT kind, value FROM attribute_values ORDER BY kind, value LIMIT 1")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?,
+        Some((kind, value)) => conn
+            .prepare_cached(
+                "SELECT kind, value FROM attribute_values WHERE (kind, value) >= (?1, ?2) ORDER BY kind, value LIMIT 1",
+            )?
+            .query_row(params![kind, value], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?,
+    };
+    let Some((kind, value)) = pair else {
+        return Ok((0, true));
+    };
+    let min_trace = crate::lookup::min_live(conn, "trace_rows")?;
+    // A range's oldest entries come first (trace keys grow): delete from its front.
+    let n = conn
+        .prepare_cached(
+            "DELETE FROM attribute_values WHERE kind = ?1 AND value = ?2 AND trace < MIN(?3,
+                COALESCE((SELECT trace FROM attribute_values WHERE kind = ?1 AND value = ?2 ORDER BY trace LIMIT 1 OFFSET ?4), ?3))",
+        )?
+        .execute(params![kind, value, min_trace, chunk])? as i64;
+    if n < chunk {
+        // Done with this range: the next one is strictly after it.
+        let next: Option<(i64, SqlValue)> = conn
+            .prepare_cached(
+                "SELECT kind, value FROM attribute_values WHERE (kind, value) > (?1, ?2) ORDER BY kind, value LIMIT 1",
+            )?
+            .query_row(params![kind, value], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let done = next.is_none();
+        *at = next;
+        return Ok((n as u64, done));
+    }
+    *at = Some((kind, value));
+    Ok((n as u64, false))
 }

@@ -4,12 +4,15 @@
 mod backlog;
 mod datasets;
 mod index;
+mod keys;
+mod lookup;
 mod metrics;
 mod reader;
 mod rollups;
 mod rows;
 mod schema;
 mod trees;
+mod upgrade;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -154,9 +157,11 @@ impl Store {
         schema::check_version(&conn)?;
         schema::configure_writer(&conn)?;
         schema::migrate(&mut conn)?;
+        let mut state = rows::WriteState::load(&conn)?;
         let indexed = Arc::new(IndexedKeys::prepare(
             &mut conn,
             &options.indexed_attributes,
+            &mut state.lookup,
         )?);
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::sync_channel(options.queue_capacity.max(1));
@@ -168,6 +173,7 @@ impl Store {
             counters.clone(),
             options.on_commit,
             backlog.clone(),
+            state,
         );
         let on_start = options.on_writer_start;
         let thread = std::thread::Builder::new()

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params_from_iter};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params, params_from_iter};
 use serde_json::Value;
 use tokentrace_model::query::{
     Filter, FilterTarget, QueryConditionOp, SpanField, TraceOrderField, TraceQuery,
@@ -16,6 +16,7 @@ use tokentrace_model::{
 
 use crate::StoreError;
 use crate::index::{IndexedKeys, sql_value};
+use crate::lookup::{KIND_TRACE, targets_of};
 
 /// Deepest span tree walked when the caller sets no `max_depth`.
 pub(crate) const MAX_TREE_DEPTH: u32 = 10_000;
@@ -36,9 +37,9 @@ pub enum Table {
 impl Table {
     fn count_sql(self) -> &'static str {
         match self {
-            Table::Traces => "SELECT count(*) FROM traces",
-            Table::Spans => "SELECT count(*) FROM spans",
-            Table::SpanEvents => "SELECT count(*) FROM span_events",
+            Table::Traces => "SELECT count(*) FROM trace_rows WHERE start_ns IS NOT NULL",
+            Table::Spans => "SELECT count(*) FROM span_rows",
+            Table::SpanEvents => "SELECT count(*) FROM event_rows",
             Table::Metrics => "SELECT count(*) FROM metrics",
         }
     }
@@ -82,18 +83,30 @@ impl Drop for Lease<'_> {
     }
 }
 
-fn ts(s: &str) -> Result<Timestamp, StoreError> {
-    Timestamp::parse_iso(s).map_err(|e| StoreError::Corrupt(format!("stored timestamp: {e}")))
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("stored {what} is not valid"))
 }
 
-fn opt_ts(s: Option<String>) -> Result<Option<Timestamp>, StoreError> {
-    s.as_deref().map(ts).transpose()
+pub(crate) fn trace_id(b: [u8; 16]) -> Result<TraceId, StoreError> {
+    TraceId::from_bytes(b).ok_or_else(|| corrupt("trace id"))
 }
 
-fn id<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, StoreError> {
-    s.parse()
-        .map_err(|_| StoreError::Corrupt(format!("stored {what} {s:?} is not valid")))
+pub(crate) fn span_id(b: [u8; 8]) -> Result<SpanId, StoreError> {
+    SpanId::from_bytes(b).ok_or_else(|| corrupt("span id"))
 }
+
+/// The trace key of a trace id, as SQL: `?1` is the id as a blob.
+pub(crate) fn trace_key_sql() -> String {
+    format!(
+        "SELECT t.id FROM trace_rows t WHERE t.id IN ({}) AND t.trace_id = ?1",
+        targets_of(KIND_TRACE, "?1")
+    )
+}
+
+/// The stored times as text (the form of earlier versions), for filters on a time field whose
+/// value is not a time.
+const START_TEXT: &str = "strftime('%Y-%m-%d %H:%M:%S', s.start_ns / 1000000000, 'unixepoch') || printf('.%09d', s.start_ns % 1000000000)";
+const END_TEXT: &str = "strftime('%Y-%m-%d %H:%M:%S', s.end_ns / 1000000000, 'unixepoch') || printf('.%09d', s.end_ns % 1000000000)";
 
 pub(crate) fn attributes(s: &str) -> Result<Attributes, StoreError> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("stored attributes: {e}")))
@@ -120,17 +133,22 @@ pub(crate) fn truthy(v: &AttrValue) -> bool {
 /// The raw columns of a span row, in the order of [`SPAN_COLUMNS`].
 #[derive(Clone)]
 pub(crate) struct SpanRow {
-    pub(crate) span_id: String,
-    pub(crate) trace_id: String,
-    pub(crate) parent_span_id: Option<String>,
+    pub(crate) span_id: [u8; 8],
+    pub(crate) trace_id: [u8; 16],
+    pub(crate) parent_span_id: Option<[u8; 8]>,
     pub(crate) name: String,
-    pub(crate) start_time: String,
-    pub(crate) end_time: Option<String>,
+    pub(crate) start_ns: i64,
+    pub(crate) end_ns: Option<i64>,
     pub(crate) attributes: String,
     pub(crate) status: Option<String>,
 }
 
-pub(crate) const SPAN_COLUMNS: &str = "s.span_id, s.trace_id, s.parent_span_id, s.name, s.start_time, s.end_time, s.attributes, s.status";
+/// The columns of [`SpanRow`], from `span_rows s JOIN trace_rows t ON t.id = s.trace`.
+pub(crate) const SPAN_COLUMNS: &str =
+    "s.span_id, t.trace_id, s.parent_span_id, s.name, s.start_ns, s.end_ns, s.attributes, s.status";
+
+/// `span_rows s` with its trace row `t`.
+pub(crate) const SPANS_WITH_TRACE: &str = "span_rows s JOIN trace_rows t ON t.id = s.trace";
 
 impl SpanRow {
     pub(crate) fn read(r: &Row<'_>) -> rusqlite::Result<Self> {
@@ -139,8 +157,8 @@ impl SpanRow {
             trace_id: r.get(1)?,
             parent_span_id: r.get(2)?,
             name: r.get(3)?,
-            start_time: r.get(4)?,
-            end_time: r.get(5)?,
+            start_ns: r.get(4)?,
+            end_ns: r.get(5)?,
             attributes: r.get(6)?,
             status: r.get(7)?,
         })
@@ -148,16 +166,12 @@ impl SpanRow {
 
     pub(crate) fn into_span(self, keys: Option<&[String]>) -> Result<Span, StoreError> {
         Ok(Span {
-            span_id: id(&self.span_id, "span id")?,
-            trace_id: id(&self.trace_id, "trace id")?,
-            parent_span_id: self
-                .parent_span_id
-                .as_deref()
-                .map(|p| id(p, "span id"))
-                .transpose()?,
+            span_id: span_id(self.span_id)?,
+            trace_id: trace_id(self.trace_id)?,
+            parent_span_id: self.parent_span_id.map(span_id).transpose()?,
             name: self.name,
-            start_time: ts(&self.start_time)?,
-            end_time: opt_ts(self.end_time)?,
+            start_time: Timestamp::from_unix_nanos(self.start_ns),
+            end_time: self.end_ns.map(Timestamp::from_unix_nanos),
             attributes: project(attributes(&self.attributes)?, keys),
         })
     }
@@ -171,8 +185,9 @@ impl SpanRow {
     }
 }
 
-/// SQL for "span `s` matches every filter", with its parameters appended to `params`. Column
-/// names come from closed enums; keys and values are bound.
+/// SQL for "span `s` (of trace row `t`) matches every filter", with its parameters appended
+/// to `params`. Column names come from closed enums; keys and values are bound. Ids compare as
+/// the hex text they are given in; times as nanoseconds when the value is a time, else as text.
 pub(crate) fn filter_sql(filters: &[Filter], params: &mut Vec<SqlValue>) -> String {
     if filters.is_empty() {
         return "1".to_string();
@@ -180,15 +195,23 @@ pub(crate) fn filter_sql(filters: &[Filter], params: &mut Vec<SqlValue>) -> Stri
     let parts: Vec<String> = filters
         .iter()
         .map(|f| {
+            let time = match &f.value {
+                AttrValue::String(v) => Timestamp::parse_iso(v).ok(),
+                _ => None,
+            };
             let lhs = match &f.target {
-                FilterTarget::Field(field) => match field {
-                    SpanField::Name => "s.name",
-                    SpanField::SpanId => "s.span_id",
-                    SpanField::TraceId => "s.trace_id",
-                    SpanField::ParentSpanId => "s.parent_span_id",
-                    SpanField::Status => "s.status",
-                    SpanField::StartTime => "s.start_time",
-                    SpanField::EndTime => "s.end_time",
+                FilterTarget::Field(field) => match (field, time) {
+                    (SpanField::Name, _) => "s.name",
+                    (SpanField::SpanId, _) => "lower(hex(s.span_id))",
+                    (SpanField::TraceId, _) => "lower(hex(t.trace_id))",
+                    (SpanField::ParentSpanId, _) => {
+                        "CASE WHEN s.parent_span_id IS NULL THEN NULL ELSE lower(hex(s.parent_span_id)) END"
+                    }
+                    (SpanField::Status, _) => "s.status",
+                    (SpanField::StartTime, Some(_)) => "s.start_ns",
+                    (SpanField::EndTime, Some(_)) => "s.end_ns",
+                    (SpanField::StartTime, None) => START_TEXT,
+                    (SpanField::EndTime, None) => END_TEXT,
                 }
                 .to_string(),
                 FilterTarget::Attribute(key) => {
@@ -202,11 +225,34 @@ pub(crate) fn filter_sql(filters: &[Filter], params: &mut Vec<SqlValue>) -> Stri
                 QueryConditionOp::Gt => ">",
                 QueryConditionOp::Lt => "<",
             };
-            params.push(sql_value(&f.value));
+            let is_time = matches!(
+                f.target,
+                FilterTarget::Field(SpanField::StartTime | SpanField::EndTime)
+            );
+            match time {
+                Some(t) if is_time => params.push(SqlValue::Integer(t.unix_nanos())),
+                _ => params.push(sql_value(&f.value)),
+            }
             format!("{lhs} {op} ?")
         })
         .collect();
     parts.join(" AND ")
+}
+
+/// A trace from `t.trace_id, t.root_span_id, t.start_ns, t.end_ns`.
+fn read_trace(r: &Row<'_>) -> rusqlite::Result<Result<Trace, StoreError>> {
+    let id: [u8; 16] = r.get(0)?;
+    let root: Option<[u8; 8]> = r.get(1)?;
+    let start: i64 = r.get(2)?;
+    let end: Option<i64> = r.get(3)?;
+    Ok((|| {
+        Ok(Trace {
+            trace_id: trace_id(id)?,
+            root_span_id: span_id(root.ok_or_else(|| corrupt("root span id"))?)?,
+            start_time: Timestamp::from_unix_nanos(start),
+            end_time: end.map(Timestamp::from_unix_nanos),
+        })
+    })())
 }
 
 impl StoreReader {
@@ -244,18 +290,16 @@ impl StoreReader {
     pub fn query_traces(&self, q: &TraceQuery) -> Result<Vec<Trace>, StoreError> {
         let mut params = Vec::new();
         let mut sql = String::from(
-            "SELECT t.trace_id, t.root_span_id, t.start_time, t.end_time FROM traces t",
+            "SELECT t.trace_id, t.root_span_id, t.start_ns, t.end_ns FROM trace_rows t WHERE t.start_ns IS NOT NULL",
         );
         if !q.filters.is_empty() {
             // An indexed filter narrows the traces first; every filter is then checked on spans.
             if let Some(candidates) = self.indexed.candidates(&q.filters, &mut params) {
-                sql.push_str(&format!(" WHERE t.trace_id IN ({candidates}) AND"));
-            } else {
-                sql.push_str(" WHERE");
+                sql.push_str(&format!(" AND t.id IN ({candidates})"));
             }
             let cond = filter_sql(&q.filters, &mut params);
             sql.push_str(&format!(
-                " EXISTS (SELECT 1 FROM spans s WHERE s.trace_id = t.trace_id AND {cond})"
+                " AND EXISTS (SELECT 1 FROM span_rows s WHERE s.trace = t.id AND {cond})"
             ));
         }
         let order: Vec<String> = q
@@ -265,8 +309,8 @@ impl StoreReader {
                 let col = match o.field {
                     TraceOrderField::TraceId => "t.trace_id",
                     TraceOrderField::RootSpanId => "t.root_span_id",
-                    TraceOrderField::StartTime => "t.start_time",
-                    TraceOrderField::EndTime => "t.end_time",
+                    TraceOrderField::StartTime => "t.start_ns",
+                    TraceOrderField::EndTime => "t.end_ns",
                 };
                 format!("{col} {}", if o.descending { "DESC" } else { "ASC" })
             })
@@ -279,60 +323,37 @@ impl StoreReader {
         params.push(SqlValue::Integer(q.offset));
         let conn = self.conn()?;
         let mut st = conn.prepare_cached(&sql)?;
-        let rows = st.query_map(params_from_iter(params), |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<String>>(3)?,
-            ))
-        })?;
-        rows.map(|r| {
-            let (t, root, start, end) = r?;
-            Ok(Trace {
-                trace_id: id(&t, "trace id")?,
-                root_span_id: id(&root, "span id")?,
-                start_time: ts(&start)?,
-                end_time: opt_ts(end)?,
-            })
-        })
-        .collect()
+        let rows = st.query_map(params_from_iter(params), read_trace)?;
+        rows.map(|r| r?).collect()
     }
 
     /// One trace.
-    pub fn get_trace(&self, trace_id: TraceId) -> Result<Option<Trace>, StoreError> {
+    pub fn get_trace(&self, id: TraceId) -> Result<Option<Trace>, StoreError> {
         let conn = self.conn()?;
+        let sql = format!(
+            "SELECT t.trace_id, t.root_span_id, t.start_ns, t.end_ns FROM trace_rows t
+             WHERE t.id IN ({}) AND t.start_ns IS NOT NULL",
+            trace_key_sql()
+        );
         let row = conn
-            .prepare_cached(
-                "SELECT root_span_id, start_time, end_time FROM traces WHERE trace_id = ?1",
-            )?
-            .query_row([trace_id.to_string()], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                ))
-            })
+            .prepare_cached(&sql)?
+            .query_row([id.to_bytes().to_vec()], read_trace)
             .optional()?;
-        row.map(|(root, start, end)| {
-            Ok(Trace {
-                trace_id,
-                root_span_id: id(&root, "span id")?,
-                start_time: ts(&start)?,
-                end_time: opt_ts(end)?,
-            })
-        })
-        .transpose()
+        row.transpose()
     }
 
     /// One span.
-    pub fn get_span(&self, trace_id: TraceId, span_id: SpanId) -> Result<Option<Span>, StoreError> {
+    pub fn get_span(&self, trace: TraceId, span: SpanId) -> Result<Option<Span>, StoreError> {
         let conn = self.conn()?;
         let row = conn
             .prepare_cached(&format!(
-                "SELECT {SPAN_COLUMNS} FROM spans s WHERE s.trace_id = ?1 AND s.span_id = ?2"
+                "SELECT {SPAN_COLUMNS} FROM {SPANS_WITH_TRACE} WHERE s.trace IN ({}) AND s.span_id = ?2",
+                trace_key_sql()
             ))?
-            .query_row([trace_id.to_string(), span_id.to_string()], SpanRow::read)
+            .query_row(
+                params![trace.to_bytes().to_vec(), span.to_bytes().to_vec()],
+                SpanRow::read,
+            )
             .optional()?;
         row.map(|r| r.into_span(None)).transpose()
     }
@@ -344,13 +365,15 @@ impl StoreReader {
         span_id: SpanId,
     ) -> Result<Vec<SpanEvent>, StoreError> {
         let conn = self.conn()?;
-        let mut st = conn.prepare_cached(
-            "SELECT timestamp, name, kind, severity, message, value, unit, attributes, expires_at
-             FROM span_events WHERE trace_id = ?1 AND span_id = ?2 ORDER BY timestamp, id",
-        )?;
-        let rows = st.query_map([trace_id.to_string(), span_id.to_string()], |r| {
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT ts_ns, name, kind, severity, message, value, unit, attributes, expires_at
+             FROM event_rows WHERE trace IN ({}) AND span_id = ?2 ORDER BY ts_ns, id",
+            trace_key_sql()
+        ))?;
+        let ids = params![trace_id.to_bytes().to_vec(), span_id.to_bytes().to_vec()];
+        let rows = st.query_map(ids, |r| {
             Ok((
-                r.get::<_, String>(0)?,
+                r.get::<_, i64>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
                 r.get::<_, Option<String>>(3)?,
@@ -388,7 +411,7 @@ impl StoreReader {
             Ok(SpanEvent {
                 trace_id: Some(trace_id),
                 span_id: Some(span_id),
-                timestamp: ts(&timestamp)?,
+                timestamp: Timestamp::from_unix_nanos(timestamp),
                 name,
                 body,
                 attributes: attributes(&attrs)?,

@@ -37,7 +37,7 @@ const MAX_REMEMBERED_SERIES: usize = 65_536;
 impl SeriesIds {
     pub(crate) fn get(
         &mut self,
-        tx: &rusqlite::Transaction<'_>,
+        tx: &rusqlite::Connection,
         name: &str,
         unit: &str,
         labels: &str,

@@ -4,94 +4,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::StoreError;
 
-/// Migrations in order; migration `i` brings the file to `user_version = i + 1`.
-const MIGRATIONS: &[&str] = &[
-    // 1: traces, spans, span events, metrics, datasets.
-    r#"
-CREATE TABLE traces (
-    trace_id          TEXT PRIMARY KEY,
-    service_name      TEXT,
-    root_span_id      TEXT NOT NULL,
-    root_is_true_root INTEGER NOT NULL DEFAULT 0,
-    start_time        TEXT NOT NULL,
-    end_time          TEXT,
-    timestamp         TEXT NOT NULL,
-    expires_at        INTEGER
-);
-CREATE INDEX traces_start_time ON traces (start_time);
-CREATE INDEX traces_timestamp ON traces (timestamp);
-CREATE INDEX traces_expires_at ON traces (expires_at);
-
-CREATE TABLE spans (
-    trace_id       TEXT NOT NULL,
-    span_id        TEXT NOT NULL,
-    parent_span_id TEXT,
-    name           TEXT NOT NULL,
-    kind           TEXT NOT NULL,
-    start_time     TEXT NOT NULL,
-    end_time       TEXT,
-    duration_ms    REAL,
-    status         TEXT,
-    status_message TEXT,
-    attributes     TEXT NOT NULL,
-    links          TEXT,
-    service_name   TEXT,
-    expires_at     INTEGER,
-    PRIMARY KEY (trace_id, span_id)
-);
-CREATE INDEX spans_span_id ON spans (span_id);
-CREATE INDEX spans_parent_span_id ON spans (parent_span_id);
-CREATE INDEX spans_start_time ON spans (start_time);
-CREATE INDEX spans_name ON spans (name);
-CREATE INDEX spans_expires_at ON spans (expires_at);
-
-CREATE TABLE span_events (
-    id         INTEGER PRIMARY KEY,
-    trace_id   TEXT,
-    span_id    TEXT,
-    timestamp  TEXT NOT NULL,
-    name       TEXT NOT NULL,
-    kind       TEXT NOT NULL,
-    severity   TEXT,
-    message    TEXT,
-    value      REAL,
-    unit       TEXT,
-    attributes TEXT NOT NULL,
-    expires_at INTEGER
-);
-CREATE INDEX span_events_span ON span_events (trace_id, span_id);
-CREATE INDEX span_events_expires_at ON span_events (expires_at);
-
-CREATE TABLE metrics (
-    id         INTEGER PRIMARY KEY,
-    name       TEXT NOT NULL,
-    timestamp  TEXT NOT NULL,
-    ts_nanos   INTEGER NOT NULL,
-    value      REAL NOT NULL,
-    unit       TEXT NOT NULL,
-    labels     TEXT NOT NULL,
-    trace_id   TEXT,
-    span_id    TEXT,
-    expires_at INTEGER
-);
-CREATE INDEX metrics_name_time ON metrics (name, ts_nanos);
-CREATE INDEX metrics_expires_at ON metrics (expires_at);
-
-CREATE TABLE datasets (
-    dataset_id TEXT PRIMARY KEY,
-    created_at TEXT NOT NULL,
-    row_count  INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE dataset_rows (
-    dataset_id TEXT NOT NULL,
-    row_index  INTEGER NOT NULL,
-    row        TEXT NOT NULL,
-    PRIMARY KEY (dataset_id, row_index)
-) WITHOUT ROWID;
-"#,
-    // 2: per-minute rollups of every metric series, written with the points; filled from the
-    // points already stored by `backfill_rollups`.
-    r#"
+/// Version 2, for files of version 1: per-minute rollups of every metric series, written with
+/// the points; filled from the points already stored by `backfill_rollups`.
+const V2: &str = r#"
 CREATE TABLE IF NOT EXISTS metric_series (
     id     INTEGER PRIMARY KEY,
     name   TEXT NOT NULL,
@@ -114,13 +29,11 @@ CREATE TABLE IF NOT EXISTS migration_progress (
     version    INTEGER PRIMARY KEY,
     done_up_to INTEGER NOT NULL
 );
-"#,
-    // 3: the attribute index: for each indexed key (`attribute_keys`, complete once every span
-    // stored before the key was configured has been indexed), the traces that have a span with
-    // each value. Within a key and value, entries are ordered by the span's start, so that new
-    // entries land at the end of their value's range rather than at random places (trace ids
-    // are random). Filled by `crate::index` when the store opens.
-    r#"
+"#;
+
+/// Version 3, for files of version 2: the attribute index of version 3 (dropped again by
+/// version 4, whose index lives in the sorted runs of `lookup`).
+const V3: &str = r#"
 CREATE TABLE IF NOT EXISTS attribute_keys (
     id       INTEGER PRIMARY KEY,
     key      TEXT NOT NULL UNIQUE,
@@ -135,11 +48,182 @@ CREATE TABLE IF NOT EXISTS attribute_index (
     PRIMARY KEY (key, value, start_ns, trace_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS attribute_index_expires_at ON attribute_index (expires_at);
-"#,
-];
+"#;
+
+/// The current schema (version 4), created in a new file after [`V2`] (metric series, rollups
+/// and migration progress, unchanged since).
+///
+/// Rows live in rowid tables whose keys grow with arrival (`trace_rows.id`, `span_rows.id`,
+/// `event_rows.id`), so that a batch's insertions land at the right edge of every B-tree
+/// rather than on random pages. Ids are stored as blobs, times as unix nanoseconds. Lookups by
+/// random keys (span id, trace id, attribute value) go through `lookup`: sorted runs, each
+/// written in one piece and merged in steps (see `crate::lookup`). An event keeps its trace
+/// id itself (it may outlive its trace's spans), and its trace key for the lookup by span. A
+/// trace row is created when its id is first seen, from an event too; until a span comes it
+/// has no start and is no trace for queries and views. The views `traces`, `spans`
+/// and `span_events` give the tables of earlier versions back, with hex ids and text times.
+const CURRENT: &str = r#"
+CREATE TABLE IF NOT EXISTS trace_rows (
+    id                INTEGER PRIMARY KEY AUTOINCREMENT,
+    trace_id          BLOB NOT NULL,
+    service_name      TEXT,
+    root_span_id      BLOB,
+    root_is_true_root INTEGER NOT NULL DEFAULT 0,
+    start_ns          INTEGER,
+    end_ns            INTEGER,
+    expires_at        INTEGER
+);
+CREATE INDEX IF NOT EXISTS trace_rows_start ON trace_rows (start_ns);
+CREATE INDEX IF NOT EXISTS trace_rows_expires_at ON trace_rows (expires_at);
+
+CREATE TABLE IF NOT EXISTS span_rows (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    trace          INTEGER NOT NULL,
+    span_id        BLOB NOT NULL,
+    parent_span_id BLOB,
+    name           TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    start_ns       INTEGER NOT NULL,
+    end_ns         INTEGER,
+    status         TEXT,
+    status_message TEXT,
+    attributes     TEXT NOT NULL,
+    links          TEXT,
+    service_name   TEXT,
+    expires_at     INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS span_rows_trace ON span_rows (trace, span_id);
+CREATE INDEX IF NOT EXISTS span_rows_expires_at ON span_rows (expires_at);
+
+CREATE TABLE IF NOT EXISTS event_rows (
+    id         INTEGER PRIMARY KEY,
+    trace      INTEGER,
+    trace_id   BLOB,
+    span_id    BLOB,
+    ts_ns      INTEGER NOT NULL,
+    name       TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    severity   TEXT,
+    message    TEXT,
+    value      REAL,
+    unit       TEXT,
+    attributes TEXT NOT NULL,
+    expires_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS event_rows_span ON event_rows (trace, span_id);
+CREATE INDEX IF NOT EXISTS event_rows_expires_at ON event_rows (expires_at);
+
+CREATE TABLE IF NOT EXISTS metrics (
+    id         INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    timestamp  TEXT NOT NULL,
+    ts_nanos   INTEGER NOT NULL,
+    value      REAL NOT NULL,
+    unit       TEXT NOT NULL,
+    labels     TEXT NOT NULL,
+    trace_id   TEXT,
+    span_id    TEXT,
+    expires_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS metrics_name_time ON metrics (name, ts_nanos);
+CREATE INDEX IF NOT EXISTS metrics_expires_at ON metrics (expires_at);
+
+CREATE TABLE IF NOT EXISTS datasets (
+    dataset_id TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    row_count  INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS dataset_rows (
+    dataset_id TEXT NOT NULL,
+    row_index  INTEGER NOT NULL,
+    row        TEXT NOT NULL,
+    PRIMARY KEY (dataset_id, row_index)
+) WITHOUT ROWID;
+
+
+CREATE TABLE IF NOT EXISTS attribute_keys (
+    id       INTEGER PRIMARY KEY,
+    key      TEXT NOT NULL UNIQUE,
+    complete INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE IF NOT EXISTS attribute_values (
+    kind  INTEGER NOT NULL,
+    value NOT NULL,
+    trace INTEGER NOT NULL,
+    PRIMARY KEY (kind, value, trace)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS lookup (
+    run    INTEGER NOT NULL,
+    kind   INTEGER NOT NULL,
+    key    NOT NULL,
+    target INTEGER NOT NULL,
+    PRIMARY KEY (run, kind, key, target)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lookup_runs (
+    run        INTEGER PRIMARY KEY,
+    level      INTEGER NOT NULL,
+    state      INTEGER NOT NULL,
+    entries    INTEGER NOT NULL,
+    traces     INTEGER NOT NULL,
+    span_max   INTEGER,
+    trace_max  INTEGER
+);
+
+CREATE TABLE IF NOT EXISTS migration_steps (
+    name       TEXT PRIMARY KEY,
+    done_up_to INTEGER NOT NULL
+);
+
+CREATE VIEW IF NOT EXISTS traces AS
+SELECT lower(hex(t.trace_id)) AS trace_id,
+       t.service_name,
+       lower(hex(t.root_span_id)) AS root_span_id,
+       t.root_is_true_root,
+       strftime('%Y-%m-%d %H:%M:%S', t.start_ns / 1000000000, 'unixepoch') || printf('.%09d', t.start_ns % 1000000000) AS start_time,
+       strftime('%Y-%m-%d %H:%M:%S', t.end_ns / 1000000000, 'unixepoch') || printf('.%09d', t.end_ns % 1000000000) AS end_time,
+       strftime('%Y-%m-%d %H:%M:%S', t.start_ns / 1000000000, 'unixepoch') || printf('.%09d', t.start_ns % 1000000000) AS timestamp,
+       t.expires_at
+FROM trace_rows t WHERE t.start_ns IS NOT NULL;
+
+-- Trace rows first (CROSS JOIN keeps that order): a filter on the hex trace id then reads the
+-- trace rows and that trace's spans, not every span.
+CREATE VIEW IF NOT EXISTS spans AS
+SELECT lower(hex(t.trace_id)) AS trace_id,
+       lower(hex(s.span_id)) AS span_id,
+       CASE WHEN s.parent_span_id IS NULL THEN NULL ELSE lower(hex(s.parent_span_id)) END AS parent_span_id,
+       s.name,
+       s.kind,
+       strftime('%Y-%m-%d %H:%M:%S', s.start_ns / 1000000000, 'unixepoch') || printf('.%09d', s.start_ns % 1000000000) AS start_time,
+       strftime('%Y-%m-%d %H:%M:%S', s.end_ns / 1000000000, 'unixepoch') || printf('.%09d', s.end_ns % 1000000000) AS end_time,
+       (s.end_ns - s.start_ns) / 1e6 AS duration_ms,
+       s.status,
+       s.status_message,
+       s.attributes,
+       s.links,
+       s.service_name,
+       s.expires_at
+FROM trace_rows t CROSS JOIN span_rows s ON s.trace = t.id;
+
+CREATE VIEW IF NOT EXISTS span_events AS
+SELECT e.id,
+       CASE WHEN e.trace_id IS NULL THEN NULL ELSE lower(hex(e.trace_id)) END AS trace_id,
+       CASE WHEN e.span_id IS NULL THEN NULL ELSE lower(hex(e.span_id)) END AS span_id,
+       strftime('%Y-%m-%d %H:%M:%S', e.ts_ns / 1000000000, 'unixepoch') || printf('.%09d', e.ts_ns % 1000000000) AS timestamp,
+       e.name,
+       e.kind,
+       e.severity,
+       e.message,
+       e.value,
+       e.unit,
+       e.attributes,
+       e.expires_at
+FROM event_rows e;
+"#;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The schema version of a file (0 for a new one). Reading it does not modify the file.
 pub fn version(conn: &Connection) -> Result<i64, StoreError> {
@@ -160,33 +244,35 @@ pub fn check_version(conn: &Connection) -> Result<(), StoreError> {
 /// Metric points turned into rollups per migration transaction.
 const BACKFILL_BATCH: i64 = 100_000;
 
-/// Brings the file up to [`SCHEMA_VERSION`]. Each migration's tables are created in one
-/// transaction; one that must fill them from existing rows does so in batches, each its own
-/// transaction that records how far it got, so an interrupted migration resumes where it
-/// stopped. The version is raised when a migration is complete.
+/// Brings the file up to [`SCHEMA_VERSION`]. A new file gets the current schema at once. An
+/// older one is migrated step by step; a step that must fill tables from existing rows does so
+/// in batches, each its own transaction that records how far it got, so an interrupted
+/// migration resumes where it stopped. The version is raised when a step is complete.
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     check_version(conn)?;
     let current = version(conn)?;
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let to = (i + 1) as i64;
+    if current == 0 {
         let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        if to == 1 {
-            tx.pragma_update(None, "user_version", to)?;
-            tx.commit()?;
-            continue;
-        }
+        tx.execute_batch(V2)?;
+        tx.execute_batch(CURRENT)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
-        if to == 2 {
-            backfill_rollups(conn)?;
+        return Ok(());
+    }
+    for to in current + 1..=SCHEMA_VERSION {
+        match to {
+            2 => {
+                conn.execute_batch(V2)?;
+                backfill_rollups(conn)?;
+            }
+            3 => conn.execute_batch(V3)?,
+            _ => crate::upgrade::to_compact_tables(conn, CURRENT)?,
         }
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM migration_progress WHERE version = ?1", [to])?;
         tx.pragma_update(None, "user_version", to)?;
         tx.commit()?;
-        if current > 0 {
-            tracing::info!("trace store: migrated to schema version {to}");
-        }
+        tracing::info!("trace store: migrated to schema version {to}");
     }
     Ok(())
 }
@@ -263,6 +349,10 @@ pub fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
+    // Statement journals and the sorts of index merges stay in memory; the pages a batch and a
+    // merge round touch stay cached.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(None, "cache_size", -16_384)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     Ok(())
 }

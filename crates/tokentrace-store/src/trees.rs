@@ -10,23 +10,26 @@ use tokentrace_model::{Span, SpanId, SpanWithStatus};
 
 use crate::StoreError;
 use crate::StoreReader;
-use crate::reader::{MAX_TREE_DEPTH, SPAN_COLUMNS, SpanRow, attributes, filter_sql, truthy};
+use crate::lookup::{KIND_SPAN, targets_of};
+use crate::reader::{
+    MAX_TREE_DEPTH, SPAN_COLUMNS, SPANS_WITH_TRACE, SpanRow, attributes, filter_sql, truthy,
+};
 
 /// Indexes into `spans` (one trace's) of the span `start` and its descendants down to
 /// `max_depth` (`start` is depth 1), breadth first, each span once: a parent cycle cannot make
 /// the walk go round, and a span reached twice is kept at its first depth.
-fn walk(spans: &[SpanRow], start: &str, max_depth: u32) -> Vec<usize> {
-    let mut children: HashMap<&str, Vec<usize>> = HashMap::new();
+fn walk(spans: &[SpanRow], start: &[u8; 8], max_depth: u32) -> Vec<usize> {
+    let mut children: HashMap<&[u8; 8], Vec<usize>> = HashMap::new();
     for (i, s) in spans.iter().enumerate() {
         if let Some(p) = &s.parent_span_id {
-            children.entry(p.as_str()).or_default().push(i);
+            children.entry(p).or_default().push(i);
         }
     }
-    let mut seen: HashSet<&str> = HashSet::new();
+    let mut seen: HashSet<&[u8; 8]> = HashSet::new();
     let mut level: Vec<usize> = spans
         .iter()
         .enumerate()
-        .filter(|(_, s)| s.span_id == start)
+        .filter(|(_, s)| &s.span_id == start)
         .map(|(i, _)| i)
         .take(1)
         .collect();
@@ -35,17 +38,12 @@ fn walk(spans: &[SpanRow], start: &str, max_depth: u32) -> Vec<usize> {
     while !level.is_empty() {
         let mut next = Vec::new();
         for i in level {
-            if !seen.insert(spans[i].span_id.as_str()) {
+            if !seen.insert(&spans[i].span_id) {
                 continue;
             }
             out.push(i);
             if depth < max_depth.max(1) {
-                next.extend(
-                    children
-                        .get(spans[i].span_id.as_str())
-                        .into_iter()
-                        .flatten(),
-                );
+                next.extend(children.get(&spans[i].span_id).into_iter().flatten());
             }
         }
         // Spans are in start order, so sorting indexes orders each level by start time.
@@ -58,12 +56,12 @@ fn walk(spans: &[SpanRow], start: &str, max_depth: u32) -> Vec<usize> {
 }
 
 impl StoreReader {
-    /// The spans of one trace, in start order.
-    fn trace_spans(conn: &Connection, trace_id: &str) -> Result<Vec<SpanRow>, StoreError> {
+    /// The spans of one trace (by its key), in start order.
+    fn trace_spans(conn: &Connection, trace: i64) -> Result<Vec<SpanRow>, StoreError> {
         let mut st = conn.prepare_cached(&format!(
-            "SELECT {SPAN_COLUMNS} FROM spans s WHERE s.trace_id = ?1 ORDER BY s.start_time"
+            "SELECT {SPAN_COLUMNS} FROM {SPANS_WITH_TRACE} WHERE s.trace = ?1 ORDER BY s.start_ns"
         ))?;
-        let rows = st.query_map([trace_id], SpanRow::read)?;
+        let rows = st.query_map([trace], SpanRow::read)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -78,24 +76,28 @@ impl StoreReader {
         max_depth: Option<u32>,
     ) -> Result<Option<BTreeMap<String, SpanWithStatus>>, StoreError> {
         let depth = max_depth.unwrap_or(MAX_TREE_DEPTH).min(MAX_TREE_DEPTH);
-        let id = span_id.to_string();
+        let id = span_id.to_bytes();
         let conn = self.conn()?;
         // A span id may be repeated in other traces (it is unique only within its trace).
-        let traces: Vec<String> = conn
-            .prepare_cached("SELECT DISTINCT trace_id FROM spans WHERE span_id = ?1")?
-            .query_map([&id], |r| r.get(0))?
+        let traces: Vec<i64> = conn
+            .prepare_cached(&format!(
+                "SELECT DISTINCT trace FROM span_rows WHERE id IN ({}) AND span_id = ?1 ORDER BY trace",
+                targets_of(KIND_SPAN, "?1")
+            ))?
+            .query_map([id.to_vec()], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         let mut tree = BTreeMap::new();
-        for trace_id in traces {
-            let spans = Self::trace_spans(&conn, &trace_id)?;
+        for trace in traces {
+            let spans = Self::trace_spans(&conn, trace)?;
             for i in walk(&spans, &id, depth) {
                 let row = &spans[i];
-                if tree.contains_key(&row.span_id) {
+                let span = row.clone().into_span(attributes_to_return)?;
+                let key = span.span_id.to_string();
+                if tree.contains_key(&key) {
                     continue;
                 }
                 let status = row.status();
-                let span = row.clone().into_span(attributes_to_return)?;
-                tree.insert(row.span_id.clone(), SpanWithStatus { span, status });
+                tree.insert(key, SpanWithStatus { span, status });
             }
         }
         Ok((!tree.is_empty()).then_some(tree))
@@ -114,33 +116,35 @@ impl StoreReader {
     ) -> Result<Vec<Span>, StoreError> {
         let mut params = Vec::new();
         let sql = if filters.is_empty() {
-            "SELECT trace_id, root_span_id FROM traces ORDER BY trace_id".to_string()
+            "SELECT t.id, t.root_span_id FROM trace_rows t WHERE t.start_ns IS NOT NULL ORDER BY t.trace_id"
+                .to_string()
         } else if let Some(candidates) = self.indexed.candidates(filters, &mut params) {
             let cond = filter_sql(filters, &mut params);
             format!(
-                "SELECT t.trace_id, t.root_span_id FROM traces t
-                 WHERE t.trace_id IN ({candidates})
-                   AND EXISTS (SELECT 1 FROM spans s WHERE s.trace_id = t.trace_id AND {cond})
+                "SELECT t.id, t.root_span_id FROM trace_rows t
+                 WHERE t.id IN ({candidates}) AND t.start_ns IS NOT NULL
+                   AND EXISTS (SELECT 1 FROM span_rows s WHERE s.trace = t.id AND {cond})
                  ORDER BY t.trace_id"
             )
         } else {
             let cond = filter_sql(filters, &mut params);
             format!(
-                "SELECT t.trace_id, t.root_span_id FROM traces t
-                 WHERE t.trace_id IN (SELECT s.trace_id FROM spans s WHERE {cond})
+                "SELECT t.id, t.root_span_id FROM trace_rows t
+                 WHERE t.start_ns IS NOT NULL
+                   AND t.id IN (SELECT s.trace FROM {SPANS_WITH_TRACE} WHERE {cond})
                  ORDER BY t.trace_id"
             )
         };
         let depth = max_depth.unwrap_or(MAX_TREE_DEPTH).min(MAX_TREE_DEPTH);
         let keys = (!attributes_to_return.is_empty()).then_some(attributes_to_return);
         let conn = self.conn()?;
-        let roots: Vec<(String, String)> = conn
+        let roots: Vec<(i64, [u8; 8])> = conn
             .prepare_cached(&sql)?
             .query_map(params_from_iter(params), |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
         let mut out = Vec::new();
-        for (trace_id, root) in roots {
-            let spans = Self::trace_spans(&conn, &trace_id)?;
+        for (trace, root) in roots {
+            let spans = Self::trace_spans(&conn, trace)?;
             for i in walk(&spans, &root, depth) {
                 let row = &spans[i];
                 let attrs = attributes(&row.attributes)?;
@@ -161,31 +165,40 @@ impl StoreReader {
 mod tests {
     use super::*;
 
+    /// A span id from a short name (padded with zeros).
+    fn sid(name: &str) -> [u8; 8] {
+        let mut id = [0u8; 8];
+        for (b, c) in id.iter_mut().zip(name.bytes()) {
+            *b = c;
+        }
+        id
+    }
+
     fn row(span_id: &str, parent: Option<&str>) -> SpanRow {
         SpanRow {
-            span_id: span_id.into(),
-            trace_id: "t".into(),
-            parent_span_id: parent.map(str::to_string),
+            span_id: sid(span_id),
+            trace_id: [1; 16],
+            parent_span_id: parent.map(sid),
             name: span_id.into(),
-            start_time: String::new(),
-            end_time: None,
+            start_ns: 0,
+            end_ns: None,
             attributes: "{}".into(),
             status: None,
         }
     }
 
     fn ids(spans: &[SpanRow], walked: Vec<usize>) -> Vec<&str> {
-        walked.iter().map(|&i| spans[i].span_id.as_str()).collect()
+        walked.iter().map(|&i| spans[i].name.as_str()).collect()
     }
 
     #[test]
     fn a_span_that_is_its_own_parent_is_walked_once_with_each_child_once() {
         let mut spans = vec![row("root", Some("root"))];
         spans.extend((0..200).map(|i| row(&format!("c{i:03}"), Some("root"))));
-        let walked = walk(&spans, "root", MAX_TREE_DEPTH);
+        let walked = walk(&spans, &sid("root"), MAX_TREE_DEPTH);
         assert_eq!(walked.len(), 201);
         assert_eq!(walked[0], 0);
-        assert_eq!(walk(&spans, "root", 1), [0]);
+        assert_eq!(walk(&spans, &sid("root"), 1), [0]);
     }
 
     #[test]
@@ -198,13 +211,13 @@ mod tests {
             row("d", Some("c")),
         ];
         assert_eq!(
-            ids(&spans, walk(&spans, "a", MAX_TREE_DEPTH)),
+            ids(&spans, walk(&spans, &sid("a"), MAX_TREE_DEPTH)),
             ["a", "b", "c", "d"]
         );
-        assert_eq!(ids(&spans, walk(&spans, "a", 0)), ["a"]);
-        assert_eq!(ids(&spans, walk(&spans, "a", 1)), ["a"]);
-        assert_eq!(ids(&spans, walk(&spans, "a", 2)), ["a", "b"]);
-        assert_eq!(ids(&spans, walk(&spans, "c", 2)), ["c", "a", "d"]);
-        assert!(walk(&spans, "zzz", 5).is_empty());
+        assert_eq!(ids(&spans, walk(&spans, &sid("a"), 0)), ["a"]);
+        assert_eq!(ids(&spans, walk(&spans, &sid("a"), 1)), ["a"]);
+        assert_eq!(ids(&spans, walk(&spans, &sid("a"), 2)), ["a", "b"]);
+        assert_eq!(ids(&spans, walk(&spans, &sid("c"), 2)), ["c", "a", "d"]);
+        assert!(walk(&spans, &sid("zzz"), 5).is_empty());
     }
 }

@@ -12,8 +12,9 @@ use tokentrace_model::Timestamp;
 
 use crate::backlog::Backlog;
 use crate::datasets::append_rows;
-use crate::rollups::SeriesIds;
-use crate::rows::{Row, write_rows};
+use crate::index::expire_values;
+use crate::lookup::MAX_LIVE_RUNS;
+use crate::rows::{Row, WriteState, write_rows};
 use crate::{CommitObserver, StoreError};
 
 /// Rows deleted per table in the first retention transaction; later ones adapt so that each
@@ -23,6 +24,13 @@ const EXPIRE_CHUNK: i64 = 500;
 const EXPIRE_STEP_TARGET: Duration = Duration::from_millis(50);
 /// Free pages returned to the file system per vacuum step.
 const VACUUM_PAGES: i64 = 256;
+/// Entries of the sorted runs handled by upkeep per entry written (each entry is rewritten
+/// once per level).
+const UPKEEP_PER_ENTRY: u64 = 4;
+/// Upkeep owed at most; beyond, writes go first and the rest waits for a quiet moment.
+const UPKEEP_BUDGET_MAX: u64 = 1 << 20;
+/// Entries handled by one upkeep transaction at most.
+const UPKEEP_STEP: u64 = 20_000;
 
 pub(crate) enum Cmd {
     Write(Vec<Row>),
@@ -91,6 +99,9 @@ struct Expiry {
     chunk: i64,
     /// Deleting is done; free pages are being given back (files with `auto_vacuum`).
     vacuuming: bool,
+    /// The next range of `attribute_values` to clean, and whether all have been visited.
+    values_at: Option<(i64, rusqlite::types::Value)>,
+    values_done: bool,
     /// Steps taken, those over the target, and the longest, for the log line at the end.
     steps: u32,
     over: u32,
@@ -105,7 +116,11 @@ pub(crate) struct Writer {
     pub counters: Arc<Counters>,
     on_commit: Option<CommitObserver>,
     backlog: Arc<Backlog>,
-    series: SeriesIds,
+    state: WriteState,
+    /// Entries of the sorted runs the upkeep may still handle before the next write.
+    upkeep_budget: u64,
+    /// Upkeep may have work: set by writes, cleared when a step finds nothing to do.
+    upkeep_pending: bool,
     pending: Vec<Row>,
     first_pending: Option<Instant>,
     expiry: Option<Expiry>,
@@ -119,6 +134,7 @@ impl Writer {
         counters: Arc<Counters>,
         on_commit: Option<CommitObserver>,
         backlog: Arc<Backlog>,
+        state: WriteState,
     ) -> Self {
         Self {
             conn,
@@ -127,7 +143,9 @@ impl Writer {
             counters,
             on_commit,
             backlog,
-            series: SeriesIds::default(),
+            state,
+            upkeep_budget: 0,
+            upkeep_pending: true,
             pending: Vec::new(),
             first_pending: None,
             expiry: None,
@@ -142,7 +160,8 @@ impl Writer {
 
     fn serve(&mut self, rx: Receiver<Cmd>) {
         loop {
-            let cmd = if self.expiry.is_some() {
+            let busy = self.expiry.is_some() || self.upkeep_pending;
+            let cmd = if busy {
                 match rx.try_recv() {
                     Ok(cmd) => Some(cmd),
                     Err(TryRecvError::Empty) => None,
@@ -192,6 +211,8 @@ impl Writer {
                             deleted: 0,
                             chunk: EXPIRE_CHUNK,
                             vacuuming: false,
+                            values_at: None,
+                            values_done: false,
                             steps: 0,
                             over: 0,
                             longest: Duration::ZERO,
@@ -213,6 +234,7 @@ impl Writer {
                     {
                         let _ = self.commit_pending(); // failures are logged and counted
                     }
+                    self.upkeep(true);
                 }
             }
             if self
@@ -221,6 +243,7 @@ impl Writer {
             {
                 let _ = self.commit_pending(); // failures are logged and counted
             }
+            self.upkeep(false);
             self.expire_step();
         }
     }
@@ -235,6 +258,7 @@ impl Writer {
             let tail = rest.split_off(rest.len().min(self.batch_max_rows));
             let r = self.commit(&rest);
             self.backlog.release(rest.iter().map(Row::size).sum());
+            self.catch_up();
             if result.is_ok() {
                 result = r;
             }
@@ -248,8 +272,17 @@ impl Writer {
         let n = records.len() as u64;
         let spans = records.iter().filter(|r| r.is_span()).count() as u64;
         let started = Instant::now();
-        match write_rows(&mut self.conn, records, &mut self.series) {
-            Ok(()) => {
+        let written = self
+            .conn
+            .transaction()
+            .map_err(StoreError::from)
+            .and_then(|tx| {
+                let entries = write_rows(&tx, records, &mut self.state)?;
+                tx.commit()?;
+                Ok(entries)
+            });
+        match written {
+            Ok(entries) => {
                 let c = &self.counters;
                 c.batches.fetch_add(1, Ordering::Relaxed);
                 c.rows.fetch_add(n, Ordering::Relaxed);
@@ -258,13 +291,69 @@ impl Writer {
                 if let Some(observe) = &self.on_commit {
                     (observe.0)(n, started.elapsed());
                 }
+                self.upkeep_budget = self
+                    .upkeep_budget
+                    .saturating_add(UPKEEP_PER_ENTRY * entries)
+                    .min(UPKEEP_BUDGET_MAX);
+                self.upkeep_pending = true;
                 Ok(())
             }
             Err(e) => {
-                self.series.forget();
+                if let Err(reload) = self.state.rolled_back(&self.conn) {
+                    tracing::error!("trace store: reloading the writer's state: {reload}");
+                }
                 self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!("trace store: a batch of {n} records failed to commit: {e}");
                 Err(e)
+            }
+        }
+    }
+
+    /// Merges before writing again while more than `MAX_LIVE_RUNS` runs are live (writes
+    /// outpaced merging): lookups stay a bounded number of seeks, and the wait reaches the
+    /// senders as backpressure, like a full backlog.
+    fn catch_up(&mut self) {
+        while self.state.lookup.live_runs() > MAX_LIVE_RUNS {
+            match self.state.lookup.step(&mut self.conn, UPKEEP_STEP) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!("trace store: merging index runs: {e}");
+                    if let Err(reload) = self.state.rolled_back(&self.conn) {
+                        tracing::error!("trace store: reloading the writer's state: {reload}");
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Upkeep of the sorted runs (merging, deleting merged runs) between writes, one short
+    /// transaction per call: after writes, about `UPKEEP_PER_ENTRY` times the entries they
+    /// added, so that merges keep pace with writes under any load; when no write waits
+    /// (`idle`), until nothing is left.
+    fn upkeep(&mut self, idle: bool) {
+        if !self.upkeep_pending || (!idle && self.upkeep_budget == 0) {
+            return;
+        }
+        let budget = if idle {
+            UPKEEP_STEP
+        } else {
+            self.upkeep_budget.min(UPKEEP_STEP)
+        };
+        match self.state.lookup.step(&mut self.conn, budget) {
+            Ok(0) => {
+                self.upkeep_budget = 0;
+                self.upkeep_pending = false;
+            }
+            Ok(n) => self.upkeep_budget = self.upkeep_budget.saturating_sub(n),
+            Err(e) => {
+                tracing::error!("trace store: merging index runs: {e}");
+                if let Err(reload) = self.state.rolled_back(&self.conn) {
+                    tracing::error!("trace store: reloading the writer's state: {reload}");
+                }
+                self.upkeep_budget = 0;
+                self.upkeep_pending = false;
             }
         }
     }
@@ -281,7 +370,15 @@ impl Writer {
         let step = if expiry.vacuuming {
             vacuum_step(&self.conn).map(|more| (0, more))
         } else {
-            expire_chunk(&mut self.conn, expiry.now, expiry.chunk).map(|n| (n, true))
+            // Index entries of deleted traces go too (not counted as rows).
+            expire_chunk(&mut self.conn, expiry.now, expiry.chunk).and_then(|rows| {
+                if !expiry.values_done {
+                    let (_, done) = expire_values(&self.conn, &mut expiry.values_at, expiry.chunk)?;
+                    expiry.values_done = done;
+                }
+                // More to do while rows expire or ranges remain to be visited.
+                Ok((rows, rows > 0 || !expiry.values_done))
+            })
         };
         let took = started.elapsed();
         expiry.steps += 1;
@@ -299,8 +396,15 @@ impl Writer {
                     } else {
                         expiry.chunk
                     };
-                    if n == 0 {
+                    if !more {
                         expiry.vacuuming = true;
+                        // Runs whose every entry points at a deleted row go as a whole.
+                        match self.state.lookup.drop_expired(&self.conn) {
+                            Ok(()) => self.upkeep_pending = true,
+                            Err(e) => {
+                                tracing::error!("trace store: dropping expired index runs: {e}")
+                            }
+                        }
                     }
                 } else if !more && let Some(done) = self.expiry.take() {
                     if done.deleted > 0 {
@@ -341,16 +445,11 @@ fn expire_chunk(conn: &mut Connection, now: i64, chunk: i64) -> Result<u64, Stor
     let tx = conn.transaction()?;
     let mut deleted = 0;
     for (table, key, columns) in [
-        ("spans", "rowid", "rowid"),
-        ("span_events", "rowid", "rowid"),
+        ("span_rows", "rowid", "rowid"),
+        ("event_rows", "rowid", "rowid"),
         ("metrics", "rowid", "rowid"),
         ("metric_rollups", "(series, minute)", "series, minute"),
-        (
-            "attribute_index",
-            "(key, value, start_ns, trace_id)",
-            "key, value, start_ns, trace_id",
-        ),
-        ("traces", "rowid", "rowid"),
+        ("trace_rows", "rowid", "rowid"),
     ] {
         // Table names and keys come from this fixed list, never from a caller.
         let sql = format!(

@@ -13,7 +13,13 @@ use tokentrace_model::{
 };
 use tokentrace_store::{Store, StoreOptions};
 
-const KEYS: &[&str] = &["user.id", "http.response.status_code", "name", "status"];
+const KEYS: &[&str] = &[
+    "user.id",
+    "session.id",
+    "http.response.status_code",
+    "name",
+    "status",
+];
 
 fn open(path: &Path, keys: &[&str]) -> Store {
     let options = StoreOptions {
@@ -39,6 +45,8 @@ fn write(store: &Store) {
                 "user.id".into(),
                 AttrValue::from(format!("user-{}", t % 17)),
             );
+            // A value per trace: past `LOW_CARDINALITY` values, entries go to the sorted runs.
+            attributes.insert("session.id".into(), AttrValue::from(format!("s-{t}")));
             if j == 2 {
                 attributes.insert(
                     "http.response.status_code".into(),
@@ -120,6 +128,9 @@ fn cases() -> Vec<Vec<QueryCondition>> {
     vec![
         filters(&[("user.id", Eq, "user-3".into())]),
         filters(&[("user.id", Eq, "nobody".into())]),
+        filters(&[("session.id", Eq, "s-7".into())]),
+        filters(&[("session.id", Eq, "s-290".into())]),
+        filters(&[("session.id", Gt, "s-298".into())]),
         filters(&[("http.response.status_code", Gt, AttrValue::Int(300))]),
         filters(&[("http.response.status_code", Lt, AttrValue::Int(300))]),
         filters(&[
@@ -134,6 +145,13 @@ fn cases() -> Vec<Vec<QueryCondition>> {
         ]),
     ]
 }
+
+/// Counts the attribute index's entries (in the live runs and in `attribute_values`), of keys
+/// still registered.
+const LIVE_ENTRIES: &str = "SELECT COUNT(*) FROM (
+        SELECT l.kind, l.key AS value FROM lookup l JOIN lookup_runs r ON r.run = l.run AND r.state = 0
+        UNION ALL SELECT kind, value FROM attribute_values
+     ) e JOIN attribute_keys k ON e.kind = 16 + k.id";
 
 #[test]
 fn indexed_filters_answer_what_a_scan_of_every_span_answers() {
@@ -152,7 +170,11 @@ fn indexed_filters_answer_what_a_scan_of_every_span_answers() {
     assert_eq!(traces(&a, &f).len(), 300 / 17 + 1);
     let conn = rusqlite::Connection::open(&indexed).unwrap();
     let n: i64 = conn
-        .query_row("SELECT COUNT(*) FROM attribute_index i JOIN attribute_keys k ON k.id = i.key WHERE k.key = 'user.id'", [], |r| r.get(0))
+        .query_row(
+            &format!("{LIVE_ENTRIES} WHERE k.key = 'user.id'"),
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(n, 300, "one entry per trace and value, not per span");
     a.close().unwrap();
@@ -177,7 +199,9 @@ fn a_key_configured_later_is_filled_from_the_spans_already_stored() {
     let conn = rusqlite::Connection::open(&path).unwrap();
     let (entries, complete): (i64, i64) = conn
         .query_row(
-            "SELECT (SELECT COUNT(*) FROM attribute_index), (SELECT COUNT(*) FROM attribute_keys WHERE complete = 1)",
+            &format!(
+                "SELECT ({LIVE_ENTRIES}), (SELECT COUNT(*) FROM attribute_keys WHERE complete = 1)"
+            ),
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
@@ -189,7 +213,7 @@ fn a_key_configured_later_is_filled_from_the_spans_already_stored() {
 }
 
 #[test]
-fn retention_removes_the_index_entries_of_expired_spans() {
+fn retention_removes_the_index_runs_of_expired_spans() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("trace_store.db");
     let store = open(&path, &["user.id"]);
@@ -222,13 +246,17 @@ fn retention_removes_the_index_entries_of_expired_spans() {
         })
         .unwrap()
     })
-    .collect();
-    w.write_rows(rows).unwrap();
-    w.flush().unwrap();
+    .collect::<Vec<_>>();
+    // One transaction each, so each span's entries are a run of their own: a run whose every
+    // entry points at an expired trace goes as a whole.
+    for row in rows {
+        w.write_rows(vec![row]).unwrap();
+        w.flush().unwrap();
+    }
     w.expire(Timestamp::now()).unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();
     let values: Vec<String> = conn
-        .prepare("SELECT value FROM attribute_index")
+        .prepare(&LIVE_ENTRIES.replacen("COUNT(*)", "e.value", 1))
         .unwrap()
         .query_map([], |r| r.get(0))
         .unwrap()

@@ -726,29 +726,29 @@ fn the_writer_backlog_is_bounded_in_bytes_and_writers_wait_for_room() {
     };
     let store = Store::open(&dir.path().join("trace_store.db"), options).unwrap();
     let w = store.writer();
-    // 200 spans (~40 KB) fit; the next 200 do not while the first wait.
-    w.write(spans_of_one_trace(200)).unwrap();
+    // 300 spans (over 32 KB) fit; the next 300 do not while the first wait.
+    w.write(spans_of_one_trace(300)).unwrap();
     let first = w.queued_bytes();
-    assert!(first > 20 * 1024 && first <= 64 * 1024, "{first}");
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let second = {
         let w = w.clone();
         std::thread::spawn(move || {
-            w.write(spans_of_one_trace(200)).unwrap();
+            w.write(spans_of_one_trace(300)).unwrap();
             done_tx.send(()).unwrap();
         })
     };
-    assert!(
-        done_rx.recv_timeout(Duration::from_millis(300)).is_err(),
-        "the second write waits for room"
-    );
-    assert_eq!(w.queued_bytes(), first, "the waiting rows are not queued");
+    let waited = done_rx.recv_timeout(Duration::from_millis(300)).is_err();
+    let queued = w.queued_bytes();
+    // Let the writer go before asserting, so that a failure does not leave it waiting.
     go_tx.send(()).unwrap();
+    assert!(first > 32 * 1024 && first <= 64 * 1024, "{first}");
+    assert!(waited, "the second write waits for room");
+    assert_eq!(queued, first, "the waiting rows are not queued");
     done_rx.recv().unwrap();
     second.join().unwrap();
     w.flush().unwrap();
     let stats = w.stats();
-    assert_eq!(stats.spans_committed, 400);
+    assert_eq!(stats.spans_committed, 600);
     assert_eq!(stats.queued_bytes, 0);
     store.close().unwrap();
 }

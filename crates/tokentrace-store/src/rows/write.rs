@@ -1,0 +1,339 @@
+//! Writing a batch of rows in one transaction: trace rows first (a new trace gets its key),
+//! then spans, events, metric points and rollups, and the batch's index entries as one run.
+
+use std::collections::HashMap;
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{
+    INSERT_EVENT, INSERT_METRIC, INSERT_SPAN, INSERT_TRACE, Row, RowKind, SpanRow, UPDATE_TRACE,
+};
+use crate::StoreError;
+use crate::index::Cardinality;
+use crate::keys::TraceKeys;
+use crate::lookup::{Entry, KIND_SPAN, KIND_TRACE, Lookup, attribute_kind};
+use crate::rollups::{Rollup, SeriesIds, UPSERT_ROLLUP, minute_of};
+
+/// What the writer thread knows across transactions: metric series ids, recent trace keys,
+/// the state of the sorted runs.
+pub(crate) struct WriteState {
+    pub(crate) cardinality: Cardinality,
+    pub(crate) series: SeriesIds,
+    pub(crate) traces: TraceKeys,
+    pub(crate) lookup: Lookup,
+}
+
+impl WriteState {
+    pub(crate) fn load(conn: &Connection) -> Result<Self, StoreError> {
+        Ok(Self {
+            cardinality: Cardinality::default(),
+            series: SeriesIds::default(),
+            traces: TraceKeys::default(),
+            lookup: Lookup::load(conn)?,
+        })
+    }
+
+    /// Forgets what a failed transaction made the state believe.
+    pub(crate) fn rolled_back(&mut self, conn: &Connection) -> Result<(), StoreError> {
+        self.series.forget();
+        self.traces.forget();
+        self.lookup.rolled_back(conn)
+    }
+}
+
+/// The span part of what a batch changes in a trace row.
+struct SpanPart<'a> {
+    root_span_id: &'a [u8; 8],
+    root_is_true_root: bool,
+    start_ns: i64,
+    end_ns: Option<i64>,
+}
+
+/// What a batch changes in one trace row: its spans and events folded in arrival order, with
+/// the rules of [`UPDATE_TRACE`], so a trace costs one statement per batch.
+struct TraceUpdate<'a> {
+    service_name: Option<&'a str>,
+    spans: Option<SpanPart<'a>>,
+    /// Latest expiry of the batch's spans, and of its events (`None`: one never expires).
+    span_expiry: Option<i64>,
+    event_expiry: Option<i64>,
+    has_events: bool,
+}
+
+impl<'a> TraceUpdate<'a> {
+    fn fold_span(&mut self, s: &'a SpanRow) {
+        self.service_name = self.service_name.or(s.service_name.as_deref());
+        self.span_expiry = match self.spans {
+            None => s.expires_at,
+            Some(_) => self.span_expiry.zip(s.expires_at).map(|(a, b)| a.max(b)),
+        };
+        let part = SpanPart {
+            root_span_id: &s.span_id,
+            root_is_true_root: s.parent_span_id.is_none(),
+            start_ns: s.start_ns,
+            end_ns: s.end_ns,
+        };
+        match &mut self.spans {
+            None => self.spans = Some(part),
+            Some(t) => {
+                if !t.root_is_true_root && (part.root_is_true_root || part.start_ns < t.start_ns) {
+                    t.root_span_id = part.root_span_id;
+                    t.root_is_true_root = part.root_is_true_root;
+                }
+                t.start_ns = t.start_ns.min(part.start_ns);
+                t.end_ns = match (t.end_ns, part.end_ns) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+    }
+
+    fn fold_event(&mut self, expires_at: Option<i64>) {
+        self.event_expiry = if self.has_events {
+            self.event_expiry.zip(expires_at).map(|(a, b)| a.max(b))
+        } else {
+            expires_at
+        };
+        self.has_events = true;
+    }
+
+    /// The expiry of a new trace row.
+    fn expiry(&self) -> Option<i64> {
+        match self.spans {
+            Some(_) => self.span_expiry,
+            None => self.event_expiry,
+        }
+    }
+}
+
+#[derive(Default)]
+struct TraceUpdates<'a> {
+    by_trace: Vec<(&'a [u8; 16], TraceUpdate<'a>)>,
+    index: HashMap<&'a [u8; 16], usize>,
+}
+
+impl<'a> TraceUpdates<'a> {
+    fn entry(&mut self, trace_id: &'a [u8; 16]) -> &mut TraceUpdate<'a> {
+        let i = match self.index.get(trace_id) {
+            Some(&i) => i,
+            None => {
+                self.index.insert(trace_id, self.by_trace.len());
+                self.by_trace.push((
+                    trace_id,
+                    TraceUpdate {
+                        service_name: None,
+                        spans: None,
+                        span_expiry: None,
+                        event_expiry: None,
+                        has_events: false,
+                    },
+                ));
+                self.by_trace.len() - 1
+            }
+        };
+        &mut self.by_trace[i].1
+    }
+}
+
+fn blob<const N: usize>(b: &[u8; N]) -> SqlValue {
+    SqlValue::Blob(b.to_vec())
+}
+
+/// Writes rows in the caller's transaction, statements prepared once per connection: first
+/// the trace rows (a new trace gets its key), then spans, events and metric points; every
+/// metric point also lands in its series' per-minute rollup; the new index entries (span ids,
+/// trace ids, indexed attribute values) become one sorted run. Returns the number of entries.
+pub(crate) fn write_rows(
+    tx: &Connection,
+    rows: &[Row],
+    state: &mut WriteState,
+) -> Result<u64, StoreError> {
+    let mut traces = TraceUpdates::default();
+    for Row(row) in rows {
+        match row {
+            RowKind::Span(s) => traces.entry(&s.trace_id).fold_span(s),
+            RowKind::Event(e) => {
+                if let Some(trace_id) = &e.trace_id {
+                    traces.entry(trace_id).fold_event(e.expires_at);
+                }
+            }
+            RowKind::Metric(_) => {}
+        }
+    }
+    let mut entries = Vec::new();
+    let mut keys: HashMap<&[u8; 16], i64> = HashMap::with_capacity(traces.by_trace.len());
+    {
+        let mut update = tx.prepare_cached(UPDATE_TRACE)?;
+        let mut insert = tx.prepare_cached(INSERT_TRACE)?;
+        for (trace_id, t) in &traces.by_trace {
+            let (root, true_root, start, end) = match &t.spans {
+                Some(p) => (
+                    Some(blob(p.root_span_id)),
+                    p.root_is_true_root as i64,
+                    Some(p.start_ns),
+                    p.end_ns,
+                ),
+                None => (None, 0, None, None),
+            };
+            let key = match state.traces.known(tx, &state.lookup, trace_id)? {
+                Some(key) => {
+                    update.execute(params![
+                        key,
+                        t.service_name,
+                        root,
+                        true_root,
+                        start,
+                        end,
+                        t.span_expiry,
+                        t.event_expiry,
+                    ])?;
+                    key
+                }
+                None => {
+                    let key: i64 = insert.query_row(
+                        params![
+                            blob(trace_id),
+                            t.service_name,
+                            root,
+                            true_root,
+                            start,
+                            end,
+                            t.expiry()
+                        ],
+                        |r| r.get(0),
+                    )?;
+                    state.traces.remember(**trace_id, key);
+                    entries.push(Entry {
+                        kind: KIND_TRACE,
+                        key: blob(trace_id),
+                        target: key,
+                    });
+                    key
+                }
+            };
+            keys.insert(trace_id, key);
+        }
+    }
+    let mut rollups: HashMap<(i64, i64), Rollup> = HashMap::new();
+    let mut span = tx.prepare_cached(INSERT_SPAN)?;
+    let mut event = tx.prepare_cached(INSERT_EVENT)?;
+    let mut metric = tx.prepare_cached(INSERT_METRIC)?;
+    let mut attribute = tx.prepare_cached(
+        "INSERT OR IGNORE INTO attribute_values (kind, value, trace) VALUES (?1, ?2, ?3)",
+    )?;
+    for Row(row) in rows {
+        match row {
+            RowKind::Span(s) => {
+                let trace = keys.get(&s.trace_id).copied().unwrap_or_default();
+                let id: Option<i64> = span
+                    .query_row(
+                        params![
+                            trace,
+                            blob(&s.span_id),
+                            s.parent_span_id.as_ref().map(blob),
+                            s.name,
+                            s.kind,
+                            s.start_ns,
+                            s.end_ns,
+                            s.status,
+                            s.status_message,
+                            s.attributes,
+                            s.links,
+                            s.service_name,
+                            s.expires_at,
+                        ],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                // A new row, rather than an update of one already indexed.
+                if let Some(id) = id
+                    && id == tx.last_insert_rowid()
+                {
+                    entries.push(Entry {
+                        kind: KIND_SPAN,
+                        key: blob(&s.span_id),
+                        target: id,
+                    });
+                }
+                for (key, value) in &s.index {
+                    let kind = attribute_kind(*key);
+                    if state.cardinality.is_high(kind, value) {
+                        entries.push(Entry {
+                            kind,
+                            key: value.clone(),
+                            target: trace,
+                        });
+                    } else {
+                        attribute.execute(params![kind, value, trace])?;
+                    }
+                }
+            }
+            RowKind::Event(e) => {
+                let trace = e.trace_id.as_ref().and_then(|t| keys.get(t).copied());
+                event.execute(params![
+                    e.id,
+                    trace,
+                    e.trace_id.as_ref().map(blob),
+                    e.span_id.as_ref().map(blob),
+                    e.ts_ns,
+                    e.name,
+                    e.kind,
+                    e.severity,
+                    e.message,
+                    e.value,
+                    e.unit,
+                    e.attributes,
+                    e.expires_at,
+                ])?;
+            }
+            RowKind::Metric(m) => {
+                metric.execute(params![
+                    m.name,
+                    m.timestamp,
+                    m.ts_nanos,
+                    m.value,
+                    m.unit,
+                    m.labels,
+                    m.trace_id,
+                    m.span_id,
+                    m.expires_at,
+                ])?;
+                let key = (
+                    state.series.get(tx, &m.name, &m.unit, &m.labels)?,
+                    minute_of(m.ts_nanos),
+                );
+                rollups
+                    .entry(key)
+                    .and_modify(|r| {
+                        r.sum += m.value;
+                        r.count += 1;
+                        r.min = r.min.min(m.value);
+                        r.max = r.max.max(m.value);
+                        r.expires_at = r.expires_at.zip(m.expires_at).map(|(a, b)| a.max(b));
+                    })
+                    .or_insert(Rollup {
+                        sum: m.value,
+                        count: 1,
+                        min: m.value,
+                        max: m.value,
+                        expires_at: m.expires_at,
+                    });
+            }
+        }
+    }
+    let mut rollup = tx.prepare_cached(UPSERT_ROLLUP)?;
+    for ((series, minute), r) in rollups {
+        rollup.execute(params![
+            series,
+            minute,
+            r.sum,
+            r.count,
+            r.min,
+            r.max,
+            r.expires_at
+        ])?;
+    }
+    state.lookup.add_run(tx, entries)
+}
