@@ -151,35 +151,37 @@ fn run_baseline(
     for chunk in spans.chunks(batch / 5) {
         let tx = conn.transaction()?;
         {
-            let mut span_st = tx.prepare_cached(
-                "INSERT INTO spans (trace_id, span_id, parent_span_id, name, kind, start_time, end_time, duration_ms, status, status_message, attributes, links, service_name, expires_at) VALUES (?1, ?2, ?3, ?4, 'internal', ?5, ?6, ?7, 'ok', NULL, ?8, NULL, 'svc', ?9)",
-            )?;
+            // The compact tables of the current schema: a trace row per span's trace (each span
+            // here is its own trace), its span, its events; no index entries.
             let mut trace_st = tx.prepare_cached(
-                "INSERT OR IGNORE INTO traces (trace_id, service_name, root_span_id, root_is_true_root, start_time, end_time, timestamp, expires_at) VALUES (?1, 'svc', ?2, 1, ?3, ?4, ?3, ?5)",
+                "INSERT INTO trace_rows (trace_id, service_name, root_span_id, root_is_true_root, start_ns, end_ns, expires_at) VALUES (?1, 'svc', ?2, 1, ?3, ?4, ?5) RETURNING id",
+            )?;
+            let mut span_st = tx.prepare_cached(
+                "INSERT INTO span_rows (trace, span_id, parent_span_id, name, kind, start_ns, end_ns, status, status_message, attributes, links, service_name, expires_at) VALUES (?1, ?2, ?3, ?4, 'internal', ?5, ?6, 'ok', NULL, ?7, NULL, 'svc', ?8)",
             )?;
             let mut event_st = tx.prepare_cached(
-                "INSERT INTO span_events (trace_id, span_id, timestamp, name, kind, severity, message, value, unit, attributes, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO event_rows (trace, trace_id, span_id, ts_ns, name, kind, severity, message, value, unit, attributes, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?;
             let mut metric_st = tx.prepare_cached(
                 "INSERT INTO metrics (name, timestamp, ts_nanos, value, unit, labels, trace_id, span_id, expires_at) VALUES ('total_tokens', ?1, ?2, 42.0, 'tokens', ?3, ?4, ?5, ?6)",
             )?;
             for s in chunk {
-                let (t, id) = (s.trace.to_string(), s.span.to_string());
-                let (start, end) = (s.start.to_sql(), s.end.to_sql());
-                let duration = (s.end.unix_nanos() - s.start.unix_nanos()) as f64 / 1e6;
+                let (t, id) = (s.trace.to_bytes().to_vec(), s.span.to_bytes().to_vec());
+                let (start, end) = (s.start.unix_nanos(), s.end.unix_nanos());
+                let key: i64 =
+                    trace_st.query_row(params![t, id, start, end, expires], |r| r.get(0))?;
                 span_st.execute(params![
-                    t,
+                    key,
                     id,
-                    s.parent.map(|p| p.to_string()),
+                    s.parent.map(|p| p.to_bytes().to_vec()),
                     "chat_completion",
                     start,
                     end,
-                    duration,
                     serde_json::to_string(&s.attributes)?,
                     expires
                 ])?;
-                trace_st.execute(params![t, id, start, end, expires])?;
                 event_st.execute(params![
+                    key,
                     t,
                     id,
                     start,
@@ -194,6 +196,7 @@ fn run_baseline(
                 ])?;
                 let labels = r#"{"model_id":"llama-3.1-8b","provider_id":"vllm"}"#;
                 event_st.execute(params![
+                    key,
                     t,
                     id,
                     end,
@@ -206,6 +209,8 @@ fn run_baseline(
                     labels,
                     expires
                 ])?;
+                let (t, id) = (s.trace.to_string(), s.span.to_string());
+                let end = s.end.to_sql();
                 metric_st.execute(params![end, s.end.unix_nanos(), labels, t, id, expires])?;
             }
         }

@@ -159,27 +159,33 @@ fn baseline(db: &std::path::Path, requests: &[ExportTraceServiceRequest]) -> Res
         let spans = tokentrace_otlp::traces_to_spans(req, None).items;
         let tx = conn.transaction()?;
         {
-            let mut span_st = tx.prepare_cached("INSERT INTO spans (trace_id, span_id, parent_span_id, name, kind, start_time, end_time, duration_ms, status, status_message, attributes, links, service_name, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10, NULL, ?11, ?12)")?;
-            let mut trace_st = tx.prepare_cached("INSERT OR IGNORE INTO traces (trace_id, service_name, root_span_id, root_is_true_root, start_time, end_time, timestamp, expires_at) VALUES (?1, ?2, ?3, 1, ?4, ?5, ?4, ?6)")?;
+            // The compact tables of the current schema; each span here is its own trace.
+            let mut trace_st = tx.prepare_cached("INSERT INTO trace_rows (trace_id, service_name, root_span_id, root_is_true_root, start_ns, end_ns, expires_at) VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6) RETURNING id")?;
+            let mut span_st = tx.prepare_cached("INSERT INTO span_rows (trace, span_id, parent_span_id, name, kind, start_ns, end_ns, status, status_message, attributes, links, service_name, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, ?9, NULL, ?10, ?11)")?;
             for s in &spans {
-                let (t, id) = (s.trace_id.to_string(), s.span_id.to_string());
-                let start = s.start_time.to_sql();
-                let end = s.end_time.map(|e| e.to_sql());
+                let (t, id) = (
+                    s.trace_id.to_bytes().to_vec(),
+                    s.span_id.to_bytes().to_vec(),
+                );
+                let start = s.start_time.unix_nanos();
+                let end = s.end_time.map(|e| e.unix_nanos());
+                let key: i64 = trace_st
+                    .query_row(params![t, s.service_name, id, start, end, expires], |r| {
+                        r.get(0)
+                    })?;
                 span_st.execute(params![
-                    t,
+                    key,
                     id,
-                    s.parent_span_id.map(|p| p.to_string()),
+                    s.parent_span_id.map(|p| p.to_bytes().to_vec()),
                     s.name,
                     s.kind.as_str(),
                     start,
                     end,
-                    s.duration_ms(),
                     "ok",
                     serde_json::to_string(&s.attributes)?,
                     s.service_name,
                     expires
                 ])?;
-                trace_st.execute(params![t, s.service_name, id, start, end, expires])?;
                 n += 1;
             }
         }

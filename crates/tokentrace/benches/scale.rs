@@ -307,21 +307,26 @@ struct Query {
     sql: &'static str,
 }
 
-const GET_TRACE_SQL: &str =
-    "SELECT root_span_id, start_time, end_time FROM traces WHERE trace_id = ?1";
-const GET_SPAN_SQL: &str = "SELECT span_id, trace_id, parent_span_id, name, start_time, end_time, attributes, status FROM spans WHERE trace_id = ?1 AND span_id = ?2";
+/// A trace id's key: the sorted runs' entries for it (one seek per live run), checked against
+/// the trace row.
+const GET_TRACE_SQL: &str = "SELECT t.root_span_id, t.start_ns, t.end_ns FROM trace_rows t
+WHERE t.id IN (SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = 0) AND kind = 1 AND key = ?1) AND t.trace_id = ?1";
+const GET_SPAN_SQL: &str = "SELECT s.span_id, s.parent_span_id, s.name, s.start_ns, s.end_ns, s.attributes, s.status FROM span_rows s
+WHERE s.trace IN (SELECT t.id FROM trace_rows t WHERE t.id IN (SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = 0) AND kind = 1 AND key = ?1) AND t.trace_id = ?1) AND s.span_id = ?2";
 /// The span tree is two lookups: the span's trace, then that trace's spans (walked in Rust).
-const TREE_ANCHOR_SQL: &str = "SELECT DISTINCT trace_id FROM spans WHERE span_id = ?1";
-const TREE_SQL: &str = "SELECT s.span_id, s.trace_id, s.parent_span_id, s.name, s.start_time, s.end_time, s.attributes, s.status FROM spans s WHERE s.trace_id = ?1 ORDER BY s.start_time";
-const NEWEST_SQL: &str = "SELECT trace_id, root_span_id, start_time, end_time FROM traces ORDER BY start_time DESC LIMIT 100";
-/// Filters on an indexed key read the attribute index for candidate traces, then check the
-/// filter on the candidates' spans.
-const USER_SQL: &str = "SELECT t.trace_id, t.root_span_id, t.start_time, t.end_time FROM traces t
-WHERE t.trace_id IN (SELECT trace_id FROM attribute_index WHERE key = (SELECT id FROM attribute_keys WHERE key = 'user.id') AND value = ?1)
-AND EXISTS (SELECT 1 FROM spans s WHERE s.trace_id = t.trace_id AND json_extract(s.attributes, '$.\"user.id\"') IS ?1)
-ORDER BY t.start_time DESC LIMIT 100";
-const SESSION_SQL: &str = "SELECT s.span_id, s.attributes FROM spans s
-WHERE s.trace_id IN (SELECT trace_id FROM attribute_index WHERE key = (SELECT id FROM attribute_keys WHERE key = 'session.id') AND value = ?1)";
+const TREE_ANCHOR_SQL: &str = "SELECT DISTINCT trace FROM span_rows WHERE id IN (SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = 0) AND kind = 0 AND key = ?1) AND span_id = ?1";
+const TREE_SQL: &str = "SELECT s.span_id, t.trace_id, s.parent_span_id, s.name, s.start_ns, s.end_ns, s.attributes, s.status
+FROM span_rows s JOIN trace_rows t ON t.id = s.trace WHERE s.trace = ?1 ORDER BY s.start_ns";
+const NEWEST_SQL: &str = "SELECT trace_id, root_span_id, start_ns, end_ns FROM trace_rows WHERE start_ns IS NOT NULL ORDER BY start_ns DESC LIMIT 100";
+/// Filters on an indexed key read the attribute index (entries of the sorted runs) for
+/// candidate traces, then check the filter on the candidates' spans.
+const USER_SQL: &str = "SELECT t.trace_id, t.root_span_id, t.start_ns, t.end_ns FROM trace_rows t
+WHERE t.start_ns IS NOT NULL
+AND t.id IN (SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = 0) AND kind = 16 + (SELECT id FROM attribute_keys WHERE key = 'user.id') AND key = ?1)
+AND EXISTS (SELECT 1 FROM span_rows s WHERE s.trace = t.id AND json_extract(s.attributes, '$.\"user.id\"') IS ?1)
+ORDER BY t.start_ns DESC LIMIT 100";
+const SESSION_SQL: &str = "SELECT s.span_id, s.attributes FROM span_rows s
+WHERE s.trace IN (SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = 0) AND kind = 16 + (SELECT id FROM attribute_keys WHERE key = 'session.id') AND key = ?1)";
 /// Metric range queries read the per-minute rollups of the name's series (the store filters the
 /// series by label in Rust, and reads the points of the partial minutes at the window's edges).
 const METRICS_SQL: &str = "SELECT r.minute, r.sum, s.labels FROM metric_series s CROSS JOIN metric_rollups r ON r.series = s.id WHERE s.name = ?1 AND r.minute >= ?2 AND r.minute < ?3";
@@ -537,7 +542,7 @@ fn main() -> Result<(), Error> {
             }),
             floor: Box::new(|c, t| {
                 let mut st = c.prepare_cached(GET_TRACE_SQL)?;
-                drain(st.query(params![hex(&trace_id(t))])?)?;
+                drain(st.query(params![trace_id(t).to_vec()])?)?;
                 Ok(())
             }),
             sql: GET_TRACE_SQL,
@@ -556,7 +561,7 @@ fn main() -> Result<(), Error> {
             }),
             floor: Box::new(|c, t| {
                 let mut st = c.prepare_cached(GET_SPAN_SQL)?;
-                drain(st.query(params![hex(&trace_id(t)), hex(&span_id(t, 5))])?)?;
+                drain(st.query(params![trace_id(t).to_vec(), span_id(t, 5).to_vec()])?)?;
                 Ok(())
             }),
             sql: GET_SPAN_SQL,
@@ -573,9 +578,9 @@ fn main() -> Result<(), Error> {
                 }
             }),
             floor: Box::new(|c, t| {
-                let trace: String = c
+                let trace: i64 = c
                     .prepare_cached(TREE_ANCHOR_SQL)?
-                    .query_row(params![hex(&span_id(t, 0))], |r| r.get(0))?;
+                    .query_row(params![span_id(t, 0).to_vec()], |r| r.get(0))?;
                 let mut st = c.prepare_cached(TREE_SQL)?;
                 drain(st.query(params![trace])?)?;
                 Ok(())
