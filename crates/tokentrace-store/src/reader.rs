@@ -255,6 +255,29 @@ fn read_trace(r: &Row<'_>) -> rusqlite::Result<Result<Trace, StoreError>> {
     })())
 }
 
+/// The bound on span starts that the first time filter implies, as an operator on
+/// `s.start_ns` (its parameter appended): `start_time` `gt`, `lt`, `eq` bound it directly, and
+/// `end_time` `lt` or `eq` bound it too, since a span starts before it ends. With it, a query
+/// without an indexed filter reads the spans of that window (`span_rows_start`), not all.
+pub(crate) fn start_bound(filters: &[Filter], params: &mut Vec<SqlValue>) -> Option<&'static str> {
+    filters.iter().find_map(|f| {
+        let t = match &f.value {
+            AttrValue::String(v) => Timestamp::parse_iso(v).ok()?,
+            _ => return None,
+        };
+        let op = match (&f.target, f.op) {
+            (FilterTarget::Field(SpanField::StartTime), QueryConditionOp::Gt) => ">",
+            (FilterTarget::Field(SpanField::StartTime), QueryConditionOp::Lt) => "<",
+            (FilterTarget::Field(SpanField::StartTime), QueryConditionOp::Eq) => "=",
+            (FilterTarget::Field(SpanField::EndTime), QueryConditionOp::Lt) => "<",
+            (FilterTarget::Field(SpanField::EndTime), QueryConditionOp::Eq) => "<=",
+            _ => return None,
+        };
+        params.push(SqlValue::Integer(t.unix_nanos()));
+        Some(op)
+    })
+}
+
 impl StoreReader {
     pub(crate) fn new(path: PathBuf, max_idle: usize, indexed: Arc<IndexedKeys>) -> Self {
         Self {
@@ -296,6 +319,10 @@ impl StoreReader {
             // An indexed filter narrows the traces first; every filter is then checked on spans.
             if let Some(candidates) = self.indexed.candidates(&q.filters, &mut params) {
                 sql.push_str(&format!(" AND t.id IN ({candidates})"));
+            } else if let Some(op) = start_bound(&q.filters, &mut params) {
+                sql.push_str(&format!(
+                    " AND t.id IN (SELECT s.trace FROM span_rows s WHERE s.start_ns {op} ?)"
+                ));
             }
             let cond = filter_sql(&q.filters, &mut params);
             sql.push_str(&format!(

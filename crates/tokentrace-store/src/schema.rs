@@ -93,6 +93,7 @@ CREATE TABLE IF NOT EXISTS span_rows (
     expires_at     INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS span_rows_trace ON span_rows (trace, span_id);
+CREATE INDEX IF NOT EXISTS span_rows_start ON span_rows (start_ns);
 CREATE INDEX IF NOT EXISTS span_rows_expires_at ON span_rows (expires_at);
 
 CREATE TABLE IF NOT EXISTS event_rows (
@@ -258,6 +259,11 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
         return Ok(());
+    }
+    if current == SCHEMA_VERSION {
+        // Every statement of the schema is `IF NOT EXISTS`: this adds what a file written by an
+        // earlier build of this version lacks (an index), and touches nothing else.
+        conn.execute_batch(CURRENT)?;
     }
     for to in current + 1..=SCHEMA_VERSION {
         match to {

@@ -12,7 +12,8 @@ use crate::StoreError;
 use crate::StoreReader;
 use crate::lookup::{KIND_SPAN, targets_of};
 use crate::reader::{
-    MAX_TREE_DEPTH, SPAN_COLUMNS, SPANS_WITH_TRACE, SpanRow, attributes, filter_sql, truthy,
+    MAX_TREE_DEPTH, SPAN_COLUMNS, SPANS_WITH_TRACE, SpanRow, attributes, filter_sql, start_bound,
+    truthy,
 };
 
 /// Indexes into `spans` (one trace's) of the span `start` and its descendants down to
@@ -127,7 +128,10 @@ impl StoreReader {
                  ORDER BY t.trace_id"
             )
         } else {
-            let cond = filter_sql(filters, &mut params);
+            let mut cond = filter_sql(filters, &mut params);
+            if let Some(op) = start_bound(filters, &mut params) {
+                cond.push_str(&format!(" AND s.start_ns {op} ?"));
+            }
             format!(
                 "SELECT t.id, t.root_span_id FROM trace_rows t
                  WHERE t.start_ns IS NOT NULL

@@ -38,8 +38,7 @@ fn write(store: &Store) {
         let id = |j: i64| -> SpanId { format!("{:016x}", t * 3 + j + 1).parse().unwrap() };
         let root = id(0);
         for j in 0..3i64 {
-            let start =
-                Timestamp::from_unix_nanos(1_795_514_400_000_000_000 + (t * 3 + j) * 1_000_000);
+            let start = Timestamp::from_unix_nanos(BASE_NS + (t * 3 + j) * 1_000_000);
             let mut attributes = Attributes::new();
             attributes.insert(
                 "user.id".into(),
@@ -179,6 +178,42 @@ fn indexed_filters_answer_what_a_scan_of_every_span_answers() {
     assert_eq!(n, 300, "one entry per trace and value, not per span");
     a.close().unwrap();
     b.close().unwrap();
+}
+
+/// The time written spans start at: span j of trace t starts `t * 3 + j` ms after `BASE_NS`.
+const BASE_NS: i64 = 1_795_514_400_000_000_000;
+
+fn at_ms(ms: i64) -> AttrValue {
+    Timestamp::from_unix_nanos(BASE_NS + ms * 1_000_000)
+        .to_iso()
+        .into()
+}
+
+#[test]
+fn time_filters_bound_the_spans_read_and_answer_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("trace_store.db"), &[]);
+    write(&store);
+    use QueryConditionOp::*;
+    // Spans 0..=899 start at 0..=899 ms; trace t holds spans 3t..3t+2, each ending as it starts.
+    for (f, want) in [
+        (filters(&[("start_time", Gt, at_ms(600))]), 100),
+        (filters(&[("start_time", Lt, at_ms(3))]), 1),
+        (filters(&[("start_time", Eq, at_ms(451))]), 1),
+        (filters(&[("end_time", Lt, at_ms(30))]), 10),
+        (
+            filters(&[
+                ("start_time", Gt, at_ms(600)),
+                ("user.id", Eq, "user-3".into()),
+            ]),
+            (200..300).filter(|t| t % 17 == 3).count(),
+        ),
+    ] {
+        assert_eq!(traces(&store, &f).len(), want, "{f:?}");
+        let spans = spans(&store, &f);
+        assert!(!spans.is_empty(), "{f:?}");
+    }
+    store.close().unwrap();
 }
 
 #[test]
