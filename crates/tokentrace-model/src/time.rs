@@ -13,7 +13,7 @@ pub struct Timestamp(i64);
 /// Why a value is not a timestamp.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "invalid timestamp {value:?}: expected ISO 8601 (e.g. 2025-01-31T12:00:00.123Z) or unix seconds"
+    "invalid timestamp {value:?}: expected ISO 8601 (e.g. 2025-01-31T12:00:00.123Z) or unix seconds, between 1677-09-21 and 2262-04-11 UTC (what nanoseconds in 64 bits hold)"
 )]
 pub struct TimestampError {
     /// The rejected text.
@@ -45,8 +45,9 @@ impl Timestamp {
     /// today's unix time to about a microsecond, so the value is rounded to whole microseconds.
     pub fn from_unix_seconds_f64(secs: f64) -> Option<Self> {
         let micros = (secs * 1e6).round();
+        // `then`, not `then_some`: the product must not be computed when it would overflow.
         (micros.is_finite() && micros.abs() < (i64::MAX / 1000) as f64)
-            .then_some(Self(micros as i64 * 1000))
+            .then(|| Self(micros as i64 * 1000))
     }
 
     /// From a chrono UTC time; times outside ±292 years of 1970 saturate.
@@ -69,13 +70,15 @@ impl Timestamp {
         let err = || TimestampError {
             value: s.to_string(),
         };
+        // A time that nanoseconds in 64 bits cannot hold is refused, never clamped.
+        let checked = |dt: DateTime<Utc>| dt.timestamp_nanos_opt().map(Self).ok_or_else(err);
         let t = s.trim();
         if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
-            return Ok(Self::from_datetime(dt.with_timezone(&Utc)));
+            return checked(dt.with_timezone(&Utc));
         }
         let normalized = t.replacen(' ', "T", 1);
         if let Ok(dt) = DateTime::parse_from_rfc3339(&normalized) {
-            return Ok(Self::from_datetime(dt.with_timezone(&Utc)));
+            return checked(dt.with_timezone(&Utc));
         }
         for fmt in [
             "%Y-%m-%dT%H:%M:%S%.f",
@@ -83,7 +86,7 @@ impl Timestamp {
             "%Y-%m-%dT%H:%M",
         ] {
             if let Ok(naive) = NaiveDateTime::parse_from_str(&normalized, fmt) {
-                return Ok(Self::from_datetime(naive.and_utc()));
+                return checked(naive.and_utc());
             }
         }
         Err(err())
@@ -162,6 +165,20 @@ mod tests {
         assert_eq!(a.to_iso(), "2025-01-31T12:00:00.123456Z");
         assert_eq!(a.to_sql(), "2025-01-31 12:00:00.123456000");
         assert!(Timestamp::parse_iso("yesterday").is_err());
+    }
+
+    #[test]
+    fn times_past_what_64_bit_nanoseconds_hold_are_refused_not_clamped() {
+        let last = Timestamp::parse_iso("2262-04-11T23:47:16.854775807Z").unwrap();
+        assert_eq!(last.unix_nanos(), i64::MAX);
+        for t in [
+            "9999-12-31T23:59:59Z",
+            "2262-04-12T00:00:00Z",
+            "1000-01-01 00:00:00",
+        ] {
+            let e = Timestamp::parse_iso(t).unwrap_err();
+            assert!(e.to_string().contains("2262-04-11"), "{e}");
+        }
     }
 
     #[test]

@@ -112,9 +112,17 @@ fn resource_parts(resource: Option<&Resource>) -> (Option<String>, Attributes) {
     (service, attrs)
 }
 
+/// A time in unix nanoseconds: `None` when it is 0 (unset) or past what the store holds
+/// (2^63 − 1 ns, 2262-04-11), which is refused rather than clamped.
 fn time(nanos: u64) -> Option<Timestamp> {
-    (nanos > 0).then(|| Timestamp::from_unix_nanos(i64::try_from(nanos).unwrap_or(i64::MAX)))
+    i64::try_from(nanos)
+        .ok()
+        .filter(|n| *n > 0)
+        .map(Timestamp::from_unix_nanos)
 }
+
+/// The latest time tokentrace stores, for messages.
+const LATEST: &str = "2262-04-11 (2^63 - 1 ns)";
 
 fn kind(k: i32) -> SpanKind {
     match span::SpanKind::try_from(k) {
@@ -162,12 +170,31 @@ pub fn traces_to_spans(
                     continue;
                 };
                 let Some(start_time) = time(s.start_time_unix_nano) else {
-                    out.reject(format!(
-                        "span {:?}: start_time_unix_nano is missing",
-                        s.name
-                    ));
+                    out.reject(if s.start_time_unix_nano == 0 {
+                        format!("span {:?}: start_time_unix_nano is missing", s.name)
+                    } else {
+                        format!(
+                            "span {:?}: start_time_unix_nano {} is past {LATEST}, the latest time tokentrace stores",
+                            s.name, s.start_time_unix_nano
+                        )
+                    });
                     continue;
                 };
+                let end_time = time(s.end_time_unix_nano);
+                if s.end_time_unix_nano > 0 && end_time.is_none() {
+                    out.reject(format!(
+                        "span {:?}: end_time_unix_nano {} is past {LATEST}, the latest time tokentrace stores",
+                        s.name, s.end_time_unix_nano
+                    ));
+                    continue;
+                }
+                if end_time.is_some_and(|end| end < start_time) {
+                    out.reject(format!(
+                        "span {:?}: end_time_unix_nano {} is before start_time_unix_nano {}",
+                        s.name, s.end_time_unix_nano, s.start_time_unix_nano
+                    ));
+                    continue;
+                }
                 let (status, status_message) = match &s.status {
                     Some(st) => {
                         let code = match status::StatusCode::try_from(st.code) {
@@ -216,7 +243,7 @@ pub fn traces_to_spans(
                     },
                     kind: kind(s.kind),
                     start_time,
-                    end_time: time(s.end_time_unix_nano),
+                    end_time,
                     status: status
                         .or(Some(SpanStatus::Ok))
                         .filter(|_| s.end_time_unix_nano > 0),
@@ -286,7 +313,7 @@ pub fn metrics_to_points(
                             expires_at,
                         }),
                         None => out.reject(format!(
-                            "metric {:?}: a data point has no time_unix_nano",
+                            "metric {:?}: a data point has no time_unix_nano, or one past {LATEST}",
                             m.name
                         )),
                     }
@@ -380,7 +407,7 @@ pub fn logs_to_events(
                     time(r.time_unix_nano).or_else(|| time(r.observed_time_unix_nano))
                 else {
                     out.reject(
-                        "log record without time_unix_nano or observed_time_unix_nano".into(),
+                        format!("log record without time_unix_nano or observed_time_unix_nano (or with one past {LATEST})"),
                     );
                     continue;
                 };

@@ -56,6 +56,8 @@ async fn each_bad_request_gets_a_clear_error_and_nothing_is_corrupted() {
         ("/v1/telemetry/events", json!({"event": log("XYZ", S, "2026-11-24T10:00:00Z", "info", "m")}).to_string().into_bytes(), 400, "trace"),
         ("/v1/telemetry/events", json!({"event": log(T, "0000000000000000", "2026-11-24T10:00:00Z", "info", "m")}).to_string().into_bytes(), 400, "zero"),
         ("/v1/telemetry/events", json!({"event": log(T, S, "last tuesday", "info", "m")}).to_string().into_bytes(), 400, "timestamp"),
+        ("/v1/telemetry/events", json!({"event": log(T, S, "9999-12-31T23:59:59Z", "info", "m")}).to_string().into_bytes(), 400, "2262-04-11"),
+        ("/v1/telemetry/events", json!({"event": {"type": "unstructured_log", "trace_id": T, "span_id": S, "timestamp": 1.0e12, "severity": "info", "message": "m"}}).to_string().into_bytes(), 400, "timestamp"),
         ("/v1/telemetry/events", json!({"event": log(T, S, "2026-11-24T10:00:00Z", "loud", "m")}).to_string().into_bytes(), 400, "loud"),
         ("/v1/telemetry/events", json!({"event": log(T, S, "2026-11-24T10:00:00Z", "info", "m"), "ttl_seconds": -5}).to_string().into_bytes(), 400, "ttl_seconds"),
         ("/v1/telemetry/traces", json!({"attribute_filters": [{"key": "x\") OR 1=1 --", "op": "eq", "value": 1}]}).to_string().into_bytes(), 400, "attribute key"),

@@ -174,7 +174,13 @@ async fn json_and_gzip_bodies_and_partial_success() {
          "startTimeUnixNano": "1795514400000000000", "endTimeUnixNano": "1795514400500000000",
          "attributes": [{"key": "n", "value": {"intValue": "42"}}]},
         {"traceId": "00000000000000000000000000000000", "spanId": "b7ad6b7169203332", "name": "bad ids",
-         "startTimeUnixNano": "1795514400000000000", "endTimeUnixNano": "1795514400500000000"}
+         "startTimeUnixNano": "1795514400000000000", "endTimeUnixNano": "1795514400500000000"},
+        {"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "b7ad6b7169203333", "name": "too late",
+         "startTimeUnixNano": "18446744073709551615", "endTimeUnixNano": "18446744073709551615"},
+        {"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "b7ad6b7169203334", "name": "ends too late",
+         "startTimeUnixNano": "1795514400000000000", "endTimeUnixNano": "9223372036854775808"},
+        {"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "b7ad6b7169203335", "name": "ends before it starts",
+         "startTimeUnixNano": "1795514400500000000", "endTimeUnixNano": "1795514400000000000"}
     ]}]}]});
     let (st, headers, res) = srv
         .post_with(
@@ -186,12 +192,13 @@ async fn json_and_gzip_bodies_and_partial_success() {
     assert_eq!(st, 200);
     assert_eq!(headers["content-type"], "application/json");
     let res: Value = serde_json::from_slice(&res).unwrap();
-    assert_eq!(res["partialSuccess"]["rejectedSpans"], 1, "{res}");
+    assert_eq!(res["partialSuccess"]["rejectedSpans"], 4, "{res}");
+    let message = res["partialSuccess"]["errorMessage"].as_str().unwrap();
+    assert!(message.contains("trace_id"), "{message}");
+    assert!(message.contains("is past 2262-04-11"), "{message}");
     assert!(
-        res["partialSuccess"]["errorMessage"]
-            .as_str()
-            .unwrap()
-            .contains("trace_id")
+        message.contains("is before start_time_unix_nano"),
+        "{message}"
     );
 
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -232,6 +239,15 @@ async fn json_and_gzip_bodies_and_partial_success() {
         )
         .unwrap();
     assert_eq!(gz, 1);
+    // Times the store cannot hold, or a negative duration: refused, never clamped or stored.
+    let refused: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM spans WHERE name IN ('too late', 'ends too late', 'ends before it starts')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(refused, 0);
     srv.stop().await;
 }
 
