@@ -68,6 +68,8 @@ struct RawTelemetryConfig {
     console: Option<ConsoleConfig>,
     capture_content: Option<bool>,
     indexed_attributes: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "opt_number")]
+    max_answer_spans: Option<usize>,
 }
 
 const TELEMETRY: &str = "providers.telemetry[0].config";
@@ -238,6 +240,11 @@ pub(crate) fn build(
             console: config.console.unwrap_or(d.console),
             capture_content: config.capture_content.unwrap_or(d.capture_content),
             indexed_attributes,
+            max_answer_spans: positive(
+                "max_answer_spans",
+                config.max_answer_spans.map(|m| m as u64),
+                d.max_answer_spans as u64,
+            )? as usize,
         },
         inference,
     })

@@ -193,6 +193,9 @@ pub struct TelemetryConfig {
     /// Attribute keys (and the span fields `name`, `status`) the store indexes, so that filters
     /// on them are answered from an index rather than by reading every span.
     pub indexed_attributes: Vec<String>,
+    /// Most spans one `query_spans` or `save_spans_to_dataset` answer (and rows one `iterrows`
+    /// answer) may hold; past it the request gets a 400 saying how to narrow it.
+    pub max_answer_spans: usize,
 }
 
 /// The keys people filter by, indexed unless `indexed_attributes` says otherwise.
@@ -237,6 +240,7 @@ impl Default for TelemetryConfig {
                 .iter()
                 .map(|k| k.to_string())
                 .collect(),
+            max_answer_spans: 100_000,
         }
     }
 }

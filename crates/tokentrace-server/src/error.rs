@@ -56,7 +56,10 @@ impl From<InvalidQuery> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        Self::internal("trace store query", &e)
+        match e {
+            StoreError::TooLarge(detail) => Self::bad_request(detail),
+            e => Self::internal("trace store query", &e),
+        }
     }
 }
 

@@ -62,6 +62,18 @@ impl StoreReader {
         };
         let start = i64::try_from(start_index).unwrap_or(i64::MAX);
         let limit = limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        let answered = count.saturating_sub(start).max(0);
+        let answered = if limit < 0 {
+            answered
+        } else {
+            answered.min(limit)
+        };
+        if answered > self.max_answer as i64 {
+            return Err(StoreError::TooLarge(format!(
+                "dataset {dataset_id} has {answered} rows from start_index {start}, more than one answer holds ({}, max_answer_spans): ask for at most that many with limit and page with start_index",
+                self.max_answer
+            )));
+        }
         let mut st = conn.prepare_cached(
             "SELECT row FROM dataset_rows WHERE dataset_id = ?1 AND row_index >= ?2 ORDER BY row_index LIMIT ?3",
         )?;

@@ -51,6 +51,9 @@ pub struct StoreOptions {
     pub indexed_attributes: Vec<String>,
     /// Idle read-only connections kept.
     pub read_connections: usize,
+    /// Most spans (or dataset rows) one answer may hold: `query_spans`, `save_spans_to_dataset`
+    /// and `iterrows` past it fail with [`StoreError::TooLarge`] instead of building it.
+    pub max_answer_rows: usize,
     /// Run first on the writer thread (the binary lowers its priority there).
     pub on_writer_start: Option<ThreadStart>,
     /// Told of every committed transaction.
@@ -87,6 +90,7 @@ impl Default for StoreOptions {
             queue_max_bytes: 16 << 20,
             indexed_attributes: Vec::new(),
             read_connections: 4,
+            max_answer_rows: 100_000,
             on_writer_start: None,
             on_commit: None,
         }
@@ -125,6 +129,10 @@ pub enum StoreError {
     /// The writer thread panicked.
     #[error("the trace store's writer thread panicked")]
     WriterPanicked,
+    /// An answer would hold more rows than `StoreOptions::max_answer_rows`; the message says
+    /// how to narrow the request.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// An open store: owns the writer thread. Close it with [`Store::close`].
@@ -192,7 +200,12 @@ impl Store {
                 backlog,
                 indexed: indexed.clone(),
             },
-            reader: StoreReader::new(path.to_path_buf(), options.read_connections, indexed),
+            reader: StoreReader::new(
+                path.to_path_buf(),
+                options.read_connections,
+                indexed,
+                options.max_answer_rows,
+            ),
             thread: Mutex::new(Some(thread)),
         })
     }

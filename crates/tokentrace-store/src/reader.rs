@@ -56,6 +56,8 @@ struct Pool {
 pub struct StoreReader {
     pool: Arc<Pool>,
     pub(crate) indexed: Arc<IndexedKeys>,
+    /// Most rows one answer may hold.
+    pub(crate) max_answer: usize,
 }
 
 /// A connection borrowed from the pool, returned when dropped.
@@ -279,8 +281,14 @@ pub(crate) fn start_bound(filters: &[Filter], params: &mut Vec<SqlValue>) -> Opt
 }
 
 impl StoreReader {
-    pub(crate) fn new(path: PathBuf, max_idle: usize, indexed: Arc<IndexedKeys>) -> Self {
+    pub(crate) fn new(
+        path: PathBuf,
+        max_idle: usize,
+        indexed: Arc<IndexedKeys>,
+        max_answer: usize,
+    ) -> Self {
         Self {
+            max_answer: max_answer.max(1),
             pool: Arc::new(Pool {
                 path,
                 idle: Mutex::new(Vec::new()),

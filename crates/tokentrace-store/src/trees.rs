@@ -158,6 +158,12 @@ impl StoreReader {
                 {
                     continue;
                 }
+                if out.len() == self.max_answer {
+                    return Err(StoreError::TooLarge(format!(
+                        "the answer would hold more than {} spans (max_answer_spans): narrow it with attribute_filters (a start_time window, a trace_id, an indexed attribute) or a smaller max_depth",
+                        self.max_answer
+                    )));
+                }
                 out.push(row.clone().into_span(keys)?);
             }
         }

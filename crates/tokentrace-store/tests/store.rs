@@ -811,3 +811,51 @@ fn with_retention_in_steady_state_the_file_stops_growing() {
     drop(conn);
     store.close().unwrap();
 }
+
+#[test]
+fn answers_past_the_cap_fail_with_a_message_saying_how_to_narrow_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        max_answer_rows: 25,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(&dir.path().join("trace_store.db"), options).unwrap();
+    let w = store.writer();
+    // 10 traces of 3 spans: 30 spans in all, 3 in each trace.
+    for _ in 0..10 {
+        let (t, root) = (TraceId::random(), SpanId::random());
+        w.write(vec![
+            Record::Span(span(t, root, None, "root", now_minus(10), 5)),
+            Record::Span(span(t, SpanId::random(), Some(root), "a", now_minus(9), 1)),
+            Record::Span(span(t, SpanId::random(), Some(root), "b", now_minus(8), 1)),
+        ])
+        .unwrap();
+    }
+    w.flush().unwrap();
+    let r = store.reader();
+    let err = r.query_spans(&[], &[], None).unwrap_err();
+    assert!(
+        matches!(err, tokentrace_store::StoreError::TooLarge(_)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("more than 25 spans"), "{err}");
+    assert!(err.to_string().contains("start_time"), "{err}");
+    // Roots only (max_depth 1): 10 spans, under the cap.
+    assert_eq!(r.query_spans(&[], &[], Some(1)).unwrap().len(), 10);
+
+    let rows = (0..30)
+        .map(|i| serde_json::Map::from_iter([("i".to_string(), serde_json::json!(i))]))
+        .collect();
+    assert_eq!(w.append_dataset_rows("d", rows).unwrap(), 30);
+    let err = r.iterrows("d", 0, None).unwrap_err();
+    assert!(
+        err.to_string().contains("has 30 rows from start_index 0"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("limit"), "{err}");
+    let (page, more) = r.iterrows("d", 0, Some(25)).unwrap().unwrap();
+    assert_eq!((page.len(), more), (25, true));
+    let (rest, more) = r.iterrows("d", 25, None).unwrap().unwrap();
+    assert_eq!((rest.len(), more), (5, false));
+    store.close().unwrap();
+}

@@ -20,6 +20,8 @@ pub struct SqliteSinkConfig {
     pub thread_nice: i32,
     /// Attribute keys (and span fields) the store indexes for filters.
     pub indexed_attributes: Vec<String>,
+    /// Most spans (or dataset rows) one query answer may hold.
+    pub max_answer_spans: usize,
 }
 
 impl SqliteSinkConfig {
@@ -29,6 +31,7 @@ impl SqliteSinkConfig {
             path: tc.sqlite_db_path.clone(),
             thread_nice: tc.thread_nice,
             indexed_attributes: tc.indexed_attributes.clone(),
+            max_answer_spans: tc.max_answer_spans,
         }
     }
 
@@ -40,6 +43,7 @@ impl SqliteSinkConfig {
             on_writer_start: Some(ThreadStart(Arc::new(move || thread::set_nice(nice)))),
             on_commit: Some(commit_observer(registry.clone())),
             indexed_attributes: self.indexed_attributes,
+            max_answer_rows: self.max_answer_spans,
             ..StoreOptions::default()
         };
         let store = Store::open(&self.path, options).map_err(|source| BuildError::Store {
