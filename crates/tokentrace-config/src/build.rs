@@ -70,6 +70,8 @@ struct RawTelemetryConfig {
     indexed_attributes: Option<Vec<String>>,
     #[serde(default, deserialize_with = "opt_number")]
     max_answer_spans: Option<usize>,
+    #[serde(default, deserialize_with = "opt_number")]
+    query_timeout_seconds: Option<u64>,
 }
 
 const TELEMETRY: &str = "providers.telemetry[0].config";
@@ -245,6 +247,11 @@ pub(crate) fn build(
                 config.max_answer_spans.map(|m| m as u64),
                 d.max_answer_spans as u64,
             )? as usize,
+            query_timeout_seconds: positive(
+                "query_timeout_seconds",
+                config.query_timeout_seconds,
+                d.query_timeout_seconds,
+            )?,
         },
         inference,
     })

@@ -196,6 +196,8 @@ pub struct TelemetryConfig {
     /// Most spans one `query_spans` or `save_spans_to_dataset` answer (and rows one `iterrows`
     /// answer) may hold; past it the request gets a 400 saying how to narrow it.
     pub max_answer_spans: usize,
+    /// Longest one store query may run before it is stopped and answered 503.
+    pub query_timeout_seconds: u64,
 }
 
 /// The keys people filter by, indexed unless `indexed_attributes` says otherwise.
@@ -241,6 +243,7 @@ impl Default for TelemetryConfig {
                 .map(|k| k.to_string())
                 .collect(),
             max_answer_spans: 100_000,
+            query_timeout_seconds: 10,
         }
     }
 }

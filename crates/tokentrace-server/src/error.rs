@@ -58,6 +58,14 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::TooLarge(detail) => Self::bad_request(detail),
+            e if e.is_interrupted() => {
+                let mut err = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the query was stopped: it ran past its time budget (query_timeout_seconds) or tokentrace is stopping; narrow it with attribute_filters (a start_time window, an indexed attribute) and retry",
+                );
+                err.retry_after = Some(1);
+                err
+            }
             e => Self::internal("trace store query", &e),
         }
     }

@@ -54,6 +54,9 @@ pub struct StoreOptions {
     /// Most spans (or dataset rows) one answer may hold: `query_spans`, `save_spans_to_dataset`
     /// and `iterrows` past it fail with [`StoreError::TooLarge`] instead of building it.
     pub max_answer_rows: usize,
+    /// Longest one read query may run; past it SQLite interrupts it
+    /// ([`StoreError::is_interrupted`]).
+    pub query_timeout: Duration,
     /// Run first on the writer thread (the binary lowers its priority there).
     pub on_writer_start: Option<ThreadStart>,
     /// Told of every committed transaction.
@@ -91,6 +94,7 @@ impl Default for StoreOptions {
             indexed_attributes: Vec::new(),
             read_connections: 4,
             max_answer_rows: 100_000,
+            query_timeout: Duration::from_secs(10),
             on_writer_start: None,
             on_commit: None,
         }
@@ -133,6 +137,14 @@ pub enum StoreError {
     /// how to narrow the request.
     #[error("{0}")]
     TooLarge(String),
+}
+
+impl StoreError {
+    /// Whether SQLite stopped the query: it ran past `StoreOptions::query_timeout`, or the
+    /// store's reader was told to interrupt everything ([`StoreReader::interrupt_all`]).
+    pub fn is_interrupted(&self) -> bool {
+        matches!(self, StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::OperationInterrupted)
+    }
 }
 
 /// An open store: owns the writer thread. Close it with [`Store::close`].
@@ -205,6 +217,7 @@ impl Store {
                 options.read_connections,
                 indexed,
                 options.max_answer_rows,
+                options.query_timeout,
             ),
             thread: Mutex::new(Some(thread)),
         })

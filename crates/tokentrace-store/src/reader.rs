@@ -1,7 +1,9 @@
 //! Read queries, on a small pool of read-only connections.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params, params_from_iter};
@@ -47,9 +49,25 @@ impl Table {
 
 struct Pool {
     path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
+    idle: Mutex<Vec<Pooled>>,
     max_idle: usize,
+    /// Set when tokentrace stops: running and later queries are interrupted.
+    interrupted: Arc<AtomicBool>,
+    /// Longest one query may run before it is interrupted.
+    budget: Duration,
+    /// The zero of the deadlines.
+    epoch: Instant,
 }
+
+/// A read connection and its current query's deadline (milliseconds after `Pool::epoch`),
+/// which its progress handler checks every `PROGRESS_OPS` virtual machine steps.
+struct Pooled {
+    conn: Connection,
+    deadline: Arc<AtomicU64>,
+}
+
+/// Virtual machine steps between two checks of a query's deadline.
+const PROGRESS_OPS: i32 = 1_000;
 
 /// Runs queries; cheap to clone, safe to share. Call from blocking threads, not async tasks.
 #[derive(Clone)]
@@ -63,14 +81,14 @@ pub struct StoreReader {
 /// A connection borrowed from the pool, returned when dropped.
 pub(crate) struct Lease<'a> {
     pool: &'a Pool,
-    conn: Option<Connection>,
+    conn: Option<Pooled>,
 }
 
 impl std::ops::Deref for Lease<'_> {
     type Target = Connection;
     fn deref(&self) -> &Connection {
         // Present from creation until drop.
-        self.conn.as_ref().unwrap_or_else(|| unreachable!())
+        &self.conn.as_ref().unwrap_or_else(|| unreachable!()).conn
     }
 }
 
@@ -286,6 +304,7 @@ impl StoreReader {
         max_idle: usize,
         indexed: Arc<IndexedKeys>,
         max_answer: usize,
+        budget: Duration,
     ) -> Self {
         Self {
             max_answer: max_answer.max(1),
@@ -293,28 +312,53 @@ impl StoreReader {
                 path,
                 idle: Mutex::new(Vec::new()),
                 max_idle: max_idle.max(1),
+                interrupted: Arc::new(AtomicBool::new(false)),
+                budget,
+                epoch: Instant::now(),
             }),
             indexed,
         }
     }
 
+    /// A read connection whose query must end within the budget (or when
+    /// [`StoreReader::interrupt_all`] is called): past it, SQLite stops the query with
+    /// `SQLITE_INTERRUPT` ([`StoreError::is_interrupted`]).
     pub(crate) fn conn(&self) -> Result<Lease<'_>, StoreError> {
-        let idle = self.pool.idle.lock().ok().and_then(|mut v| v.pop());
-        let conn = match idle {
+        let pool = &self.pool;
+        let idle = pool.idle.lock().ok().and_then(|mut v| v.pop());
+        let pooled = match idle {
             Some(c) => c,
             None => {
-                let c = Connection::open_with_flags(
-                    &self.pool.path,
+                let mut conn = Connection::open_with_flags(
+                    &pool.path,
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
-                c.busy_timeout(std::time::Duration::from_secs(10))?;
-                c
+                conn.busy_timeout(Duration::from_secs(10))?;
+                let deadline = Arc::new(AtomicU64::new(0));
+                let (stop, until, epoch) = (pool.interrupted.clone(), deadline.clone(), pool.epoch);
+                conn.progress_handler(
+                    PROGRESS_OPS,
+                    Some(move || {
+                        stop.load(Ordering::Relaxed)
+                            || epoch.elapsed().as_millis() as u64 > until.load(Ordering::Relaxed)
+                    }),
+                )?;
+                Pooled { conn, deadline }
             }
         };
+        let deadline = pool.epoch.elapsed().saturating_add(pool.budget);
+        pooled
+            .deadline
+            .store(deadline.as_millis() as u64, Ordering::Relaxed);
         Ok(Lease {
-            pool: &self.pool,
-            conn: Some(conn),
+            pool,
+            conn: Some(pooled),
         })
+    }
+
+    /// Interrupts every running query and every later one (tokentrace is stopping).
+    pub fn interrupt_all(&self) {
+        self.pool.interrupted.store(true, Ordering::Relaxed);
     }
 
     /// Traces with a span matching every filter, in the requested order.

@@ -859,3 +859,69 @@ fn answers_past_the_cap_fail_with_a_message_saying_how_to_narrow_them() {
     assert_eq!((rest.len(), more), (5, false));
     store.close().unwrap();
 }
+
+/// A store of 20,000 spans with attributes, so that a filter on a key that is not indexed reads
+/// the JSON of every span: many thousands of SQLite steps.
+fn store_for_slow_queries(dir: &Path, options: StoreOptions) -> Store {
+    let store = Store::open(&dir.join("trace_store.db"), options).unwrap();
+    let w = store.writer();
+    let records = (0..20_000)
+        .map(|i| {
+            let mut s = span(
+                TraceId::random(),
+                SpanId::random(),
+                None,
+                "s",
+                now_minus(5),
+                1,
+            );
+            s.attributes
+                .insert("n".into(), tokentrace_model::AttrValue::Int(i));
+            Record::Span(s)
+        })
+        .collect();
+    w.write(records).unwrap();
+    w.flush().unwrap();
+    store
+}
+
+fn scan_query() -> tokentrace_model::query::TraceQuery {
+    let req: tokentrace_model::query::QueryTracesRequest = serde_json::from_value(
+        serde_json::json!({"attribute_filters": [{"key": "n", "op": "eq", "value": -1}]}),
+    )
+    .unwrap();
+    req.validate().unwrap()
+}
+
+#[test]
+fn a_query_past_its_time_budget_is_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        query_timeout: Duration::ZERO,
+        ..StoreOptions::default()
+    };
+    let store = store_for_slow_queries(dir.path(), options);
+    let err = store.reader().query_traces(&scan_query()).unwrap_err();
+    assert!(err.is_interrupted(), "{err}");
+    // A lookup that needs only a few steps still answers.
+    assert!(
+        store
+            .reader()
+            .get_trace(TraceId::random())
+            .unwrap()
+            .is_none()
+    );
+    store.close().unwrap();
+}
+
+#[test]
+fn interrupt_all_stops_running_and_later_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_for_slow_queries(dir.path(), StoreOptions::default());
+    let r = store.reader();
+    assert!(r.query_traces(&scan_query()).unwrap().is_empty());
+    r.interrupt_all();
+    let err = r.query_traces(&scan_query()).unwrap_err();
+    assert!(err.is_interrupted(), "{err}");
+    store.close().unwrap();
+}

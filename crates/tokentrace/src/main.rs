@@ -194,8 +194,14 @@ async fn run(config: RunConfig) -> Result<(), ServeError> {
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let reader = store.as_ref().map(|s| s.reader());
     tokio::spawn(async move {
         shutdown_signal().await;
+        // Queries still running are stopped (answered 503), so shutdown takes no longer than
+        // the requests in flight need to answer.
+        if let Some(reader) = reader {
+            reader.interrupt_all();
+        }
         let _ = stop_tx.send(true);
     });
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

@@ -22,6 +22,8 @@ pub struct SqliteSinkConfig {
     pub indexed_attributes: Vec<String>,
     /// Most spans (or dataset rows) one query answer may hold.
     pub max_answer_spans: usize,
+    /// Longest one read query may run.
+    pub query_timeout: std::time::Duration,
 }
 
 impl SqliteSinkConfig {
@@ -32,6 +34,7 @@ impl SqliteSinkConfig {
             thread_nice: tc.thread_nice,
             indexed_attributes: tc.indexed_attributes.clone(),
             max_answer_spans: tc.max_answer_spans,
+            query_timeout: std::time::Duration::from_secs(tc.query_timeout_seconds),
         }
     }
 
@@ -44,6 +47,7 @@ impl SqliteSinkConfig {
             on_commit: Some(commit_observer(registry.clone())),
             indexed_attributes: self.indexed_attributes,
             max_answer_rows: self.max_answer_spans,
+            query_timeout: self.query_timeout,
             ..StoreOptions::default()
         };
         let store = Store::open(&self.path, options).map_err(|source| BuildError::Store {
