@@ -62,6 +62,8 @@ struct RawTelemetryConfig {
     #[serde(default, deserialize_with = "opt_number")]
     queue_capacity: Option<usize>,
     #[serde(default, deserialize_with = "opt_number")]
+    queue_max_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "opt_number")]
     backpressure_ms: Option<u64>,
     #[serde(default, deserialize_with = "opt_number")]
     thread_nice: Option<i32>,
@@ -237,6 +239,11 @@ pub(crate) fn build(
                 config.queue_capacity.map(|q| q as u64),
                 d.queue_capacity as u64,
             )? as usize,
+            queue_max_bytes: positive(
+                "queue_max_bytes",
+                config.queue_max_bytes,
+                d.queue_max_bytes,
+            )?,
             backpressure_ms: config.backpressure_ms.unwrap_or(d.backpressure_ms),
             thread_nice,
             console: config.console.unwrap_or(d.console),

@@ -181,6 +181,8 @@ pub struct TelemetryConfig {
     pub retention_interval_seconds: u64,
     /// Events buffered before callers get 503.
     pub queue_capacity: usize,
+    /// Bytes of events buffered before callers get 503.
+    pub queue_max_bytes: u64,
     /// How long a traced API request waits for room when the queue is three quarters full
     /// (0: never wait; its spans may then be dropped and counted).
     pub backpressure_ms: u64,
@@ -234,6 +236,7 @@ impl Default for TelemetryConfig {
             span_timeout_seconds: 3600,
             retention_interval_seconds: 60,
             queue_capacity: 65_536,
+            queue_max_bytes: 32 << 20,
             backpressure_ms: 1_000,
             thread_nice: 10,
             console: ConsoleConfig::default(),

@@ -7,6 +7,7 @@ pub mod assemble;
 pub mod genai;
 mod sink;
 pub mod sinks;
+mod size;
 mod telemetry;
 pub mod thread;
 mod worker;

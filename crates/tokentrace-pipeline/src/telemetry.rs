@@ -13,13 +13,16 @@ use tokentrace_model::{Event, MetricPoint, SpanEvent, SpanRecord};
 
 use crate::assemble::Assembler;
 use crate::worker::Worker;
-use crate::{Sink, thread};
+use crate::{Sink, size, thread};
 
 /// Tuning of the pipeline.
 #[derive(Clone, Debug)]
 pub struct PipelineOptions {
     /// Items (events, spans, metric points) buffered before submitters are told to back off.
     pub queue_capacity: usize,
+    /// Bytes of items (estimated from string lengths and a fixed overhead per item and
+    /// attribute) buffered before submitters are told to back off.
+    pub queue_max_bytes: u64,
     /// Spans not ended after this long are flushed as unfinished.
     pub span_timeout: Duration,
     /// Retention for events sent without `ttl_seconds`.
@@ -40,6 +43,7 @@ impl PipelineOptions {
     pub fn from_config(tc: &TelemetryConfig) -> Self {
         Self {
             queue_capacity: tc.queue_capacity,
+            queue_max_bytes: tc.queue_max_bytes,
             span_timeout: Duration::from_secs(tc.span_timeout_seconds),
             default_ttl_seconds: tc.default_ttl_seconds,
             max_events_per_span: 1_000,
@@ -75,8 +79,10 @@ pub struct PipelineStats {
     pub accepted: AtomicU64,
     /// Messages refused because the queue was full.
     pub rejected_full: AtomicU64,
-    /// Messages in the queue now (approximate).
+    /// Items in the queue now (approximate).
     pub queue_depth: AtomicU64,
+    /// Bytes of the items in the queue now (estimated, see `queue_max_bytes`).
+    pub queue_bytes: AtomicU64,
     /// Spans emitted to the sinks.
     pub spans: AtomicU64,
     /// Spans flushed unfinished (timeout, open-span limit or shutdown).
@@ -97,18 +103,20 @@ pub struct PipelineStats {
 
 /// Where callers wait for room in a full queue; the pipeline thread wakes them.
 pub(crate) struct Room {
-    /// Queue depth below which there is room: three quarters of the capacity, so that the
-    /// callers let through together still fit.
+    /// Queue depth and bytes below which there is room: three quarters of each bound, so that
+    /// the callers let through together still fit.
     level: u64,
+    byte_level: u64,
     notify: tokio::sync::Notify,
     waiting: AtomicUsize,
     closed: AtomicBool,
 }
 
 impl Room {
-    fn new(capacity: usize) -> Self {
+    fn new(capacity: usize, max_bytes: u64) -> Self {
         Self {
             level: (capacity - capacity / 4).max(1) as u64,
+            byte_level: (max_bytes - max_bytes / 4).max(1),
             notify: tokio::sync::Notify::new(),
             waiting: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
@@ -117,6 +125,7 @@ impl Room {
 
     fn has_room(&self, stats: &PipelineStats) -> bool {
         stats.queue_depth.load(Ordering::Relaxed) < self.level
+            && stats.queue_bytes.load(Ordering::Relaxed) < self.byte_level
     }
 
     /// Called by the pipeline thread after it dequeued: wakes waiting callers if there is room.
@@ -168,6 +177,22 @@ impl Msg {
             _ => 1,
         }
     }
+
+    /// About how many bytes a message holds, for the queue's byte bound.
+    pub(crate) fn bytes(&self) -> u64 {
+        match self {
+            Msg::Batch(b) => {
+                b.spans.iter().map(size::span).sum::<u64>()
+                    + b.events.iter().map(size::span_event).sum::<u64>()
+                    + b.metrics.iter().map(size::point).sum::<u64>()
+            }
+            Msg::Event { event, .. } => size::event(event),
+            Msg::Span(s) => size::span(s),
+            Msg::SpanEvent(e) => size::span_event(e),
+            Msg::Metric(p) => size::point(p),
+            Msg::Flush(_) | Msg::Shutdown => 0,
+        }
+    }
 }
 
 /// Handle for submitting telemetry; cheap to clone and safe to use from any thread or task.
@@ -179,16 +204,27 @@ pub struct Telemetry {
     /// Items (spans, events, points) the queue may hold: batches count by their size, so memory
     /// stays bounded however callers group their items.
     capacity: u64,
+    /// Bytes the queue's items may hold.
+    max_bytes: u64,
     room: Arc<Room>,
 }
 
 impl Telemetry {
     fn submit(&self, msg: Msg) -> Result<(), SubmitError> {
         let weight = msg.weight();
+        let bytes = msg.bytes();
         let depth = self.stats.queue_depth.fetch_add(weight, Ordering::Relaxed);
-        // A batch larger than the whole queue is still accepted into an empty queue.
-        if depth > 0 && depth.saturating_add(weight) > self.capacity {
+        let held = self.stats.queue_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let unqueue = || {
             self.stats.queue_depth.fetch_sub(weight, Ordering::Relaxed);
+            self.stats.queue_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        };
+        // A batch larger than the whole queue is still accepted into an empty queue.
+        if depth > 0
+            && (depth.saturating_add(weight) > self.capacity
+                || held.saturating_add(bytes) > self.max_bytes)
+        {
+            unqueue();
             self.stats
                 .rejected_full
                 .fetch_add(weight, Ordering::Relaxed);
@@ -200,14 +236,14 @@ impl Telemetry {
                 Ok(())
             }
             Err(TrySendError::Full(_)) => {
-                self.stats.queue_depth.fetch_sub(weight, Ordering::Relaxed);
+                unqueue();
                 self.stats
                     .rejected_full
                     .fetch_add(weight, Ordering::Relaxed);
                 Err(SubmitError::Full)
             }
             Err(TrySendError::Disconnected(_)) => {
-                self.stats.queue_depth.fetch_sub(weight, Ordering::Relaxed);
+                unqueue();
                 Err(SubmitError::Closed)
             }
         }
@@ -315,7 +351,8 @@ impl Pipeline {
         if !sinks.iter().any(|s| s.wants_span_events()) {
             options.max_events_per_span = 0;
         }
-        let room = Arc::new(Room::new(capacity));
+        let max_bytes = options.queue_max_bytes.max(1);
+        let room = Arc::new(Room::new(capacity, max_bytes));
         let worker = Worker::new(
             Assembler::new(options, stats.clone()),
             sinks,
@@ -333,6 +370,7 @@ impl Pipeline {
                 tx,
                 stats,
                 capacity: capacity as u64,
+                max_bytes,
                 room,
             },
             thread: Some(thread),

@@ -55,6 +55,9 @@ impl Worker {
                 self.stats
                     .queue_depth
                     .fetch_sub(msg.weight(), Ordering::Relaxed);
+                self.stats
+                    .queue_bytes
+                    .fetch_sub(msg.bytes(), Ordering::Relaxed);
                 match msg {
                     Msg::Flush(reply) => {
                         self.emit(&mut out);

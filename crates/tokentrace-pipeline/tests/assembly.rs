@@ -307,6 +307,53 @@ fn a_full_queue_is_reported_not_blocked() {
 }
 
 #[test]
+fn the_queue_is_bounded_in_bytes_as_well_as_in_items() {
+    // A sink that blocks until its gate is dropped: everything after the first event queues.
+    struct Gate(std::sync::mpsc::Receiver<()>);
+    impl tokentrace_pipeline::Sink for Gate {
+        fn name(&self) -> &'static str {
+            "gate"
+        }
+        fn span_ended(&mut self, _: &tokentrace_model::SpanRecord) {}
+        fn event(&mut self, _: &tokentrace_model::SpanEvent) {
+            let _ = self.0.recv();
+        }
+    }
+    let (closed, gate) = std::sync::mpsc::channel::<()>();
+    let options = PipelineOptions {
+        queue_capacity: 10_000,
+        queue_max_bytes: 1 << 20,
+        ..PipelineOptions::default()
+    };
+    let pipeline = Pipeline::start(options, vec![Box::new(Gate(gate))]).unwrap();
+    let tel = pipeline.telemetry();
+    let (t, s) = (TraceId::random(), SpanId::random());
+    tel.log_event(log(t, s, 0, "x"), None).unwrap();
+    while tel.stats().queue_depth.load(Ordering::Relaxed) > 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Events of 100 KB each: the tenth or so passes the 1 MiB bound, far below 10,000 items.
+    let big = "m".repeat(100_000);
+    let results: Vec<_> = (1..=30)
+        .map(|i| tel.log_event(log(t, s, i, &big), None))
+        .collect();
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    assert!((9..=11).contains(&accepted), "{accepted} accepted");
+    assert!(
+        results[accepted..]
+            .iter()
+            .all(|r| *r == Err(SubmitError::Full))
+    );
+    let held = tel.stats().queue_bytes.load(Ordering::Relaxed);
+    assert!(held <= 1 << 20, "{held} bytes queued");
+    assert!(!tel.has_room());
+    drop(closed);
+    tel.flush().unwrap();
+    assert_eq!(tel.stats().queue_bytes.load(Ordering::Relaxed), 0);
+    pipeline.shutdown();
+}
+
+#[test]
 fn waiting_for_room_ends_when_the_sinks_catch_up_or_the_limit_passes() {
     // A sink that blocks until its gate is dropped: the queue fills behind it.
     struct Gate(std::sync::mpsc::Receiver<()>);

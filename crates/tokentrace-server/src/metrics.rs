@@ -44,6 +44,14 @@ fn live_samples(state: &AppState) -> Vec<Sample> {
                 load(&p.queue_depth),
             )
         },
+        Sample {
+            counter: false,
+            ..counter(
+                "tokentrace_pipeline_queue_bytes",
+                "Bytes (estimated) of the telemetry waiting in the pipeline queue.",
+                load(&p.queue_bytes),
+            )
+        },
         counter(
             "tokentrace_pipeline_accepted_total",
             "Telemetry messages accepted into the pipeline.",
