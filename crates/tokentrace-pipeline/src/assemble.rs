@@ -13,8 +13,8 @@ use tokentrace_model::{
     SpanKind, SpanRecord, StructuredLogPayload, Timestamp, TraceId, TraceParent,
 };
 
-use crate::SpanStart;
 use crate::telemetry::{Batch, Msg, PipelineOptions, PipelineStats};
+use crate::{SpanStart, size};
 
 /// What the assembler hands to the sinks, in order.
 #[derive(Debug)]
@@ -59,33 +59,52 @@ struct OpenSpan {
     ttl_seconds: Option<i64>,
     events: Vec<SpanEvent>,
     opened: Instant,
+    /// What it holds, as `crate::size` estimates it.
+    bytes: u64,
+}
+
+fn start_bytes(s: &SpanStart) -> u64 {
+    160 + s.name.len() as u64 + size::attributes(&s.attributes)
 }
 
 type SpanKey = (TraceId, SpanId);
 
-/// A bounded set of recently seen keys, oldest forgotten first.
+/// A bounded set of recently seen keys, oldest forgotten first: at most `capacity` of them,
+/// and values of at most `max_bytes` (as `weigh` estimates them).
 struct RecentKeys<V> {
     map: HashMap<SpanKey, V>,
     order: VecDeque<SpanKey>,
     capacity: usize,
+    bytes: u64,
+    max_bytes: u64,
+    weigh: fn(&V) -> u64,
 }
 
 impl<V> RecentKeys<V> {
-    fn new(capacity: usize) -> Self {
+    fn new(capacity: usize, max_bytes: u64, weigh: fn(&V) -> u64) -> Self {
         Self {
             map: HashMap::new(),
             order: VecDeque::new(),
             capacity,
+            bytes: 0,
+            max_bytes,
+            weigh,
         }
     }
 
     fn insert(&mut self, key: SpanKey, value: V) {
-        if self.map.insert(key, value).is_none() {
-            self.order.push_back(key);
-            while self.order.len() > self.capacity {
-                if let Some(old) = self.order.pop_front() {
-                    self.map.remove(&old);
-                }
+        let w = (self.weigh)(&value);
+        match self.map.insert(key, value) {
+            Some(old) => self.bytes = self.bytes.saturating_sub((self.weigh)(&old)),
+            None => self.order.push_back(key),
+        }
+        self.bytes += w;
+        while self.order.len() > self.capacity || self.bytes > self.max_bytes {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(v) = self.map.remove(&old) {
+                self.bytes = self.bytes.saturating_sub((self.weigh)(&v));
             }
         }
     }
@@ -95,7 +114,9 @@ impl<V> RecentKeys<V> {
     }
 
     fn remove(&mut self, key: &SpanKey) -> Option<V> {
-        self.map.remove(key)
+        let v = self.map.remove(key)?;
+        self.bytes = self.bytes.saturating_sub((self.weigh)(&v));
+        Some(v)
     }
 }
 
@@ -105,6 +126,8 @@ pub(crate) struct Assembler {
     stats: Arc<PipelineStats>,
     open: HashMap<SpanKey, OpenSpan>,
     open_order: VecDeque<(Instant, SpanKey)>,
+    /// Bytes the open spans hold.
+    open_bytes: u64,
     /// Spans that ended recently: a late duplicate start for them is ignored.
     ended: RecentKeys<()>,
     /// Starts of spans flushed unfinished: a late end completes them.
@@ -116,12 +139,18 @@ const RECENT_CAPACITY: usize = 65_536;
 impl Assembler {
     pub(crate) fn new(options: PipelineOptions, stats: Arc<PipelineStats>) -> Self {
         Self {
-            options,
             stats,
             open: HashMap::new(),
             open_order: VecDeque::new(),
-            ended: RecentKeys::new(RECENT_CAPACITY),
-            flushed_unfinished: RecentKeys::new(RECENT_CAPACITY / 4),
+            open_bytes: 0,
+            ended: RecentKeys::new(RECENT_CAPACITY, u64::MAX, |_| 0),
+            // A quarter of the open spans' bound: starts kept for ends that come late.
+            flushed_unfinished: RecentKeys::new(
+                RECENT_CAPACITY / 4,
+                options.max_open_bytes / 4,
+                start_bytes,
+            ),
+            options,
         }
     }
 
@@ -207,6 +236,8 @@ impl Assembler {
                         };
                         out.push(Output::Started(start.clone()));
                         let now = Instant::now();
+                        let bytes = start_bytes(&start);
+                        self.open_bytes += bytes;
                         self.open.insert(
                             key,
                             OpenSpan {
@@ -214,17 +245,14 @@ impl Assembler {
                                 ttl_seconds,
                                 events: Vec::new(),
                                 opened: now,
+                                bytes,
                             },
                         );
                         self.open_order.push_back((now, key));
-                        while self.open.len() > self.options.max_open_spans {
-                            if !self.flush_oldest_open(out) {
-                                break;
-                            }
-                        }
+                        self.make_room(out);
                     }
                     StructuredLogPayload::SpanEnd(p) => {
-                        let (start, events, start_ttl) = match self.open.remove(&key) {
+                        let (start, events, start_ttl) = match self.take_open(&key) {
                             Some(open) => (Some(open.start), open.events, open.ttl_seconds),
                             None => (self.flushed_unfinished.remove(&key), Vec::new(), None),
                         };
@@ -294,11 +322,16 @@ impl Assembler {
 
     /// Emits the event, and keeps a copy in its span while the span is open.
     fn attach_event(&mut self, event: SpanEvent, out: &mut Vec<Output>) {
+        let mut grew = false;
         if let (Some(t), Some(s)) = (event.trace_id, event.span_id)
             && let Some(open) = self.open.get_mut(&(t, s))
         {
             if open.events.len() < self.options.max_events_per_span {
+                let bytes = size::span_event(&event);
+                open.bytes += bytes;
+                self.open_bytes += bytes;
                 open.events.push(event.clone());
+                grew = true;
             } else if self.options.max_events_per_span > 0 {
                 self.stats
                     .span_events_over_limit
@@ -306,10 +339,32 @@ impl Assembler {
             }
         }
         out.push(Output::Event(event));
+        if grew {
+            self.make_room(out);
+        }
+    }
+
+    /// An open span taken out of the open set.
+    fn take_open(&mut self, key: &SpanKey) -> Option<OpenSpan> {
+        let open = self.open.remove(key)?;
+        self.open_bytes = self.open_bytes.saturating_sub(open.bytes);
+        Some(open)
+    }
+
+    /// Flushes the oldest open spans unfinished while there are more than `max_open_spans` or
+    /// they hold more than `max_open_bytes`.
+    fn make_room(&mut self, out: &mut Vec<Output>) {
+        while self.open.len() > self.options.max_open_spans
+            || self.open_bytes > self.options.max_open_bytes
+        {
+            if !self.flush_oldest_open(out) {
+                break;
+            }
+        }
     }
 
     fn flush_unfinished(&mut self, key: SpanKey, out: &mut Vec<Output>) {
-        let Some(open) = self.open.remove(&key) else {
+        let Some(open) = self.take_open(&key) else {
             return;
         };
         self.stats.spans_unfinished.fetch_add(1, Ordering::Relaxed);

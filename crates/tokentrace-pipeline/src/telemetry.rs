@@ -31,6 +31,9 @@ pub struct PipelineOptions {
     pub max_events_per_span: usize,
     /// Open spans kept at most; beyond it the oldest is flushed unfinished.
     pub max_open_spans: usize,
+    /// Bytes (estimated) the open spans, with the events kept in them, and the starts kept for
+    /// late ends may hold; beyond it the oldest open span is flushed unfinished.
+    pub max_open_bytes: u64,
     /// The service name recorded on spans that do not carry one.
     pub service_name: String,
     /// Nice value of the pipeline thread (see [`crate::thread::set_nice`]).
@@ -39,7 +42,7 @@ pub struct PipelineOptions {
 
 impl PipelineOptions {
     /// The options a run config asks for. The limits the config does not expose
-    /// (`max_events_per_span`, `max_open_spans`) have their one default here.
+    /// (`max_events_per_span`, `max_open_spans`, `max_open_bytes`) have their one default here.
     pub fn from_config(tc: &TelemetryConfig) -> Self {
         Self {
             queue_capacity: tc.queue_capacity,
@@ -48,6 +51,7 @@ impl PipelineOptions {
             default_ttl_seconds: tc.default_ttl_seconds,
             max_events_per_span: 1_000,
             max_open_spans: 100_000,
+            max_open_bytes: 64 << 20,
             service_name: tc.service_name.clone(),
             thread_nice: tc.thread_nice,
         }

@@ -251,6 +251,44 @@ fn spans_never_ended_are_flushed_unfinished_and_a_late_end_completes_them() {
 }
 
 #[test]
+fn open_spans_are_bounded_in_bytes_the_oldest_flushed_unfinished_and_counted() {
+    let sink = MemorySink::new();
+    let options = PipelineOptions {
+        max_open_bytes: 1 << 20,
+        ..PipelineOptions::default()
+    };
+    let pipeline = Pipeline::start(options, vec![Box::new(sink.clone())]).unwrap();
+    let tel = pipeline.telemetry();
+    let t = TraceId::random();
+    // 30 spans that never end, each with a 100 KB attribute: about 10 fit in 1 MiB.
+    let ids: Vec<SpanId> = (0..30).map(|_| SpanId::random()).collect();
+    for (i, s) in ids.iter().enumerate() {
+        let mut a = Attributes::new();
+        a.insert("blob".into(), AttrValue::from("x".repeat(100_000)));
+        tel.log_event(start(t, *s, None, &format!("big {i}"), i as i64, a), None)
+            .unwrap();
+    }
+    tel.flush().unwrap();
+    let flushed: Vec<String> = sink
+        .recorded()
+        .spans
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    assert!((19..=21).contains(&flushed.len()), "{flushed:?}");
+    // Oldest first, unfinished, counted.
+    let want: Vec<String> = (0..flushed.len()).map(|i| format!("big {i}")).collect();
+    assert_eq!(flushed, want);
+    assert!(sink.recorded().spans.iter().all(|s| s.end_time.is_none()));
+    assert_eq!(
+        tel.stats().spans_unfinished.load(Ordering::Relaxed),
+        flushed.len() as u64
+    );
+    pipeline.shutdown();
+    assert_eq!(sink.recorded().spans.len(), 30, "the rest at shutdown");
+}
+
+#[test]
 fn open_spans_are_bounded_and_flushed_at_shutdown() {
     let sink = MemorySink::new();
     let options = PipelineOptions {
