@@ -46,6 +46,8 @@ pub struct Settings {
     pub trace_telemetry_api: bool,
     /// Largest OTLP request body accepted (compressed and decompressed), in bytes.
     pub otlp_max_body_bytes: usize,
+    /// How long a dataset is kept after its last append (the telemetry's default retention).
+    pub dataset_ttl: Duration,
 }
 
 impl Settings {
@@ -58,6 +60,7 @@ impl Settings {
             capture_content: tc.capture_content,
             trace_telemetry_api: server.trace_telemetry_api,
             otlp_max_body_bytes: server.otlp_max_body_bytes,
+            dataset_ttl: Duration::from_secs(tc.default_ttl_seconds.max(0) as u64),
         }
     }
 }

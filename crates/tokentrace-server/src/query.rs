@@ -153,8 +153,10 @@ async fn save_spans_to_dataset(
     };
     let rows: Vec<Map<String, Value>> = spans.into_iter().map(|s| dataset_row(s, &keys)).collect();
     let dataset_id = req.dataset_id;
+    let ttl = i64::try_from(state.settings.dataset_ttl.as_nanos()).unwrap_or(i64::MAX);
+    let expires_at = Timestamp::from_unix_nanos(Timestamp::now().unix_nanos().saturating_add(ttl));
     with_writer(&state, move |w| {
-        Ok(w.append_dataset_rows(&dataset_id, rows)?)
+        Ok(w.append_dataset_rows(&dataset_id, rows, Some(expires_at))?)
     })
     .await?;
     Ok(Json(Value::Null))

@@ -15,12 +15,33 @@ pub(crate) fn append_rows(
     conn: &mut Connection,
     dataset_id: &str,
     rows: Vec<Map<String, Value>>,
+    expires_at: Option<i64>,
 ) -> Result<u64, StoreError> {
     let tx = conn.transaction()?;
-    tx.execute(
+    let created = tx.execute(
         "INSERT OR IGNORE INTO datasets (dataset_id, created_at) VALUES (?1, ?2)",
         params![dataset_id, Timestamp::now().to_sql()],
-    )?;
+    )? == 1;
+    if created {
+        // Rows an expired dataset of the same id left while retention deleted it.
+        tx.execute(
+            "DELETE FROM dataset_rows WHERE dataset_id = ?1",
+            [dataset_id],
+        )?;
+        tx.execute(
+            "DELETE FROM dataset_expiry WHERE dataset_id = ?1",
+            [dataset_id],
+        )?;
+    }
+    match expires_at {
+        Some(at) => tx.execute(
+            "INSERT INTO dataset_expiry (dataset_id, expires_at) VALUES (?1, ?2)
+             ON CONFLICT (dataset_id) DO UPDATE SET expires_at = MAX(expires_at, excluded.expires_at)",
+            params![dataset_id, at],
+        )?,
+        // Kept forever from now on.
+        None => tx.execute("DELETE FROM dataset_expiry WHERE dataset_id = ?1", [dataset_id])?,
+    };
     let start: i64 = tx.query_row(
         "SELECT row_count FROM datasets WHERE dataset_id = ?1",
         [dataset_id],
@@ -41,6 +62,34 @@ pub(crate) fn append_rows(
     )?;
     tx.commit()?;
     Ok(count as u64)
+}
+
+/// Retention of datasets, a step at a time: the first expired dataset disappears at once (its
+/// `datasets` row), and up to `chunk` of its rows are deleted; its expiry goes with its last
+/// rows. Returns the rows deleted.
+pub(crate) fn expire_dataset(conn: &Connection, now: i64, chunk: i64) -> Result<u64, StoreError> {
+    let Some(id): Option<String> = conn
+        .prepare_cached(
+            "SELECT dataset_id FROM dataset_expiry WHERE expires_at <= ?1 ORDER BY expires_at LIMIT 1",
+        )?
+        .query_row([now], |r| r.get(0))
+        .optional()?
+    else {
+        return Ok(0);
+    };
+    conn.prepare_cached("DELETE FROM datasets WHERE dataset_id = ?1")?
+        .execute([&id])?;
+    let n = conn
+        .prepare_cached(
+            "DELETE FROM dataset_rows WHERE dataset_id = ?1 AND row_index IN
+             (SELECT row_index FROM dataset_rows WHERE dataset_id = ?1 ORDER BY row_index LIMIT ?2)",
+        )?
+        .execute(params![id, chunk])? as i64;
+    if n < chunk {
+        conn.prepare_cached("DELETE FROM dataset_expiry WHERE dataset_id = ?1")?
+            .execute([&id])?;
+    }
+    Ok(n as u64)
 }
 
 impl StoreReader {

@@ -142,6 +142,12 @@ CREATE TABLE IF NOT EXISTS dataset_rows (
 ) WITHOUT ROWID;
 
 
+CREATE TABLE IF NOT EXISTS dataset_expiry (
+    dataset_id TEXT PRIMARY KEY,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dataset_expiry_at ON dataset_expiry (expires_at);
+
 CREATE TABLE IF NOT EXISTS attribute_keys (
     id       INTEGER PRIMARY KEY,
     key      TEXT NOT NULL UNIQUE,

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use tokentrace_model::Timestamp;
 
 use crate::backlog::Backlog;
-use crate::datasets::append_rows;
+use crate::datasets::{append_rows, expire_dataset};
 use crate::index::expire_values;
 use crate::lookup::MAX_LIVE_RUNS;
 use crate::rows::{Row, WriteState, write_rows};
@@ -38,6 +38,7 @@ pub(crate) enum Cmd {
     AppendRows {
         dataset_id: String,
         rows: Vec<Map<String, Value>>,
+        expires_at: Option<i64>,
         reply: SyncSender<Result<u64, StoreError>>,
     },
     Expire {
@@ -195,10 +196,11 @@ impl Writer {
                 Some(Cmd::AppendRows {
                     dataset_id,
                     rows,
+                    expires_at,
                     reply,
                 }) => {
                     let _ = self.commit_pending(); // failures are logged and counted
-                    let r = append_rows(&mut self.conn, &dataset_id, rows);
+                    let r = append_rows(&mut self.conn, &dataset_id, rows, expires_at);
                     let _ = reply.send(r);
                 }
                 Some(Cmd::Expire { now, reply }) => match &self.expiry {
@@ -457,6 +459,7 @@ fn expire_chunk(conn: &mut Connection, now: i64, chunk: i64) -> Result<u64, Stor
         );
         deleted += tx.prepare_cached(&sql)?.execute(params![now, chunk])? as u64;
     }
+    deleted += expire_dataset(&tx, now, chunk)?;
     tx.commit()?;
     Ok(deleted)
 }
