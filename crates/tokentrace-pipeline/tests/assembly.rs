@@ -344,19 +344,22 @@ fn a_full_queue_is_reported_not_blocked() {
     pipeline.shutdown();
 }
 
+/// A sink that blocks on every event until its gate (the sender) is dropped: the queue fills
+/// behind it.
+struct Gate(std::sync::mpsc::Receiver<()>);
+
+impl tokentrace_pipeline::Sink for Gate {
+    fn name(&self) -> &'static str {
+        "gate"
+    }
+    fn span_ended(&mut self, _: &tokentrace_model::SpanRecord) {}
+    fn event(&mut self, _: &tokentrace_model::SpanEvent) {
+        let _ = self.0.recv();
+    }
+}
+
 #[test]
 fn the_queue_is_bounded_in_bytes_as_well_as_in_items() {
-    // A sink that blocks until its gate is dropped: everything after the first event queues.
-    struct Gate(std::sync::mpsc::Receiver<()>);
-    impl tokentrace_pipeline::Sink for Gate {
-        fn name(&self) -> &'static str {
-            "gate"
-        }
-        fn span_ended(&mut self, _: &tokentrace_model::SpanRecord) {}
-        fn event(&mut self, _: &tokentrace_model::SpanEvent) {
-            let _ = self.0.recv();
-        }
-    }
     let (closed, gate) = std::sync::mpsc::channel::<()>();
     let options = PipelineOptions {
         queue_capacity: 10_000,
@@ -393,17 +396,6 @@ fn the_queue_is_bounded_in_bytes_as_well_as_in_items() {
 
 #[test]
 fn waiting_for_room_ends_when_the_sinks_catch_up_or_the_limit_passes() {
-    // A sink that blocks until its gate is dropped: the queue fills behind it.
-    struct Gate(std::sync::mpsc::Receiver<()>);
-    impl tokentrace_pipeline::Sink for Gate {
-        fn name(&self) -> &'static str {
-            "gate"
-        }
-        fn span_ended(&mut self, _: &tokentrace_model::SpanRecord) {}
-        fn event(&mut self, _: &tokentrace_model::SpanEvent) {
-            let _ = self.0.recv();
-        }
-    }
     let (closed, gate) = std::sync::mpsc::channel::<()>();
     let options = PipelineOptions {
         queue_capacity: 8,

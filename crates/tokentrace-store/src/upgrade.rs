@@ -69,7 +69,7 @@ pub(crate) fn to_compact_tables(conn: &mut Connection, current: &str) -> Result<
     copy(
         conn,
         &mut state,
-        "spans",
+        ("spans", "v3_spans"),
         "SELECT rowid, trace_id, span_id, parent_span_id, name, kind, start_time, end_time, status,
                 status_message, attributes, links, service_name, expires_at
          FROM v3_spans WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
@@ -97,7 +97,7 @@ pub(crate) fn to_compact_tables(conn: &mut Connection, current: &str) -> Result<
     copy(
         conn,
         &mut state,
-        "events",
+        ("events", "v3_span_events"),
         "SELECT id, trace_id, span_id, timestamp, name, kind, severity, message, value, unit,
                 attributes, expires_at
          FROM v3_span_events WHERE id > ?1 ORDER BY id LIMIT ?2",
@@ -129,21 +129,17 @@ pub(crate) fn to_compact_tables(conn: &mut Connection, current: &str) -> Result<
     Ok(())
 }
 
-/// Copies the rows `select` reads (by a key after the first parameter, at most the second)
-/// through [`write_rows`], a batch per transaction with its progress under `v4 <what>`.
+/// Copies the rows of `table` that `select` reads (by a key after the first parameter, at
+/// most the second) through [`write_rows`], a batch per transaction with its progress under
+/// `v4 <what>`.
 fn copy(
     conn: &mut Connection,
     state: &mut WriteState,
-    what: &str,
+    (what, table): (&str, &str),
     select: &str,
     row: impl Fn(&rusqlite::Row<'_>) -> Result<Row, StoreError>,
 ) -> Result<(), StoreError> {
     let step = format!("v4 {what}");
-    let table = if what == "spans" {
-        "v3_spans"
-    } else {
-        "v3_span_events"
-    };
     let total: i64 = conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?;
     let mut done: i64 = conn
         .query_row(

@@ -316,16 +316,23 @@ impl Writer {
     /// senders as backpressure, like a full backlog.
     fn catch_up(&mut self) {
         while self.state.lookup.live_runs() > MAX_LIVE_RUNS {
-            match self.state.lookup.step(&mut self.conn, UPKEEP_STEP) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!("trace store: merging index runs: {e}");
-                    if let Err(reload) = self.state.rolled_back(&self.conn) {
-                        tracing::error!("trace store: reloading the writer's state: {reload}");
-                    }
-                    break;
+            if self.merge_step(UPKEEP_STEP).unwrap_or(0) == 0 {
+                break;
+            }
+        }
+    }
+
+    /// One transaction of run upkeep; the entries it handled (0: nothing to do), or `None`
+    /// when it failed (logged; the writer's state is reloaded from the file).
+    fn merge_step(&mut self, budget: u64) -> Option<u64> {
+        match self.state.lookup.step(&mut self.conn, budget) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::error!("trace store: merging index runs: {e}");
+                if let Err(reload) = self.state.rolled_back(&self.conn) {
+                    tracing::error!("trace store: reloading the writer's state: {reload}");
                 }
+                None
             }
         }
     }
@@ -343,17 +350,10 @@ impl Writer {
         } else {
             self.upkeep_budget.min(UPKEEP_STEP)
         };
-        match self.state.lookup.step(&mut self.conn, budget) {
-            Ok(0) => {
-                self.upkeep_budget = 0;
-                self.upkeep_pending = false;
-            }
-            Ok(n) => self.upkeep_budget = self.upkeep_budget.saturating_sub(n),
-            Err(e) => {
-                tracing::error!("trace store: merging index runs: {e}");
-                if let Err(reload) = self.state.rolled_back(&self.conn) {
-                    tracing::error!("trace store: reloading the writer's state: {reload}");
-                }
+        match self.merge_step(budget) {
+            Some(n) if n > 0 => self.upkeep_budget = self.upkeep_budget.saturating_sub(n),
+            // Nothing left, or it failed: wait for the next write.
+            _ => {
                 self.upkeep_budget = 0;
                 self.upkeep_pending = false;
             }
@@ -374,6 +374,10 @@ impl Writer {
         } else {
             // Index entries of deleted traces go too (not counted as rows).
             expire_chunk(&mut self.conn, expiry.now, expiry.chunk).and_then(|rows| {
+                // A run that deleted nothing left no index entries to clean.
+                if rows == 0 && expiry.deleted == 0 {
+                    expiry.values_done = true;
+                }
                 if !expiry.values_done {
                     let (_, done) = expire_values(&self.conn, &mut expiry.values_at, expiry.chunk)?;
                     expiry.values_done = done;
