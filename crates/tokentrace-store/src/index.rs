@@ -132,6 +132,16 @@ impl IndexedKeys {
         Ok(Self(ids))
     }
 
+    /// The keys whose index is complete, as a file's last writer left them (read-only
+    /// handles: nothing is registered or filled).
+    pub(crate) fn complete(conn: &Connection) -> Result<Self, StoreError> {
+        let ids = conn
+            .prepare("SELECT key, id FROM attribute_keys WHERE complete = 1")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(Self(ids))
+    }
+
     /// The index entries of a span: (key id, value) of each indexed key it has.
     pub(crate) fn entries(&self, s: &SpanRecord) -> Vec<(i64, SqlValue)> {
         let mut out = Vec::new();

@@ -3,6 +3,7 @@
 
 mod backlog;
 mod datasets;
+mod follow;
 mod index;
 mod keys;
 mod lookup;
@@ -11,6 +12,8 @@ mod reader;
 mod rollups;
 mod rows;
 mod schema;
+mod sql;
+mod summaries;
 mod trees;
 mod upgrade;
 mod writer;
@@ -30,6 +33,7 @@ pub use metrics::{MAX_BUCKETS, MetricQuery};
 pub use reader::{StoreReader, Table};
 pub use rows::Row;
 pub use schema::SCHEMA_VERSION;
+pub use sql::MAX_SQL_LEN;
 pub use writer::WriterStats;
 
 use backlog::Backlog;
@@ -137,6 +141,13 @@ pub enum StoreError {
     /// how to narrow the request.
     #[error("{0}")]
     TooLarge(String),
+    /// A query the caller got wrong (read-only SQL that writes, does not parse, or is several
+    /// statements); the message says what.
+    #[error("{0}")]
+    BadQuery(String),
+    /// A read-only handle was asked for a file that does not exist.
+    #[error("no trace store at {0}")]
+    Missing(PathBuf),
 }
 
 impl StoreError {
@@ -274,12 +285,15 @@ impl StoreWriter {
         reply_rx.recv().map_err(|_| StoreError::Closed)?
     }
 
-    /// Encodes records (on this thread) and hands them to the writer thread; blocks while its
-    /// queue is full.
+    /// Encodes records (on this thread; spans with their attribute index entries) and hands
+    /// them to the writer thread; blocks while its queue is full.
     pub fn write(&self, records: Vec<Record>) -> Result<(), StoreError> {
         let rows = records
             .iter()
-            .map(Row::from_record)
+            .map(|r| match r {
+                Record::Span(s) => self.span_row(s),
+                other => Row::from_record(other),
+            })
             .collect::<Result<Vec<_>, _>>()?;
         self.write_rows(rows)
     }

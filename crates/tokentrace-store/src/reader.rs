@@ -1,6 +1,6 @@
 //! Read queries, on a small pool of read-only connections.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -92,6 +92,13 @@ impl std::ops::Deref for Lease<'_> {
     }
 }
 
+impl Lease<'_> {
+    /// The connection, for settings that need it mutably (an authorizer).
+    pub(crate) fn conn_mut(&mut self) -> &mut Connection {
+        &mut self.conn.as_mut().unwrap_or_else(|| unreachable!()).conn
+    }
+}
+
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take()
@@ -172,15 +179,20 @@ pub(crate) const SPANS_WITH_TRACE: &str = "span_rows s JOIN trace_rows t ON t.id
 
 impl SpanRow {
     pub(crate) fn read(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Self::read_at(r, 0)
+    }
+
+    /// Reads the columns starting at column `at`.
+    pub(crate) fn read_at(r: &Row<'_>, at: usize) -> rusqlite::Result<Self> {
         Ok(Self {
-            span_id: r.get(0)?,
-            trace_id: r.get(1)?,
-            parent_span_id: r.get(2)?,
-            name: r.get(3)?,
-            start_ns: r.get(4)?,
-            end_ns: r.get(5)?,
-            attributes: r.get(6)?,
-            status: r.get(7)?,
+            span_id: r.get(at)?,
+            trace_id: r.get(at + 1)?,
+            parent_span_id: r.get(at + 2)?,
+            name: r.get(at + 3)?,
+            start_ns: r.get(at + 4)?,
+            end_ns: r.get(at + 5)?,
+            attributes: r.get(at + 6)?,
+            status: r.get(at + 7)?,
         })
     }
 
@@ -318,6 +330,46 @@ impl StoreReader {
             }),
             indexed,
         }
+    }
+
+    /// Opens an existing store for reading only (the CLI): nothing in the file is changed,
+    /// and it is safe while a server writes to it. A file of an older schema is refused until
+    /// `tokentrace serve` has upgraded it, one of a newer schema always.
+    pub fn open_read_only(
+        path: &Path,
+        max_answer: usize,
+        budget: Duration,
+    ) -> Result<StoreReader, StoreError> {
+        if !path.is_file() {
+            return Err(StoreError::Missing(path.to_path_buf()));
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        crate::schema::check_version(&conn)?;
+        let version = crate::schema::version(&conn)?;
+        if version == 0 {
+            return Err(StoreError::Corrupt(format!(
+                "{} is not a tokentrace store (it has no tokentrace schema)",
+                path.display()
+            )));
+        }
+        if version < crate::SCHEMA_VERSION {
+            return Err(StoreError::Corrupt(format!(
+                "the store has schema version {version}; reading it needs version {}: start `tokentrace serve` on it once to upgrade it",
+                crate::SCHEMA_VERSION
+            )));
+        }
+        let indexed = IndexedKeys::complete(&conn)?;
+        Ok(Self::new(
+            path.to_path_buf(),
+            2,
+            Arc::new(indexed),
+            max_answer,
+            budget,
+        ))
     }
 
     /// A read connection whose query must end within the budget (or when

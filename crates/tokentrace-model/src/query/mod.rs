@@ -7,7 +7,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::{AttrValue, Timestamp};
 
+mod list;
 mod metrics;
+
+pub use list::{
+    DEFAULT_PAGE, ListTracesQuery, ListTracesRequest, MAX_FEED, MAX_PAGE, MODEL_KEYS, SpanFeed,
+    SpanFeedQuery, SpanFeedRequest, SqlAnswer, SqlRequest, TraceCursor, TracePage, TraceStatus,
+    TraceSummary,
+};
 
 pub use metrics::{
     MetricDataPoint, MetricLabel, MetricLabelMatcher, MetricLabelOperator, MetricQueryType,
