@@ -57,7 +57,9 @@ impl From<InvalidQuery> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::TooLarge(detail) => Self::bad_request(detail),
+            StoreError::TooLarge(detail) | StoreError::BadQuery(detail) => {
+                Self::bad_request(detail)
+            }
             e if e.is_interrupted() => {
                 let mut err = Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,

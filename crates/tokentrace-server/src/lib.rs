@@ -5,6 +5,7 @@
 //! shared state only.
 
 mod error;
+pub mod explore;
 pub mod extract;
 pub mod gateway;
 pub mod ingest;
@@ -142,6 +143,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1/telemetry", telemetry_routes())
         .nest("/v1alpha/telemetry", telemetry_routes())
         .nest("/v1/datasetio", query::datasetio_routes())
+        .nest("/v1/tokentrace", explore::routes())
         .nest(
             "/v1/openai/v1",
             gateway::openai_routes().merge(gateway::openai_models_route()),

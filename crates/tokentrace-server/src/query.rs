@@ -58,7 +58,7 @@ async fn off_runtime<H: Send + 'static, T: Send + 'static>(
         .map_err(|e| ApiError::internal(what, &e))?
 }
 
-async fn with_reader<T: Send + 'static>(
+pub(crate) async fn with_reader<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&StoreReader) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {

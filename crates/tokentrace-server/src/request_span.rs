@@ -56,7 +56,7 @@ impl RequestContext {
 
 /// Whether a request is traced. Never: telemetry ingestion (events and OTLP: a span per
 /// ingested batch would add writes to every write), health checks and Prometheus scrapes. The
-/// telemetry query API and datasetio only when asked (`server.trace_telemetry_api`): by
+/// telemetry query API, datasetio and tokentrace's own read routes only when asked (`server.trace_telemetry_api`): by
 /// default, looking at telemetry does not create more.
 fn is_traced(path: &str, trace_telemetry_api: bool) -> bool {
     if matches!(
@@ -73,7 +73,8 @@ fn is_traced(path: &str, trace_telemetry_api: bool) -> bool {
     }
     let telemetry_api = path.starts_with("/v1/telemetry/")
         || path.starts_with("/v1alpha/telemetry/")
-        || path.starts_with("/v1/datasetio/");
+        || path.starts_with("/v1/datasetio/")
+        || path.starts_with("/v1/tokentrace/");
     trace_telemetry_api || !telemetry_api
 }
 

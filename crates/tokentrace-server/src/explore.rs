@@ -1,0 +1,48 @@
+//! tokentrace's own read routes (`/v1/tokentrace/*`), beside the Llama Stack API: the trace
+//! list, the span feed and read-only SQL. The CLI's `--url` mode and the web UI read through
+//! them; the CLI's `--db` mode calls the same store functions directly.
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use tokentrace_model::query::{
+    ListTracesRequest, SpanFeed, SpanFeedRequest, SqlAnswer, SqlRequest, TracePage,
+};
+
+use crate::extract::ApiJson;
+use crate::query::with_reader;
+use crate::{ApiError, AppState};
+
+/// The routes, relative to `/v1/tokentrace`.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/traces", post(list_traces))
+        .route("/spans/feed", post(span_feed))
+        .route("/sql", post(sql))
+}
+
+async fn list_traces(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<ListTracesRequest>,
+) -> Result<Json<TracePage>, ApiError> {
+    let query = req.validate()?;
+    let page = with_reader(&state, move |r| Ok(r.list_traces(&query)?)).await?;
+    Ok(Json(page))
+}
+
+async fn span_feed(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<SpanFeedRequest>,
+) -> Result<Json<SpanFeed>, ApiError> {
+    let query = req.validate()?;
+    let feed = with_reader(&state, move |r| Ok(r.spans_after(&query)?)).await?;
+    Ok(Json(feed))
+}
+
+async fn sql(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<SqlRequest>,
+) -> Result<Json<SqlAnswer>, ApiError> {
+    let answer = with_reader(&state, move |r| Ok(r.read_sql(&req.sql)?)).await?;
+    Ok(Json(answer))
+}
