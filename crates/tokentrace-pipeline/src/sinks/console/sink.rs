@@ -1,22 +1,28 @@
-//! Writes one line per span start, span end, log and metric, with the span's attributes indented
-//! under its end line. Colour only when asked for (a terminal without `NO_COLOR`).
+//! Writes each trace as a tree once its root span ends (parent above children, durations
+//! aligned, attributes under each span; see [`super::group`] and [`super::tree`]), and a line
+//! per log and metric as it arrives. Colour only when asked for (a terminal without `NO_COLOR`).
 
 use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
 
 use tokentrace_config::ColorChoice;
 use tokentrace_model::{
-    AttrValue, Attributes, LogSeverity, MetricPoint, SpanEvent, SpanEventBody, SpanRecord,
-    SpanStatus, Timestamp,
+    Attributes, LogSeverity, MetricPoint, SpanEvent, SpanEventBody, SpanRecord, Timestamp,
 };
 
-use crate::{Sink, SinkError, SpanStart};
+use super::group::{self, Grouper, OwnedSpan};
+use super::tree::TreeStyle;
+use crate::{Sink, SinkError};
+
+/// Longest a trace's spans wait for its root before they are printed without it.
+const ROOT_WAIT: Duration = Duration::from_secs(5);
+/// Most spans held for their roots.
+const MAX_HELD: usize = 10_000;
 
 const RESET: &str = "\x1b[0m";
 const DIM: &str = "\x1b[2m";
-const BOLD: &str = "\x1b[1m";
 const RED: &str = "\x1b[31m";
 const YELLOW: &str = "\x1b[33m";
-const GREEN: &str = "\x1b[32m";
 const CYAN: &str = "\x1b[36m";
 
 /// Prints telemetry as it arrives.
@@ -24,6 +30,8 @@ pub struct ConsoleSink {
     out: Box<dyn Write + Send>,
     color: bool,
     max_value_len: usize,
+    width: usize,
+    grouper: Grouper,
     failed: bool,
 }
 
@@ -34,6 +42,8 @@ impl ConsoleSink {
             out,
             color,
             max_value_len: max_value_len.max(8),
+            width: 120,
+            grouper: Grouper::new(MAX_HELD, ROOT_WAIT),
             failed: false,
         }
     }
@@ -48,7 +58,27 @@ impl ConsoleSink {
                     && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
             }
         };
-        Self::new(Box::new(std::io::stderr()), color, max_value_len)
+        let mut sink = Self::new(Box::new(std::io::stderr()), color, max_value_len);
+        if let Ok(size) = rustix::termios::tcgetwinsize(std::io::stderr())
+            && size.ws_col > 0
+        {
+            sink.width = size.ws_col as usize;
+        }
+        sink
+    }
+
+    fn print_blocks(&mut self, blocks: Vec<group::Block>) {
+        let style = TreeStyle {
+            full: true,
+            conversation: false,
+            max_value_len: self.max_value_len,
+            ..TreeStyle::brief(self.color, self.width)
+        };
+        for b in &blocks {
+            for line in group::render(b, &style) {
+                self.write_line(line);
+            }
+        }
     }
 
     fn paint(&self, code: &'static str, text: &str) -> String {
@@ -74,32 +104,6 @@ impl ConsoleSink {
         self.paint(DIM, &local.format("%H:%M:%S%.3f").to_string())
     }
 
-    fn value(&self, v: &AttrValue) -> String {
-        let text = match v {
-            AttrValue::String(s) => format!("{s:?}"),
-            other => other.to_json().to_string(),
-        };
-        truncate(&text, self.max_value_len)
-    }
-
-    fn attribute_lines(&mut self, attributes: &Attributes) {
-        let width = attributes
-            .keys()
-            .map(|k| k.chars().count())
-            .max()
-            .unwrap_or(0);
-        let lines: Vec<String> = attributes
-            .iter()
-            .map(|(k, v)| {
-                let key = self.paint(CYAN, &format!("{k:<width$}"));
-                format!("{:14}    {key} = {}", "", self.value(v))
-            })
-            .collect();
-        for line in lines {
-            self.write_line(line);
-        }
-    }
-
     fn labels(&self, labels: &Attributes) -> String {
         if labels.is_empty() {
             return String::new();
@@ -122,75 +126,25 @@ fn truncate(s: &str, max: usize) -> String {
     out
 }
 
-fn short(id: &impl std::fmt::Display, n: usize) -> String {
-    id.to_string().chars().take(n).collect()
-}
-
 impl Sink for ConsoleSink {
     fn name(&self) -> &'static str {
         "console"
     }
 
-    fn span_started(&mut self, s: &SpanStart) {
-        let parent = s
-            .parent_span_id
-            .map(|p| format!("  parent={}", short(&p, 8)))
-            .unwrap_or_default();
-        let line = format!(
-            "{}  {} {}  {}{}",
-            self.time(s.timestamp),
-            self.paint(GREEN, "▶"),
-            self.paint(BOLD, &s.name),
-            self.paint(
-                DIM,
-                &format!(
-                    "trace={} span={}",
-                    short(&s.trace_id, 8),
-                    short(&s.span_id, 8)
-                )
-            ),
-            self.paint(DIM, &parent),
-        );
-        self.write_line(line);
-    }
-
     fn span_ended(&mut self, s: &SpanRecord) {
-        let at = s.end_time.unwrap_or(s.start_time);
-        let (mark, status) = match (s.end_time, s.status) {
-            (None, _) => (self.paint(YELLOW, "■"), self.paint(YELLOW, "unfinished")),
-            (Some(_), Some(SpanStatus::Error)) => {
-                let msg = s
-                    .status_message
-                    .as_deref()
-                    .map(|m| format!(": {}", truncate(m, self.max_value_len)))
-                    .unwrap_or_default();
-                (
-                    self.paint(RED, "■"),
-                    self.paint(RED, &format!("error{msg}")),
-                )
-            }
-            (Some(_), Some(SpanStatus::Ok)) => (self.paint(GREEN, "■"), self.paint(GREEN, "ok")),
-            (Some(_), None) => (self.paint(GREEN, "■"), "unset".to_string()),
+        let span = OwnedSpan {
+            trace_id: s.trace_id,
+            span_id: s.span_id,
+            parent: s.parent_span_id,
+            name: s.name.clone(),
+            start: s.start_time,
+            end: s.end_time,
+            status: s.status,
+            status_message: s.status_message.clone(),
+            attributes: s.attributes.clone(),
         };
-        let duration = s
-            .duration_ms()
-            .map(|d| format!("{d:.1} ms"))
-            .unwrap_or_else(|| "-".to_string());
-        let line = format!(
-            "{}  {mark} {}  {duration}  {status}  {}",
-            self.time(at),
-            self.paint(BOLD, &s.name),
-            self.paint(
-                DIM,
-                &format!(
-                    "trace={} span={}",
-                    short(&s.trace_id, 8),
-                    short(&s.span_id, 8)
-                )
-            ),
-        );
-        self.write_line(line);
-        self.attribute_lines(&s.attributes);
+        let blocks = self.grouper.add(span, Instant::now());
+        self.print_blocks(blocks);
     }
 
     fn event(&mut self, e: &SpanEvent) {
@@ -246,10 +200,18 @@ impl Sink for ConsoleSink {
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
+        let blocks = self.grouper.expire(Instant::now());
+        self.print_blocks(blocks);
         if !self.failed && self.out.flush().is_err() {
             self.failed = true;
         }
         Ok(())
+    }
+
+    fn shutdown(&mut self) -> Result<(), SinkError> {
+        let blocks = self.grouper.drain();
+        self.print_blocks(blocks);
+        self.flush()
     }
 }
 
@@ -259,6 +221,8 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use tokentrace_model::{MetricValue, SpanId, SpanKind, TraceId};
+
+    use tokentrace_model::{AttrValue, SpanStatus};
 
     use super::*;
 
@@ -305,23 +269,70 @@ mod tests {
     }
 
     #[test]
-    fn end_line_has_duration_status_and_sorted_cut_attributes() {
+    fn a_root_prints_its_trace_with_duration_status_and_sorted_cut_attributes() {
         let buf = Buf::default();
         let mut sink = ConsoleSink::new(Box::new(buf.clone()), false, 40);
         sink.span_ended(&span(Some(SpanStatus::Ok), true));
         let text = buf.text();
         let lines: Vec<&str> = text.lines().collect();
-        assert!(
-            lines[0].contains("■ chat_completion  333.1 ms  ok"),
+        assert!(lines[0].contains("1 span · 333.1 ms"), "{text}");
+        let words: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            words[..4],
+            ["chat_completion", "333.1", "ms", "ok"],
             "{text}"
         );
-        assert!(lines[1].trim_start().starts_with("alpha"), "{text}");
-        assert!(lines[2].trim_start().starts_with("zeta"), "{text}");
+        assert!(lines[2].trim_start().starts_with("alpha"), "{text}");
+        assert!(lines[3].trim_start().starts_with("zeta"), "{text}");
         assert!(
-            lines[1].ends_with('…') && lines[1].chars().count() < 80,
+            lines[2].ends_with('…') && lines[2].chars().count() < 80,
             "{text}"
         );
         assert!(!text.contains('\x1b'));
+    }
+
+    #[test]
+    fn a_child_waits_for_its_root_and_prints_under_it() {
+        let buf = Buf::default();
+        let mut sink = ConsoleSink::new(Box::new(buf.clone()), false, 40);
+        let root = span(Some(SpanStatus::Ok), true);
+        let child = SpanRecord {
+            span_id: SpanId::random(),
+            parent_span_id: Some(root.span_id),
+            name: "provider call".into(),
+            ..root.clone()
+        };
+        sink.span_ended(&child);
+        sink.flush().unwrap();
+        assert_eq!(buf.text(), "");
+        sink.span_ended(&root);
+        let text = buf.text();
+        let at = |needle: &str| {
+            text.find(needle)
+                .unwrap_or_else(|| panic!("{needle}: {text}"))
+        };
+        assert!(at("chat_completion") < at("└─ provider call"), "{text}");
+        // A span of a trace already printed comes under a "late" header.
+        sink.span_ended(&SpanRecord {
+            span_id: SpanId::random(),
+            name: "late one".into(),
+            ..child
+        });
+        assert!(buf.text().contains("late span"), "{}", buf.text());
+    }
+
+    #[test]
+    fn spans_whose_root_never_comes_print_at_shutdown() {
+        let buf = Buf::default();
+        let mut sink = ConsoleSink::new(Box::new(buf.clone()), false, 40);
+        sink.span_ended(&SpanRecord {
+            parent_span_id: Some(SpanId::random()),
+            ..span(Some(SpanStatus::Ok), true)
+        });
+        sink.flush().unwrap();
+        assert_eq!(buf.text(), "");
+        sink.shutdown().unwrap();
+        assert!(buf.text().contains("without its root"), "{}", buf.text());
     }
 
     #[test]
@@ -338,7 +349,7 @@ mod tests {
         let buf = Buf::default();
         let mut sink = ConsoleSink::new(Box::new(buf.clone()), false, 40);
         sink.span_ended(&span(None, false));
-        assert!(buf.text().contains("unfinished"));
+        assert!(buf.text().contains("open"), "{}", buf.text());
     }
 
     #[test]
