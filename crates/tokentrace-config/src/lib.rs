@@ -8,8 +8,11 @@ use serde_json::Value;
 
 mod build;
 mod deserialize;
+mod effective;
 mod inference;
 mod substitute;
+
+pub use effective::MASK;
 
 use build::{RawRoot, build};
 use deserialize::{number, opt_number};

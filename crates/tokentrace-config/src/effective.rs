@@ -1,0 +1,126 @@
+//! The effective settings of a run config as YAML, for `tokentrace check-config`: every key
+//! with the value in force (defaults, environment and file applied), secrets masked.
+
+use std::fmt::Write;
+
+use crate::RunConfig;
+
+/// What a secret is shown as.
+pub const MASK: &str = "********";
+
+fn quote(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+impl RunConfig {
+    /// The settings in force, as YAML; API keys are shown as [`MASK`].
+    pub fn effective_yaml(&self) -> String {
+        let mut y = String::new();
+        let s = &self.server;
+        let t = &self.telemetry;
+        // Writing to a String cannot fail.
+        let _ = (|| -> std::fmt::Result {
+            writeln!(y, "version: 2")?;
+            writeln!(y, "server:")?;
+            writeln!(y, "  host: {}", quote(&s.host))?;
+            writeln!(y, "  port: {}", s.port)?;
+            if let Some(p) = s.otlp_port {
+                writeln!(y, "  otlp_port: {p}")?;
+            }
+            writeln!(y, "  max_body_bytes: {}", s.max_body_bytes)?;
+            writeln!(y, "  otlp_max_body_bytes: {}", s.otlp_max_body_bytes)?;
+            writeln!(
+                y,
+                "  request_timeout_seconds: {}",
+                s.request_timeout_seconds
+            )?;
+            writeln!(y, "  trace_telemetry_api: {}", s.trace_telemetry_api)?;
+            writeln!(y, "providers:")?;
+            writeln!(y, "  telemetry:")?;
+            writeln!(y, "  - provider_id: {}", quote(&t.provider_id))?;
+            writeln!(y, "    provider_type: inline::meta-reference")?;
+            writeln!(y, "    config:")?;
+            writeln!(y, "      service_name: {}", quote(&t.service_name))?;
+            let sinks: Vec<&str> = t.sinks.iter().map(|k| k.as_str()).collect();
+            writeln!(y, "      sinks: [{}]", sinks.join(", "))?;
+            if let Some(e) = &t.otel_exporter_otlp_endpoint {
+                writeln!(y, "      otel_exporter_otlp_endpoint: {}", quote(e))?;
+            }
+            let path = t.sqlite_db_path.display().to_string();
+            writeln!(y, "      sqlite_db_path: {}", quote(&path))?;
+            writeln!(y, "      default_ttl_seconds: {}", t.default_ttl_seconds)?;
+            writeln!(y, "      span_timeout_seconds: {}", t.span_timeout_seconds)?;
+            let every = t.retention_interval_seconds;
+            writeln!(y, "      retention_interval_seconds: {every}")?;
+            writeln!(y, "      queue_capacity: {}", t.queue_capacity)?;
+            writeln!(y, "      queue_max_bytes: {}", t.queue_max_bytes)?;
+            writeln!(y, "      backpressure_ms: {}", t.backpressure_ms)?;
+            writeln!(y, "      thread_nice: {}", t.thread_nice)?;
+            writeln!(y, "      capture_content: {}", t.capture_content)?;
+            writeln!(y, "      max_answer_spans: {}", t.max_answer_spans)?;
+            writeln!(
+                y,
+                "      query_timeout_seconds: {}",
+                t.query_timeout_seconds
+            )?;
+            writeln!(y, "      console:")?;
+            let color = format!("{:?}", t.console.color).to_lowercase();
+            writeln!(y, "        color: {color}")?;
+            writeln!(y, "        max_value_len: {}", t.console.max_value_len)?;
+            writeln!(y, "      indexed_attributes:")?;
+            for k in &t.indexed_attributes {
+                writeln!(y, "      - {}", quote(k))?;
+            }
+            writeln!(y, "  inference:")?;
+            for p in &self.inference.providers {
+                writeln!(y, "  - provider_id: {}", quote(&p.provider_id))?;
+                writeln!(y, "    provider_type: {}", quote(&p.provider_type))?;
+                writeln!(y, "    config:")?;
+                if let Some(u) = &p.url {
+                    writeln!(y, "      url: {}", quote(u))?;
+                }
+                if p.api_key.is_some() {
+                    writeln!(y, "      api_key: {}", quote(MASK))?;
+                }
+                writeln!(y, "      timeout_seconds: {}", p.timeout_seconds)?;
+                let connect = p.connect_timeout_seconds;
+                writeln!(y, "      connect_timeout_seconds: {connect}")?;
+            }
+            writeln!(y, "models:")?;
+            for m in &self.inference.models {
+                writeln!(y, "- model_id: {}", quote(&m.model_id))?;
+                writeln!(y, "  provider_id: {}", quote(&m.provider_id))?;
+                writeln!(y, "  provider_model_id: {}", quote(&m.provider_model_id))?;
+                writeln!(y, "  model_type: {}", m.model_type.as_str())?;
+                if !m.metadata.is_null() {
+                    writeln!(y, "  metadata: {}", m.metadata)?;
+                }
+            }
+            Ok(())
+        })();
+        y
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_effective_config_reads_back_as_itself_with_keys_masked() {
+        let env = |name: &str| match name {
+            "KEY" => Some("sk-secret-1234".to_string()),
+            _ => None,
+        };
+        let yaml = "version: 2\nserver:\n  port: 9000\n  otlp_port: 4318\nproviders:\n  inference:\n  - provider_id: up\n    provider_type: remote::openai\n    config:\n      url: http://127.0.0.1:1/v1\n      api_key: ${env.KEY}\nmodels:\n- model_id: m\n  provider_id: up\n";
+        let cfg = crate::load_from_str(yaml, "test", &env).unwrap();
+        let shown = cfg.effective_yaml();
+        assert!(!shown.contains("sk-secret"), "{shown}");
+        assert!(shown.contains(MASK), "{shown}");
+        let again = crate::load_from_str(&shown, "effective", &env).unwrap();
+        let mut expected = cfg.clone();
+        expected.inference.providers[0].api_key = Some(MASK.to_string());
+        assert_eq!(again, expected, "{shown}");
+    }
+}
