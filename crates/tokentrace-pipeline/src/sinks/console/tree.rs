@@ -76,20 +76,54 @@ impl TreeStyle {
     }
 }
 
-/// Attributes shown under a span without `full`, in this order.
-const KEY_ATTRIBUTES: &[&str] = &[
-    genai::REQUEST_MODEL,
-    genai::RESPONSE_MODEL,
-    "model_id",
-    genai::USAGE_INPUT_TOKENS,
-    genai::USAGE_OUTPUT_TOKENS,
-    genai::RESPONSE_FINISH_REASONS,
-    genai::RESPONSE_TIME_TO_FIRST_CHUNK,
-    "http.response.status_code",
-    "error.type",
-    "user.id",
-    "session.id",
-];
+/// The key facts of a span, in a few words: its model, tokens, finish reason, time to first
+/// token, HTTP status, error type, user and session, where it has them.
+pub fn key_facts(a: &Attributes) -> Vec<String> {
+    let get = |k: &str| a.get(k).map(value_text);
+    let mut out = Vec::new();
+    if let Some(m) = [genai::RESPONSE_MODEL, genai::REQUEST_MODEL, "model_id"]
+        .iter()
+        .find_map(|k| get(k))
+    {
+        out.push(format!("model={m}"));
+    }
+    match (
+        get(genai::USAGE_INPUT_TOKENS),
+        get(genai::USAGE_OUTPUT_TOKENS),
+    ) {
+        (None, None) => {}
+        (i, o) => out.push(format!(
+            "tokens={}→{}",
+            i.as_deref().unwrap_or("?"),
+            o.as_deref().unwrap_or("?")
+        )),
+    }
+    if let Some(AttrValue::Array(reasons)) = a.get(genai::RESPONSE_FINISH_REASONS) {
+        let r: Vec<String> = reasons.iter().map(value_text).collect();
+        out.push(format!("finish={}", r.join(",")));
+    }
+    if let Some(ttft) = a
+        .get(genai::RESPONSE_TIME_TO_FIRST_CHUNK)
+        .and_then(|v| match v {
+            AttrValue::Float(f) => Some(*f),
+            AttrValue::Int(i) => Some(*i as f64),
+            _ => None,
+        })
+    {
+        out.push(format!("ttft={}", duration(ttft * 1000.0)));
+    }
+    for (key, label) in [
+        ("http.response.status_code", "http"),
+        ("error.type", "error.type"),
+        ("user.id", "user"),
+        ("session.id", "session"),
+    ] {
+        if let Some(v) = get(key) {
+            out.push(format!("{label}={v}"));
+        }
+    }
+    out
+}
 
 fn paint(color: bool, code: &str, text: &str) -> String {
     if color {
@@ -284,14 +318,7 @@ fn details(s: &TreeSpan<'_>, under: &str, style: &TreeStyle) -> Vec<String> {
         ));
     }
     if !style.full {
-        let parts: Vec<String> = KEY_ATTRIBUTES
-            .iter()
-            .filter_map(|k| {
-                s.attributes
-                    .get(*k)
-                    .map(|v| format!("{k}={}", value_text(v)))
-            })
-            .collect();
+        let parts = key_facts(s.attributes);
         if !parts.is_empty() {
             let text = truncate(&parts.join("  "), room);
             out.push(format!("{under}  {}", paint(c, DIM, &text)));
@@ -455,7 +482,7 @@ mod tests {
         let lines = render(&spans, &style);
         assert!(lines[0].starts_with("root"), "{lines:#?}");
         assert!(lines[1].starts_with("├─ first"), "{lines:#?}");
-        assert!(lines[2].contains("gen_ai.request.model=m1"), "{lines:#?}");
+        assert!(lines[2].contains("model=m1"), "{lines:#?}");
         assert!(
             lines[3].starts_with("└─ second") && lines[3].contains("error"),
             "{lines:#?}"

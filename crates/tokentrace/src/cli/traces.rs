@@ -1,0 +1,144 @@
+//! `tokentrace traces`: the trace list as a table, JSON or CSV.
+
+use tokentrace_model::Timestamp;
+use tokentrace_model::query::{ListTracesRequest, MAX_PAGE, TraceStatus, TraceSummary};
+use tokentrace_pipeline::sinks::console::tree::duration;
+
+use super::out::{self, Cell, DIM, RED, Table, Term, YELLOW};
+use super::source::Source;
+use super::{CliResult, FormatArgs, SourceArgs, parse_time, parse_where};
+
+/// Arguments of `tokentrace traces`.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:
+  tokentrace traces --since 1h
+  tokentrace traces --model gpt-4o-mini --errors --limit 100
+  tokentrace traces --where user.id=alice --json
+  tokentrace traces --url http://127.0.0.1:8321 --csv > traces.csv")]
+pub struct TracesArgs {
+    /// Traces that started at or after this: an age (15m, 1h, 7d), an ISO time or unix seconds.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Traces that started before this (same forms as --since).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only this service.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Only traces with a span of this model (requested or answering).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Only traces with an error span.
+    #[arg(long)]
+    pub errors: bool,
+    /// An attribute filter some span must match: key=value, key!=value, key>value, key<value.
+    #[arg(long = "where", value_name = "FILTER")]
+    pub filters: Vec<String>,
+    /// At most this many traces, newest first.
+    #[arg(long, short = 'n', default_value_t = 20)]
+    pub limit: usize,
+    #[command(flatten)]
+    pub format: FormatArgs,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+/// Runs `tokentrace traces`.
+pub fn run(args: TracesArgs) -> CliResult {
+    let now = Timestamp::now();
+    let mut req = ListTracesRequest {
+        since: args
+            .since
+            .as_deref()
+            .map(|s| parse_time(s, now))
+            .transpose()?
+            .map(Timestamp::to_iso),
+        until: args
+            .until
+            .as_deref()
+            .map(|s| parse_time(s, now))
+            .transpose()?
+            .map(Timestamp::to_iso),
+        service: args.service,
+        model: args.model,
+        errors_only: args.errors,
+        filters: args
+            .filters
+            .iter()
+            .map(|f| parse_where(f))
+            .collect::<Result<_, _>>()?,
+        limit: None,
+        cursor: None,
+    };
+    let source = Source::open(&args.source)?;
+    let mut traces = Vec::new();
+    while traces.len() < args.limit {
+        req.limit = Some((args.limit - traces.len()).min(MAX_PAGE) as i64);
+        let page = source.list_traces(&req)?;
+        traces.extend(page.data);
+        match page.next {
+            Some(next) => req.cursor = Some(next),
+            None => break,
+        }
+    }
+    if args.format.json {
+        return out::print_json(&traces);
+    }
+    let term = Term::stdout();
+    let table = table(&traces, args.format.csv);
+    let lines = if args.format.csv {
+        table.csv()
+    } else {
+        table.render(&term)
+    };
+    if traces.is_empty() && !args.format.csv {
+        eprintln!("no traces match");
+        return Ok(());
+    }
+    lines.iter().for_each(|l| out::line(l));
+    Ok(())
+}
+
+fn tokens(n: Option<i64>) -> String {
+    n.map(|n| n.to_string()).unwrap_or_default()
+}
+
+/// The table of a trace list; CSV gets full ids and ISO times.
+pub fn table(traces: &[TraceSummary], csv: bool) -> Table {
+    let rows = traces
+        .iter()
+        .map(|t| {
+            let time = if csv {
+                t.start_time.to_iso()
+            } else {
+                let local = t.start_time.to_datetime().with_timezone(&chrono::Local);
+                local.format("%Y-%m-%d %H:%M:%S").to_string()
+            };
+            let code = match t.status {
+                TraceStatus::Error => RED,
+                TraceStatus::Open => YELLOW,
+                TraceStatus::Ok => "",
+            };
+            vec![
+                Cell::new(time).paint(DIM),
+                Cell::new(t.root_name.clone().unwrap_or_default()),
+                Cell::new(t.service_name.clone().unwrap_or_default()),
+                Cell::new(t.models.join(",")),
+                Cell::num(t.duration_ms.map(duration).unwrap_or_default()),
+                Cell::num(tokens(t.input_tokens)),
+                Cell::num(tokens(t.output_tokens)),
+                Cell::new(t.status.as_str()).paint(code),
+                Cell::new(t.trace_id.to_string()).paint(DIM),
+            ]
+        })
+        .collect();
+    Table {
+        headers: [
+            "TIME", "ROOT", "SERVICE", "MODEL", "DURATION", "IN", "OUT", "STATUS", "TRACE ID",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows,
+        flexible: vec![1, 2, 3],
+    }
+}

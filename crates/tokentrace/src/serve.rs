@@ -1,0 +1,224 @@
+//! `tokentrace serve`: start-up (each configured sink built through its `SinkConfig` in one
+//! loop), signal handling and orderly shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokentrace_config::RunConfig;
+use tokentrace_pipeline::sinks::prometheus::{PrometheusSink, Registry};
+use tokentrace_pipeline::sinks::{BuildError, SinkConfig};
+use tokentrace_pipeline::{Pipeline, PipelineOptions, Sink};
+use tokentrace_server::gateway::ProviderSetupError;
+use tokentrace_server::{AppState, Settings};
+
+/// Why `tokentrace serve` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] tokentrace_config::ConfigError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("{key}: not a socket address ({source})")]
+    Address {
+        key: &'static str,
+        source: std::net::AddrParseError,
+    },
+    #[error(transparent)]
+    Sink(#[from] BuildError),
+    #[error("cannot start the telemetry pipeline: {0}")]
+    Pipeline(std::io::Error),
+    #[error(transparent)]
+    Provider(#[from] ProviderSetupError),
+    #[error("cannot listen on {addr}{what}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("closing the trace store: {0}")]
+    Close(tokentrace_store::StoreError),
+    #[error("shutdown task failed: {0}")]
+    Shutdown(tokio::task::JoinError),
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+pub fn serve(
+    config_path: Option<PathBuf>,
+    port: Option<u16>,
+    host: Option<String>,
+) -> Result<(), ServeError> {
+    let mut config =
+        tokentrace_config::load(config_path.as_deref(), &tokentrace_config::process_env)?;
+    if let Some(port) = port {
+        config.server.port = port;
+    }
+    if let Some(host) = host {
+        config.server.host = host;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)?;
+    runtime.block_on(run(config))
+}
+
+/// Binds `host:port`; `key` and `what` name the setting in messages.
+async fn bind(
+    host: &str,
+    port: u16,
+    key: &'static str,
+    what: &'static str,
+) -> Result<(tokio::net::TcpListener, SocketAddr), ServeError> {
+    let addr: SocketAddr = format!("{host}:{port}")
+        .parse()
+        .map_err(|source| ServeError::Address { key, source })?;
+    let listen = |source| ServeError::Listen { addr, what, source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(listen)?;
+    let local = listener.local_addr().map_err(listen)?;
+    Ok((listener, local))
+}
+
+async fn run(config: RunConfig) -> Result<(), ServeError> {
+    let tc = &config.telemetry;
+    // The prometheus sink is always on: it feeds `/metrics`.
+    let registry = Arc::new(Registry::new());
+    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(PrometheusSink::new(registry.clone()))];
+    let mut store = None;
+    let mut exporters = Vec::new();
+    for kind in &tc.sinks {
+        let built =
+            SinkConfig::from_config(*kind, tc, &tokentrace_config::process_env).build(&registry)?;
+        sinks.push(built.sink);
+        store = store.or(built.store);
+        exporters.extend(built.exporter);
+    }
+    let pipeline =
+        Pipeline::start(PipelineOptions::from_config(tc), sinks).map_err(ServeError::Pipeline)?;
+
+    let handles = store.as_ref().map(|s| (s.reader(), s.writer()));
+    let retention = store.as_ref().map(|s| {
+        tokentrace_server::spawn_retention(
+            s.writer(),
+            Duration::from_secs(tc.retention_interval_seconds.max(1)),
+        )
+    });
+    let inference = tokentrace_server::Inference::new(&config.inference)?;
+    let mut state = AppState::new(
+        pipeline.telemetry(),
+        handles,
+        inference,
+        Settings::from_config(&config.server, tc),
+    );
+    state.metrics = registry;
+    state.exporters = exporters;
+    let server = &config.server;
+    let (listener, local) = bind(&server.host, server.port, "server.host/server.port", "").await?;
+    let sink_names: Vec<&str> = tc.sinks.iter().map(|s| s.as_str()).collect();
+    let models: Vec<&str> = config
+        .inference
+        .models
+        .iter()
+        .map(|m| m.model_id.as_str())
+        .collect();
+    tracing::info!(
+        "tokentrace listening on http://{local}  sinks: {}  models: {}  store: {}",
+        sink_names.join(","),
+        models.join(","),
+        store
+            .as_ref()
+            .map_or("(none)".to_string(), |s| s.path().display().to_string())
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let reader = store.as_ref().map(|s| s.reader());
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        // Queries still running are stopped (answered 503), so shutdown takes no longer than
+        // the requests in flight need to answer.
+        if let Some(reader) = reader {
+            reader.interrupt_all();
+        }
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let otlp = match server.otlp_port {
+        Some(port) => {
+            let (l, otlp_local) = bind(
+                &server.host,
+                port,
+                "server.otlp_port",
+                " (server.otlp_port)",
+            )
+            .await?;
+            tracing::info!("OTLP/HTTP receiver listening on http://{otlp_local}");
+            let app = tokentrace_server::otlp_router(state.clone());
+            let rx = stop_rx.clone();
+            Some(tokio::spawn(async move {
+                axum::serve(l, app)
+                    .with_graceful_shutdown(stopped(rx))
+                    .await
+            }))
+        }
+        None => None,
+    };
+    let served = axum::serve(listener, tokentrace_server::router(state))
+        .with_graceful_shutdown(stopped(stop_rx))
+        .await;
+    if let Some(o) = otlp {
+        match o.await {
+            Ok(Err(e)) => tracing::error!("OTLP receiver: {e}"),
+            Err(e) => tracing::error!("OTLP receiver task: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
+    if let Some(r) = retention {
+        r.abort();
+    }
+    tracing::info!("stopping: flushing accepted telemetry");
+    // Drain the pipeline and commit the store off the async runtime.
+    tokio::task::spawn_blocking(move || {
+        pipeline.shutdown();
+        match store {
+            Some(store) => store.close().map_err(ServeError::Close),
+            None => Ok(()),
+        }
+    })
+    .await
+    .map_err(ServeError::Shutdown)??;
+    served.map_err(ServeError::Serve)?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}
