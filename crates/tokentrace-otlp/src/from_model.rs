@@ -1,8 +1,11 @@
 //! tokentrace spans and metric aggregates → OTLP protobuf messages, for the exporters.
 
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{Span, Status, span, status};
+use opentelemetry_proto::tonic::trace::v1::{
+    ResourceSpans, ScopeSpans, Span, Status, span, status,
+};
 use tokentrace_model::{AttrValue, Attributes, SpanEventBody, SpanKind, SpanRecord, SpanStatus};
 
 /// An attribute value as OTLP.
@@ -150,4 +153,48 @@ pub fn span(s: &SpanRecord) -> Span {
         }),
         ..Default::default()
     }
+}
+
+/// Spans as one export request, a `ResourceSpans` per service (in order of first appearance;
+/// spans without a service get a resource without attributes), so that the receiver maps them
+/// back to the same records: `tokentrace export` writes these, `tokentrace import` sends them.
+pub fn trace_request(spans: &[SpanRecord]) -> ExportTraceServiceRequest {
+    let mut groups: Vec<(Option<&str>, Vec<Span>)> = Vec::new();
+    for s in spans {
+        let service = s.service_name.as_deref();
+        match groups.iter_mut().find(|(k, _)| *k == service) {
+            Some((_, v)) => v.push(span(s)),
+            None => groups.push((service, vec![span(s)])),
+        }
+    }
+    ExportTraceServiceRequest {
+        resource_spans: groups
+            .into_iter()
+            .map(|(service, spans)| ResourceSpans {
+                resource: Some(match service {
+                    Some(name) => resource(name, &[]),
+                    None => Resource::default(),
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+/// A page of `POST /v1/tokentrace/export`: the spans of some traces as an OTLP export request
+/// (OTLP/JSON), how many traces and spans it holds, and the cursor of the next page.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TraceExport {
+    /// The spans, with their events and links.
+    pub otlp: ExportTraceServiceRequest,
+    /// Traces in this page.
+    pub traces: u64,
+    /// Spans in this page.
+    pub spans: u64,
+    /// Give as `cursor` for the next page; `null` on the last.
+    pub next: Option<String>,
 }

@@ -12,8 +12,8 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, status};
 use tokentrace_model::{
-    AttrValue, Attributes, LogSeverity, MetricPoint, SpanEvent, SpanEventBody, SpanId, SpanKind,
-    SpanLink, SpanRecord, SpanStatus, Timestamp, TraceId,
+    AttrValue, Attributes, LogSeverity, MetricPoint, MetricValue, SpanEvent, SpanEventBody, SpanId,
+    SpanKind, SpanLink, SpanRecord, SpanStatus, Timestamp, TraceId,
 };
 
 /// What a payload turned into.
@@ -106,8 +106,9 @@ fn resource_parts(resource: Option<&Resource>) -> (Option<String>, Attributes) {
         let v = kv.value.as_ref().map_or(AttrValue::Null, attr_value);
         if kv.key == "service.name" {
             service = v.as_str().map(str::to_string);
+        } else {
+            attrs.insert(format!("resource.{}", kv.key), v);
         }
-        attrs.insert(format!("resource.{}", kv.key), v);
     }
     (service, attrs)
 }
@@ -132,6 +133,46 @@ fn kind(k: i32) -> SpanKind {
         Ok(span::SpanKind::Consumer) => SpanKind::Consumer,
         _ => SpanKind::Internal,
     }
+}
+
+/// What a span event says: a log or a metric when it is in the form tokentrace's exporter
+/// writes them (`log` with `log.severity` and `log.message`; `metric.value` with `metric.unit`),
+/// so spans exported by tokentrace come back as they were; any other event as it is.
+fn event_body(name: &str, mut attrs: Attributes) -> (SpanEventBody, Attributes) {
+    let text = |v: &AttrValue| v.as_str().map(str::to_string);
+    if name == "log"
+        && let (Some(sev), Some(msg)) = (
+            attrs.get("log.severity").and_then(text),
+            attrs.get("log.message").and_then(text),
+        )
+        && let Ok(severity) = serde_json::from_value::<LogSeverity>(serde_json::Value::String(sev))
+    {
+        attrs.remove("log.severity");
+        attrs.remove("log.message");
+        return (
+            SpanEventBody::Log {
+                severity,
+                message: msg,
+            },
+            attrs,
+        );
+    }
+    let value = match attrs.get("metric.value") {
+        Some(AttrValue::Float(f)) => Some(*f),
+        Some(AttrValue::Int(i)) => Some(*i as f64),
+        _ => None,
+    };
+    if let (Some(v), Some(unit)) = (value, attrs.get("metric.unit").and_then(text)) {
+        attrs.remove("metric.value");
+        attrs.remove("metric.unit");
+        let value = if v.fract() == 0.0 && v.abs() < 9.0e15 {
+            MetricValue::Int(v as i64)
+        } else {
+            MetricValue::Float(v)
+        };
+        return (SpanEventBody::Metric { value, unit }, attrs);
+    }
+    (SpanEventBody::Other, attrs)
 }
 
 /// Spans of an export request; `default_expiry` is the retention of received spans.
@@ -211,14 +252,17 @@ pub fn traces_to_spans(
                 let events = s
                     .events
                     .iter()
-                    .map(|e| SpanEvent {
-                        trace_id: Some(trace_id),
-                        span_id: Some(span_id),
-                        timestamp: time(e.time_unix_nano).unwrap_or(start_time),
-                        name: e.name.clone(),
-                        body: SpanEventBody::Other,
-                        attributes: attributes(&e.attributes),
-                        expires_at,
+                    .map(|e| {
+                        let (body, attributes) = event_body(&e.name, attributes(&e.attributes));
+                        SpanEvent {
+                            trace_id: Some(trace_id),
+                            span_id: Some(span_id),
+                            timestamp: time(e.time_unix_nano).unwrap_or(start_time),
+                            name: e.name.clone(),
+                            body,
+                            attributes,
+                            expires_at,
+                        }
                     })
                     .collect();
                 let links = s
