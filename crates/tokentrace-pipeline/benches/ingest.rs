@@ -118,9 +118,11 @@ fn run_tokentrace(
 ) -> Result<Duration, Box<dyn std::error::Error>> {
     let all: Vec<Event> = spans.iter().flat_map(events).collect();
     let store = Store::open(&dir.join("tokentrace.db"), StoreOptions::default())?;
-    // A queue that holds the whole stream: the producer never has to retry.
+    // A queue that holds the whole stream (in items and in bytes): the producer never has to
+    // retry.
     let options = PipelineOptions {
         queue_capacity: all.len() + 16,
+        queue_max_bytes: u64::MAX,
         ..PipelineOptions::default()
     };
     let pipeline = Pipeline::start(options, vec![Box::new(SqliteSink::new(store.writer()))])?;

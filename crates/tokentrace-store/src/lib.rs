@@ -3,6 +3,7 @@
 
 mod backlog;
 mod datasets;
+mod export;
 mod follow;
 mod index;
 mod keys;
@@ -29,6 +30,7 @@ use serde_json::{Map, Value};
 use tokentrace_model::{MetricPoint, SpanEvent, SpanRecord, Timestamp};
 
 pub use datasets::DatasetRow;
+pub use export::ExportPage;
 pub use metrics::{MAX_BUCKETS, MetricQuery};
 pub use reader::{StoreReader, Table};
 pub use rows::Row;

@@ -271,6 +271,58 @@ pub(crate) fn filter_sql(filters: &[Filter], params: &mut Vec<SqlValue>) -> Stri
     parts.join(" AND ")
 }
 
+/// The columns [`read_event`] reads, from `event_rows`.
+pub(crate) const EVENT_COLUMNS: &str =
+    "trace_id, span_id, ts_ns, name, kind, severity, message, value, unit, attributes, expires_at";
+
+/// An event from [`EVENT_COLUMNS`].
+pub(crate) fn read_event(r: &Row<'_>) -> rusqlite::Result<Result<SpanEvent, StoreError>> {
+    let trace: Option<[u8; 16]> = r.get(0)?;
+    let span: Option<[u8; 8]> = r.get(1)?;
+    let timestamp: i64 = r.get(2)?;
+    let name: String = r.get(3)?;
+    let kind: String = r.get(4)?;
+    let severity: Option<String> = r.get(5)?;
+    let message: Option<String> = r.get(6)?;
+    let value: Option<f64> = r.get(7)?;
+    let unit: Option<String> = r.get(8)?;
+    let attrs: String = r.get(9)?;
+    let expires_at: Option<i64> = r.get(10)?;
+    Ok((|| {
+        let body = match kind.as_str() {
+            "log" => SpanEventBody::Log {
+                severity: serde_json::from_value::<LogSeverity>(Value::String(
+                    severity.unwrap_or_default(),
+                ))
+                .unwrap_or(LogSeverity::Info),
+                message: message.unwrap_or_default(),
+            },
+            "metric" => {
+                let v = value.unwrap_or(0.0);
+                let value = if v.fract() == 0.0 && v.abs() < 9.0e15 {
+                    MetricValue::Int(v as i64)
+                } else {
+                    MetricValue::Float(v)
+                };
+                SpanEventBody::Metric {
+                    value,
+                    unit: unit.unwrap_or_default(),
+                }
+            }
+            _ => SpanEventBody::Other,
+        };
+        Ok(SpanEvent {
+            trace_id: trace.map(trace_id).transpose()?,
+            span_id: span.map(span_id).transpose()?,
+            timestamp: Timestamp::from_unix_nanos(timestamp),
+            name,
+            body,
+            attributes: attributes(&attrs)?,
+            expires_at: expires_at.map(Timestamp::from_unix_nanos),
+        })
+    })())
+}
+
 /// A trace from `t.trace_id, t.root_span_id, t.start_ns, t.end_ns`.
 fn read_trace(r: &Row<'_>) -> rusqlite::Result<Result<Trace, StoreError>> {
     let id: [u8; 16] = r.get(0)?;
@@ -497,59 +549,12 @@ impl StoreReader {
     ) -> Result<Vec<SpanEvent>, StoreError> {
         let conn = self.conn()?;
         let mut st = conn.prepare_cached(&format!(
-            "SELECT ts_ns, name, kind, severity, message, value, unit, attributes, expires_at
-             FROM event_rows WHERE trace IN ({}) AND span_id = ?2 ORDER BY ts_ns, id",
+            "SELECT {EVENT_COLUMNS} FROM event_rows WHERE trace IN ({}) AND span_id = ?2 ORDER BY ts_ns, id",
             trace_key_sql()
         ))?;
         let ids = params![trace_id.to_bytes().to_vec(), span_id.to_bytes().to_vec()];
-        let rows = st.query_map(ids, |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, Option<String>>(4)?,
-                r.get::<_, Option<f64>>(5)?,
-                r.get::<_, Option<String>>(6)?,
-                r.get::<_, String>(7)?,
-                r.get::<_, Option<i64>>(8)?,
-            ))
-        })?;
-        rows.map(|r| {
-            let (timestamp, name, kind, severity, message, value, unit, attrs, expires_at) = r?;
-            let body = match kind.as_str() {
-                "log" => SpanEventBody::Log {
-                    severity: serde_json::from_value::<LogSeverity>(Value::String(
-                        severity.unwrap_or_default(),
-                    ))
-                    .unwrap_or(LogSeverity::Info),
-                    message: message.unwrap_or_default(),
-                },
-                "metric" => {
-                    let v = value.unwrap_or(0.0);
-                    let value = if v.fract() == 0.0 && v.abs() < 9.0e15 {
-                        MetricValue::Int(v as i64)
-                    } else {
-                        MetricValue::Float(v)
-                    };
-                    SpanEventBody::Metric {
-                        value,
-                        unit: unit.unwrap_or_default(),
-                    }
-                }
-                _ => SpanEventBody::Other,
-            };
-            Ok(SpanEvent {
-                trace_id: Some(trace_id),
-                span_id: Some(span_id),
-                timestamp: Timestamp::from_unix_nanos(timestamp),
-                name,
-                body,
-                attributes: attributes(&attrs)?,
-                expires_at: expires_at.map(Timestamp::from_unix_nanos),
-            })
-        })
-        .collect()
+        let rows = st.query_map(ids, read_event)?;
+        rows.map(|r| r?).collect()
     }
 
     /// Number of rows in a table.

@@ -62,6 +62,21 @@ impl StoreReader {
     /// matched by some span (filters on indexed keys narrow the traces first); the page's
     /// `next` continues after its last trace even while new traces arrive.
     pub fn list_traces(&self, q: &ListTracesQuery) -> Result<TracePage, StoreError> {
+        let conn = self.conn()?;
+        let (rows, next) = self.trace_page(&conn, q)?;
+        let mut data = Vec::with_capacity(rows.len());
+        for row in rows {
+            data.extend(summarise(&conn, row)?);
+        }
+        Ok(TracePage { data, next })
+    }
+
+    /// The trace rows of a page of the list, and the cursor after it.
+    pub(crate) fn trace_page(
+        &self,
+        conn: &Connection,
+        q: &ListTracesQuery,
+    ) -> Result<(Vec<TraceRow>, Option<String>), StoreError> {
         let mut params = Vec::new();
         let mut sql = String::from(
             "SELECT t.id, t.trace_id, t.root_span_id, t.start_ns, t.end_ns, t.service_name
@@ -116,7 +131,6 @@ impl StoreReader {
         sql.push_str(" ORDER BY t.start_ns DESC, t.id DESC LIMIT ?");
         params.push(SqlValue::Integer(q.limit as i64 + 1));
 
-        let conn = self.conn()?;
         let mut rows: Vec<TraceRow> = conn
             .prepare_cached(&sql)?
             .query_map(params_from_iter(params), |r| {
@@ -143,17 +157,13 @@ impl StoreReader {
         } else {
             None
         };
-        let mut data = Vec::with_capacity(rows.len());
-        for row in rows {
-            data.extend(summarise(&conn, row)?);
-        }
-        Ok(TracePage { data, next })
+        Ok((rows, next))
     }
 }
 
 /// A trace row of the list.
-struct TraceRow {
-    key: i64,
+pub(crate) struct TraceRow {
+    pub(crate) key: i64,
     trace_id: [u8; 16],
     root: Option<[u8; 8]>,
     start_ns: i64,

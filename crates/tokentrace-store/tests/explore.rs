@@ -373,3 +373,41 @@ fn sql_reads_and_refuses_everything_else_and_files_stay_unchanged() {
     assert!(e.to_string().contains("newer"), "{e}");
     assert_eq!(std::fs::read(&newer).unwrap(), before);
 }
+
+#[test]
+fn a_span_written_again_keeps_its_events_once_and_new_events_still_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("s.db"), false);
+    let events = |store: &Store| {
+        store
+            .reader()
+            .read_sql("SELECT COUNT(*) FROM event_rows")
+            .unwrap()
+            .rows[0][0]
+            .as_i64()
+            .unwrap()
+    };
+    // Trace 3 has two metric events on its call span.
+    fill(&store, 3..4);
+    assert_eq!(events(&store), 2);
+    // Sent again, as a retried export or a re-import would: nothing new.
+    fill(&store, 3..4);
+    fill(&store, 3..4);
+    assert_eq!(events(&store), 2);
+    // Another event of the same span, and the same event of a new span, are stored.
+    let mut records = trace(3);
+    let Record::Event(e) = records.pop().unwrap() else {
+        unreachable!()
+    };
+    let w = store.writer();
+    w.write(vec![Record::Event(SpanEvent {
+        timestamp: Timestamp::from_unix_nanos(e.timestamp.unix_nanos() + 1),
+        ..e.clone()
+    })])
+    .unwrap();
+    w.flush().unwrap();
+    assert_eq!(events(&store), 3);
+    fill(&store, 6..7);
+    assert_eq!(events(&store), 5);
+    store.close().unwrap();
+}

@@ -52,6 +52,13 @@ WHERE id = ?1";
 const INSERT_EVENT: &str = "INSERT INTO event_rows (id, trace, trace_id, span_id, ts_ns, name, kind, severity, message, value, unit, attributes, expires_at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
 
+/// [`INSERT_EVENT`] unless the span already has the same event (time, name, kind, message,
+/// value, attributes): for events of spans written again (see `write::Resent`).
+const INSERT_EVENT_ONCE: &str = "INSERT INTO event_rows (id, trace, trace_id, span_id, ts_ns, name, kind, severity, message, value, unit, attributes, expires_at)
+SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13
+WHERE NOT EXISTS (SELECT 1 FROM event_rows WHERE trace = ?2 AND span_id = ?4 AND ts_ns = ?5
+    AND name = ?6 AND kind = ?7 AND message IS ?9 AND value IS ?10 AND attributes = ?12)";
+
 const INSERT_METRIC: &str = "INSERT INTO metrics (name, timestamp, ts_nanos, value, unit, labels, trace_id, span_id, expires_at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 

@@ -7,7 +7,8 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    INSERT_EVENT, INSERT_METRIC, INSERT_SPAN, INSERT_TRACE, Row, RowKind, SpanRow, UPDATE_TRACE,
+    INSERT_EVENT, INSERT_EVENT_ONCE, INSERT_METRIC, INSERT_SPAN, INSERT_TRACE, Row, RowKind,
+    SpanRow, UPDATE_TRACE,
 };
 use crate::StoreError;
 use crate::index::Cardinality;
@@ -22,6 +23,36 @@ pub(crate) struct WriteState {
     pub(crate) series: SeriesIds,
     pub(crate) traces: TraceKeys,
     pub(crate) lookup: Lookup,
+    pub(crate) resent: Resent,
+}
+
+/// Spans written again lately (an update of a stored span: a retried OTLP export, a re-import,
+/// the end of a span flushed unfinished), by trace key and span id. An event of one of these
+/// is only stored if the span does not have it yet; other events are not checked, which keeps
+/// the check off the common path. Bounded: the last [`Resent::CAPACITY`].
+#[derive(Default)]
+pub(crate) struct Resent {
+    set: std::collections::HashSet<(i64, [u8; 8])>,
+    order: std::collections::VecDeque<(i64, [u8; 8])>,
+}
+
+impl Resent {
+    const CAPACITY: usize = 16_384;
+
+    fn insert(&mut self, key: (i64, [u8; 8])) {
+        if self.set.insert(key) {
+            self.order.push_back(key);
+            if self.order.len() > Self::CAPACITY
+                && let Some(old) = self.order.pop_front()
+            {
+                self.set.remove(&old);
+            }
+        }
+    }
+
+    fn contains(&self, key: &(i64, [u8; 8])) -> bool {
+        self.set.contains(key)
+    }
 }
 
 impl WriteState {
@@ -31,6 +62,7 @@ impl WriteState {
             series: SeriesIds::default(),
             traces: TraceKeys::default(),
             lookup: Lookup::load(conn)?,
+            resent: Resent::default(),
         })
     }
 
@@ -219,10 +251,18 @@ pub(crate) fn write_rows(
     let mut rollups: HashMap<(i64, i64), Rollup> = HashMap::new();
     let mut span = tx.prepare_cached(INSERT_SPAN)?;
     let mut event = tx.prepare_cached(INSERT_EVENT)?;
+    let mut event_once = tx.prepare_cached(INSERT_EVENT_ONCE)?;
     let mut metric = tx.prepare_cached(INSERT_METRIC)?;
     let mut attribute = tx.prepare_cached(
         "INSERT OR IGNORE INTO attribute_values (kind, value, trace) VALUES (?1, ?2, ?3)",
     )?;
+    // Span rows get growing keys: a key past this one is a new row, any other an update (the
+    // connection's last insert id cannot tell: it may be another table's row of the same key).
+    let newest_before: i64 = tx
+        .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM span_rows")?
+        .query_row([], |r| r.get(0))?;
+    // Spans first, so that an event knows whether its span was written again.
+    let mut rest = Vec::new();
     for Row(row) in rows {
         match row {
             RowKind::Span(s) => {
@@ -248,14 +288,13 @@ pub(crate) fn write_rows(
                     )
                     .optional()?;
                 // A new row, rather than an update of one already indexed.
-                if let Some(id) = id
-                    && id == tx.last_insert_rowid()
-                {
-                    entries.push(Entry {
+                match id {
+                    Some(id) if id > newest_before => entries.push(Entry {
                         kind: KIND_SPAN,
                         key: blob(&s.span_id),
                         target: id,
-                    });
+                    }),
+                    _ => state.resent.insert((trace, s.span_id)),
                 }
                 for (key, value) in &s.index {
                     let kind = attribute_kind(*key);
@@ -270,9 +309,20 @@ pub(crate) fn write_rows(
                     }
                 }
             }
+            other => rest.push(other),
+        }
+    }
+    for row in rest {
+        match row {
+            RowKind::Span(_) => {}
             RowKind::Event(e) => {
                 let trace = e.trace_id.as_ref().and_then(|t| keys.get(t).copied());
-                event.execute(params![
+                let again = match (trace, e.span_id, e.id) {
+                    (Some(t), Some(s), None) => state.resent.contains(&(t, s)),
+                    _ => false,
+                };
+                let insert = if again { &mut event_once } else { &mut event };
+                insert.execute(params![
                     e.id,
                     trace,
                     e.trace_id.as_ref().map(blob),

@@ -1,0 +1,146 @@
+//! Export: whole traces, every span with its kind, status, links, service and events, for a
+//! page of the traces a list query selects (`tokentrace export`, `POST /v1/tokentrace/export`).
+
+use std::collections::HashMap;
+
+use rusqlite::Connection;
+use tokentrace_model::query::ListTracesQuery;
+use tokentrace_model::{SpanEvent, SpanKind, SpanLink, SpanRecord, SpanStatus, Timestamp};
+
+use crate::reader::{EVENT_COLUMNS, attributes, read_event, span_id, trace_id};
+use crate::{StoreError, StoreReader};
+
+/// A page of exported traces.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExportPage {
+    /// Every span of the page's traces, each with its events, by trace and then start.
+    pub spans: Vec<SpanRecord>,
+    /// Traces in the page.
+    pub traces: usize,
+    /// The cursor of the next page; `None` on the last.
+    pub next: Option<String>,
+}
+
+const SPANS: &str = "SELECT t.trace_id, s.span_id, s.parent_span_id, s.name, s.kind, s.start_ns,
+    s.end_ns, s.status, s.status_message, s.attributes, s.links, s.service_name, s.expires_at
+  FROM span_rows s JOIN trace_rows t ON t.id = s.trace WHERE s.trace = ?1 ORDER BY s.start_ns, s.id";
+
+type RawSpan = (
+    [u8; 16],
+    [u8; 8],
+    Option<[u8; 8]>,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+);
+
+fn trace_spans(conn: &Connection, key: i64) -> Result<Vec<SpanRecord>, StoreError> {
+    let mut events: HashMap<[u8; 8], Vec<SpanEvent>> = HashMap::new();
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM event_rows WHERE trace = ?1 AND span_id IS NOT NULL ORDER BY ts_ns, id"
+    ))?;
+    for e in st.query_map([key], read_event)? {
+        let e = e??;
+        if let Some(s) = e.span_id {
+            events.entry(s.to_bytes()).or_default().push(e);
+        }
+    }
+    let rows: Vec<RawSpan> = conn
+        .prepare_cached(SPANS)?
+        .query_map([key], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+                r.get(9)?,
+                r.get(10)?,
+                r.get(11)?,
+                r.get(12)?,
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    rows.into_iter()
+        .map(
+            |(
+                tid,
+                sid,
+                parent,
+                name,
+                kind,
+                start,
+                end,
+                status,
+                msg,
+                attrs,
+                links,
+                service,
+                exp,
+            )| {
+                let links: Vec<SpanLink> = match links {
+                    Some(l) => serde_json::from_str(&l)
+                        .map_err(|e| StoreError::Corrupt(format!("stored links: {e}")))?,
+                    None => Vec::new(),
+                };
+                Ok(SpanRecord {
+                    trace_id: trace_id(tid)?,
+                    span_id: span_id(sid)?,
+                    parent_span_id: parent.map(span_id).transpose()?,
+                    name,
+                    kind: SpanKind::from_name(&kind),
+                    start_time: Timestamp::from_unix_nanos(start),
+                    end_time: end.map(Timestamp::from_unix_nanos),
+                    status: match status.as_deref() {
+                        Some("ok") => Some(SpanStatus::Ok),
+                        Some("error") => Some(SpanStatus::Error),
+                        _ => None,
+                    },
+                    status_message: msg,
+                    attributes: attributes(&attrs)?,
+                    events: events.remove(&sid).unwrap_or_default(),
+                    links,
+                    service_name: service,
+                    expires_at: exp.map(Timestamp::from_unix_nanos),
+                })
+            },
+        )
+        .collect()
+}
+
+impl StoreReader {
+    /// Every span (with its events) of a page of the traces `q` selects, as `list_traces`
+    /// pages them. More spans than the answer limit is [`StoreError::TooLarge`]: ask for fewer
+    /// traces per page.
+    pub fn export_traces(&self, q: &ListTracesQuery) -> Result<ExportPage, StoreError> {
+        let conn = self.conn()?;
+        let (rows, next) = self.trace_page(&conn, q)?;
+        let mut spans = Vec::new();
+        for row in &rows {
+            spans.extend(trace_spans(&conn, row.key)?);
+            if spans.len() > self.max_answer {
+                return Err(StoreError::TooLarge(format!(
+                    "these {} traces hold more than {} spans; export fewer per page (limit)",
+                    rows.len(),
+                    self.max_answer
+                )));
+            }
+        }
+        Ok(ExportPage {
+            spans,
+            traces: rows.len(),
+            next,
+        })
+    }
+}
