@@ -1,5 +1,5 @@
 //! tokentrace's own read routes (`/v1/tokentrace/*`), beside the Llama Stack API: the trace
-//! list, the span feed and read-only SQL. The CLI's `--url` mode and the web UI read through
+//! list, the span feed, read-only SQL and export. The CLI's `--url` mode and the web UI read through
 //! them; the CLI's `--db` mode calls the same store functions directly.
 
 use axum::extract::State;
@@ -8,6 +8,8 @@ use axum::{Json, Router};
 use tokentrace_model::query::{
     ListTracesRequest, SpanFeed, SpanFeedRequest, SqlAnswer, SqlRequest, TracePage,
 };
+
+use tokentrace_otlp::from_model::{TraceExport, trace_request};
 
 use crate::extract::ApiJson;
 use crate::query::with_reader;
@@ -19,6 +21,7 @@ pub fn routes() -> Router<AppState> {
         .route("/traces", post(list_traces))
         .route("/spans/feed", post(span_feed))
         .route("/sql", post(sql))
+        .route("/export", post(export))
 }
 
 async fn list_traces(
@@ -37,6 +40,20 @@ async fn span_feed(
     let query = req.validate()?;
     let feed = with_reader(&state, move |r| Ok(r.spans_after(&query)?)).await?;
     Ok(Json(feed))
+}
+
+async fn export(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<ListTracesRequest>,
+) -> Result<Json<TraceExport>, ApiError> {
+    let query = req.validate()?;
+    let page = with_reader(&state, move |r| Ok(r.export_traces(&query)?)).await?;
+    Ok(Json(TraceExport {
+        otlp: trace_request(&page.spans),
+        traces: page.traces as u64,
+        spans: page.spans.len() as u64,
+        next: page.next,
+    }))
 }
 
 async fn sql(
