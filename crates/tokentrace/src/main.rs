@@ -26,6 +26,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
   tokentrace trace <TRACE_ID>              one trace as a tree
   tokentrace tail                          traces as they are stored
   tokentrace sql \"SELECT COUNT(*) FROM spans\"
+  tokentrace export --since 24h > day.otlp.jsonl && tokentrace import day.otlp.jsonl --url …
 
 Reading subcommands read the default store file, --db PATH, --config run.yaml's store,
 or a running server with --url http://127.0.0.1:8321."
@@ -61,6 +62,10 @@ enum Command {
     Sql(cli::sql::SqlArgs),
     /// Totals and a chart of a metric per series over a window.
     Metrics(cli::metrics::MetricsArgs),
+    /// Write whole traces (spans, events, links) as OTLP/JSON lines or span JSON lines.
+    Export(cli::export::ExportArgs),
+    /// Send what `export` wrote to a tokentrace server or any OTLP/HTTP receiver.
+    Import(cli::export::ImportArgs),
     /// Validate a run config and print the settings in force (secrets masked).
     CheckConfig(cli::check::CheckArgs),
     /// Print a shell completion script.
@@ -100,6 +105,8 @@ fn main() -> ExitCode {
         Command::Tail(a) => cli::tail::run(a).map_err(|e| e.0),
         Command::Sql(a) => cli::sql::run(a).map_err(|e| e.0),
         Command::Metrics(a) => cli::metrics::run(a).map_err(|e| e.0),
+        Command::Export(a) => cli::export::run_export(a).map_err(|e| e.0),
+        Command::Import(a) => cli::export::run_import(a).map_err(|e| e.0),
         Command::CheckConfig(a) => cli::check::run(a).map_err(|e| e.0),
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -493,6 +493,96 @@ fn tail_prints_each_new_trace_as_a_tree_from_the_file_and_from_the_server() {
 }
 
 #[test]
+fn export_then_import_gives_a_second_server_the_same_traces_and_twice_stores_nothing_twice() {
+    let s = setup();
+    let other_home = s.home.join("other");
+    let other_store = other_home.join("store");
+    std::fs::create_dir_all(&other_home).unwrap();
+    let other = start(
+        &other_home,
+        &[],
+        &[
+            ("TELEMETRY_SINKS", "sqlite"),
+            ("SQLITE_STORE_DIR", other_store.to_str().unwrap()),
+        ],
+    );
+    let otlp = s.home.join("all.otlp.jsonl");
+    let lines = s.home.join("all.jsonl");
+    let out = cli(
+        &s.home,
+        &s.db_args(&["export", "--page", "2", "-o", otlp.to_str().unwrap()]),
+    );
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exported 4 traces, 7 spans"));
+    // Two pages of two traces: two OTLP requests.
+    assert_eq!(std::fs::read_to_string(&otlp).unwrap().lines().count(), 2);
+    ok(&cli(
+        &s.home,
+        &s.url_args(&["export", "--format", "jsonl", "-o", lines.to_str().unwrap()]),
+    ));
+    assert_eq!(std::fs::read_to_string(&lines).unwrap().lines().count(), 7);
+    let counts = |db: &Path| -> Value {
+        let q = "SELECT (SELECT COUNT(*) FROM span_rows) AS spans, (SELECT COUNT(*) FROM event_rows WHERE span_id IS NOT NULL) AS events";
+        let v: Value = serde_json::from_str(&ok(&cli(
+            &s.home,
+            &["sql", q, "--json", "--db", db.to_str().unwrap()],
+        )))
+        .unwrap();
+        v[0].clone()
+    };
+    let want = counts(&s.db);
+    // Both formats, each twice: the same spans and events once.
+    for file in [&otlp, &lines, &otlp] {
+        let out = cli(
+            &s.home,
+            &["import", file.to_str().unwrap(), "--url", &other.base],
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("imported 7 spans"),
+            "{out:?}"
+        );
+        ok(&out);
+    }
+    let other_db = other_store.join("trace_store.db");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while counts(&other_db)["spans"] != want["spans"] {
+        assert!(Instant::now() < deadline, "the import was never stored");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(counts(&other_db), want);
+    let ids: Vec<Value> = serde_json::from_str(&s.both(&["traces", "--json"])).unwrap();
+    for t in &ids {
+        let id = t["trace_id"].as_str().unwrap();
+        let here = ok(&cli(&s.home, &s.url_args(&["trace", id, "--json"])));
+        let there = ok(&cli(
+            &s.home,
+            &["trace", id, "--json", "--url", &other.base],
+        ));
+        assert_eq!(here, there, "trace {id}");
+    }
+    // A bad line is named and skipped; the rest is imported; the exit code says so.
+    let mixed = s.home.join("mixed.jsonl");
+    let first = std::fs::read_to_string(&lines)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::write(&mixed, format!("{{\"trace_id\": 7}}\n{first}\nnot json\n")).unwrap();
+    let out = cli(
+        &s.home,
+        &["import", mixed.to_str().unwrap(), "--url", &other.base],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 1:") && err.contains("line 3:") && err.contains("imported 1 spans"),
+        "{err}"
+    );
+    assert_eq!(counts(&other_db), want);
+}
+
+#[test]
 fn check_config_prints_the_settings_in_force_and_completions_are_printed() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path();

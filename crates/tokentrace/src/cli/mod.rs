@@ -1,9 +1,11 @@
 //! The subcommands that look at stored telemetry: `traces`, `trace`, `tail`, `sql`, `metrics`,
-//! `check-config`. Each reads a store file directly (read-only, `--db`/`--config`) or asks a
-//! running server (`--url`), through [`source::Source`], which calls the same store functions
-//! either way: in-process, or behind the server's routes.
+//! `export`, and beside them `import` and `check-config`. Each reading one reads a store file
+//! directly (read-only, `--db`/`--config`) or asks a running server (`--url`), through
+//! [`source::Source`], which calls the same store functions either way: in-process, or behind
+//! the server's routes. `import` sends to a server's (or any) OTLP receiver.
 
 pub mod check;
+pub mod export;
 pub mod metrics;
 pub mod out;
 pub mod source;
@@ -43,6 +45,55 @@ pub struct SourceArgs {
         value_name = "KEY"
     )]
     pub api_key: Option<String>,
+}
+
+/// Which traces: the filters of `traces` and `export`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct FilterArgs {
+    /// Traces that started at or after this: an age (15m, 1h, 7d), an ISO time or unix seconds.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Traces that started before this (same forms as --since).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only this service.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Only traces with a span of this model (requested or answering).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Only traces with an error span.
+    #[arg(long)]
+    pub errors: bool,
+    /// An attribute filter some span must match: key=value, key!=value, key>value, key<value.
+    #[arg(long = "where", value_name = "FILTER")]
+    pub filters: Vec<String>,
+}
+
+impl FilterArgs {
+    /// The trace-list request these select (first page, default size).
+    pub fn request(&self) -> Result<tokentrace_model::query::ListTracesRequest, CliError> {
+        let now = Timestamp::now();
+        let time = |t: &Option<String>| -> Result<Option<String>, CliError> {
+            t.as_deref()
+                .map(|s| parse_time(s, now).map(Timestamp::to_iso))
+                .transpose()
+        };
+        Ok(tokentrace_model::query::ListTracesRequest {
+            since: time(&self.since)?,
+            until: time(&self.until)?,
+            service: self.service.clone(),
+            model: self.model.clone(),
+            errors_only: self.errors,
+            filters: self
+                .filters
+                .iter()
+                .map(|f| parse_where(f))
+                .collect::<Result<_, _>>()?,
+            limit: None,
+            cursor: None,
+        })
+    }
 }
 
 /// Output format of tables.

@@ -12,6 +12,7 @@ use tokentrace_model::query::{
     SpanFeedRequest, SqlAnswer, SqlRequest, TracePage,
 };
 use tokentrace_model::{SpanId, SpanWithStatus, Timestamp, Trace, TraceId};
+use tokentrace_otlp::from_model::{TraceExport, trace_request};
 use tokentrace_store::{MetricQuery, StoreError, StoreReader};
 
 use super::{CliError, SourceArgs};
@@ -122,6 +123,22 @@ impl Source {
                     s.post(&format!("/v1/telemetry/metrics/{}", encode(name)), req)?;
                 Ok(d.data)
             }
+        }
+    }
+
+    /// A page of whole traces, as OTLP.
+    pub fn export(&self, req: &ListTracesRequest) -> Result<TraceExport, CliError> {
+        match self {
+            Source::Local(r) => {
+                let page = r.export_traces(&req.validate()?).map_err(store_error)?;
+                Ok(TraceExport {
+                    otlp: trace_request(&page.spans),
+                    traces: page.traces as u64,
+                    spans: page.spans.len() as u64,
+                    next: page.next,
+                })
+            }
+            Source::Remote(s) => s.post("/v1/tokentrace/export", req),
         }
     }
 

@@ -1,12 +1,11 @@
 //! `tokentrace traces`: the trace list as a table, JSON or CSV.
 
-use tokentrace_model::Timestamp;
-use tokentrace_model::query::{ListTracesRequest, MAX_PAGE, TraceStatus, TraceSummary};
+use tokentrace_model::query::{MAX_PAGE, TraceStatus, TraceSummary};
 use tokentrace_pipeline::sinks::console::tree::duration;
 
 use super::out::{self, Cell, DIM, RED, Table, Term, YELLOW};
 use super::source::Source;
-use super::{CliResult, FormatArgs, SourceArgs, parse_time, parse_where};
+use super::{CliResult, FilterArgs, FormatArgs, SourceArgs};
 
 /// Arguments of `tokentrace traces`.
 #[derive(clap::Args, Debug)]
@@ -16,24 +15,8 @@ use super::{CliResult, FormatArgs, SourceArgs, parse_time, parse_where};
   tokentrace traces --where user.id=alice --json
   tokentrace traces --url http://127.0.0.1:8321 --csv > traces.csv")]
 pub struct TracesArgs {
-    /// Traces that started at or after this: an age (15m, 1h, 7d), an ISO time or unix seconds.
-    #[arg(long)]
-    pub since: Option<String>,
-    /// Traces that started before this (same forms as --since).
-    #[arg(long)]
-    pub until: Option<String>,
-    /// Only this service.
-    #[arg(long)]
-    pub service: Option<String>,
-    /// Only traces with a span of this model (requested or answering).
-    #[arg(long)]
-    pub model: Option<String>,
-    /// Only traces with an error span.
-    #[arg(long)]
-    pub errors: bool,
-    /// An attribute filter some span must match: key=value, key!=value, key>value, key<value.
-    #[arg(long = "where", value_name = "FILTER")]
-    pub filters: Vec<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// At most this many traces, newest first.
     #[arg(long, short = 'n', default_value_t = 20)]
     pub limit: usize,
@@ -45,31 +28,7 @@ pub struct TracesArgs {
 
 /// Runs `tokentrace traces`.
 pub fn run(args: TracesArgs) -> CliResult {
-    let now = Timestamp::now();
-    let mut req = ListTracesRequest {
-        since: args
-            .since
-            .as_deref()
-            .map(|s| parse_time(s, now))
-            .transpose()?
-            .map(Timestamp::to_iso),
-        until: args
-            .until
-            .as_deref()
-            .map(|s| parse_time(s, now))
-            .transpose()?
-            .map(Timestamp::to_iso),
-        service: args.service,
-        model: args.model,
-        errors_only: args.errors,
-        filters: args
-            .filters
-            .iter()
-            .map(|f| parse_where(f))
-            .collect::<Result<_, _>>()?,
-        limit: None,
-        cursor: None,
-    };
+    let mut req = args.filter.request()?;
     let source = Source::open(&args.source)?;
     let mut traces = Vec::new();
     while traces.len() < args.limit {
