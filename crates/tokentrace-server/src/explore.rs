@@ -1,12 +1,14 @@
 //! tokentrace's own read routes (`/v1/tokentrace/*`), beside the Llama Stack API: the trace
-//! list, the span feed, read-only SQL and export. The CLI's `--url` mode and the web UI read through
+//! list, the span feed, read-only SQL, export and usage totals. The CLI's `--url` mode and the web UI read through
 //! them; the CLI's `--db` mode calls the same store functions directly.
 
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
+use tokentrace_model::Timestamp;
 use tokentrace_model::query::{
-    ListTracesRequest, SpanFeed, SpanFeedRequest, SqlAnswer, SqlRequest, TracePage,
+    ListTracesRequest, SpanFeed, SpanFeedRequest, SqlAnswer, SqlRequest, TracePage, UsageAnswer,
+    UsageRequest,
 };
 
 use tokentrace_otlp::from_model::{TraceExport, trace_request};
@@ -22,6 +24,7 @@ pub fn routes() -> Router<AppState> {
         .route("/spans/feed", post(span_feed))
         .route("/sql", post(sql))
         .route("/export", post(export))
+        .route("/usage", post(usage))
 }
 
 async fn list_traces(
@@ -54,6 +57,15 @@ async fn export(
         spans: page.spans.len() as u64,
         next: page.next,
     }))
+}
+
+async fn usage(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<UsageRequest>,
+) -> Result<Json<UsageAnswer>, ApiError> {
+    let query = req.validate(Timestamp::now())?;
+    let answer = with_reader(&state, move |r| Ok(r.usage(&query)?)).await?;
+    Ok(Json(answer))
 }
 
 async fn sql(

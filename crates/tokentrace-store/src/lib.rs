@@ -17,6 +17,7 @@ mod sql;
 mod summaries;
 mod trees;
 mod upgrade;
+mod usage;
 mod writer;
 
 use std::path::{Path, PathBuf};

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use tokentrace_model::query::{
-    ListTracesRequest, QueryCondition, QueryConditionOp, SpanFeedRequest, TraceStatus, TraceSummary,
+    ListTracesRequest, QueryCondition, QueryConditionOp, SpanFeedRequest, TraceStatus,
+    TraceSummary, UsageGroup, UsageRequest,
 };
 use tokentrace_model::{
     AttrValue, Attributes, MetricValue, SpanEvent, SpanEventBody, SpanId, SpanKind, SpanRecord,
@@ -166,6 +167,57 @@ fn summaries_say_root_service_models_tokens_user_and_status() {
         (Some(7), Some(3))
     );
     assert_eq!((by(10).errors, by(10).status), (1, TraceStatus::Error));
+
+    // Usage: the calls with usage attributes (not traces 0, 3, …, 18, which have token events).
+    let window = |by| UsageRequest {
+        since: Some(Timestamp::from_unix_nanos(BASE_NS).to_iso()),
+        until: Some(Timestamp::from_unix_nanos(BASE_NS + 20 * 1_000_000_000).to_iso()),
+        by,
+    };
+    let u = store
+        .reader()
+        .usage(
+            &window(UsageGroup::Model)
+                .validate(Timestamp::now())
+                .unwrap(),
+        )
+        .unwrap();
+    let with_usage: Vec<i64> = (0..20).filter(|t| t % 3 != 0).collect();
+    assert_eq!(
+        u.data.iter().map(|r| r.calls).sum::<u64>(),
+        with_usage.len() as u64
+    );
+    let m1 = u
+        .data
+        .iter()
+        .find(|r| r.key.as_deref() == Some("model-1"))
+        .unwrap();
+    let want: Vec<i64> = with_usage.iter().copied().filter(|t| t % 4 == 1).collect();
+    assert_eq!(m1.calls, want.len() as u64);
+    assert_eq!(m1.input_tokens, want.iter().map(|t| 10 + t).sum::<i64>());
+    assert_eq!(m1.output_tokens, 5 * want.len() as i64);
+    assert_eq!(
+        m1.errors,
+        want.iter().filter(|t| *t % 5 == 0).count() as u64
+    );
+    // Most tokens first.
+    let totals: Vec<i64> = u
+        .data
+        .iter()
+        .map(|r| r.input_tokens + r.output_tokens)
+        .collect();
+    assert!(totals.windows(2).all(|w| w[0] >= w[1]), "{totals:?}");
+    let by_user = store
+        .reader()
+        .usage(&window(UsageGroup::User).validate(Timestamp::now()).unwrap())
+        .unwrap();
+    assert_eq!(by_user.data.len(), 7);
+    let bad = UsageRequest {
+        since: Some("2030-01-01T00:00:00Z".into()),
+        until: Some("2020-01-01T00:00:00Z".into()),
+        by: UsageGroup::Model,
+    };
+    assert!(bad.validate(Timestamp::now()).is_err());
     store.close().unwrap();
 }
 

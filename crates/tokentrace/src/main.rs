@@ -39,6 +39,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (telemetry API, gateway, trace store, sinks).
+    #[command(after_help = "Examples:
+  tokentrace serve                                   embedded defaults, 127.0.0.1:8321
+  tokentrace serve --config deploy/run.yaml
+  TELEMETRY_SINKS=console,sqlite,otel_trace OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 tokentrace serve")]
     Serve {
         /// Run config (YAML). Without it the embedded defaults apply.
         #[arg(long, short)]
@@ -51,6 +55,8 @@ enum Command {
         host: Option<String>,
     },
     /// Print the embedded default run config.
+    #[command(after_help = "Examples:
+  tokentrace default-config > run.yaml               a starting point to edit")]
     DefaultConfig,
     /// List traces, newest first: time, root, service, model, duration, tokens, status.
     Traces(cli::traces::TracesArgs),
@@ -62,6 +68,8 @@ enum Command {
     Sql(cli::sql::SqlArgs),
     /// Totals and a chart of a metric per series over a window.
     Metrics(cli::metrics::MetricsArgs),
+    /// LLM calls and tokens over a window, per model, provider, user, session or service.
+    Usage(cli::usage::UsageArgs),
     /// Write whole traces (spans, events, links) as OTLP/JSON lines or span JSON lines.
     Export(cli::export::ExportArgs),
     /// Send what `export` wrote to a tokentrace server or any OTLP/HTTP receiver.
@@ -105,6 +113,7 @@ fn main() -> ExitCode {
         Command::Tail(a) => cli::tail::run(a).map_err(|e| e.0),
         Command::Sql(a) => cli::sql::run(a).map_err(|e| e.0),
         Command::Metrics(a) => cli::metrics::run(a).map_err(|e| e.0),
+        Command::Usage(a) => cli::usage::run(a).map_err(|e| e.0),
         Command::Export(a) => cli::export::run_export(a).map_err(|e| e.0),
         Command::Import(a) => cli::export::run_import(a).map_err(|e| e.0),
         Command::CheckConfig(a) => cli::check::run(a).map_err(|e| e.0),

@@ -391,6 +391,25 @@ fn traces_trace_sql_and_metrics_answer_the_same_from_the_file_and_the_server() {
         table.contains("model_id=echo") && table.contains(&tokens.to_string()),
         "{table}"
     );
+
+    // usage: the same totals, from the calls' spans (a fixed window: both answers alike).
+    let now = tokentrace_model::Timestamp::now().unix_nanos();
+    let at = |ns: i64| tokentrace_model::Timestamp::from_unix_nanos(ns).to_iso();
+    let (since, until) = (at(now - 3_600_000_000_000), at(now + 60_000_000_000));
+    let window = ["--since", since.as_str(), "--until", until.as_str()];
+    let usage: Value =
+        serde_json::from_str(&s.both(&[&["usage", "--json"], &window[..]].concat())).unwrap();
+    assert_eq!(usage["by"], "model_id");
+    let row = &usage["data"][0];
+    assert_eq!(
+        (row["key"].as_str(), row["calls"].as_u64()),
+        (Some("echo"), Some(2)),
+        "{usage}"
+    );
+    assert_eq!(row["input_tokens"].as_i64(), Some(tokens));
+    let csv = csv_rows(&s.both(&[&["usage", "--by", "provider", "--csv"], &window[..]].concat()));
+    assert_eq!(csv[0][0], "PROVIDER_ID");
+    assert_eq!((csv[1][0].as_str(), csv[1][1].as_str()), ("echo", "2"));
 }
 
 #[test]

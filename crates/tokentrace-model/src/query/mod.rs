@@ -9,6 +9,7 @@ use crate::{AttrValue, Timestamp};
 
 mod list;
 mod metrics;
+mod usage;
 
 pub use list::{
     DEFAULT_PAGE, ListTracesQuery, ListTracesRequest, MAX_FEED, MAX_PAGE, MODEL_KEYS, SpanFeed,
@@ -20,6 +21,7 @@ pub use metrics::{
     MetricDataPoint, MetricLabel, MetricLabelMatcher, MetricLabelOperator, MetricQueryType,
     MetricSeries, QueryMetricsRequest, parse_granularity,
 };
+pub use usage::{UsageAnswer, UsageGroup, UsageQuery, UsageRequest, UsageRow};
 
 /// Longest attribute key accepted in a filter.
 pub const MAX_KEY_LEN: usize = 256;

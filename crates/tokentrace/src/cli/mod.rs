@@ -1,5 +1,5 @@
 //! The subcommands that look at stored telemetry: `traces`, `trace`, `tail`, `sql`, `metrics`,
-//! `export`, and beside them `import` and `check-config`. Each reading one reads a store file
+//! `usage`, `export`, and beside them `import` and `check-config`. Each reading one reads a store file
 //! directly (read-only, `--db`/`--config`) or asks a running server (`--url`), through
 //! [`source::Source`], which calls the same store functions either way: in-process, or behind
 //! the server's routes. `import` sends to a server's (or any) OTLP receiver.
@@ -13,6 +13,7 @@ pub mod sql;
 pub mod tail;
 pub mod trace;
 pub mod traces;
+pub mod usage;
 
 use std::path::PathBuf;
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokentrace_model::query::{
     Data, GetSpanTreeRequest, ListTracesRequest, MetricSeries, QueryMetricsRequest, SpanFeed,
-    SpanFeedRequest, SqlAnswer, SqlRequest, TracePage,
+    SpanFeedRequest, SqlAnswer, SqlRequest, TracePage, UsageAnswer, UsageRequest,
 };
 use tokentrace_model::{SpanId, SpanWithStatus, Timestamp, Trace, TraceId};
 use tokentrace_otlp::from_model::{TraceExport, trace_request};
@@ -139,6 +139,14 @@ impl Source {
                 })
             }
             Source::Remote(s) => s.post("/v1/tokentrace/export", req),
+        }
+    }
+
+    /// Usage totals.
+    pub fn usage(&self, req: &UsageRequest) -> Result<UsageAnswer, CliError> {
+        match self {
+            Source::Local(r) => wire(r.usage(&req.validate(Timestamp::now())?)),
+            Source::Remote(s) => s.post("/v1/tokentrace/usage", req),
         }
     }
 

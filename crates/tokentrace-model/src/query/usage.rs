@@ -1,0 +1,123 @@
+//! Usage totals: LLM calls and their tokens over a time range, grouped by model, provider,
+//! user, session or service (`POST /v1/tokentrace/usage`, `tokentrace usage`).
+
+use serde::{Deserialize, Serialize};
+
+use super::InvalidQuery;
+use crate::Timestamp;
+
+/// What usage is grouped by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UsageGroup {
+    /// The answering model (`gen_ai.response.model`, else `gen_ai.request.model`, else `model_id`).
+    #[default]
+    #[serde(rename = "model_id")]
+    Model,
+    /// The provider (`gen_ai.provider.name`, else `provider_id`).
+    #[serde(rename = "provider_id")]
+    Provider,
+    /// `user.id` (else `user_id`, `enduser.id`).
+    #[serde(rename = "user.id", alias = "user")]
+    User,
+    /// `session.id` (else `session_id`, `gen_ai.conversation.id`).
+    #[serde(rename = "session.id", alias = "session")]
+    Session,
+    /// The span's service.
+    #[serde(rename = "service.name", alias = "service")]
+    Service,
+}
+
+impl UsageGroup {
+    /// The name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageGroup::Model => "model_id",
+            UsageGroup::Provider => "provider_id",
+            UsageGroup::User => "user.id",
+            UsageGroup::Session => "session.id",
+            UsageGroup::Service => "service.name",
+        }
+    }
+}
+
+/// Body of `POST /v1/tokentrace/usage`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageRequest {
+    /// Calls that started at or after this time (ISO 8601; default 24 hours ago).
+    #[serde(default)]
+    pub since: Option<String>,
+    /// Calls that started before this time (ISO 8601; default now).
+    #[serde(default)]
+    pub until: Option<String>,
+    /// Grouping (default `model_id`).
+    #[serde(default)]
+    pub by: UsageGroup,
+}
+
+/// A validated [`UsageRequest`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UsageQuery {
+    /// From.
+    pub since: Timestamp,
+    /// Until.
+    pub until: Timestamp,
+    /// Grouping.
+    pub by: UsageGroup,
+}
+
+impl UsageRequest {
+    /// Validates the request; `now` is the default end.
+    pub fn validate(&self, now: Timestamp) -> Result<UsageQuery, InvalidQuery> {
+        let time = |name: &str, v: &Option<String>, default: Timestamp| match v {
+            Some(s) => Timestamp::parse_iso(s).map_err(|e| InvalidQuery(format!("{name}: {e}"))),
+            None => Ok(default),
+        };
+        let until = time("until", &self.until, now)?;
+        let since = time(
+            "since",
+            &self.since,
+            Timestamp::from_unix_nanos(until.unix_nanos().saturating_sub(86_400 * 1_000_000_000)),
+        )?;
+        if since > until {
+            return Err(InvalidQuery("since must not be after until".into()));
+        }
+        Ok(UsageQuery {
+            since,
+            until,
+            by: self.by,
+        })
+    }
+}
+
+/// One group's totals.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UsageRow {
+    /// The group's value; `null` for calls that do not name one.
+    pub key: Option<String>,
+    /// LLM calls: spans with token usage.
+    pub calls: u64,
+    /// Traces they belong to.
+    pub traces: u64,
+    /// Of the calls, those whose status is `error`.
+    pub errors: u64,
+    /// Input tokens (`gen_ai.usage.input_tokens`).
+    pub input_tokens: i64,
+    /// Output tokens (`gen_ai.usage.output_tokens`).
+    pub output_tokens: i64,
+    /// Mean call duration, milliseconds.
+    pub mean_duration_ms: Option<f64>,
+}
+
+/// Answer of `POST /v1/tokentrace/usage`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UsageAnswer {
+    /// The window.
+    pub since: Timestamp,
+    /// The window's end.
+    pub until: Timestamp,
+    /// The grouping.
+    pub by: UsageGroup,
+    /// Groups, most tokens first.
+    pub data: Vec<UsageRow>,
+}
