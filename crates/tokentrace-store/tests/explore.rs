@@ -461,5 +461,10 @@ fn a_span_written_again_keeps_its_events_once_and_new_events_still_count() {
     assert_eq!(events(&store), 3);
     fill(&store, 6..7);
     assert_eq!(events(&store), 5);
+    // The same span twice in one batch (two imports that meet in one transaction).
+    let twice: Vec<Record> = [trace(9), trace(9)].concat();
+    store.writer().write(twice).unwrap();
+    store.writer().flush().unwrap();
+    assert_eq!(events(&store), 7);
     store.close().unwrap();
 }

@@ -261,6 +261,8 @@ pub(crate) fn write_rows(
     let newest_before: i64 = tx
         .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM span_rows")?
         .query_row([], |r| r.get(0))?;
+    // Rows this call inserted: a span sent twice in one batch is an update the second time.
+    let mut inserted: std::collections::HashSet<i64> = std::collections::HashSet::new();
     // Spans first, so that an event knows whether its span was written again.
     let mut rest = Vec::new();
     for Row(row) in rows {
@@ -289,7 +291,7 @@ pub(crate) fn write_rows(
                     .optional()?;
                 // A new row, rather than an update of one already indexed.
                 match id {
-                    Some(id) if id > newest_before => entries.push(Entry {
+                    Some(id) if id > newest_before && inserted.insert(id) => entries.push(Entry {
                         kind: KIND_SPAN,
                         key: blob(&s.span_id),
                         target: id,

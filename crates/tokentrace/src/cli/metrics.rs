@@ -9,7 +9,7 @@ use tokentrace_model::query::{
     parse_granularity,
 };
 
-use super::out::{self, Cell, DIM, Table, Term};
+use super::out::{self, Cell, DIM, Table};
 use super::source::Source;
 use super::{CliError, CliResult, FormatArgs, SourceArgs, parse_time};
 
@@ -148,7 +148,6 @@ pub fn run(args: MetricsArgs) -> CliResult {
     // Buckets of the window, for charts on one time axis.
     let first = start.div_euclid(step) * step;
     let buckets = ((end - first) / step + 1).max(1) as usize;
-    let term = Term::stdout();
     let rows = series
         .iter()
         .map(|s| {
@@ -188,12 +187,7 @@ pub fn run(args: MetricsArgs) -> CliResult {
         rows,
         flexible: vec![0],
     };
-    let lines = if args.format.csv {
-        table.csv()
-    } else {
-        table.render(&term)
-    };
-    lines.iter().for_each(|l| out::line(l));
+    table.print(args.format.csv);
     Ok(())
 }
 

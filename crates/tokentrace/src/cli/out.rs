@@ -166,6 +166,16 @@ impl Table {
         out
     }
 
+    /// Prints the table to stdout: as CSV, or aligned to the terminal.
+    pub fn print(&self, csv: bool) {
+        let lines = if csv {
+            self.csv()
+        } else {
+            self.render(&Term::stdout())
+        };
+        lines.iter().for_each(|l| line(l));
+    }
+
     /// CSV lines (RFC 4180): a header row, then the rows.
     pub fn csv(&self) -> Vec<String> {
         let mut out = vec![

@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value};
 
-use super::out::{self, Cell, Table, Term};
+use super::out::{self, Cell, Table};
 use super::source::Source;
 use super::{CliResult, FormatArgs, SourceArgs};
 
@@ -67,11 +67,6 @@ pub fn run(args: SqlArgs) -> CliResult {
             .collect(),
         flexible: (0..n).collect(),
     };
-    let lines = if args.format.csv {
-        table.csv()
-    } else {
-        table.render(&Term::stdout())
-    };
-    lines.iter().for_each(|l| out::line(l));
+    table.print(args.format.csv);
     Ok(())
 }

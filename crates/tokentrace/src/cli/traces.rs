@@ -3,7 +3,7 @@
 use tokentrace_model::query::{MAX_PAGE, TraceStatus, TraceSummary};
 use tokentrace_pipeline::sinks::console::tree::duration;
 
-use super::out::{self, Cell, DIM, RED, Table, Term, YELLOW};
+use super::out::{self, Cell, DIM, RED, Table, YELLOW};
 use super::source::Source;
 use super::{CliResult, FilterArgs, FormatArgs, SourceArgs};
 
@@ -43,18 +43,11 @@ pub fn run(args: TracesArgs) -> CliResult {
     if args.format.json {
         return out::print_json(&traces);
     }
-    let term = Term::stdout();
-    let table = table(&traces, args.format.csv);
-    let lines = if args.format.csv {
-        table.csv()
-    } else {
-        table.render(&term)
-    };
     if traces.is_empty() && !args.format.csv {
         eprintln!("no traces match");
         return Ok(());
     }
-    lines.iter().for_each(|l| out::line(l));
+    table(&traces, args.format.csv).print(args.format.csv);
     Ok(())
 }
 

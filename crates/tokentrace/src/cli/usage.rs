@@ -5,7 +5,7 @@ use tokentrace_model::Timestamp;
 use tokentrace_model::query::{UsageGroup, UsageRequest};
 use tokentrace_pipeline::sinks::console::tree::duration;
 
-use super::out::{self, Cell, Table, Term};
+use super::out::{self, Cell, Table};
 use super::source::Source;
 use super::{CliResult, FormatArgs, SourceArgs, parse_time};
 
@@ -114,11 +114,6 @@ pub fn run(args: UsageArgs) -> CliResult {
         rows,
         flexible: vec![0],
     };
-    let lines = if args.format.csv {
-        table.csv()
-    } else {
-        table.render(&Term::stdout())
-    };
-    lines.iter().for_each(|l| out::line(l));
+    table.print(args.format.csv);
     Ok(())
 }
