@@ -100,6 +100,12 @@ impl Timestamp {
             .to_string()
     }
 
+    /// RFC 3339 in UTC with nanoseconds, e.g. `2025-01-31T12:00:00.123456789Z` (exact).
+    pub fn to_iso_nanos(self) -> String {
+        self.to_datetime()
+            .to_rfc3339_opts(SecondsFormat::Nanos, true)
+    }
+
     /// The JSON form, RFC 3339 in UTC with microseconds, e.g. `2025-01-31T12:00:00.123456Z`.
     pub fn to_iso(self) -> String {
         self.to_datetime()

@@ -1,19 +1,19 @@
 //! tokentrace's own read routes (`/v1/tokentrace/*`), beside the Llama Stack API: the trace
-//! list, the span feed, read-only SQL, export and usage totals. The CLI's `--url` mode and the web UI read through
+//! list, a trace in full, the span feed, read-only SQL, export, usage totals and the metric names. The CLI's `--url` mode and the web UI read through
 //! them; the CLI's `--db` mode calls the same store functions directly.
 
 use axum::extract::State;
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use tokentrace_model::Timestamp;
 use tokentrace_model::query::{
-    ListTracesRequest, SpanFeed, SpanFeedRequest, SqlAnswer, SqlRequest, TracePage, UsageAnswer,
-    UsageRequest,
+    ListTracesRequest, MetricName, SpanFeed, SpanFeedRequest, SpanLine, SqlAnswer, SqlRequest,
+    TraceDetail, TracePage, UsageAnswer, UsageRequest,
 };
+use tokentrace_model::{Timestamp, TraceId};
 
 use tokentrace_otlp::from_model::{TraceExport, trace_request};
 
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, ApiPath};
 use crate::query::with_reader;
 use crate::{ApiError, AppState};
 
@@ -25,6 +25,8 @@ pub fn routes() -> Router<AppState> {
         .route("/sql", post(sql))
         .route("/export", post(export))
         .route("/usage", post(usage))
+        .route("/traces/{trace_id}", get(trace_detail))
+        .route("/metrics", get(metric_names))
 }
 
 async fn list_traces(
@@ -66,6 +68,29 @@ async fn usage(
     let query = req.validate(Timestamp::now())?;
     let answer = with_reader(&state, move |r| Ok(r.usage(&query)?)).await?;
     Ok(Json(answer))
+}
+
+async fn trace_detail(
+    State(state): State<AppState>,
+    ApiPath(trace_id): ApiPath<String>,
+) -> Result<Json<TraceDetail>, ApiError> {
+    let id: TraceId = trace_id
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("trace_id: {e}")))?;
+    let (trace, spans) = with_reader(&state, move |r| {
+        r.trace_records(id)?
+            .ok_or_else(|| ApiError::not_found(format!("trace {id} not found")))
+    })
+    .await?;
+    Ok(Json(TraceDetail {
+        trace,
+        spans: spans.iter().map(SpanLine::from_record).collect(),
+    }))
+}
+
+async fn metric_names(State(state): State<AppState>) -> Result<Json<Vec<MetricName>>, ApiError> {
+    let names = with_reader(&state, |r| Ok(r.metric_names()?)).await?;
+    Ok(Json(names))
 }
 
 async fn sql(

@@ -3,11 +3,13 @@
 
 use std::collections::HashMap;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use tokentrace_model::query::ListTracesQuery;
-use tokentrace_model::{SpanEvent, SpanKind, SpanLink, SpanRecord, SpanStatus, Timestamp};
+use tokentrace_model::{
+    SpanEvent, SpanKind, SpanLink, SpanRecord, SpanStatus, Timestamp, Trace, TraceId,
+};
 
-use crate::reader::{EVENT_COLUMNS, attributes, read_event, span_id, trace_id};
+use crate::reader::{EVENT_COLUMNS, attributes, read_event, span_id, trace_id, trace_key_sql};
 use crate::{StoreError, StoreReader};
 
 /// A page of exported traces.
@@ -120,6 +122,34 @@ fn trace_spans(conn: &Connection, key: i64) -> Result<Vec<SpanRecord>, StoreErro
 }
 
 impl StoreReader {
+    /// A trace and every span of it with its events, links and status message (the web UI's
+    /// trace page); `None` when the trace is unknown.
+    pub fn trace_records(
+        &self,
+        id: TraceId,
+    ) -> Result<Option<(Trace, Vec<SpanRecord>)>, StoreError> {
+        let Some(trace) = self.get_trace(id)? else {
+            return Ok(None);
+        };
+        let conn = self.conn()?;
+        let key: Option<i64> = conn
+            .prepare_cached(&trace_key_sql())?
+            .query_row([id.to_bytes().to_vec()], |r| r.get(0))
+            .optional()?;
+        let spans = match key {
+            Some(k) => trace_spans(&conn, k)?,
+            None => Vec::new(),
+        };
+        if spans.len() > self.max_answer {
+            return Err(StoreError::TooLarge(format!(
+                "trace {id} holds {} spans, more than the {} one answer may hold",
+                spans.len(),
+                self.max_answer
+            )));
+        }
+        Ok(Some((trace, spans)))
+    }
+
     /// Every span (with its events) of a page of the traces `q` selects, as `list_traces`
     /// pages them. More spans than the answer limit is [`StoreError::TooLarge`]: ask for fewer
     /// traces per page.

@@ -116,6 +116,17 @@ pub struct MetricDataPoint {
     pub unit: String,
 }
 
+/// A metric the store holds (`GET /v1/tokentrace/metrics`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricName {
+    /// Name.
+    pub name: String,
+    /// Unit.
+    pub unit: String,
+    /// Label sets (series) seen.
+    pub series: u64,
+}
+
 /// One series: a metric with one label set.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MetricSeries {

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{AttrValue, Timestamp};
 
+mod lines;
 mod list;
 mod metrics;
 mod usage;
@@ -17,11 +18,12 @@ pub use list::{
     TraceSummary,
 };
 
+pub use lines::{EventLine, SpanLine, TraceDetail};
 pub use metrics::{
-    MetricDataPoint, MetricLabel, MetricLabelMatcher, MetricLabelOperator, MetricQueryType,
-    MetricSeries, QueryMetricsRequest, parse_granularity,
+    MetricDataPoint, MetricLabel, MetricLabelMatcher, MetricLabelOperator, MetricName,
+    MetricQueryType, MetricSeries, QueryMetricsRequest, parse_granularity,
 };
-pub use usage::{UsageAnswer, UsageGroup, UsageQuery, UsageRequest, UsageRow};
+pub use usage::{PERCENTILE_SAMPLE, UsageAnswer, UsageGroup, UsageQuery, UsageRequest, UsageRow};
 
 /// Longest attribute key accepted in a filter.
 pub const MAX_KEY_LEN: usize = 256;

@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 use super::InvalidQuery;
 use crate::Timestamp;
 
+/// Calls per group that percentiles are taken over at most.
+pub const PERCENTILE_SAMPLE: usize = 10_000;
+
 /// What usage is grouped by.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum UsageGroup {
@@ -107,6 +110,18 @@ pub struct UsageRow {
     pub output_tokens: i64,
     /// Mean call duration, milliseconds.
     pub mean_duration_ms: Option<f64>,
+    /// Median call duration, milliseconds.
+    pub p50_duration_ms: Option<f64>,
+    /// 95th percentile of call durations, milliseconds.
+    pub p95_duration_ms: Option<f64>,
+    /// 99th percentile of call durations, milliseconds.
+    pub p99_duration_ms: Option<f64>,
+    /// Median time to the first streamed chunk, milliseconds (streamed calls only).
+    pub p50_time_to_first_token_ms: Option<f64>,
+    /// Start of the first call.
+    pub first: Timestamp,
+    /// Start of the last call.
+    pub last: Timestamp,
 }
 
 /// Answer of `POST /v1/tokentrace/usage`.

@@ -10,11 +10,8 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use prost::Message;
-use serde::{Deserialize, Serialize};
-use tokentrace_model::{
-    Attributes, LogSeverity, MetricValue, SpanEvent, SpanEventBody, SpanId, SpanKind, SpanLink,
-    SpanRecord, SpanStatus, Timestamp, TraceId,
-};
+use tokentrace_model::SpanRecord;
+use tokentrace_model::query::SpanLine;
 use tokentrace_otlp::from_model::trace_request;
 use tokentrace_otlp::proto::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -85,163 +82,6 @@ pub struct ImportArgs {
     /// Spans per request.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..=10000))]
     pub batch: u16,
-}
-
-/// A span as one JSON line (the `jsonl` format). Times are RFC 3339 with nanoseconds.
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SpanLine {
-    trace_id: TraceId,
-    span_id: SpanId,
-    parent_span_id: Option<SpanId>,
-    name: String,
-    kind: SpanKind,
-    start_time: String,
-    end_time: Option<String>,
-    status: Option<SpanStatus>,
-    status_message: Option<String>,
-    service_name: Option<String>,
-    attributes: Attributes,
-    #[serde(default)]
-    links: Vec<SpanLink>,
-    #[serde(default)]
-    events: Vec<EventLine>,
-}
-
-/// An event of a [`SpanLine`].
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventLine {
-    timestamp: String,
-    name: String,
-    /// `log`, `metric` or `event`.
-    kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    severity: Option<LogSeverity>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    message: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    value: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    unit: Option<String>,
-    #[serde(default)]
-    attributes: Attributes,
-}
-
-fn nanos_iso(t: Timestamp) -> String {
-    t.to_datetime()
-        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
-}
-
-fn parse_time(s: &str) -> Result<Timestamp, String> {
-    Timestamp::parse_iso(s).map_err(|e| e.to_string())
-}
-
-impl SpanLine {
-    fn from_record(s: &SpanRecord) -> Self {
-        let events = s
-            .events
-            .iter()
-            .map(|e| {
-                let mut line = EventLine {
-                    timestamp: nanos_iso(e.timestamp),
-                    name: e.name.clone(),
-                    kind: "event".into(),
-                    severity: None,
-                    message: None,
-                    value: None,
-                    unit: None,
-                    attributes: e.attributes.clone(),
-                };
-                match &e.body {
-                    SpanEventBody::Log { severity, message } => {
-                        line.kind = "log".into();
-                        line.severity = Some(*severity);
-                        line.message = Some(message.clone());
-                    }
-                    SpanEventBody::Metric { value, unit } => {
-                        line.kind = "metric".into();
-                        line.value = Some(value.as_f64());
-                        line.unit = Some(unit.clone());
-                    }
-                    SpanEventBody::Other => {}
-                }
-                line
-            })
-            .collect();
-        Self {
-            trace_id: s.trace_id,
-            span_id: s.span_id,
-            parent_span_id: s.parent_span_id,
-            name: s.name.clone(),
-            kind: s.kind,
-            start_time: nanos_iso(s.start_time),
-            end_time: s.end_time.map(nanos_iso),
-            status: s.status,
-            status_message: s.status_message.clone(),
-            service_name: s.service_name.clone(),
-            attributes: s.attributes.clone(),
-            links: s.links.clone(),
-            events,
-        }
-    }
-
-    fn into_record(self) -> Result<SpanRecord, String> {
-        let events = self
-            .events
-            .into_iter()
-            .map(|e| {
-                let body = match e.kind.as_str() {
-                    "log" => SpanEventBody::Log {
-                        severity: e.severity.unwrap_or(LogSeverity::Info),
-                        message: e.message.unwrap_or_default(),
-                    },
-                    "metric" => {
-                        let v = e.value.ok_or("a metric event needs a value")?;
-                        SpanEventBody::Metric {
-                            value: if v.fract() == 0.0 && v.abs() < 9.0e15 {
-                                MetricValue::Int(v as i64)
-                            } else {
-                                MetricValue::Float(v)
-                            },
-                            unit: e.unit.unwrap_or_default(),
-                        }
-                    }
-                    "event" => SpanEventBody::Other,
-                    other => {
-                        return Err(format!(
-                            "event kind {other:?}: expected log, metric or event"
-                        ));
-                    }
-                };
-                Ok(SpanEvent {
-                    trace_id: Some(self.trace_id),
-                    span_id: Some(self.span_id),
-                    timestamp: parse_time(&e.timestamp)?,
-                    name: e.name,
-                    body,
-                    attributes: e.attributes,
-                    expires_at: None,
-                })
-            })
-            .collect::<Result<_, String>>()?;
-        Ok(SpanRecord {
-            trace_id: self.trace_id,
-            span_id: self.span_id,
-            parent_span_id: self.parent_span_id,
-            name: self.name,
-            kind: self.kind,
-            start_time: parse_time(&self.start_time)?,
-            end_time: self.end_time.as_deref().map(parse_time).transpose()?,
-            status: self.status,
-            status_message: self.status_message,
-            attributes: self.attributes,
-            events,
-            links: self.links,
-            service_name: self.service_name,
-            expires_at: None,
-        })
-    }
 }
 
 fn spinner(what: &str) -> ProgressBar {
@@ -484,7 +324,10 @@ pub fn run_import(args: ImportArgs) -> CliResult {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use tokentrace_model::AttrValue;
+    use tokentrace_model::{
+        AttrValue, Attributes, LogSeverity, SpanEvent, SpanEventBody, SpanId, SpanKind, SpanLink,
+        SpanStatus, Timestamp, TraceId,
+    };
 
     use super::*;
 

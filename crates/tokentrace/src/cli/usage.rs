@@ -94,7 +94,8 @@ pub fn run(args: UsageArgs) -> CliResult {
                 Cell::num(u.input_tokens.to_string()),
                 Cell::num(u.output_tokens.to_string()),
                 Cell::num((u.input_tokens + u.output_tokens).to_string()),
-                Cell::num(u.mean_duration_ms.map(duration).unwrap_or_default()),
+                Cell::num(u.p50_duration_ms.map(duration).unwrap_or_default()),
+                Cell::num(u.p95_duration_ms.map(duration).unwrap_or_default()),
             ]
         })
         .collect();
@@ -107,7 +108,8 @@ pub fn run(args: UsageArgs) -> CliResult {
             "IN",
             "OUT",
             "TOTAL",
-            "MEAN",
+            "P50",
+            "P95",
         ]
         .map(|h| h.to_uppercase())
         .to_vec(),
