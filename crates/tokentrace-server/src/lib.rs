@@ -13,6 +13,7 @@ mod metrics;
 pub mod query;
 mod request_span;
 mod retention;
+mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -155,6 +156,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ingest::otlp::routes())
         .route("/v1/health", get(health))
         .route("/metrics", get(metrics::metrics))
+        .merge(ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

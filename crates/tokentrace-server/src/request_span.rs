@@ -55,7 +55,8 @@ impl RequestContext {
 }
 
 /// Whether a request is traced. Never: telemetry ingestion (events and OTLP: a span per
-/// ingested batch would add writes to every write), health checks and Prometheus scrapes. The
+/// ingested batch would add writes to every write), health checks, Prometheus scrapes and the
+/// web UI's pages and assets (looking at traces must not fill the list with its own). The
 /// telemetry query API, datasetio and tokentrace's own read routes only when asked (`server.trace_telemetry_api`): by
 /// default, looking at telemetry does not create more.
 fn is_traced(path: &str, trace_telemetry_api: bool) -> bool {
@@ -68,7 +69,8 @@ fn is_traced(path: &str, trace_telemetry_api: bool) -> bool {
             | "/v1/logs"
             | "/v1/health"
             | "/metrics"
-    ) {
+    ) || crate::ui::is_ui_path(path)
+    {
         return false;
     }
     let telemetry_api = path.starts_with("/v1/telemetry/")
