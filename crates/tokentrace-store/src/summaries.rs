@@ -72,93 +72,184 @@ impl StoreReader {
     }
 
     /// The trace rows of a page of the list, and the cursor after it.
+    ///
+    /// With filters the page is found in two passes. First the newest [`WINDOW`] traces (in
+    /// the bounds asked) are checked one by one, newest first: a filter most traces match (a
+    /// common model, a status) fills the page there, without reading the index entries of
+    /// every trace it matches (125,000 for a model of 8 among a million traces, then sorted).
+    /// If the page is not full, the traces older than the window are asked for as before,
+    /// narrowed by the index: a rare value has few candidates.
     pub(crate) fn trace_page(
         &self,
         conn: &Connection,
         q: &ListTracesQuery,
     ) -> Result<(Vec<TraceRow>, Option<String>), StoreError> {
+        let want = q.limit + 1;
+        let filtered = !q.filters.is_empty() || q.model.is_some();
+        let mut rows = Vec::new();
+        let mut older_than = q.cursor.map(|c| (c.start_ns, c.key));
+        if filtered {
+            let mut params = Vec::new();
+            let bounds = bounds_sql(q, older_than, &mut params);
+            let edge: Option<(i64, i64)> = conn
+                .prepare_cached(&format!(
+                    "SELECT t.start_ns, t.id FROM trace_rows t WHERE t.start_ns IS NOT NULL{bounds}
+                     ORDER BY t.start_ns DESC, t.id DESC LIMIT 1 OFFSET {}",
+                    WINDOW - 1
+                ))?
+                .query_row(params_from_iter(params), |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let mut params = Vec::new();
+            let mut sql = select_sql(q, older_than, &mut params);
+            if let Some((start, key)) = edge {
+                sql.push_str(" AND (t.start_ns, t.id) >= (?, ?)");
+                params.push(SqlValue::Integer(start));
+                params.push(SqlValue::Integer(key));
+            }
+            sql.push_str(&self.filter_conditions(q, false, &mut params));
+            rows = query_rows(conn, &sql, params, want)?;
+            match edge {
+                // Fewer traces than the window: the first pass saw them all.
+                None => return Ok(page(rows, q.limit)),
+                Some(_) if rows.len() >= want => return Ok(page(rows, q.limit)),
+                Some(e) => older_than = Some(e),
+            }
+        }
         let mut params = Vec::new();
-        let mut sql = String::from(
-            "SELECT t.id, t.trace_id, t.root_span_id, t.start_ns, t.end_ns, t.service_name
-             FROM trace_rows t WHERE t.start_ns IS NOT NULL",
-        );
-        if let Some(since) = q.since {
-            sql.push_str(" AND t.start_ns >= ?");
-            params.push(SqlValue::Integer(since.unix_nanos()));
-        }
-        if let Some(until) = q.until {
-            sql.push_str(" AND t.start_ns < ?");
-            params.push(SqlValue::Integer(until.unix_nanos()));
-        }
-        if let Some(c) = q.cursor {
-            sql.push_str(" AND (t.start_ns, t.id) < (?, ?)");
-            params.push(SqlValue::Integer(c.start_ns));
-            params.push(SqlValue::Integer(c.key));
-        }
-        if let Some(service) = &q.service {
-            sql.push_str(" AND t.service_name = ?");
-            params.push(SqlValue::Text(service.clone()));
-        }
+        let mut sql = select_sql(q, older_than, &mut params);
+        sql.push_str(&self.filter_conditions(q, true, &mut params));
+        rows.extend(query_rows(conn, &sql, params, want - rows.len())?);
+        Ok(page(rows, q.limit))
+    }
+
+    /// The filters as SQL conditions on trace `t` (parameters appended), narrowed by the index
+    /// when `candidates` and a filter's key is indexed.
+    fn filter_conditions(
+        &self,
+        q: &ListTracesQuery,
+        candidates: bool,
+        params: &mut Vec<SqlValue>,
+    ) -> String {
+        let mut sql = String::new();
         for f in &q.filters {
             let one = std::slice::from_ref(f);
-            if let Some(candidates) = self.indexed.candidates(one, &mut params) {
-                sql.push_str(&format!(" AND t.id IN ({candidates})"));
+            if candidates && let Some(c) = self.indexed.candidates(one, params) {
+                sql.push_str(&format!(" AND t.id IN ({c})"));
             }
-            let cond = filter_sql(one, &mut params);
+            let cond = filter_sql(one, params);
             sql.push_str(&format!(
                 " AND EXISTS (SELECT 1 FROM span_rows s WHERE s.trace = t.id AND {cond})"
             ));
         }
         if let Some(model) = &q.model {
-            // Narrowed by the index only when every model key is indexed.
-            let mut parts = Vec::new();
-            let mut more = Vec::new();
-            for key in MODEL_KEYS {
-                let f = Filter {
-                    target: FilterTarget::Attribute(key.to_string()),
-                    op: QueryConditionOp::Eq,
-                    value: AttrValue::String(model.clone()),
-                };
-                parts.extend(self.indexed.candidates(&[f], &mut more));
-            }
-            if parts.len() == MODEL_KEYS.len() {
-                sql.push_str(&format!(" AND t.id IN ({})", parts.join(" UNION ALL ")));
-                params.extend(more);
+            if candidates {
+                // Narrowed by the index only when every model key is indexed.
+                let mut parts = Vec::new();
+                let mut more = Vec::new();
+                for key in MODEL_KEYS {
+                    let f = Filter {
+                        target: FilterTarget::Attribute(key.to_string()),
+                        op: QueryConditionOp::Eq,
+                        value: AttrValue::String(model.clone()),
+                    };
+                    parts.extend(self.indexed.candidates(&[f], &mut more));
+                }
+                if parts.len() == MODEL_KEYS.len() {
+                    sql.push_str(&format!(" AND t.id IN ({})", parts.join(" UNION ALL ")));
+                    params.extend(more);
+                }
             }
             sql.push_str(&format!(" AND {MODEL_MATCH}"));
             params.push(SqlValue::Text(model.clone()));
         }
-        sql.push_str(" ORDER BY t.start_ns DESC, t.id DESC LIMIT ?");
-        params.push(SqlValue::Integer(q.limit as i64 + 1));
-
-        let mut rows: Vec<TraceRow> = conn
-            .prepare_cached(&sql)?
-            .query_map(params_from_iter(params), |r| {
-                Ok(TraceRow {
-                    key: r.get(0)?,
-                    trace_id: r.get(1)?,
-                    root: r.get(2)?,
-                    start_ns: r.get(3)?,
-                    end_ns: r.get(4)?,
-                    service_name: r.get(5)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        let more = rows.len() > q.limit;
-        rows.truncate(q.limit);
-        let next = if more {
-            rows.last().map(|r| {
-                TraceCursor {
-                    start_ns: r.start_ns,
-                    key: r.key,
-                }
-                .encode()
-            })
-        } else {
-            None
-        };
-        Ok((rows, next))
+        sql
     }
+}
+
+/// Traces the first pass of a filtered list checks one by one.
+const WINDOW: usize = 2_000;
+
+/// The bounds of the list (since, until, after the cursor or a pass, service) as SQL
+/// conditions on trace `t`, parameters appended.
+fn bounds_sql(
+    q: &ListTracesQuery,
+    older_than: Option<(i64, i64)>,
+    params: &mut Vec<SqlValue>,
+) -> String {
+    let mut sql = String::new();
+    if let Some(since) = q.since {
+        sql.push_str(" AND t.start_ns >= ?");
+        params.push(SqlValue::Integer(since.unix_nanos()));
+    }
+    if let Some(until) = q.until {
+        sql.push_str(" AND t.start_ns < ?");
+        params.push(SqlValue::Integer(until.unix_nanos()));
+    }
+    if let Some((start, key)) = older_than {
+        sql.push_str(" AND (t.start_ns, t.id) < (?, ?)");
+        params.push(SqlValue::Integer(start));
+        params.push(SqlValue::Integer(key));
+    }
+    if let Some(service) = &q.service {
+        sql.push_str(" AND t.service_name = ?");
+        params.push(SqlValue::Text(service.clone()));
+    }
+    sql
+}
+
+fn select_sql(
+    q: &ListTracesQuery,
+    older_than: Option<(i64, i64)>,
+    params: &mut Vec<SqlValue>,
+) -> String {
+    format!(
+        "SELECT t.id, t.trace_id, t.root_span_id, t.start_ns, t.end_ns, t.service_name
+         FROM trace_rows t WHERE t.start_ns IS NOT NULL{}",
+        bounds_sql(q, older_than, params)
+    )
+}
+
+/// Runs a list query (its conditions complete) for at most `limit` rows, newest first.
+fn query_rows(
+    conn: &Connection,
+    sql: &str,
+    mut params: Vec<SqlValue>,
+    limit: usize,
+) -> Result<Vec<TraceRow>, StoreError> {
+    let sql = format!("{sql} ORDER BY t.start_ns DESC, t.id DESC LIMIT ?");
+    params.push(SqlValue::Integer(limit as i64));
+    let rows = conn
+        .prepare_cached(&sql)?
+        .query_map(params_from_iter(params), |r| {
+            Ok(TraceRow {
+                key: r.get(0)?,
+                trace_id: r.get(1)?,
+                root: r.get(2)?,
+                start_ns: r.get(3)?,
+                end_ns: r.get(4)?,
+                service_name: r.get(5)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// The page of `limit` rows and the cursor after it, from up to `limit + 1` rows.
+fn page(mut rows: Vec<TraceRow>, limit: usize) -> (Vec<TraceRow>, Option<String>) {
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let next = if more {
+        rows.last().map(|r| {
+            TraceCursor {
+                start_ns: r.start_ns,
+                key: r.key,
+            }
+            .encode()
+        })
+    } else {
+        None
+    };
+    (rows, next)
 }
 
 /// A trace row of the list.

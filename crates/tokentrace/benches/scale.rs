@@ -606,6 +606,71 @@ fn main() -> Result<(), Error> {
             sql: NEWEST_SQL,
         },
         Query {
+            name: "UI trace list (first page of 50)",
+            api: Box::new({
+                let post_json = post_json.clone();
+                move |_| post_json("/v1/tokentrace/traces".into(), json!({"limit": 50}))
+            }),
+            floor: Box::new(|c, _| {
+                let mut st = c.prepare_cached(NEWEST_SQL)?;
+                drain(st.query([])?)?;
+                Ok(())
+            }),
+            sql: NEWEST_SQL,
+        },
+        Query {
+            name: "UI trace list, model eq",
+            api: Box::new({
+                let post_json = post_json.clone();
+                move |t| {
+                    post_json(
+                        "/v1/tokentrace/traces".into(),
+                        json!({"limit": 50, "model": model(t)}),
+                    )
+                }
+            }),
+            floor: Box::new(|c, _| {
+                let mut st = c.prepare_cached(NEWEST_SQL)?;
+                drain(st.query([])?)?;
+                Ok(())
+            }),
+            sql: NEWEST_SQL,
+        },
+        Query {
+            name: "UI trace list, user.id eq (rare)",
+            api: Box::new({
+                let post_json = post_json.clone();
+                move |t| {
+                    post_json(
+                        "/v1/tokentrace/traces".into(),
+                        json!({"limit": 50, "filters": [{"key": "user.id", "op": "eq", "value": user(t)}]}),
+                    )
+                }
+            }),
+            floor: Box::new(|c, t| {
+                let mut st = c.prepare_cached(USER_SQL)?;
+                drain(st.query(params![user(t)])?)?;
+                Ok(())
+            }),
+            sql: USER_SQL,
+        },
+        Query {
+            name: "UI trace page (10 spans in full)",
+            api: Box::new({
+                let get = get.clone();
+                move |t| get(format!("/v1/tokentrace/traces/{}", hex(&trace_id(t))))
+            }),
+            floor: Box::new(|c, t| {
+                let trace: i64 = c
+                    .prepare_cached(TREE_ANCHOR_SQL)?
+                    .query_row(params![span_id(t, 0).to_vec()], |r| r.get(0))?;
+                let mut st = c.prepare_cached(TREE_SQL)?;
+                drain(st.query(params![trace])?)?;
+                Ok(())
+            }),
+            sql: TREE_SQL,
+        },
+        Query {
             name: "query_traces user.id eq",
             api: Box::new({
                 let post_json = post_json.clone();
