@@ -129,6 +129,12 @@ await page.waitForSelector("#tokens-chart");
 assert.equal(Number(await page.getAttribute("#tokens-chart", "data-total")), expect.metric_tokens);
 const titles = await page.$$eval("#tokens-chart title", (els) => els.map((e) => e.textContent));
 assert.ok(titles.some((t) => /input: \d/.test(t)), "bars say their numbers on hover");
+// Per model: requests, p95 latency and error rate as bars, each saying its number on hover.
+assert.equal(await page.getAttribute("#model-calls", "data-rows"), "2");
+const callBars = await page.$$eval("#model-calls title", (els) => els.map((e) => e.textContent).sort());
+assert.deepEqual(callBars, ["echo: 4", "gpt-x: 1"]);
+const errorBars = await page.$$eval("#model-errors title", (els) => els.map((e) => e.textContent).sort());
+assert.deepEqual(errorBars, ["echo: 0.0 %", "gpt-x: 100.0 %"]);
 // Most tokens first: the agent's 150 before echo's.
 assert.match(await page.innerText("#per-model"), /gpt-x[\s\S]*echo/);
 await shot(page, "dashboard");

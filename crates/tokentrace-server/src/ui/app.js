@@ -25,7 +25,7 @@ function h(tag, attrs, ...children) {
 /** An SVG element. */
 function s(tag, attrs, ...children) {
   const el = document.createElementNS(SVG, tag);
-  for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, String(v));
+  for (const [k, v] of Object.entries(attrs || {})) if (v !== null && v !== undefined) el.setAttribute(k, String(v));
   for (const c of children.flat()) if (c !== null && c !== undefined) el.append(c instanceof Node ? c : String(c));
   return el;
 }
@@ -539,6 +539,28 @@ function stackedBars(id, series, labels) {
   return svg;
 }
 
+/** Horizontal bars, one per row: `value(row)` as the bar, `text(row)` beside it and on hover. */
+function barChart(id, title, rows, value, text) {
+  const W = 440;
+  const rowH = 22;
+  const labelW = 140;
+  const H = rows.length * rowH + 28;
+  const max = Math.max(1e-9, ...rows.map(value));
+  const svg = s("svg", { class: "chart bars", id, viewBox: `0 0 ${W} ${H}`, "data-rows": rows.length });
+  svg.append(s("text", { x: 6, y: 16 }, title));
+  rows.forEach((r, i) => {
+    const y = 26 + i * rowH;
+    const w = ((W - labelW - 70) * value(r)) / max;
+    svg.append(
+      s("text", { x: 6, y: y + 13 }, (r.key ?? "(none)").slice(0, 20)),
+      s("rect", { class: "in", x: labelW, y: y + 2, width: Math.max(w, 1), height: rowH - 8 }, s("title", {}, `${r.key ?? "(none)"}: ${text(r)}`)),
+      s("text", { x: labelW + w + 6, y: y + 13 }, text(r)),
+    );
+  });
+  svg.style.height = `${H}px`;
+  return svg;
+}
+
 async function metricSeries(name, since, until, granularity, matchers) {
   const d = await api("POST", `/v1/telemetry/metrics/${encodeURIComponent(name)}`, {
     start_time: Math.floor(since / 1000),
@@ -627,7 +649,19 @@ async function dashboardPage() {
         ),
       ),
     );
-  body.append(h("h2", {}, "Per model"), usageTable("per-model", "Model", rows), h("h2", {}, "Per provider"), usageTable("per-provider", "Provider", byProvider.data));
+  body.append(
+    h("h2", {}, "Per model"),
+    h(
+      "div",
+      { class: "chart-row" },
+      barChart("model-calls", "requests", rows, (r) => r.calls, (r) => lib.fmtCount(r.calls)),
+      barChart("model-p95", "latency p95", rows, (r) => r.p95_duration_ms || 0, (r) => lib.fmtDuration(r.p95_duration_ms)),
+      barChart("model-errors", "error rate", rows, (r) => r.errors / r.calls, (r) => `${((r.errors / r.calls) * 100).toFixed(1)} %`),
+    ),
+    usageTable("per-model", "Model", rows),
+    h("h2", {}, "Per provider"),
+    usageTable("per-provider", "Provider", byProvider.data),
+  );
   const granularity = lib.granularityFor((untilMs - sinceMs) / 1000);
   const axis = bucketAxis(sinceMs, untilMs, granularity);
   try {
