@@ -35,6 +35,26 @@ impl RunConfig {
                 s.request_timeout_seconds
             )?;
             writeln!(y, "  trace_telemetry_api: {}", s.trace_telemetry_api)?;
+            writeln!(y, "  allow_unauthenticated: {}", s.allow_unauthenticated)?;
+            if !s.allowed_hosts.is_empty() {
+                let hosts: Vec<String> = s.allowed_hosts.iter().map(|h| quote(h)).collect();
+                writeln!(y, "  allowed_hosts: [{}]", hosts.join(", "))?;
+            }
+            if let Some(auth) = &s.auth {
+                writeln!(y, "  auth:")?;
+                writeln!(y, "    provider_type: api_key")?;
+                writeln!(y, "    public_metrics: {}", auth.public_metrics)?;
+                writeln!(y, "    config:")?;
+                writeln!(y, "      keys:")?;
+                for k in &auth.keys {
+                    let hex: String = k.sha256.iter().map(|b| format!("{b:02x}")).collect();
+                    let scopes: Vec<&str> = k.scopes.iter().map(|s| s.as_str()).collect();
+                    writeln!(y, "      - name: {}", quote(&k.name))?;
+                    // The key's hash, never the key: enough to use this output as a config.
+                    writeln!(y, "        key: \"sha256:{hex}\"")?;
+                    writeln!(y, "        scopes: [{}]", scopes.join(", "))?;
+                }
+            }
             writeln!(y, "providers:")?;
             writeln!(y, "  telemetry:")?;
             writeln!(y, "  - provider_id: {}", quote(&t.provider_id))?;
@@ -110,13 +130,14 @@ mod tests {
     #[test]
     fn the_effective_config_reads_back_as_itself_with_keys_masked() {
         let env = |name: &str| match name {
-            "KEY" => Some("sk-secret-1234".to_string()),
+            "KEY" => Some("sk-secret-1234-abcdef".to_string()),
             _ => None,
         };
-        let yaml = "version: 2\nserver:\n  port: 9000\n  otlp_port: 4318\nproviders:\n  inference:\n  - provider_id: up\n    provider_type: remote::openai\n    config:\n      url: http://127.0.0.1:1/v1\n      api_key: ${env.KEY}\nmodels:\n- model_id: m\n  provider_id: up\n";
+        let yaml = "version: 2\nserver:\n  port: 9000\n  otlp_port: 4318\n  auth:\n    provider_type: api_key\n    config:\n      keys:\n      - name: app\n        key: ${env.KEY}\n        scopes: [inference, telemetry.write]\nproviders:\n  inference:\n  - provider_id: up\n    provider_type: remote::openai\n    config:\n      url: http://127.0.0.1:1/v1\n      api_key: ${env.KEY}\nmodels:\n- model_id: m\n  provider_id: up\n";
         let cfg = crate::load_from_str(yaml, "test", &env).unwrap();
         let shown = cfg.effective_yaml();
         assert!(!shown.contains("sk-secret"), "{shown}");
+        assert!(shown.contains("key: \"sha256:"), "{shown}");
         assert!(shown.contains(MASK), "{shown}");
         let again = crate::load_from_str(&shown, "effective", &env).unwrap();
         let mut expected = cfg.clone();

@@ -6,12 +6,14 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
+mod auth;
 mod build;
 mod deserialize;
 mod effective;
 mod inference;
 mod substitute;
 
+pub use auth::{ApiKey, AuthConfig, SCOPE_NAMES, Scope, key_digest};
 pub use effective::MASK;
 
 use build::{RawRoot, build};
@@ -65,6 +67,15 @@ pub struct ServerConfig {
     /// Largest OTLP request body accepted, compressed and decompressed, in bytes.
     #[serde(deserialize_with = "number")]
     pub otlp_max_body_bytes: usize,
+    /// Who may call (`server.auth`); `None`: every request is accepted, and only a loopback
+    /// address may be listened on unless `allow_unauthenticated`.
+    #[serde(deserialize_with = "auth::deserialize")]
+    pub auth: Option<AuthConfig>,
+    /// Listen on a non-loopback address without `auth` (say so explicitly).
+    pub allow_unauthenticated: bool,
+    /// `Host` header values accepted (against DNS rebinding), with or without a port; empty:
+    /// the loopback names when listening on loopback, any host otherwise.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +88,9 @@ impl Default for ServerConfig {
             trace_telemetry_api: false,
             otlp_port: None,
             otlp_max_body_bytes: 16 << 20,
+            auth: None,
+            allow_unauthenticated: false,
+            allowed_hosts: Vec::new(),
         }
     }
 }

@@ -8,6 +8,7 @@ mod error;
 pub mod explore;
 pub mod extract;
 pub mod gateway;
+pub mod guard;
 pub mod ingest;
 mod metrics;
 pub mod query;
@@ -50,6 +51,8 @@ pub struct Settings {
     pub otlp_max_body_bytes: usize,
     /// How long a dataset is kept after its last append (the telemetry's default retention).
     pub dataset_ttl: Duration,
+    /// Hosts, origins, content types and keys every request is checked for.
+    pub guard: Arc<guard::Guard>,
 }
 
 impl Settings {
@@ -63,6 +66,7 @@ impl Settings {
             trace_telemetry_api: server.trace_telemetry_api,
             otlp_max_body_bytes: server.otlp_max_body_bytes,
             dataset_ttl: Duration::from_secs(tc.default_ttl_seconds.max(0) as u64),
+            guard: Arc::new(guard::Guard::from_config(server)),
         }
     }
 }
@@ -165,14 +169,21 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             request_span::trace_requests,
         ))
+        // Outermost: a refused request is neither handled nor traced.
+        .layer(axum::middleware::from_fn_with_state(
+            state.settings.guard.clone(),
+            guard::guard,
+        ))
         .with_state(state)
 }
 
 /// Only the OTLP receiver, for its own port (`server.otlp_port`).
 pub fn otlp_router(state: AppState) -> Router {
+    let guard = state.settings.guard.clone();
     ingest::otlp::routes()
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(guard, guard::guard))
         .with_state(state)
 }
 

@@ -5,11 +5,15 @@
 //! elsewhere: the Content-Security-Policy allows this origin only.
 
 use axum::Router;
-use axum::http::{HeaderValue, header};
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use serde::Deserialize;
 
-use crate::AppState;
+use crate::extract::ApiJson;
+use crate::guard::{KEY_COOKIE, find_key};
+use crate::{ApiError, AppState};
 
 const INDEX: &str = include_str!("ui/index.html");
 const APP_JS: &str = include_str!("ui/app.js");
@@ -52,9 +56,63 @@ async fn page() -> Response {
     asset(INDEX, "text/html; charset=utf-8")
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    key: String,
+}
+
+/// Checks a key and keeps it in an HttpOnly, SameSite=Strict cookie: the UI's requests then
+/// carry it, and the page's script never sees it.
+async fn login(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<Login>,
+) -> Result<Response, ApiError> {
+    let Some(auth) = &state.settings.guard.auth else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    if !req
+        .key
+        .chars()
+        .all(|c| c.is_ascii_graphic() && c != ';' && c != ',')
+    {
+        return Err(ApiError::bad_request(
+            "a key for the web UI must be printable ASCII without ';' or ','",
+        ));
+    }
+    if find_key(auth, &req.key).is_none() {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "the API key is not valid",
+        ));
+    }
+    let cookie = format!(
+        "{KEY_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
+        req.key
+    );
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie)
+            .map_err(|_| ApiError::bad_request("the key cannot be kept in a cookie"))?,
+    );
+    Ok(r)
+}
+
+async fn logout() -> Response {
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("tokentrace_key=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+    );
+    r
+}
+
 /// The UI's routes.
 pub fn routes() -> Router<AppState> {
-    let mut r = Router::new();
+    let mut r = Router::new()
+        .route("/ui/login", post(login))
+        .route("/ui/logout", post(logout));
     for p in PAGES {
         r = r.route(p, get(page));
     }

@@ -183,10 +183,18 @@ impl Store {
     pub fn open(path: &Path, options: StoreOptions) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
+            && !dir.exists()
         {
+            // Only its owner may list or open what the store holds (prompts, answers).
             std::fs::create_dir_all(dir)?;
+            private(dir, 0o700)?;
         }
+        let new = !path.exists();
         let mut conn = Connection::open(path)?;
+        if new {
+            // SQLite gives the WAL and shared-memory files the database file's mode.
+            private(path, 0o600)?;
+        }
         // A file from a newer tokentrace is refused before WAL mode or anything else touches it.
         schema::check_version(&conn)?;
         schema::configure_writer(&conn)?;
@@ -360,6 +368,19 @@ impl StoreWriter {
             ..self.counters.snapshot()
         }
     }
+}
+
+/// Makes a new file or directory of the store private to its owner.
+#[cfg(unix)]
+fn private(path: &Path, mode: u32) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn private(_path: &Path, _mode: u32) -> Result<(), StoreError> {
+    Ok(())
 }
 
 /// Creates the schema on a connection (for tools and benchmarks that own the file).

@@ -480,3 +480,18 @@ fn a_span_written_again_keeps_its_events_once_and_new_events_still_count() {
     assert_eq!(events(&store), 7);
     store.close().unwrap();
 }
+
+#[cfg(unix)]
+#[test]
+fn a_new_store_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new-dir/s.db");
+    let store = open(&path, false);
+    fill(&store, 0..2);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(path.parent().unwrap()), 0o700);
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(&path.with_extension("db-wal")), 0o600);
+    store.close().unwrap();
+}

@@ -43,6 +43,10 @@ pub enum ServeError {
     Shutdown(tokio::task::JoinError),
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    #[error(
+        "server.host {0} is reachable from other machines and server.auth is not set: configure server.auth (docs/SECURITY.md), or set server.allow_unauthenticated: true to let anyone who reaches the port read every trace and use the providers"
+    )]
+    Unprotected(String),
 }
 
 pub fn serve(
@@ -57,6 +61,13 @@ pub fn serve(
     }
     if let Some(host) = host {
         config.server.host = host;
+    }
+    let server = &config.server;
+    if server.auth.is_none()
+        && !server.allow_unauthenticated
+        && !tokentrace_server::guard::is_loopback(&server.host)
+    {
+        return Err(ServeError::Unprotected(server.host.clone()));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -44,11 +44,34 @@ async function api(method, path, body) {
   } catch {
     json = null;
   }
+  if (r.status === 401 && !path.startsWith("/ui/")) {
+    showLogin(json?.detail || "This tokentrace needs an API key.");
+    throw new Error("an API key is needed");
+  }
   if (!r.ok) {
     const detail = json?.detail || json?.error?.message || text || r.statusText;
     throw new Error(`${method} ${path} answered ${r.status}: ${detail}`);
   }
   return json;
+}
+
+/** Asks for a key once; the server keeps it in an HttpOnly cookie, then the page reloads. */
+function showLogin(why) {
+  if (document.getElementById("login")) return;
+  const input = h("input", { type: "password", name: "key", autocomplete: "current-password", class: "wide", placeholder: "API key", required: true });
+  const note = h("p", { class: "muted" }, why, " Enter a key with the telemetry.read scope (docs/SECURITY.md).");
+  const form = h("form", { class: "filters", id: "login" }, h("label", {}, "API key", input), h("button", { type: "submit" }, "Sign in"));
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    try {
+      await api("POST", "/ui/login", { key: input.value });
+      location.reload();
+    } catch (err) {
+      form.after(errorBox(err));
+    }
+  });
+  main.replaceChildren(h("h1", {}, "Sign in"), note, form);
+  input.focus();
 }
 
 function errorBox(err) {

@@ -1,0 +1,396 @@
+//! What every request passes before it is routed (or traced): the `Host` header must be one
+//! this server answers to (DNS rebinding), a browser's cross-origin request is refused, a JSON
+//! route must be sent JSON (a web page can post `text/plain` cross-site without a preflight),
+//! and, with `server.auth`, the caller's key must be known and hold the route's scope. Refusals
+//! come in the route family's error format: `{"detail"}`, OpenAI's `{"error"}`, an OTLP
+//! `Status`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokentrace_config::{AuthConfig, Scope, ServerConfig, key_digest};
+use tokentrace_otlp::{Encoding, status_body};
+
+/// The cookie the web UI keeps a key in (HttpOnly, SameSite=Strict).
+pub const KEY_COOKIE: &str = "tokentrace_key";
+
+/// The guard's settings.
+#[derive(Clone, Debug, Default)]
+pub struct Guard {
+    /// Accepted keys; `None`: no authentication.
+    pub auth: Option<Arc<AuthConfig>>,
+    /// Accepted `Host` names (lowercase, without port); empty: any.
+    pub hosts: Vec<String>,
+}
+
+fn is_loopback_name(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether `host` (a listen address) is reachable only from this machine.
+pub fn is_loopback(host: &str) -> bool {
+    is_loopback_name(host)
+}
+
+impl Guard {
+    /// The guard a server config asks for: its keys, and its `allowed_hosts` (by default the
+    /// loopback names when it listens on loopback, any host otherwise).
+    pub fn from_config(server: &ServerConfig) -> Self {
+        let hosts = if !server.allowed_hosts.is_empty() {
+            server
+                .allowed_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect()
+        } else if is_loopback(&server.host) {
+            ["localhost", "127.0.0.1", "[::1]", "::1"]
+                .iter()
+                .map(|h| h.to_string())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Self {
+            auth: server.auth.clone().map(Arc::new),
+            hosts,
+        }
+    }
+}
+
+/// The error format of a route family.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Detail,
+    OpenAi,
+    Otlp,
+}
+
+fn is_otlp(path: &str) -> bool {
+    matches!(path, "/v1/traces" | "/v1/metrics" | "/v1/logs")
+}
+
+fn is_gateway(path: &str) -> bool {
+    path.starts_with("/v1/openai/")
+        || path.starts_with("/v1/inference/")
+        || matches!(
+            path,
+            "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" | "/v1/models"
+        )
+}
+
+fn family(path: &str) -> Family {
+    if is_otlp(path) {
+        Family::Otlp
+    } else if is_gateway(path) {
+        Family::OpenAi
+    } else {
+        Family::Detail
+    }
+}
+
+/// What a request needs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Need {
+    /// Nothing: health, the UI's shell and assets (they hold no data), the UI's login.
+    Open,
+    /// A key with this scope (or `admin`).
+    Scope(Scope),
+}
+
+fn need(path: &str, public_metrics: bool) -> Need {
+    use Scope::*;
+    if path == "/v1/health" || crate::ui::is_ui_path(path) {
+        return Need::Open;
+    }
+    if path == "/metrics" {
+        return if public_metrics {
+            Need::Open
+        } else {
+            Need::Scope(TelemetryRead)
+        };
+    }
+    if is_otlp(path) || path.ends_with("/telemetry/events") {
+        return Need::Scope(TelemetryWrite);
+    }
+    if is_gateway(path) {
+        return Need::Scope(Inference);
+    }
+    if path == "/v1/tokentrace/sql" {
+        // Reads every table, whatever a reader's other limits.
+        return Need::Scope(Admin);
+    }
+    Need::Scope(TelemetryRead)
+}
+
+fn refuse(
+    fam: Family,
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    headers: &HeaderMap,
+) -> Response {
+    let mut r = match fam {
+        Family::Detail => (status, axum::Json(json!({ "detail": message }))).into_response(),
+        Family::OpenAi => {
+            let kind = if status == StatusCode::UNAUTHORIZED {
+                "authentication_error"
+            } else {
+                "invalid_request_error"
+            };
+            let body =
+                json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
+            (status, axum::Json(body)).into_response()
+        }
+        Family::Otlp => {
+            let enc = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(Encoding::from_content_type)
+                .unwrap_or(Encoding::Protobuf);
+            // google.rpc.Code: UNAUTHENTICATED 16, PERMISSION_DENIED 7, INVALID_ARGUMENT 3.
+            let rpc = match status {
+                StatusCode::UNAUTHORIZED => 16,
+                StatusCode::FORBIDDEN => 7,
+                _ => 3,
+            };
+            let mut r = (status, status_body(enc, rpc, message)).into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(enc.content_type()),
+            );
+            r
+        }
+    };
+    if status == StatusCode::UNAUTHORIZED {
+        let challenge = if code == "invalid_api_key" {
+            "Bearer realm=\"tokentrace\", error=\"invalid_token\""
+        } else {
+            "Bearer realm=\"tokentrace\""
+        };
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
+    }
+    r
+}
+
+/// The credential of a request: `Authorization: Bearer …`, else the UI's cookie.
+fn credential(headers: &HeaderMap) -> Option<String> {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let v = v.trim();
+        return Some(
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+                .unwrap_or(v)
+                .trim()
+                .to_string(),
+        );
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| {
+            c.trim()
+                .strip_prefix(&format!("{KEY_COOKIE}="))
+                .map(str::to_string)
+        })
+}
+
+/// The key a token is, compared in constant time with every key.
+pub fn find_key<'a>(auth: &'a AuthConfig, token: &str) -> Option<&'a tokentrace_config::ApiKey> {
+    let digest = key_digest(token);
+    let mut found = None;
+    for k in &auth.keys {
+        if bool::from(k.sha256.ct_eq(&digest)) && found.is_none() {
+            found = Some(k);
+        }
+    }
+    found
+}
+
+fn host_name(host: &str) -> String {
+    let h = host.trim().to_ascii_lowercase();
+    if h.starts_with('[') {
+        // [::1]:8321
+        return h.split(']').next().map(|x| format!("{x}]")).unwrap_or(h);
+    }
+    match h.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) && !name.contains(':') => {
+            name.to_string()
+        }
+        _ => h,
+    }
+}
+
+fn is_json(ct: &str) -> bool {
+    let media = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    media == "application/json" || media.ends_with("+json")
+}
+
+/// The middleware (see the module's text).
+pub async fn guard(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    let fam = family(&path);
+    let headers = req.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    if !g.hosts.is_empty() && !g.hosts.contains(&host_name(&host)) {
+        return refuse(
+            fam,
+            StatusCode::FORBIDDEN,
+            "host_not_allowed",
+            &format!("host {host:?} is not one this server answers to (server.allowed_hosts)"),
+            headers,
+        );
+    }
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        let own = [format!("http://{host}"), format!("https://{host}")];
+        if !own.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
+            return refuse(
+                fam,
+                StatusCode::FORBIDDEN,
+                "cross_origin",
+                &format!("requests from web pages of other origins ({origin}) are refused"),
+                headers,
+            );
+        }
+    }
+    let has_body = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|n| n != "0")
+        || headers.contains_key(header::TRANSFER_ENCODING);
+    if matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH)
+        && has_body
+        && fam != Family::Otlp
+    {
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !is_json(ct) {
+            return refuse(
+                fam,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                &format!("send JSON with Content-Type: application/json (got {ct:?})"),
+                headers,
+            );
+        }
+    }
+    if let Some(auth) = &g.auth
+        && let Need::Scope(scope) = need(&path, auth.public_metrics)
+    {
+        let Some(token) = credential(headers) else {
+            return refuse(
+                fam,
+                StatusCode::UNAUTHORIZED,
+                "missing_api_key",
+                "this tokentrace needs an API key: send Authorization: Bearer <key>",
+                headers,
+            );
+        };
+        let Some(key) = find_key(auth, &token) else {
+            return refuse(
+                fam,
+                StatusCode::UNAUTHORIZED,
+                "invalid_api_key",
+                "the API key is not valid",
+                headers,
+            );
+        };
+        if !key.scopes.contains(&scope) && !key.scopes.contains(&Scope::Admin) {
+            return refuse(
+                fam,
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                &format!(
+                    "the key {:?} does not have the scope {} that {path} needs",
+                    key.name,
+                    scope.as_str()
+                ),
+                headers,
+            );
+        }
+    }
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_need_their_scopes() {
+        use Scope::*;
+        assert_eq!(need("/v1/health", false), Need::Open);
+        assert_eq!(need("/", false), Need::Open);
+        assert_eq!(need("/metrics", false), Need::Scope(TelemetryRead));
+        assert_eq!(need("/metrics", true), Need::Open);
+        assert_eq!(need("/v1/traces", false), Need::Scope(TelemetryWrite));
+        assert_eq!(
+            need("/v1/telemetry/events", false),
+            Need::Scope(TelemetryWrite)
+        );
+        assert_eq!(
+            need("/v1/telemetry/traces", false),
+            Need::Scope(TelemetryRead)
+        );
+        assert_eq!(
+            need("/v1/openai/v1/chat/completions", false),
+            Need::Scope(Inference)
+        );
+        assert_eq!(need("/v1/models", false), Need::Scope(Inference));
+        assert_eq!(need("/v1/tokentrace/sql", false), Need::Scope(Admin));
+        assert_eq!(need("/no/such/route", false), Need::Scope(TelemetryRead));
+    }
+
+    #[test]
+    fn host_names_lose_their_port() {
+        assert_eq!(host_name("127.0.0.1:8321"), "127.0.0.1");
+        assert_eq!(host_name("LocalHost"), "localhost");
+        assert_eq!(host_name("[::1]:8321"), "[::1]");
+        assert!(is_loopback("127.0.0.1") && is_loopback("::1") && is_loopback("localhost"));
+        assert!(!is_loopback("0.0.0.0") && !is_loopback("10.0.0.5"));
+    }
+
+    #[test]
+    fn keys_come_from_the_header_or_the_cookie() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=b; tokentrace_key=k123"),
+        );
+        assert_eq!(credential(&h).as_deref(), Some("k123"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        assert_eq!(credential(&h).as_deref(), Some("abc"));
+    }
+}
