@@ -10,6 +10,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
+use tokentrace_config::Scope;
 
 use crate::extract::ApiJson;
 use crate::guard::{KEY_COOKIE, find_key};
@@ -80,10 +81,23 @@ async fn login(
             "a key for the web UI must be printable ASCII without ';' or ','",
         ));
     }
-    if find_key(auth, &req.key).is_none() {
+    let Some(key) = find_key(auth, &req.key) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "the API key is not valid",
+        ));
+    };
+    let reads = key
+        .scopes
+        .iter()
+        .any(|s| matches!(s, Scope::TelemetryRead | Scope::Admin));
+    if !reads {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the key {:?} cannot read telemetry: the web UI needs the scope telemetry.read",
+                key.name
+            ),
         ));
     }
     let cookie = format!(

@@ -255,3 +255,72 @@ fn the_web_ui_shows_what_the_store_holds() {
     assert!(out_dir.join("trace.png").exists());
     drop(server);
 }
+
+/// With `server.auth`, the UI asks for a key once, refuses one that cannot read, and then shows
+/// the traces (`ui_login.mjs`).
+#[test]
+fn with_auth_the_web_ui_asks_for_a_key_that_can_read() {
+    let node_dir = std::env::var("TOKENTRACE_UI_NODE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace().join("target/ui-node"));
+    assert!(
+        node_dir.join("node_modules/playwright-core").is_dir(),
+        "playwright-core is needed in {}; run scripts/test, which installs it",
+        node_dir.display()
+    );
+    let (read_key, app_key) = ("ui-read-key-0123456789", "ui-app-key-0123456789");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("run.yaml");
+    std::fs::write(
+        &cfg,
+        format!("server:\n  auth:\n    provider_type: api_key\n    config:\n      keys:\n      - name: reader\n        key: {read_key}\n        scopes: [telemetry.read]\n      - name: app\n        key: {app_key}\n        scopes: [inference]\n"),
+    )
+    .unwrap();
+    let store = dir.path().join("store");
+    let server = start(
+        dir.path(),
+        &["--config", cfg.to_str().unwrap()],
+        &[
+            ("TELEMETRY_SINKS", "sqlite"),
+            ("SQLITE_STORE_DIR", store.to_str().unwrap()),
+        ],
+    );
+    let base = server.base.clone();
+    let http = reqwest::blocking::Client::new();
+    let r = http
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(app_key)
+        .json(&json!({"model": "echo", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let page: Value = http
+            .post(format!("{base}/v1/tokentrace/traces"))
+            .bearer_auth(read_key)
+            .json(&json!({}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if page["data"].as_array().is_some_and(|d| !d.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the call was never stored");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = Command::new("node")
+        .arg(workspace().join("crates/tokentrace/tests/ui_login.mjs"))
+        .args([base.as_str(), read_key, app_key])
+        .env("TOKENTRACE_UI_NODE", &node_dir)
+        .output()
+        .expect("node is needed for the UI test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("done"),
+        "ui_login.mjs failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(server);
+}

@@ -63,6 +63,7 @@ function showLogin(why) {
   const form = h("form", { class: "filters", id: "login" }, h("label", {}, "API key", input), h("button", { type: "submit" }, "Sign in"));
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
+    for (const old of main.querySelectorAll(".error")) old.remove();
     try {
       await api("POST", "/ui/login", { key: input.value });
       location.reload();
