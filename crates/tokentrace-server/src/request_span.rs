@@ -96,6 +96,19 @@ pub async fn trace_requests(
     if !is_traced(&path, state.settings.trace_telemetry_api) {
         return next.run(req).await;
     }
+    // A path no route matches is counted, never stored: unique unknown paths must not grow
+    // the store (or a label set) without bound.
+    if req.extensions().get::<MatchedPath>().is_none() {
+        let res = next.run(req).await;
+        state.metrics.add(
+            "tokentrace_http_unmatched_total",
+            "Requests to paths no route matches (answered 404 or 405, not traced).",
+            &["status_code"],
+            vec![res.status().as_u16().to_string()],
+            1.0,
+        );
+        return res;
+    }
     // Under load beyond what the sinks absorb, slow requests down rather than lose their spans.
     if !state.settings.backpressure.is_zero() {
         state

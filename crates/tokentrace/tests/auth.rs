@@ -372,3 +372,57 @@ fn without_auth_a_network_address_is_refused_unless_asked_for() {
     let r = reqwest::blocking::get(format!("http://127.0.0.1:{port}/v1/health")).unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[test]
+fn unknown_paths_are_counted_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let server = start(
+        dir.path(),
+        &[],
+        &[
+            ("TELEMETRY_SINKS", "sqlite"),
+            ("SQLITE_STORE_DIR", store.to_str().unwrap()),
+        ],
+    );
+    let http = reqwest::blocking::Client::new();
+    for i in 0..200 {
+        let r = http
+            .get(format!("{}/scan/{i}", server.base))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 404);
+    }
+    let r = http
+        .post(format!("{}/v1/chat/completions", server.base))
+        .json(&json!({"model": "echo", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let metrics = http
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("tokentrace_http_unmatched_total{status_code=\"404\"} 200"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("/scan/"), "no raw path becomes a label");
+    // Only the chat call's two spans are stored.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_tokentrace"))
+            .args(["sql", "SELECT COUNT(*) AS n FROM spans", "--json", "--db"])
+            .arg(store.join("trace_store.db"))
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if v[0]["n"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
