@@ -23,13 +23,29 @@ pub fn warm_up() {
     let _ = bpe();
 }
 
+/// Texts longer than this are counted with the async worker thread handed over to other
+/// tasks first (a megabyte takes tens of milliseconds).
+const LONG_TEXT: usize = 64 << 10;
+
+/// Runs CPU-heavy `f`; on a multi-threaded runtime's worker with a long text, after moving the
+/// worker's other tasks to other threads, so `/v1/health` and the other requests go on.
+fn heavy<T>(len: usize, f: impl FnOnce() -> T) -> T {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if len > LONG_TEXT && multi {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
 /// Number of tokens in `text`. Falls back to a 4-characters-per-token estimate only if the
 /// embedded tokenizer failed to load.
 pub fn count(text: &str) -> u64 {
-    match bpe() {
+    heavy(text.len(), || match bpe() {
         Some(b) => b.encode_ordinary(text).len() as u64,
         None => text.chars().count().div_ceil(4) as u64,
-    }
+    })
 }
 
 /// The text split into token pieces (for streaming), at most `max` of them.
@@ -37,7 +53,7 @@ pub fn pieces(text: &str, max: Option<u64>) -> Vec<String> {
     let Some(b) = bpe() else {
         return vec![text.to_string()];
     };
-    let tokens = b.encode_ordinary(text);
+    let tokens = heavy(text.len(), || b.encode_ordinary(text));
     let limit = max.map_or(tokens.len(), |m| (m as usize).min(tokens.len()));
     let mut out = Vec::with_capacity(limit);
     let mut pending: Vec<u32> = Vec::new();
