@@ -1,6 +1,7 @@
 //! `tokentrace serve`: start-up (each configured sink built through its `SinkConfig` in one
 //! loop), signal handling and orderly shutdown.
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -177,14 +178,36 @@ async fn run(config: RunConfig) -> Result<(), ServeError> {
         }
         None => None,
     };
-    let served = axum::serve(listener, tokentrace_server::router(state))
-        .with_graceful_shutdown(stopped(stop_rx))
-        .await;
-    if let Some(o) = otlp {
-        match o.await {
-            Ok(Err(e)) => tracing::error!("OTLP receiver: {e}"),
-            Err(e) => tracing::error!("OTLP receiver task: {e}"),
-            Ok(Ok(())) => {}
+    let signalled = stop_rx.clone();
+    let mut main = tokio::spawn(
+        axum::serve(listener, tokentrace_server::router(state))
+            .with_graceful_shutdown(stopped(stop_rx))
+            .into_future(),
+    );
+    // Once stopping, connections get as long as a request may take to finish; a client that
+    // holds one open (a half-sent request, an endless stream) is then cut.
+    let grace = Duration::from_secs(server.request_timeout_seconds);
+    let served = tokio::select! {
+        r = &mut main => r,
+        () = stopped(signalled) => match tokio::time::timeout(grace, &mut main).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(
+                    "connections still open {} s after the stop signal: closing them",
+                    grace.as_secs()
+                );
+                main.abort();
+                Ok(Ok(()))
+            }
+        },
+    };
+    let served = served.map_err(ServeError::Shutdown)?;
+    if let Some(mut o) = otlp {
+        match tokio::time::timeout(grace, &mut o).await {
+            Ok(Ok(Err(e))) => tracing::error!("OTLP receiver: {e}"),
+            Ok(Err(e)) => tracing::error!("OTLP receiver task: {e}"),
+            Ok(Ok(Ok(()))) => {}
+            Err(_) => o.abort(),
         }
     }
     if let Some(r) = retention {

@@ -71,12 +71,24 @@ fn upstream() -> (String, std::sync::mpsc::Receiver<String>) {
             }
             let mut body = vec![0; len];
             let _ = reader.read_exact(&mut body);
+            // A request that asks for it gets OpenAI's answer to a wrong key, which echoes it.
+            let refuse = String::from_utf8_lossy(&body).contains("refuse me");
+            let (status, answer) = if refuse {
+                let key = auth.trim_start_matches("Bearer ");
+                (
+                    "401 Unauthorized",
+                    format!(
+                        r#"{{"error":{{"message":"Incorrect API key provided: {key}. You can find your API key at https://platform.openai.com/account/api-keys.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}}}"#
+                    ),
+                )
+            } else {
+                ("200 OK", r#"{"id":"c1","object":"chat.completion","created":1,"model":"up-model","choices":[{"index":0,"message":{"role":"assistant","content":"fine"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#.to_string())
+            };
             let _ = tx.send(auth);
-            let answer = r#"{"id":"c1","object":"chat.completion","created":1,"model":"up-model","choices":[{"index":0,"message":{"role":"assistant","content":"fine"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
             let mut s = stream;
             let _ = write!(
                 s,
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
                 answer.len()
             );
         }
@@ -214,6 +226,24 @@ fn keys_and_scopes_guard_every_route_family_and_no_secret_is_stored() {
         format!("Bearer {UPSTREAM_KEY}")
     );
 
+    // An upstream that echoes the key in its error: the key is scrubbed from the answer (and,
+    // below, from the store and the console).
+    let refused = r#"{"model":"up-model","messages":[{"role":"user","content":"refuse me"}]}"#;
+    let r = call(
+        "POST",
+        "/v1/chat/completions",
+        Some(APP_KEY),
+        json_ct,
+        refused,
+    );
+    assert_eq!(r.status(), 401);
+    let text = r.text().unwrap();
+    assert!(
+        !text.contains(UPSTREAM_KEY) && text.contains("[REDACTED]"),
+        "{text}"
+    );
+    seen.recv_timeout(Duration::from_secs(10)).unwrap();
+
     // Browsers: text/plain JSON, a foreign Origin, a foreign Host are refused before any work.
     let plain = call(
         "POST",
@@ -313,15 +343,15 @@ fn keys_and_scopes_guard_every_route_family_and_no_secret_is_stored() {
             .unwrap();
         r["rows"][0][0].as_i64().unwrap()
     };
-    // Two calls as admin, one through the upstream and one from the SDK (2 spans each), the
+    // Two calls as admin, two through the upstream and one from the SDK (2 spans each), the
     // exported span: refused requests are not traced.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while count() < 9 {
+    while count() < 11 {
         assert!(Instant::now() < deadline, "spans were not stored");
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(count(), 9, "refused requests left no trace");
+    assert_eq!(count(), 11, "refused requests left no trace");
     drop(http);
     let mut server = server;
     common::signal(&server.child, "-TERM");

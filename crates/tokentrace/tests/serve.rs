@@ -209,3 +209,27 @@ fn configuration_errors_stop_start_up_with_one_clear_message() {
         "{err}"
     );
 }
+
+#[test]
+fn a_client_holding_half_a_request_does_not_keep_the_server_from_stopping() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("run.yaml");
+    std::fs::write(&cfg, "server:\n  request_timeout_seconds: 2\n").unwrap();
+    let mut server = start(
+        dir.path(),
+        &["--config", cfg.to_str().unwrap()],
+        &[("TELEMETRY_SINKS", "sqlite")],
+    );
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut half = std::net::TcpStream::connect(&addr).unwrap();
+    half.write_all(b"POST /v1/telemetry/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&server.child, "-TERM");
+    // Without a deadline the server would wait for this client forever.
+    assert!(wait_exit(&mut server.child).success());
+    let log: Vec<String> = server.stderr.try_iter().collect();
+    assert!(log.iter().any(|l| l.contains("closing them")), "{log:#?}");
+    drop(half);
+}

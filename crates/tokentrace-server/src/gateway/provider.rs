@@ -154,7 +154,9 @@ impl Provider {
         let res = req.send().await.map_err(|e| self.transport_error(&e))?;
         let status = res.status();
         if !status.is_success() {
-            let bytes = res.bytes().await.unwrap_or_default();
+            // Upstreams echo a wrong key in their message ("Incorrect API key provided: sk-…"):
+            // never pass it on, store it or print it.
+            let bytes = self.scrub(&res.bytes().await.unwrap_or_default());
             let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
             let message = parsed
                 .as_ref()
@@ -218,6 +220,26 @@ impl Provider {
                     ),
                 )
             })
+    }
+
+    /// `bytes` with every occurrence of the provider's API key replaced by `[REDACTED]`.
+    fn scrub(&self, bytes: &[u8]) -> Vec<u8> {
+        let Some(key) = self.config.api_key.as_deref().filter(|k| !k.is_empty()) else {
+            return bytes.to_vec();
+        };
+        let key = key.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i..].starts_with(key) {
+                out.extend_from_slice(b"[REDACTED]");
+                i += key.len();
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        out
     }
 
     fn transport_error(&self, e: &reqwest::Error) -> ProviderError {
