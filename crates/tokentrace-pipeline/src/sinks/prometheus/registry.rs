@@ -109,6 +109,28 @@ fn number(v: f64) -> String {
     }
 }
 
+/// Label sets one metric may have; past it, new ones are added up in one overflow series
+/// whose every label is [`OVERFLOW`] (label values come from clients: model names, OTLP
+/// attributes), and `tokentrace_metric_series_overflow_total{metric}` counts them.
+pub const MAX_SERIES: usize = 2_000;
+
+/// The label value of the overflow series.
+pub const OVERFLOW: &str = "_overflow";
+
+/// The labels to record under: `labels` if known or there is room, else the overflow series.
+fn bounded(
+    values_len: usize,
+    known: bool,
+    label_names: &[&str],
+    labels: Vec<String>,
+) -> (Vec<String>, bool) {
+    if known || values_len < MAX_SERIES {
+        (labels, false)
+    } else {
+        (vec![OVERFLOW.to_string(); label_names.len()], true)
+    }
+}
+
 impl Registry {
     /// A registry with nothing recorded.
     pub fn new() -> Self {
@@ -134,7 +156,24 @@ impl Registry {
             label_names,
             values: BTreeMap::new(),
         });
+        let known = family.values.contains_key(&labels);
+        let (labels, over) = bounded(family.values.len(), known, label_names, labels);
         *family.values.entry(labels).or_insert(0.0) += v;
+        if over {
+            Self::overflowed(&mut s, name);
+        }
+    }
+
+    fn overflowed(s: &mut State, metric: &'static str) {
+        let family = s
+            .counters
+            .entry("tokentrace_metric_series_overflow_total")
+            .or_insert_with(|| CounterFamily {
+                help: "Observations recorded in a metric's overflow series (it had MAX_SERIES label sets).",
+                label_names: &["metric"],
+                values: BTreeMap::new(),
+            });
+        *family.values.entry(vec![metric.to_string()]).or_insert(0.0) += 1.0;
     }
 
     /// Records an observation in a histogram with these bucket bounds.
@@ -154,6 +193,8 @@ impl Registry {
             bounds,
             values: BTreeMap::new(),
         });
+        let known = family.values.contains_key(&labels);
+        let (labels, over) = bounded(family.values.len(), known, label_names, labels);
         let h = family.values.entry(labels).or_insert_with(|| Histogram {
             counts: vec![0; bounds.len()],
             sum: 0.0,
@@ -166,6 +207,9 @@ impl Registry {
         }
         h.sum += v;
         h.count += 1;
+        if over {
+            Self::overflowed(&mut s, name);
+        }
     }
 
     /// The value of a counter, for tests and summaries.
@@ -249,6 +293,33 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_chosen_label_values_cannot_grow_a_metric_without_bound() {
+        let r = Registry::new();
+        for i in 0..MAX_SERIES + 500 {
+            r.add("t_total", "h", &["model_id"], vec![format!("m{i}")], 1.0);
+            r.observe(
+                "t_seconds",
+                "h",
+                &["model_id"],
+                &[1.0],
+                vec![format!("m{i}")],
+                0.5,
+            );
+        }
+        // Known series still count; new ones go to the overflow series.
+        r.add("t_total", "h", &["model_id"], vec!["m0".into()], 1.0);
+        assert_eq!(r.counter_value("t_total", &["m0"]), Some(2.0));
+        assert_eq!(r.counter_value("t_total", &[OVERFLOW]), Some(500.0));
+        assert_eq!(
+            r.counter_value("tokentrace_metric_series_overflow_total", &["t_total"]),
+            Some(500.0)
+        );
+        let text = r.render(Format::Prometheus, &[]);
+        assert_eq!(text.matches("t_total{").count(), MAX_SERIES + 1);
+        assert_eq!(text.matches("t_seconds_count{").count(), MAX_SERIES + 1);
+    }
 
     #[test]
     fn text_and_openmetrics() {
