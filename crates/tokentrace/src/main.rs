@@ -2,6 +2,7 @@
 //! subcommands look at what it stored (`cli/`).
 
 mod cli;
+mod listen;
 mod serve;
 
 use std::path::PathBuf;

@@ -1,7 +1,6 @@
 //! `tokentrace serve`: start-up (each configured sink built through its `SinkConfig` in one
 //! loop), signal handling and orderly shutdown.
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,6 +12,10 @@ use tokentrace_pipeline::sinks::{BuildError, SinkConfig};
 use tokentrace_pipeline::{Pipeline, PipelineOptions, Sink};
 use tokentrace_server::gateway::ProviderSetupError;
 use tokentrace_server::{AppState, Settings};
+
+/// How long a client may take to send a request's head (line and headers) once it connects or
+/// after its last request.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why `tokentrace serve` stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -42,8 +45,6 @@ pub enum ServeError {
     Close(tokentrace_store::StoreError),
     #[error("shutdown task failed: {0}")]
     Shutdown(tokio::task::JoinError),
-    #[error("server error: {0}")]
-    Serve(std::io::Error),
     #[error(
         "server.host {0} is reachable from other machines and server.auth is not set: configure server.auth (docs/SECURITY.md), or set server.allow_unauthenticated: true to let anyone who reaches the port read every trace and use the providers"
     )]
@@ -170,20 +171,22 @@ async fn run(config: RunConfig) -> Result<(), ServeError> {
             tracing::info!("OTLP/HTTP receiver listening on http://{otlp_local}");
             let app = tokentrace_server::otlp_router(state.clone());
             let rx = stop_rx.clone();
-            Some(tokio::spawn(async move {
-                axum::serve(l, app)
-                    .with_graceful_shutdown(stopped(rx))
-                    .await
-            }))
+            Some(tokio::spawn(crate::listen::serve(
+                l,
+                app,
+                rx,
+                HEADER_TIMEOUT,
+            )))
         }
         None => None,
     };
     let signalled = stop_rx.clone();
-    let mut main = tokio::spawn(
-        axum::serve(listener, tokentrace_server::router(state))
-            .with_graceful_shutdown(stopped(stop_rx))
-            .into_future(),
-    );
+    let mut main = tokio::spawn(crate::listen::serve(
+        listener,
+        tokentrace_server::router(state),
+        stop_rx,
+        HEADER_TIMEOUT,
+    ));
     // Once stopping, connections get as long as a request may take to finish; a client that
     // holds one open (a half-sent request, an endless stream) is then cut.
     let grace = Duration::from_secs(server.request_timeout_seconds);
@@ -197,16 +200,15 @@ async fn run(config: RunConfig) -> Result<(), ServeError> {
                     grace.as_secs()
                 );
                 main.abort();
-                Ok(Ok(()))
+                Ok(())
             }
         },
     };
-    let served = served.map_err(ServeError::Shutdown)?;
+    served.map_err(ServeError::Shutdown)?;
     if let Some(mut o) = otlp {
         match tokio::time::timeout(grace, &mut o).await {
-            Ok(Ok(Err(e))) => tracing::error!("OTLP receiver: {e}"),
             Ok(Err(e)) => tracing::error!("OTLP receiver task: {e}"),
-            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(())) => {}
             Err(_) => o.abort(),
         }
     }
@@ -224,7 +226,6 @@ async fn run(config: RunConfig) -> Result<(), ServeError> {
     })
     .await
     .map_err(ServeError::Shutdown)??;
-    served.map_err(ServeError::Serve)?;
     tracing::info!("stopped");
     Ok(())
 }

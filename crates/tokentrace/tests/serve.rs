@@ -233,3 +233,29 @@ fn a_client_holding_half_a_request_does_not_keep_the_server_from_stopping() {
     assert!(log.iter().any(|l| l.contains("closing them")), "{log:#?}");
     drop(half);
 }
+
+#[test]
+fn a_client_that_never_finishes_its_request_head_is_disconnected() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[], &[("TELEMETRY_SINKS", "sqlite")]);
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut half = std::net::TcpStream::connect(&addr).unwrap();
+    half.write_all(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow")
+        .unwrap();
+    // The server drops it (after its 10 s header deadline); the guard here is only against a
+    // hang.
+    half.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = half.read_to_end(&mut buf);
+    assert!(read.is_ok(), "the server closed the connection: {read:?}");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    // Other clients were served all along.
+    let r = reqwest::blocking::get(format!("{}/v1/health", server.base)).unwrap();
+    assert_eq!(r.status(), 200);
+}
