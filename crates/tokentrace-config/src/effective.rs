@@ -40,6 +40,11 @@ impl RunConfig {
                 let hosts: Vec<String> = s.allowed_hosts.iter().map(|h| quote(h)).collect();
                 writeln!(y, "  allowed_hosts: [{}]", hosts.join(", "))?;
             }
+            if !s.cors.allowed_origins.is_empty() {
+                let o: Vec<String> = s.cors.allowed_origins.iter().map(|h| quote(h)).collect();
+                writeln!(y, "  cors:")?;
+                writeln!(y, "    allowed_origins: [{}]", o.join(", "))?;
+            }
             if let Some(auth) = &s.auth {
                 writeln!(y, "  auth:")?;
                 writeln!(y, "    provider_type: api_key")?;

@@ -76,6 +76,17 @@ pub struct ServerConfig {
     /// `Host` header values accepted (against DNS rebinding), with or without a port; empty:
     /// the loopback names when listening on loopback, any host otherwise.
     pub allowed_hosts: Vec<String>,
+    /// Cross-origin requests from web pages: off unless origins are listed.
+    pub cors: CorsConfig,
+}
+
+/// `server.cors`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Origins (`https://app.example.com`) whose pages may call tokentrace; requests from
+    /// other origins are refused.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +102,7 @@ impl Default for ServerConfig {
             auth: None,
             allow_unauthenticated: false,
             allowed_hosts: Vec::new(),
+            cors: CorsConfig::default(),
         }
     }
 }

@@ -27,6 +27,8 @@ pub struct Guard {
     pub auth: Option<Arc<AuthConfig>>,
     /// Accepted `Host` names (lowercase, without port); empty: any.
     pub hosts: Vec<String>,
+    /// Origins whose pages may call (`server.cors.allowed_origins`).
+    pub origins: Vec<String>,
 }
 
 fn is_loopback_name(host: &str) -> bool {
@@ -64,6 +66,12 @@ impl Guard {
         Self {
             auth: server.auth.clone().map(Arc::new),
             hosts,
+            origins: server
+                .cors
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+                .collect(),
         }
     }
 }
@@ -268,16 +276,47 @@ pub async fn guard(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Res
             headers,
         );
     }
+    let mut cors_origin = None;
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
         let own = [format!("http://{host}"), format!("https://{host}")];
         if !own.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
-            return refuse(
-                fam,
-                StatusCode::FORBIDDEN,
-                "cross_origin",
-                &format!("requests from web pages of other origins ({origin}) are refused"),
-                headers,
-            );
+            if !g.origins.contains(&origin.to_ascii_lowercase()) {
+                return refuse(
+                    fam,
+                    StatusCode::FORBIDDEN,
+                    "cross_origin",
+                    &format!(
+                        "requests from web pages of other origins ({origin}) are refused (server.cors.allowed_origins)"
+                    ),
+                    headers,
+                );
+            }
+            let value = HeaderValue::from_str(origin).ok();
+            if *req.method() == Method::OPTIONS {
+                // The browser's preflight: what a page of this origin may send.
+                let mut r = StatusCode::NO_CONTENT.into_response();
+                let h = r.headers_mut();
+                if let Some(v) = value {
+                    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+                }
+                h.insert(
+                    header::ACCESS_CONTROL_ALLOW_METHODS,
+                    HeaderValue::from_static("GET, POST"),
+                );
+                h.insert(
+                    header::ACCESS_CONTROL_ALLOW_HEADERS,
+                    HeaderValue::from_static(
+                        "authorization, content-type, traceparent, tracestate",
+                    ),
+                );
+                h.insert(
+                    header::ACCESS_CONTROL_MAX_AGE,
+                    HeaderValue::from_static("600"),
+                );
+                h.insert(header::VARY, HeaderValue::from_static("Origin"));
+                return r;
+            }
+            cors_origin = value;
         }
     }
     let has_body = headers
@@ -338,7 +377,14 @@ pub async fn guard(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Res
             );
         }
     }
-    next.run(req).await
+    let mut res = next.run(req).await;
+    if let Some(origin) = cors_origin {
+        res.headers_mut()
+            .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        res.headers_mut()
+            .insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    res
 }
 
 #[cfg(test)]

@@ -456,3 +456,64 @@ fn unknown_paths_are_counted_not_stored() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn pages_of_listed_origins_may_call_and_others_may_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("run.yaml");
+    std::fs::write(
+        &cfg,
+        "server:\n  cors:\n    allowed_origins: [\"https://app.example\"]\n",
+    )
+    .unwrap();
+    let server = start(
+        dir.path(),
+        &["--config", cfg.to_str().unwrap()],
+        &[("TELEMETRY_SINKS", "sqlite")],
+    );
+    let http = reqwest::blocking::Client::new();
+    let url = format!("{}/v1/telemetry/traces", server.base);
+    // The preflight a browser sends before a JSON POST with a key.
+    let pre = http
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
+        .send()
+        .unwrap();
+    assert_eq!(pre.status(), 204);
+    assert_eq!(
+        pre.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert!(
+        pre.headers()["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("authorization")
+    );
+    let ok = http
+        .post(&url)
+        .header("origin", "https://app.example")
+        .json(&json!({}))
+        .send()
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    for origin in ["https://evil.example", "null"] {
+        let no = http
+            .post(&url)
+            .header("origin", origin)
+            .json(&json!({}))
+            .send()
+            .unwrap();
+        assert_eq!(no.status(), 403, "{origin}");
+        assert!(no.headers().get("access-control-allow-origin").is_none());
+    }
+}
