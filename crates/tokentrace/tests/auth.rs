@@ -2,7 +2,7 @@
 //! a key lacking the scope and with the right one, each refusal in the family's format; the
 //! official SDKs and the OTel exporter with keys; the UI's cookie; browsers' requests (foreign
 //! Host, foreign Origin, text/plain JSON) refused; no secret sent in a request or held for a
-//! provider reaching the store or the console; and no listening on the network without auth.
+//! provider reaching the store, the console or the exported OTLP bytes; and no listening on the network without auth.
 //! Long: one scenario per family.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -96,11 +96,58 @@ fn upstream() -> (String, std::sync::mpsc::Receiver<String>) {
     (url, rx)
 }
 
+/// An OTLP/HTTP receiver that keeps every byte it is sent and answers 200.
+fn collector() -> (String, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = got.clone();
+    std::thread::spawn(move || {
+        for stream in l.incoming().flatten() {
+            let keep = keep.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let mut len = 0;
+                    let mut head = Vec::new();
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                        head.extend_from_slice(line.as_bytes());
+                    }
+                    let mut body = vec![0; len];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let mut all = keep.lock().unwrap();
+                    all.extend_from_slice(&head);
+                    all.extend_from_slice(&body);
+                    drop(all);
+                    let mut s = &stream;
+                    if write!(s, "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, got)
+}
+
 #[test]
 fn keys_and_scopes_guard_every_route_family_and_no_secret_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let (up, seen) = upstream();
+    let (otlp, exported) = collector();
     let cfg = config(dir.path(), &up);
     let server = start(
         dir.path(),
@@ -108,7 +155,8 @@ fn keys_and_scopes_guard_every_route_family_and_no_secret_is_stored() {
         &[
             ("APP_KEY", APP_KEY),
             ("UPSTREAM_KEY", UPSTREAM_KEY),
-            ("TELEMETRY_SINKS", "console,sqlite"),
+            ("TELEMETRY_SINKS", "console,sqlite,otel_trace"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp),
             ("SQLITE_STORE_DIR", store.to_str().unwrap()),
         ],
     );
@@ -362,7 +410,13 @@ fn keys_and_scopes_guard_every_route_family_and_no_secret_is_stored() {
         console.contains("chat echo"),
         "the console printed the calls"
     );
-    let mut files = vec![console.into_bytes()];
+    let exported = exported.lock().unwrap().clone();
+    assert!(
+        exported.windows(9).any(|w| w == b"chat echo"),
+        "the spans were exported ({} bytes)",
+        exported.len()
+    );
+    let mut files = vec![console.into_bytes(), exported];
     for f in std::fs::read_dir(&store).unwrap() {
         files.push(std::fs::read(f.unwrap().path()).unwrap());
     }
