@@ -40,6 +40,19 @@ impl RunConfig {
                 let hosts: Vec<String> = s.allowed_hosts.iter().map(|h| quote(h)).collect();
                 writeln!(y, "  allowed_hosts: [{}]", hosts.join(", "))?;
             }
+            if let Some(tls) = &s.tls {
+                writeln!(y, "  tls:")?;
+                writeln!(
+                    y,
+                    "    cert_file: {}",
+                    quote(&tls.cert_file.display().to_string())
+                )?;
+                writeln!(
+                    y,
+                    "    key_file: {}",
+                    quote(&tls.key_file.display().to_string())
+                )?;
+            }
             if !s.cors.allowed_origins.is_empty() {
                 let o: Vec<String> = s.cors.allowed_origins.iter().map(|h| quote(h)).collect();
                 writeln!(y, "  cors:")?;

@@ -78,6 +78,18 @@ pub struct ServerConfig {
     pub allowed_hosts: Vec<String>,
     /// Cross-origin requests from web pages: off unless origins are listed.
     pub cors: CorsConfig,
+    /// Serve HTTPS (both ports) with this certificate and key.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `server.tls`: PEM files.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 /// `server.cors`.
@@ -103,6 +115,7 @@ impl Default for ServerConfig {
             allow_unauthenticated: false,
             allowed_hosts: Vec::new(),
             cors: CorsConfig::default(),
+            tls: None,
         }
     }
 }

@@ -29,6 +29,8 @@ pub struct Guard {
     pub hosts: Vec<String>,
     /// Origins whose pages may call (`server.cors.allowed_origins`).
     pub origins: Vec<String>,
+    /// Served over TLS: the UI's cookie is `Secure`.
+    pub tls: bool,
 }
 
 fn is_loopback_name(host: &str) -> bool {
@@ -72,6 +74,7 @@ impl Guard {
                 .iter()
                 .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
                 .collect(),
+            tls: server.tls.is_some(),
         }
     }
 }

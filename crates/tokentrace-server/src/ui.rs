@@ -100,8 +100,13 @@ async fn login(
             ),
         ));
     }
+    let secure = if state.settings.guard.tls {
+        "; Secure"
+    } else {
+        ""
+    };
     let cookie = format!(
-        "{KEY_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
+        "{KEY_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/{secure}",
         req.key
     );
     let mut r = StatusCode::NO_CONTENT.into_response();

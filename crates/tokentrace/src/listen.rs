@@ -1,29 +1,57 @@
 //! Serving a router on a listener, as `axum::serve` does, plus what it does not offer: a
 //! deadline for a client to send its request head (`header_read_timeout`), so that a client
-//! which opens a connection and sends half a header is dropped instead of holding it.
+//! which opens a connection and sends half a header is dropped instead of holding it, and
+//! HTTPS (`server.tls`, rustls).
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
-/// Serves `app` until `stop` turns true, then waits for open connections to finish their
-/// requests (the caller bounds that wait).
+/// The TLS acceptor of `server.tls`; the message names the file at fault.
+pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| format!("server.tls.cert_file {}: {e}", cert_file.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "server.tls.cert_file {}: no certificate in it",
+            cert_file.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| format!("server.tls.key_file {}: {e}", key_file.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("server.tls: the key does not fit the certificate: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves `app` until `stop` turns true, then lets open connections finish their requests
+/// (idle ones close at once) and returns when they have (the caller bounds that wait).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     header_timeout: Duration,
+    tls: Option<TlsAcceptor>,
 ) {
-    let graceful = GracefulShutdown::new();
-    // The guard `wait_for` returns is dropped inside, so the future stays `Send`.
-    let stopping = async move {
-        let _ = stop.wait_for(|s| *s).await.map(|_| ());
-    };
+    let mut connections = tokio::task::JoinSet::new();
+    let stopping = stopped(stop.clone());
     tokio::pin!(stopping);
     loop {
         tokio::select! {
@@ -38,19 +66,52 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let service = TowerToHyperService::new(app.clone());
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(header_timeout)
-                    .serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _ = conn.await;
+                let (app, stop, tls) = (app.clone(), stop.clone(), tls.clone());
+                connections.spawn(async move {
+                    match tls {
+                        None => connection(stream, app, stop, header_timeout).await,
+                        Some(acceptor) => {
+                            // The handshake gets the same deadline as a request head.
+                            match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => connection(s, app, stop, header_timeout).await,
+                                Ok(Err(e)) => tracing::debug!("TLS handshake: {e}"),
+                                Err(_) => tracing::debug!("TLS handshake timed out"),
+                            }
+                        }
+                    }
                 });
+                // Forget the connections that are done.
+                while connections.try_join_next().is_some() {}
             }
             () = &mut stopping => break,
         }
     }
     drop(listener);
-    graceful.shutdown().await;
+    while connections.join_next().await.is_some() {}
+}
+
+/// One connection: served until it closes, or, once `stop` turns true, until its request in
+/// progress is answered.
+async fn connection<I>(io: I, app: Router, stop: watch::Receiver<bool>, header_timeout: Duration)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(app);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        () = stopped(stop) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// Resolves once `stop` is true (the guard `wait_for` returns is dropped inside, so the future
+/// is `Send`).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
 }

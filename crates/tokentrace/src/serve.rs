@@ -41,6 +41,8 @@ pub enum ServeError {
         what: &'static str,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Tls(String),
     #[error("closing the trace store: {0}")]
     Close(tokentrace_store::StoreError),
     #[error("shutdown task failed: {0}")]
@@ -128,6 +130,13 @@ async fn run(config: RunConfig) -> Result<(), ServeError> {
     state.metrics = registry;
     state.exporters = exporters;
     let server = &config.server;
+    let tls = match &server.tls {
+        Some(t) => {
+            Some(crate::listen::tls_acceptor(&t.cert_file, &t.key_file).map_err(ServeError::Tls)?)
+        }
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let (listener, local) = bind(&server.host, server.port, "server.host/server.port", "").await?;
     let sink_names: Vec<&str> = tc.sinks.iter().map(|s| s.as_str()).collect();
     let models: Vec<&str> = config
@@ -137,7 +146,7 @@ async fn run(config: RunConfig) -> Result<(), ServeError> {
         .map(|m| m.model_id.as_str())
         .collect();
     tracing::info!(
-        "tokentrace listening on http://{local}  sinks: {}  models: {}  store: {}",
+        "tokentrace listening on {scheme}://{local}  sinks: {}  models: {}  store: {}",
         sink_names.join(","),
         models.join(","),
         store
@@ -168,7 +177,7 @@ async fn run(config: RunConfig) -> Result<(), ServeError> {
                 " (server.otlp_port)",
             )
             .await?;
-            tracing::info!("OTLP/HTTP receiver listening on http://{otlp_local}");
+            tracing::info!("OTLP/HTTP receiver listening on {scheme}://{otlp_local}");
             let app = tokentrace_server::otlp_router(state.clone());
             let rx = stop_rx.clone();
             Some(tokio::spawn(crate::listen::serve(
@@ -176,6 +185,7 @@ async fn run(config: RunConfig) -> Result<(), ServeError> {
                 app,
                 rx,
                 HEADER_TIMEOUT,
+                tls.clone(),
             )))
         }
         None => None,
@@ -186,6 +196,7 @@ async fn run(config: RunConfig) -> Result<(), ServeError> {
         tokentrace_server::router(state),
         stop_rx,
         HEADER_TIMEOUT,
+        tls,
     ));
     // Once stopping, connections get as long as a request may take to finish; a client that
     // holds one open (a half-sent request, an endless stream) is then cut.

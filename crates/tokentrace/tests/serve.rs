@@ -259,3 +259,50 @@ fn a_client_that_never_finishes_its_request_head_is_disconnected() {
     let r = reqwest::blocking::get(format!("{}/v1/health", server.base)).unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[test]
+fn server_tls_serves_https_with_the_configured_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
+    let cfg = dir.path().join("run.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "server:\n  tls:\n    cert_file: {}\n    key_file: {}\n",
+            cert_file.display(),
+            key_file.display()
+        ),
+    )
+    .unwrap();
+    let server = start(
+        dir.path(),
+        &["--config", cfg.to_str().unwrap()],
+        &[("TELEMETRY_SINKS", "sqlite")],
+    );
+    assert!(server.base.starts_with("https://"), "{}", server.base);
+    let ca = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap();
+    let https = reqwest::blocking::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let r = https
+        .post(format!("{}/v1/chat/completions", server.base))
+        .json(&json!({"model": "echo", "messages": [{"role": "user", "content": "over TLS"}]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Plain HTTP on the TLS port gets no answer, and a client that does not trust the
+    // certificate cannot connect.
+    let plain = server.base.replacen("https://", "http://", 1);
+    assert!(reqwest::blocking::get(format!("{plain}/v1/health")).is_err());
+    assert!(reqwest::blocking::get(format!("{}/v1/health", server.base)).is_err());
+    // A key that does not fit the certificate stops start-up with a message.
+    let other = rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap();
+    std::fs::write(&key_file, other.key_pair.serialize_pem()).unwrap();
+    let err = run_to_failure(dir.path(), &["--config", cfg.to_str().unwrap()], &[]);
+    assert!(err.contains("server.tls"), "{err}");
+}
