@@ -69,6 +69,7 @@ struct RawTelemetryConfig {
     thread_nice: Option<i32>,
     console: Option<ConsoleConfig>,
     capture_content: Option<bool>,
+    redaction: Option<crate::RedactionConfig>,
     indexed_attributes: Option<Vec<String>>,
     #[serde(default, deserialize_with = "opt_number")]
     max_answer_spans: Option<usize>,
@@ -248,6 +249,11 @@ pub(crate) fn build(
             thread_nice,
             console: config.console.unwrap_or(d.console),
             capture_content: config.capture_content.unwrap_or(d.capture_content),
+            redaction: {
+                let r = config.redaction.unwrap_or_default();
+                r.check()?;
+                r
+            },
             indexed_attributes,
             max_answer_spans: positive(
                 "max_answer_spans",

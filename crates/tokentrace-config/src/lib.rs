@@ -11,10 +11,12 @@ mod build;
 mod deserialize;
 mod effective;
 mod inference;
+mod redaction;
 mod substitute;
 
 pub use auth::{ApiKey, AuthConfig, SCOPE_NAMES, Scope, key_digest};
 pub use effective::MASK;
+pub use redaction::{BUILTIN_KINDS, RedactionConfig, RedactionMode, RedactionPattern};
 
 use build::{RawRoot, build};
 use deserialize::{number, opt_number};
@@ -234,6 +236,8 @@ pub struct TelemetryConfig {
     pub console: ConsoleConfig,
     /// Record request and response content as span attributes.
     pub capture_content: bool,
+    /// Personal data replaced before any sink sees it.
+    pub redaction: RedactionConfig,
     /// Attribute keys (and the span fields `name`, `status`) the store indexes, so that filters
     /// on them are answered from an index rather than by reading every span.
     pub indexed_attributes: Vec<String>,
@@ -289,6 +293,7 @@ impl Default for TelemetryConfig {
                 .collect(),
             max_answer_spans: 100_000,
             query_timeout_seconds: 10,
+            redaction: RedactionConfig::default(),
         }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod assemble;
 pub mod genai;
+pub mod redact;
 mod sink;
 pub mod sinks;
 mod size;

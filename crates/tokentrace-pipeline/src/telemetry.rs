@@ -38,6 +38,8 @@ pub struct PipelineOptions {
     pub service_name: String,
     /// Nice value of the pipeline thread (see [`crate::thread::set_nice`]).
     pub thread_nice: i32,
+    /// Personal data replaced before the sinks see it.
+    pub redaction: tokentrace_config::RedactionConfig,
 }
 
 impl PipelineOptions {
@@ -54,6 +56,7 @@ impl PipelineOptions {
             max_open_bytes: 64 << 20,
             service_name: tc.service_name.clone(),
             thread_nice: tc.thread_nice,
+            redaction: tc.redaction.clone(),
         }
     }
 }
@@ -103,6 +106,8 @@ pub struct PipelineStats {
     pub room_waits: AtomicU64,
     /// Callers of [`Telemetry::wait_for_room`] that gave up waiting.
     pub room_wait_timeouts: AtomicU64,
+    /// Matches replaced by redaction, by kind.
+    pub redactions: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// Where callers wait for room in a full queue; the pipeline thread wakes them.
@@ -357,8 +362,10 @@ impl Pipeline {
         }
         let max_bytes = options.queue_max_bytes.max(1);
         let room = Arc::new(Room::new(capacity, max_bytes));
+        let redactor = crate::redact::Redactor::new(&options.redaction);
         let worker = Worker::new(
             Assembler::new(options, stats.clone()),
+            redactor,
             sinks,
             stats.clone(),
             room.clone(),

@@ -17,6 +17,7 @@ const TICK: Duration = Duration::from_millis(500);
 
 pub(crate) struct Worker {
     assembler: Assembler,
+    redactor: Option<crate::redact::Redactor>,
     sinks: Vec<Box<dyn Sink>>,
     stats: Arc<PipelineStats>,
     room: Arc<Room>,
@@ -25,12 +26,14 @@ pub(crate) struct Worker {
 impl Worker {
     pub(crate) fn new(
         assembler: Assembler,
+        redactor: Option<crate::redact::Redactor>,
         sinks: Vec<Box<dyn Sink>>,
         stats: Arc<PipelineStats>,
         room: Arc<Room>,
     ) -> Self {
         Self {
             assembler,
+            redactor,
             sinks,
             stats,
             room,
@@ -94,6 +97,32 @@ impl Worker {
     }
 
     fn emit(&mut self, out: &mut Vec<Output>) {
+        if let Some(r) = &mut self.redactor {
+            for item in out.iter_mut() {
+                match item {
+                    Output::Started(s) => {
+                        for v in s.attributes.values_mut() {
+                            if let tokentrace_model::AttrValue::String(text) = v
+                                && let Some(red) = r.text(text)
+                            {
+                                *text = red;
+                            }
+                        }
+                    }
+                    Output::Ended(s) => r.span(s),
+                    Output::Event(e) => r.event(e),
+                    Output::Metric(m) => r.attributes(&mut m.labels),
+                }
+            }
+            let counts = r.take_counts();
+            if !counts.is_empty()
+                && let Ok(mut all) = self.stats.redactions.lock()
+            {
+                for (k, n) in counts {
+                    *all.entry(k).or_insert(0) += n;
+                }
+            }
+        }
         for item in out.drain(..) {
             for sink in &mut self.sinks {
                 match &item {

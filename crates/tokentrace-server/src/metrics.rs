@@ -162,5 +162,15 @@ fn live_samples(state: &AppState) -> Vec<Sample> {
             )),
         ]);
     }
+    if let Ok(counts) = p.redactions.lock() {
+        live.extend(counts.iter().map(|(kind, n)| Sample {
+            labels: vec![("kind", kind.clone())],
+            ..counter(
+                "tokentrace_redactions_total",
+                "Matches replaced by redaction before any sink, by kind.",
+                *n as f64,
+            )
+        }));
+    }
     live
 }
