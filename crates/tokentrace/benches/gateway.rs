@@ -1,7 +1,7 @@
 //! Gateway overhead: the same non-streaming chat requests sent straight to a fast fake upstream
 //! and through tokentrace to that upstream: with no sinks (only the in-memory Prometheus
 //! registry), with the sqlite sink, with the OTLP sinks exporting to a receiver on 127.0.0.1, and
-//! with the OTLP sinks pointed at a collector that is down. Reports added latency (p50, p99) and
+//! with the OTLP sinks pointed at a collector that is down, and with redaction on. Reports added latency (p50, p99) and
 //! throughput at concurrency 1 and 32, and checks that every request's trace is in SQLite after
 //! shutdown.
 //!
@@ -80,6 +80,7 @@ fn main() -> Result<(), Error> {
         sinks,
         otlp_endpoint: otlp_port.map_or(String::new(), |p| format!("http://127.0.0.1:{p}")),
         thread_nice,
+        redact: false,
     };
     let otel = "sqlite,otel_trace,otel_metric";
     let configs = [
@@ -100,6 +101,10 @@ fn main() -> Result<(), Error> {
             10,
         ),
         with("sqlite-nice0", "sqlite, thread_nice 0", "sqlite", None, 0),
+        Setup {
+            redact: true,
+            ..with("sqlite-redact", "sqlite, redaction on", "sqlite", None, 10)
+        },
         with(
             "otel-nice0",
             "otel on, thread_nice 0",
@@ -193,6 +198,8 @@ struct Setup {
     sinks: &'static str,
     otlp_endpoint: String,
     thread_nice: i32,
+    /// `telemetry.redaction.mode: redact`.
+    redact: bool,
 }
 
 /// What one configuration measured in one round.
@@ -217,14 +224,20 @@ fn start(setup: &Setup, up_port: u16) -> Result<Server, Error> {
         sinks,
         otlp_endpoint,
         thread_nice,
+        redact,
         ..
     } = setup;
+    let redaction = if *redact {
+        "      redaction:\n        mode: redact\n"
+    } else {
+        ""
+    };
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("run.yaml");
     std::fs::write(
         &config,
         format!(
-            "providers:\n  telemetry:\n  - provider_id: meta-reference\n    provider_type: inline::meta-reference\n    config:\n      sinks: {sinks}\n      thread_nice: {thread_nice}\n      otel_exporter_otlp_endpoint: {otlp_endpoint}\n      sqlite_db_path: {}/trace_store.db\n  inference:\n  - provider_id: fake\n    provider_type: remote::openai-compatible\n    config:\n      url: http://127.0.0.1:{up_port}/v1\nmodels:\n- model_id: llama\n  provider_id: fake\n",
+            "providers:\n  telemetry:\n  - provider_id: meta-reference\n    provider_type: inline::meta-reference\n    config:\n      sinks: {sinks}\n      thread_nice: {thread_nice}\n      otel_exporter_otlp_endpoint: {otlp_endpoint}\n      sqlite_db_path: {}/trace_store.db\n{redaction}  inference:\n  - provider_id: fake\n    provider_type: remote::openai-compatible\n    config:\n      url: http://127.0.0.1:{up_port}/v1\nmodels:\n- model_id: llama\n  provider_id: fake\n",
             dir.path().display()
         ),
     )?;
