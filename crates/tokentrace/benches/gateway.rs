@@ -1,9 +1,9 @@
 //! Gateway overhead: the same non-streaming chat requests sent straight to a fast fake upstream
 //! and through tokentrace to that upstream: with no sinks (only the in-memory Prometheus
-//! registry), with the sqlite sink, with the OTLP sinks exporting to a receiver on 127.0.0.1, and
-//! with the OTLP sinks pointed at a collector that is down, and with redaction on. Reports added latency (p50, p99) and
-//! throughput at concurrency 1 and 32, and checks that every request's trace is in SQLite after
-//! shutdown.
+//! registry), with the sqlite sink, with the OTLP sinks exporting to a receiver on 127.0.0.1,
+//! with the OTLP sinks pointed at a collector that is down, and with redaction on. Reports added
+//! latency (p50, p99) and throughput at concurrency 1 and 32, and checks that every request's
+//! trace is in SQLite after shutdown.
 //!
 //! Run: `cargo bench -p tokentrace --bench gateway` (options: `-- --seconds 5 --rounds 3
 //! --slice-ms 1000`, and `--only none,sqlite,otel,down` to run some of the configurations). In
