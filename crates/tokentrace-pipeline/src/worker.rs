@@ -100,15 +100,7 @@ impl Worker {
         if let Some(r) = &mut self.redactor {
             for item in out.iter_mut() {
                 match item {
-                    Output::Started(s) => {
-                        for v in s.attributes.values_mut() {
-                            if let tokentrace_model::AttrValue::String(text) = v
-                                && let Some(red) = r.text(text)
-                            {
-                                *text = red;
-                            }
-                        }
-                    }
+                    Output::Started(s) => r.attributes(&mut s.attributes),
                     Output::Ended(s) => r.span(s),
                     Output::Event(e) => r.event(e),
                     Output::Metric(m) => r.attributes(&mut m.labels),

@@ -33,18 +33,14 @@ pub struct Guard {
     pub tls: bool,
 }
 
-fn is_loopback_name(host: &str) -> bool {
+/// Whether `host` (a listen address or a host name) is reachable only from this machine.
+pub fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host
             .trim_start_matches('[')
             .trim_end_matches(']')
             .parse::<IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
-}
-
-/// Whether `host` (a listen address) is reachable only from this machine.
-pub fn is_loopback(host: &str) -> bool {
-    is_loopback_name(host)
 }
 
 impl Guard {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension};
 use tokentrace_model::query::ListTracesQuery;
 use tokentrace_model::{
-    SpanEvent, SpanKind, SpanLink, SpanRecord, SpanStatus, Timestamp, Trace, TraceId,
+    SpanEvent, SpanId, SpanKind, SpanLink, SpanRecord, SpanStatus, Timestamp, Trace, TraceId,
 };
 
 use crate::reader::{EVENT_COLUMNS, attributes, read_event, span_id, trace_id, trace_key_sql};
@@ -27,98 +27,64 @@ const SPANS: &str = "SELECT t.trace_id, s.span_id, s.parent_span_id, s.name, s.k
     s.end_ns, s.status, s.status_message, s.attributes, s.links, s.service_name, s.expires_at
   FROM span_rows s JOIN trace_rows t ON t.id = s.trace WHERE s.trace = ?1 ORDER BY s.start_ns, s.id";
 
-type RawSpan = (
-    [u8; 16],
-    [u8; 8],
-    Option<[u8; 8]>,
-    String,
-    String,
-    i64,
-    Option<i64>,
-    Option<String>,
-    Option<String>,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<i64>,
-);
+/// A span from a row of [`SPANS`], without its events.
+fn read_span(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SpanRecord, StoreError>> {
+    let (tid, sid, parent): ([u8; 16], [u8; 8], Option<[u8; 8]>) =
+        (r.get(0)?, r.get(1)?, r.get(2)?);
+    let (kind, status, links): (String, Option<String>, Option<String>) =
+        (r.get(4)?, r.get(7)?, r.get(10)?);
+    let (start, end, exp): (i64, Option<i64>, Option<i64>) = (r.get(5)?, r.get(6)?, r.get(12)?);
+    let (name, msg, attrs, service): (String, Option<String>, String, Option<String>) =
+        (r.get(3)?, r.get(8)?, r.get(9)?, r.get(11)?);
+    Ok((|| {
+        let links: Vec<SpanLink> = match links {
+            Some(l) => serde_json::from_str(&l)
+                .map_err(|e| StoreError::Corrupt(format!("stored links: {e}")))?,
+            None => Vec::new(),
+        };
+        Ok(SpanRecord {
+            trace_id: trace_id(tid)?,
+            span_id: span_id(sid)?,
+            parent_span_id: parent.map(span_id).transpose()?,
+            name,
+            kind: SpanKind::from_name(&kind),
+            start_time: Timestamp::from_unix_nanos(start),
+            end_time: end.map(Timestamp::from_unix_nanos),
+            status: match status.as_deref() {
+                Some("ok") => Some(SpanStatus::Ok),
+                Some("error") => Some(SpanStatus::Error),
+                _ => None,
+            },
+            status_message: msg,
+            attributes: attributes(&attrs)?,
+            events: Vec::new(),
+            links,
+            service_name: service,
+            expires_at: exp.map(Timestamp::from_unix_nanos),
+        })
+    })())
+}
 
+/// Every span of a trace (by its key), by start, each with its events.
 fn trace_spans(conn: &Connection, key: i64) -> Result<Vec<SpanRecord>, StoreError> {
-    let mut events: HashMap<[u8; 8], Vec<SpanEvent>> = HashMap::new();
+    let mut events: HashMap<SpanId, Vec<SpanEvent>> = HashMap::new();
     let mut st = conn.prepare_cached(&format!(
         "SELECT {EVENT_COLUMNS} FROM event_rows WHERE trace = ?1 AND span_id IS NOT NULL ORDER BY ts_ns, id"
     ))?;
     for e in st.query_map([key], read_event)? {
         let e = e??;
         if let Some(s) = e.span_id {
-            events.entry(s.to_bytes()).or_default().push(e);
+            events.entry(s).or_default().push(e);
         }
     }
-    let rows: Vec<RawSpan> = conn
-        .prepare_cached(SPANS)?
-        .query_map([key], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-                r.get(8)?,
-                r.get(9)?,
-                r.get(10)?,
-                r.get(11)?,
-                r.get(12)?,
-            ))
-        })?
-        .collect::<Result<_, _>>()?;
-    rows.into_iter()
-        .map(
-            |(
-                tid,
-                sid,
-                parent,
-                name,
-                kind,
-                start,
-                end,
-                status,
-                msg,
-                attrs,
-                links,
-                service,
-                exp,
-            )| {
-                let links: Vec<SpanLink> = match links {
-                    Some(l) => serde_json::from_str(&l)
-                        .map_err(|e| StoreError::Corrupt(format!("stored links: {e}")))?,
-                    None => Vec::new(),
-                };
-                Ok(SpanRecord {
-                    trace_id: trace_id(tid)?,
-                    span_id: span_id(sid)?,
-                    parent_span_id: parent.map(span_id).transpose()?,
-                    name,
-                    kind: SpanKind::from_name(&kind),
-                    start_time: Timestamp::from_unix_nanos(start),
-                    end_time: end.map(Timestamp::from_unix_nanos),
-                    status: match status.as_deref() {
-                        Some("ok") => Some(SpanStatus::Ok),
-                        Some("error") => Some(SpanStatus::Error),
-                        _ => None,
-                    },
-                    status_message: msg,
-                    attributes: attributes(&attrs)?,
-                    events: events.remove(&sid).unwrap_or_default(),
-                    links,
-                    service_name: service,
-                    expires_at: exp.map(Timestamp::from_unix_nanos),
-                })
-            },
-        )
-        .collect()
+    let mut st = conn.prepare_cached(SPANS)?;
+    let rows = st.query_map([key], read_span)?;
+    rows.map(|r| {
+        let mut span = r??;
+        span.events = events.remove(&span.span_id).unwrap_or_default();
+        Ok(span)
+    })
+    .collect()
 }
 
 impl StoreReader {

@@ -7,8 +7,8 @@ use regex::Regex;
 use rusqlite::params;
 use tokentrace_model::Timestamp;
 use tokentrace_model::query::{
-    InvalidQuery, MetricDataPoint, MetricLabel, MetricLabelOperator, MetricQueryType, MetricSeries,
-    QueryMetricsRequest, parse_granularity, validate_attribute_key,
+    InvalidQuery, MetricDataPoint, MetricLabel, MetricLabelOperator, MetricName, MetricQueryType,
+    MetricSeries, QueryMetricsRequest, parse_granularity, validate_attribute_key,
 };
 
 use crate::reader::attributes;
@@ -257,5 +257,25 @@ impl StoreReader {
                     .collect(),
             })
             .collect())
+    }
+}
+
+impl StoreReader {
+    /// The metrics the store holds, by name and unit, with their number of series.
+    pub fn metric_names(&self) -> Result<Vec<MetricName>, StoreError> {
+        let conn = self.conn()?;
+        let names = conn
+            .prepare_cached(
+                "SELECT name, unit, count(*) FROM metric_series GROUP BY name, unit ORDER BY name, unit",
+            )?
+            .query_map([], |r| {
+                Ok(MetricName {
+                    name: r.get(0)?,
+                    unit: r.get(1)?,
+                    series: r.get::<_, i64>(2)?.max(0) as u64,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(names)
     }
 }

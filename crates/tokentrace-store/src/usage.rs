@@ -7,9 +7,7 @@ use std::collections::{HashMap, HashSet};
 use rusqlite::params;
 use rusqlite::types::Value as SqlValue;
 use tokentrace_model::Timestamp;
-use tokentrace_model::query::{
-    MetricName, PERCENTILE_SAMPLE, UsageAnswer, UsageGroup, UsageQuery, UsageRow,
-};
+use tokentrace_model::query::{PERCENTILE_SAMPLE, UsageAnswer, UsageGroup, UsageQuery, UsageRow};
 
 use crate::{StoreError, StoreReader};
 
@@ -183,24 +181,6 @@ impl StoreReader {
             by: q.by,
             data,
         })
-    }
-
-    /// The metrics the store holds, by name and unit, with their number of series.
-    pub fn metric_names(&self) -> Result<Vec<MetricName>, StoreError> {
-        let conn = self.conn()?;
-        let names = conn
-            .prepare_cached(
-                "SELECT name, unit, count(*) FROM metric_series GROUP BY name, unit ORDER BY name, unit",
-            )?
-            .query_map([], |r| {
-                Ok(MetricName {
-                    name: r.get(0)?,
-                    unit: r.get(1)?,
-                    series: r.get::<_, i64>(2)?.max(0) as u64,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(names)
     }
 }
 

@@ -307,6 +307,13 @@ struct Query {
     sql: &'static str,
 }
 
+/// The floor of the lists of newest traces: the index read of the newest trace rows.
+fn newest_floor(c: &rusqlite::Connection, _: u64) -> Result<(), Error> {
+    let mut st = c.prepare_cached(NEWEST_SQL)?;
+    drain(st.query([])?)?;
+    Ok(())
+}
+
 /// A trace id's key: the sorted runs' entries for it (one seek per live run), checked against
 /// the trace row.
 const GET_TRACE_SQL: &str = "SELECT t.root_span_id, t.start_ns, t.end_ns FROM trace_rows t
@@ -598,11 +605,7 @@ fn main() -> Result<(), Error> {
                     )
                 }
             }),
-            floor: Box::new(|c, _| {
-                let mut st = c.prepare_cached(NEWEST_SQL)?;
-                drain(st.query([])?)?;
-                Ok(())
-            }),
+            floor: Box::new(newest_floor),
             sql: NEWEST_SQL,
         },
         Query {
@@ -611,11 +614,7 @@ fn main() -> Result<(), Error> {
                 let post_json = post_json.clone();
                 move |_| post_json("/v1/tokentrace/traces".into(), json!({"limit": 50}))
             }),
-            floor: Box::new(|c, _| {
-                let mut st = c.prepare_cached(NEWEST_SQL)?;
-                drain(st.query([])?)?;
-                Ok(())
-            }),
+            floor: Box::new(newest_floor),
             sql: NEWEST_SQL,
         },
         Query {
@@ -629,11 +628,7 @@ fn main() -> Result<(), Error> {
                     )
                 }
             }),
-            floor: Box::new(|c, _| {
-                let mut st = c.prepare_cached(NEWEST_SQL)?;
-                drain(st.query([])?)?;
-                Ok(())
-            }),
+            floor: Box::new(newest_floor),
             sql: NEWEST_SQL,
         },
         Query {

@@ -37,6 +37,32 @@ fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// Runs one of the browser scripts beside the tests with playwright-core and Chromium; fails
+/// with its output unless it prints `done`.
+fn run_browser(script: &str, args: &[&str]) {
+    let node_dir = std::env::var("TOKENTRACE_UI_NODE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace().join("target/ui-node"));
+    assert!(
+        node_dir.join("node_modules/playwright-core").is_dir()
+            && PathBuf::from("/usr/bin/chromium").exists(),
+        "playwright-core (in {}) and /usr/bin/chromium are needed; run scripts/test, which installs them",
+        node_dir.display()
+    );
+    let out = Command::new("node")
+        .arg(workspace().join("crates/tokentrace/tests").join(script))
+        .args(args)
+        .env("TOKENTRACE_UI_NODE", &node_dir)
+        .output()
+        .expect("node is needed for the UI tests");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("done"),
+        "{script} failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Spans of one service as an OTLP request.
 fn request(service: &str, spans: Vec<Span>) -> Vec<u8> {
     ExportTraceServiceRequest {
@@ -86,15 +112,6 @@ fn span(
 
 #[test]
 fn the_web_ui_shows_what_the_store_holds() {
-    let node_dir = std::env::var("TOKENTRACE_UI_NODE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| workspace().join("target/ui-node"));
-    assert!(
-        node_dir.join("node_modules/playwright-core").is_dir()
-            && PathBuf::from("/usr/bin/chromium").exists(),
-        "playwright-core (in {}) and /usr/bin/chromium are needed; run scripts/test, which installs them",
-        node_dir.display()
-    );
     require_python("openai");
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
@@ -236,21 +253,13 @@ fn the_web_ui_shows_what_the_store_holds() {
     assert_eq!(traces.len(), 6);
 
     let out_dir = workspace().join("target/ui-screenshots");
-    let out = Command::new("node")
-        .arg(workspace().join("crates/tokentrace/tests/ui_e2e.mjs"))
-        .args([
+    run_browser(
+        "ui_e2e.mjs",
+        &[
             base.as_str(),
             out_dir.to_str().unwrap(),
             &expect.to_string(),
-        ])
-        .env("TOKENTRACE_UI_NODE", &node_dir)
-        .output()
-        .expect("node is needed for the UI test");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("done"),
-        "ui_e2e.mjs failed\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     assert!(out_dir.join("trace.png").exists());
     drop(server);
@@ -260,14 +269,6 @@ fn the_web_ui_shows_what_the_store_holds() {
 /// the traces (`ui_login.mjs`).
 #[test]
 fn with_auth_the_web_ui_asks_for_a_key_that_can_read() {
-    let node_dir = std::env::var("TOKENTRACE_UI_NODE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| workspace().join("target/ui-node"));
-    assert!(
-        node_dir.join("node_modules/playwright-core").is_dir(),
-        "playwright-core is needed in {}; run scripts/test, which installs it",
-        node_dir.display()
-    );
     let (read_key, app_key) = ("ui-read-key-0123456789", "ui-app-key-0123456789");
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("run.yaml");
@@ -310,17 +311,6 @@ fn with_auth_the_web_ui_asks_for_a_key_that_can_read() {
         assert!(Instant::now() < deadline, "the call was never stored");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let out = Command::new("node")
-        .arg(workspace().join("crates/tokentrace/tests/ui_login.mjs"))
-        .args([base.as_str(), read_key, app_key])
-        .env("TOKENTRACE_UI_NODE", &node_dir)
-        .output()
-        .expect("node is needed for the UI test");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("done"),
-        "ui_login.mjs failed\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_browser("ui_login.mjs", &[base.as_str(), read_key, app_key]);
     drop(server);
 }

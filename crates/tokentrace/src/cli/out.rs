@@ -4,17 +4,8 @@
 use std::io::{IsTerminal, Write};
 
 use serde_json::Value;
-
-/// ANSI codes.
-pub const RESET: &str = "\x1b[0m";
-/// Dim.
-pub const DIM: &str = "\x1b[2m";
-/// Bold.
-pub const BOLD: &str = "\x1b[1m";
-/// Red.
-pub const RED: &str = "\x1b[31m";
-/// Yellow.
-pub const YELLOW: &str = "\x1b[33m";
+use tokentrace_pipeline::sinks::console::tree::{self, printable, truncate};
+pub use tokentrace_pipeline::sinks::console::tree::{BOLD, DIM, RED, YELLOW};
 
 /// What standard output is.
 #[derive(Clone, Copy, Debug)]
@@ -48,11 +39,7 @@ impl Term {
 
     /// `text` in `code`, when colouring.
     pub fn paint(&self, code: &str, text: &str) -> String {
-        if self.color && !code.is_empty() {
-            format!("{code}{text}{RESET}")
-        } else {
-            text.to_string()
-        }
+        tree::paint(self.color && !code.is_empty(), code, text)
     }
 }
 
@@ -134,8 +121,7 @@ impl Table {
             };
             widths[widest] -= 1;
         }
-        let fit =
-            |text: &str, w: usize| tokentrace_pipeline::sinks::console::tree::truncate(text, w);
+        let fit = |text: &str, w: usize| truncate(text, w);
         let mut out = Vec::with_capacity(self.rows.len() + 1);
         let header: Vec<String> = self
             .headers
@@ -149,10 +135,7 @@ impl Table {
                 .iter()
                 .zip(&widths)
                 .map(|(c, &w)| {
-                    let t = fit(
-                        &tokentrace_pipeline::sinks::console::tree::printable(&c.text),
-                        w,
-                    );
+                    let t = fit(&printable(&c.text), w);
                     let padded = if c.right {
                         format!("{t:>w$}")
                     } else {

@@ -175,13 +175,7 @@ fn short(id: &impl std::fmt::Display) -> String {
 
 /// The lines of a block: a header line (time, trace id, root, duration), then the tree.
 pub fn render(block: &Block, style: &TreeStyle) -> Vec<String> {
-    let paint = |code: &str, s: &str| {
-        if style.color {
-            format!("{code}{s}\x1b[0m")
-        } else {
-            s.to_string()
-        }
-    };
+    let paint = |code: &str, s: &str| tree::paint(style.color, code, s);
     let (spans, note): (Vec<&OwnedSpan>, &str) = match block {
         Block::Trace(s) => (s.iter().collect(), ""),
         Block::Incomplete(s) => (s.iter().collect(), "  (without its root)"),
@@ -204,9 +198,9 @@ pub fn render(block: &Block, style: &TreeStyle) -> Vec<String> {
     };
     let mut out = vec![format!(
         "{}  {}  {}",
-        paint("\x1b[2m", &at.format("%H:%M:%S%.3f").to_string()),
-        paint("\x1b[1m", &format!("trace {}", short(&first.trace_id))),
-        paint("\x1b[2m", &format!("{count} · {took}{note}")),
+        paint(tree::DIM, &at.format("%H:%M:%S%.3f").to_string()),
+        paint(tree::BOLD, &format!("trace {}", short(&first.trace_id))),
+        paint(tree::DIM, &format!("{count} · {took}{note}")),
     )];
     let view: Vec<TreeSpan<'_>> = spans.iter().map(|s| s.view()).collect();
     let inner = TreeStyle {

@@ -11,19 +11,13 @@ use tokentrace_model::{
 };
 
 use super::group::{self, Grouper, OwnedSpan};
-use super::tree::TreeStyle;
+use super::tree::{self, CYAN, DIM, RED, TreeStyle, YELLOW, truncate};
 use crate::{Sink, SinkError};
 
 /// Longest a trace's spans wait for its root before they are printed without it.
 const ROOT_WAIT: Duration = Duration::from_secs(5);
 /// Most spans held for their roots.
 const MAX_HELD: usize = 10_000;
-
-const RESET: &str = "\x1b[0m";
-const DIM: &str = "\x1b[2m";
-const RED: &str = "\x1b[31m";
-const YELLOW: &str = "\x1b[33m";
-const CYAN: &str = "\x1b[36m";
 
 /// Prints telemetry as it arrives.
 pub struct ConsoleSink {
@@ -82,11 +76,7 @@ impl ConsoleSink {
     }
 
     fn paint(&self, code: &'static str, text: &str) -> String {
-        if self.color {
-            format!("{code}{text}{RESET}")
-        } else {
-            text.to_string()
-        }
+        tree::paint(self.color, code, text)
     }
 
     fn write_line(&mut self, line: String) {
@@ -114,16 +104,6 @@ impl ConsoleSink {
             .collect();
         format!("  {{{}}}", inner.join(", "))
     }
-}
-
-/// Cuts `s` to at most `max` characters, ending with `…` when cut.
-fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_string();
-    }
-    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
-    out.push('…');
-    out
 }
 
 impl Sink for ConsoleSink {
@@ -342,7 +322,7 @@ mod tests {
         sink.span_ended(&span(Some(SpanStatus::Error), true));
         assert!(
             buf.text()
-                .contains(&format!("{RED}error: upstream 503{RESET}")),
+                .contains(&format!("{RED}error: upstream 503{}", tree::RESET)),
             "{}",
             buf.text()
         );

@@ -10,13 +10,20 @@ use tokentrace_model::{AttrValue, Attributes, SpanId, SpanStatus, Timestamp};
 
 use crate::genai;
 
-const RESET: &str = "\x1b[0m";
-const DIM: &str = "\x1b[2m";
-const BOLD: &str = "\x1b[1m";
-const RED: &str = "\x1b[31m";
-const YELLOW: &str = "\x1b[33m";
-const GREEN: &str = "\x1b[32m";
-const CYAN: &str = "\x1b[36m";
+/// ANSI: reset.
+pub const RESET: &str = "\x1b[0m";
+/// ANSI: dim.
+pub const DIM: &str = "\x1b[2m";
+/// ANSI: bold.
+pub const BOLD: &str = "\x1b[1m";
+/// ANSI: red.
+pub const RED: &str = "\x1b[31m";
+/// ANSI: yellow.
+pub const YELLOW: &str = "\x1b[33m";
+/// ANSI: green.
+pub const GREEN: &str = "\x1b[32m";
+/// ANSI: cyan.
+pub const CYAN: &str = "\x1b[36m";
 
 /// What the tree needs of a span.
 #[derive(Clone, Copy, Debug)]
@@ -125,7 +132,8 @@ pub fn key_facts(a: &Attributes) -> Vec<String> {
     out
 }
 
-fn paint(color: bool, code: &str, text: &str) -> String {
+/// `text` in the ANSI `code` when `color`, else as it is.
+pub fn paint(color: bool, code: &str, text: &str) -> String {
     if color {
         format!("{code}{text}{RESET}")
     } else {
