@@ -185,7 +185,7 @@ pub fn run(args: MetricsArgs) -> CliResult {
     let table = Table {
         headers,
         rows,
-        flexible: vec![0],
+        flexible: vec![(0, 8)],
     };
     table.print(args.format.csv);
     Ok(())

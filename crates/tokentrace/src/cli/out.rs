@@ -85,14 +85,15 @@ impl Cell {
     }
 }
 
-/// A table: headers, rows, and which columns may be cut to fit the width (widest first).
+/// A table: headers, rows, and which columns may be cut to fit the width (widest first), each
+/// with the width it keeps until every other column is cut down to it.
 pub struct Table {
     /// Column names.
     pub headers: Vec<String>,
     /// Rows of cells.
     pub rows: Vec<Vec<Cell>>,
-    /// Columns that may be shortened.
-    pub flexible: Vec<usize>,
+    /// Columns that may be shortened, with the width each keeps as long as it can.
+    pub flexible: Vec<(usize, usize)>,
 }
 
 fn chars(s: &str) -> usize {
@@ -110,16 +111,19 @@ impl Table {
             }
         }
         let total = |w: &[usize]| w.iter().sum::<usize>() + 2 * n.saturating_sub(1);
-        while total(&widths) > term.width {
-            let Some(&widest) = self
-                .flexible
-                .iter()
-                .filter(|&&i| widths[i] > 8)
-                .max_by_key(|&&i| widths[i])
-            else {
-                break;
-            };
-            widths[widest] -= 1;
+        // First down to each column's own minimum, then all down to 8.
+        for floor in [None, Some(8)] {
+            while total(&widths) > term.width {
+                let Some(&(widest, _)) = self
+                    .flexible
+                    .iter()
+                    .filter(|&&(i, min)| widths[i] > floor.unwrap_or(min).max(8))
+                    .max_by_key(|&&(i, _)| widths[i])
+                else {
+                    break;
+                };
+                widths[widest] -= 1;
+            }
         }
         let fit = |text: &str, w: usize| truncate(text, w);
         let mut out = Vec::with_capacity(self.rows.len() + 1);
@@ -220,7 +224,7 @@ mod tests {
         let t = Table {
             headers: vec!["NAME".into(), "N".into()],
             rows: vec![vec![Cell::new("x".repeat(100)), Cell::num("7")]],
-            flexible: vec![0],
+            flexible: vec![(0, 8)],
         };
         let lines = t.render(&Term {
             color: false,

@@ -65,7 +65,7 @@ pub fn run(args: SqlArgs) -> CliResult {
                     .collect()
             })
             .collect(),
-        flexible: (0..n).collect(),
+        flexible: (0..n).map(|i| (i, 8)).collect(),
     };
     table.print(args.format.csv);
     Ok(())

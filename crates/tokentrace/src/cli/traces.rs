@@ -64,7 +64,7 @@ pub fn table(traces: &[TraceSummary], csv: bool) -> Table {
                 t.start_time.to_iso()
             } else {
                 let local = t.start_time.to_datetime().with_timezone(&chrono::Local);
-                local.format("%Y-%m-%d %H:%M:%S").to_string()
+                local.format("%m-%d %H:%M:%S").to_string()
             };
             let code = match t.status {
                 TraceStatus::Error => RED,
@@ -91,6 +91,7 @@ pub fn table(traces: &[TraceSummary], csv: bool) -> Table {
         .map(String::from)
         .to_vec(),
         rows,
-        flexible: vec![1, 2, 3],
+        // The root's name is what people read: it keeps 28 characters longest.
+        flexible: vec![(1, 28), (2, 8), (3, 8)],
     }
 }

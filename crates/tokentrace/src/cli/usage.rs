@@ -114,7 +114,7 @@ pub fn run(args: UsageArgs) -> CliResult {
         .map(|h| h.to_uppercase())
         .to_vec(),
         rows,
-        flexible: vec![0],
+        flexible: vec![(0, 8)],
     };
     table.print(args.format.csv);
     Ok(())
