@@ -27,6 +27,8 @@ pub(crate) struct RawRoot {
     providers: Option<RawProviders>,
     #[serde(default)]
     models: Option<Vec<inference::RawModel>>,
+    #[serde(default)]
+    pricing: Option<Vec<crate::pricing::RawPrice>>,
 }
 
 #[derive(Deserialize)]
@@ -69,6 +71,7 @@ struct RawTelemetryConfig {
     thread_nice: Option<i32>,
     console: Option<ConsoleConfig>,
     capture_content: Option<bool>,
+    capture_content_format: Option<crate::ContentFormat>,
     redaction: Option<crate::RedactionConfig>,
     indexed_attributes: Option<Vec<String>>,
     #[serde(default, deserialize_with = "opt_number")]
@@ -108,6 +111,7 @@ pub(crate) fn build(
         None => (None, None),
     };
     let inference = inference::build(inference_providers, raw.models)?;
+    let pricing = crate::PriceTable::with_config(raw.pricing.as_deref().unwrap_or_default())?;
     let providers = telemetry_providers.unwrap_or_default();
     if providers.len() > 1 {
         return Err((
@@ -249,6 +253,9 @@ pub(crate) fn build(
             thread_nice,
             console: config.console.unwrap_or(d.console),
             capture_content: config.capture_content.unwrap_or(d.capture_content),
+            capture_content_format: config
+                .capture_content_format
+                .unwrap_or(d.capture_content_format),
             redaction: {
                 let r = config.redaction.unwrap_or_default();
                 r.check()?;
@@ -267,5 +274,6 @@ pub(crate) fn build(
             )?,
         },
         inference,
+        pricing,
     })
 }

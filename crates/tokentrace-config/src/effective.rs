@@ -12,6 +12,18 @@ fn quote(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
 
+fn price_yaml(p: &crate::Price) -> String {
+    let mut s = format!(
+        "{{input_per_million: {}, output_per_million: {}",
+        p.input_per_million, p.output_per_million
+    );
+    if let Some(c) = p.cached_input_per_million {
+        s.push_str(&format!(", cached_input_per_million: {c}"));
+    }
+    s.push('}');
+    s
+}
+
 impl RunConfig {
     /// The settings in force, as YAML; API keys are shown as [`MASK`].
     pub fn effective_yaml(&self) -> String {
@@ -95,6 +107,8 @@ impl RunConfig {
             writeln!(y, "      backpressure_ms: {}", t.backpressure_ms)?;
             writeln!(y, "      thread_nice: {}", t.thread_nice)?;
             writeln!(y, "      capture_content: {}", t.capture_content)?;
+            let format = t.capture_content_format.as_str();
+            writeln!(y, "      capture_content_format: {format}")?;
             writeln!(y, "      max_answer_spans: {}", t.max_answer_spans)?;
             writeln!(
                 y,
@@ -133,6 +147,18 @@ impl RunConfig {
                 if !m.metadata.is_null() {
                     writeln!(y, "  metadata: {}", m.metadata)?;
                 }
+                if let Some(p) = &m.pricing {
+                    writeln!(y, "  pricing: {}", price_yaml(p))?;
+                }
+            }
+            let configured = self.pricing.configured();
+            if !configured.is_empty() {
+                writeln!(y, "pricing:")?;
+                for (id, p) in configured {
+                    let fields = price_yaml(p);
+                    let fields = fields.trim_start_matches('{').trim_end_matches('}');
+                    writeln!(y, "- {{provider_model_id: {}, {fields}}}", quote(id))?;
+                }
             }
             Ok(())
         })();
@@ -151,7 +177,7 @@ mod tests {
             "KEY" => Some("sk-secret-1234-abcdef".to_string()),
             _ => None,
         };
-        let yaml = "version: 2\nserver:\n  port: 9000\n  otlp_port: 4318\n  auth:\n    provider_type: api_key\n    config:\n      keys:\n      - name: app\n        key: ${env.KEY}\n        scopes: [inference, telemetry.write]\nproviders:\n  inference:\n  - provider_id: up\n    provider_type: remote::openai\n    config:\n      url: http://127.0.0.1:1/v1\n      api_key: ${env.KEY}\nmodels:\n- model_id: m\n  provider_id: up\n";
+        let yaml = "version: 2\nserver:\n  port: 9000\n  otlp_port: 4318\n  auth:\n    provider_type: api_key\n    config:\n      keys:\n      - name: app\n        key: ${env.KEY}\n        scopes: [inference, telemetry.write]\nproviders:\n  inference:\n  - provider_id: up\n    provider_type: remote::openai\n    config:\n      url: http://127.0.0.1:1/v1\n      api_key: ${env.KEY}\nmodels:\n- model_id: m\n  provider_id: up\n  pricing: {input_per_million: 1.5, output_per_million: 6}\npricing:\n- {provider_model_id: my-model, input_per_million: 0.25, output_per_million: 1, cached_input_per_million: 0.1}\n";
         let cfg = crate::load_from_str(yaml, "test", &env).unwrap();
         let shown = cfg.effective_yaml();
         assert!(!shown.contains("sk-secret"), "{shown}");

@@ -34,6 +34,17 @@ pub struct InferenceProvider {
     pub connect_timeout_seconds: u64,
 }
 
+impl InferenceProvider {
+    /// Runs on the user's own hardware (`inline::echo`, `remote::vllm`, `remote::ollama`,
+    /// `remote::tgi`): its calls cost nothing unless the run config prices them.
+    pub fn self_hosted(&self) -> bool {
+        matches!(
+            self.provider_type.as_str(),
+            "inline::echo" | "remote::vllm" | "remote::ollama" | "remote::tgi"
+        )
+    }
+}
+
 /// What a model is for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -68,6 +79,8 @@ pub struct Model {
     pub model_type: ModelType,
     /// Free-form metadata returned by `GET /v1/models`.
     pub metadata: serde_json::Value,
+    /// Its price, when the run config sets one (`models[].pricing`).
+    pub pricing: Option<crate::Price>,
 }
 
 /// Providers and models.
@@ -121,6 +134,8 @@ pub(crate) struct RawModel {
     model_type: Option<ModelType>,
     #[serde(default)]
     metadata: Option<serde_json::Value>,
+    #[serde(default)]
+    pricing: Option<crate::Price>,
 }
 
 type KeyError = (String, String);
@@ -160,6 +175,7 @@ pub(crate) fn build(
                 provider_model_id: "echo".into(),
                 model_type: ModelType::Llm,
                 metadata: serde_json::json!({}),
+                pricing: None,
             }],
         });
     };
@@ -269,12 +285,16 @@ pub(crate) fn build(
                 ),
             ));
         }
+        if let Some(p) = &m.pricing {
+            crate::pricing::check_model_price(p).map_err(|e| (key("pricing"), e))?;
+        }
         out.push(Model {
             provider_model_id: nonempty(m.provider_model_id).unwrap_or_else(|| m.model_id.clone()),
             model_id: m.model_id,
             provider_id: m.provider_id,
             model_type: m.model_type.unwrap_or_default(),
             metadata: m.metadata.unwrap_or_else(|| serde_json::json!({})),
+            pricing: m.pricing,
         });
     }
     Ok(InferenceConfig {

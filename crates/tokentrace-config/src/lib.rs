@@ -11,11 +11,13 @@ mod build;
 mod deserialize;
 mod effective;
 mod inference;
+mod pricing;
 mod redaction;
 mod substitute;
 
 pub use auth::{ApiKey, AuthConfig, SCOPE_NAMES, Scope, key_digest};
 pub use effective::MASK;
+pub use pricing::{EMBEDDED_PRICES_YAML, Price, PriceOrigin, PriceTable};
 pub use redaction::{BUILTIN_KINDS, RedactionConfig, RedactionMode, RedactionPattern};
 
 use build::{RawRoot, build};
@@ -44,6 +46,8 @@ pub struct RunConfig {
     pub telemetry: TelemetryConfig,
     /// Inference providers and models.
     pub inference: InferenceConfig,
+    /// What tokens cost: the embedded table under the config's `pricing:` list.
+    pub pricing: PriceTable,
 }
 
 /// HTTP server settings (`server:`).
@@ -184,6 +188,42 @@ pub enum ColorChoice {
     Never,
 }
 
+/// The attributes captured content is recorded in (`capture_content_format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentFormat {
+    /// The current GenAI conventions: `gen_ai.input.messages`, `gen_ai.output.messages`
+    /// (structured JSON: roles, parts, tool calls).
+    #[default]
+    Messages,
+    /// The deprecated `gen_ai.prompt` (the request's messages as sent) and `gen_ai.completion`
+    /// (the answer's text), for tools that read the older shape.
+    Legacy,
+    /// Both.
+    Both,
+}
+
+impl ContentFormat {
+    /// The name used in configs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContentFormat::Messages => "messages",
+            ContentFormat::Legacy => "legacy",
+            ContentFormat::Both => "both",
+        }
+    }
+
+    /// Records `gen_ai.input.messages` / `gen_ai.output.messages`.
+    pub fn messages(self) -> bool {
+        self != ContentFormat::Legacy
+    }
+
+    /// Records `gen_ai.prompt` / `gen_ai.completion`.
+    pub fn legacy(self) -> bool {
+        self != ContentFormat::Messages
+    }
+}
+
 /// Console sink settings (`config.console`).
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -236,6 +276,8 @@ pub struct TelemetryConfig {
     pub console: ConsoleConfig,
     /// Record request and response content as span attributes.
     pub capture_content: bool,
+    /// Which attributes hold the captured content.
+    pub capture_content_format: ContentFormat,
     /// Personal data replaced before any sink sees it.
     pub redaction: RedactionConfig,
     /// Attribute keys (and the span fields `name`, `status`) the store indexes, so that filters
@@ -287,6 +329,7 @@ impl Default for TelemetryConfig {
             thread_nice: 10,
             console: ConsoleConfig::default(),
             capture_content: true,
+            capture_content_format: ContentFormat::Messages,
             indexed_attributes: DEFAULT_INDEXED_ATTRIBUTES
                 .iter()
                 .map(|k| k.to_string())

@@ -132,6 +132,8 @@ pub(crate) struct Assembler {
     ended: RecentKeys<()>,
     /// Starts of spans flushed unfinished: a late end completes them.
     flushed_unfinished: RecentKeys<SpanStart>,
+    /// LLM calls: the gateway's remembered, the applications' understood and counted.
+    calls: crate::genai::Calls,
 }
 
 const RECENT_CAPACITY: usize = 65_536;
@@ -150,6 +152,7 @@ impl Assembler {
                 options.max_open_bytes / 4,
                 start_bytes,
             ),
+            calls: crate::genai::Calls::new(options.pricing.clone()),
             options,
         }
     }
@@ -205,6 +208,11 @@ impl Assembler {
         }
         if span.expires_at.is_none() {
             span.expires_at = self.expires_at(None);
+        }
+        for m in self.calls.span_ended(&mut span) {
+            let (point, event) = metric_records(m, span.expires_at);
+            out.push(Output::Metric(point));
+            span.events.push(event);
         }
         for e in &mut span.events {
             e.expires_at = e.expires_at.or(span.expires_at);
@@ -278,7 +286,7 @@ impl Assembler {
                         let expires_at = self.expires_at(ttl_seconds.or(start_ttl));
                         self.ended.insert(key, ());
                         self.stats.spans.fetch_add(1, Ordering::Relaxed);
-                        out.push(Output::Ended(SpanRecord {
+                        let mut span = SpanRecord {
                             trace_id: ev.trace_id,
                             span_id: ev.span_id,
                             parent_span_id,
@@ -293,7 +301,14 @@ impl Assembler {
                             links: Vec::new(),
                             service_name: Some(self.options.service_name.clone()),
                             expires_at,
-                        }));
+                        };
+                        for m in self.calls.span_ended(&mut span) {
+                            let (point, event) = metric_records(m, expires_at);
+                            out.push(Output::Metric(point));
+                            out.push(Output::Event(event.clone()));
+                            span.events.push(event);
+                        }
+                        out.push(Output::Ended(span));
                     }
                 }
             }

@@ -40,6 +40,8 @@ pub struct PipelineOptions {
     pub thread_nice: i32,
     /// Personal data replaced before the sinks see it.
     pub redaction: tokentrace_config::RedactionConfig,
+    /// What tokens cost, for the LLM calls applications report.
+    pub pricing: std::sync::Arc<tokentrace_config::PriceTable>,
 }
 
 impl PipelineOptions {
@@ -57,6 +59,7 @@ impl PipelineOptions {
             service_name: tc.service_name.clone(),
             thread_nice: tc.thread_nice,
             redaction: tc.redaction.clone(),
+            pricing: std::sync::Arc::new(tokentrace_config::PriceTable::embedded()),
         }
     }
 }

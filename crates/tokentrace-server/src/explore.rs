@@ -1,13 +1,14 @@
 //! tokentrace's own read routes (`/v1/tokentrace/*`), beside the Llama Stack API: the trace
-//! list, a trace in full, the span feed, read-only SQL, export, usage totals and the metric names. The CLI's `--url` mode and the web UI read through
-//! them; the CLI's `--db` mode calls the same store functions directly.
+//! list, a trace in full, the span feed, read-only SQL, export, usage totals, sessions and the
+//! metric names. The CLI's `--url` mode and the web UI read through them; the CLI's `--db` mode
+//! calls the same store functions directly.
 
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokentrace_model::query::{
-    ListTracesRequest, MetricName, SpanFeed, SpanFeedRequest, SpanLine, SqlAnswer, SqlRequest,
-    TraceDetail, TracePage, UsageAnswer, UsageRequest,
+    ListTracesRequest, MetricName, SessionsAnswer, SessionsRequest, SpanFeed, SpanFeedRequest,
+    SpanLine, SqlAnswer, SqlRequest, TraceDetail, TracePage, UsageAnswer, UsageRequest,
 };
 use tokentrace_model::{Timestamp, TraceId};
 
@@ -25,6 +26,7 @@ pub fn routes() -> Router<AppState> {
         .route("/sql", post(sql))
         .route("/export", post(export))
         .route("/usage", post(usage))
+        .route("/sessions", post(sessions))
         .route("/traces/{trace_id}", get(trace_detail))
         .route("/metrics", get(metric_names))
 }
@@ -67,6 +69,15 @@ async fn usage(
 ) -> Result<Json<UsageAnswer>, ApiError> {
     let query = req.validate(Timestamp::now())?;
     let answer = with_reader(&state, move |r| Ok(r.usage(&query)?)).await?;
+    Ok(Json(answer))
+}
+
+async fn sessions(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<SessionsRequest>,
+) -> Result<Json<SessionsAnswer>, ApiError> {
+    let query = req.validate(Timestamp::now())?;
+    let answer = with_reader(&state, move |r| Ok(r.sessions(&query)?)).await?;
     Ok(Json(answer))
 }
 

@@ -45,6 +45,8 @@ pub struct Settings {
     pub backpressure: Duration,
     /// Record request and response content on provider spans.
     pub capture_content: bool,
+    /// The attributes content is recorded in.
+    pub content_format: tokentrace_config::ContentFormat,
     /// Also trace calls of the telemetry query API and datasetio.
     pub trace_telemetry_api: bool,
     /// Largest OTLP request body accepted (compressed and decompressed), in bytes.
@@ -63,6 +65,7 @@ impl Settings {
             request_timeout: Duration::from_secs(server.request_timeout_seconds),
             backpressure: Duration::from_millis(tc.backpressure_ms),
             capture_content: tc.capture_content,
+            content_format: tc.capture_content_format,
             trace_telemetry_api: server.trace_telemetry_api,
             otlp_max_body_bytes: server.otlp_max_body_bytes,
             dataset_ttl: Duration::from_secs(tc.default_ttl_seconds.max(0) as u64),

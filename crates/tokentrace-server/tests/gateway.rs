@@ -118,6 +118,7 @@ fn config(url: &str) -> InferenceConfig {
         provider_model_id: id.into(),
         model_type: ModelType::Llm,
         metadata: json!({}),
+        pricing: None,
     };
     let mut models: Vec<Model> = [
         "up-ok",
@@ -247,13 +248,26 @@ async fn a_chat_completion_is_traced_with_a_provider_span_and_token_metrics() {
         (a["model_id"].as_str(), a["provider_id"].as_str()),
         (Some("ok"), Some("vllm"))
     );
-    assert_eq!(a["gen_ai.completion"], "Hello there");
-    assert!(a["gen_ai.prompt"].as_str().unwrap().contains("Hi"));
+    // Content in the current conventions' shape (the default), not the deprecated one.
+    let parse = |k: &str| serde_json::from_str::<Value>(a[k].as_str().unwrap()).unwrap();
+    assert_eq!(
+        parse("gen_ai.input.messages"),
+        json!([{"role": "user", "parts": [{"type": "text", "content": "Hi"}]}])
+    );
+    assert_eq!(
+        parse("gen_ai.output.messages"),
+        json!([{"role": "assistant", "parts": [{"type": "text", "content": "Hello there"}], "finish_reason": "stop"}])
+    );
+    assert!(a.get("gen_ai.prompt").is_none() && a.get("gen_ai.completion").is_none());
     assert!(a.get("tokentrace.tokens_estimated").is_none());
+    assert_eq!(a["tokentrace.genai.origin"], "gateway");
+    // A self-hosted provider nobody priced costs nothing.
+    assert_eq!(a["tokentrace.cost.usd"], 0.0);
     assert_eq!(
         metric_values(&s, caller_trace),
         [
             ("completion_tokens".into(), 7.0),
+            ("cost_usd".into(), 0.0),
             ("prompt_tokens".into(), 11.0),
             ("total_tokens".into(), 18.0)
         ]
@@ -321,7 +335,7 @@ async fn streaming_asks_for_usage_and_hides_it_unless_the_client_asked() {
     );
     assert!(a["gen_ai.response.time_to_first_chunk"].as_f64().unwrap() > 0.0);
     assert_eq!(a["gen_ai.request.stream"], true);
-    assert_eq!(metric_values(&s, &trace)[2], ("total_tokens".into(), 8.0));
+    assert_eq!(metric_values(&s, &trace)[3], ("total_tokens".into(), 8.0));
 
     // a client that asked for usage gets the chunk
     let res = s.client.post(format!("{}/v1/chat/completions", s.base))
@@ -483,7 +497,7 @@ async fn concurrent_requests_keep_their_own_traces() {
             Some(format!("{:016x}", i + 1).as_str())
         );
         assert_eq!(spans[1].1.parent.as_ref(), Some(&spans[0].0));
-        assert_eq!(metric_values(&s, trace).len(), 3);
+        assert_eq!(metric_values(&s, trace).len(), 4);
     }
     s.stop().await;
 }

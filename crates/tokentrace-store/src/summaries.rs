@@ -48,7 +48,8 @@ fn integer(v: SqlValue) -> Option<i64> {
     }
 }
 
-fn text(v: SqlValue) -> Option<String> {
+/// A column's value as text (numbers written out), `None` for NULL and blobs.
+pub(crate) fn text(v: SqlValue) -> Option<String> {
     match v {
         SqlValue::Text(s) => Some(s),
         SqlValue::Integer(i) => Some(i.to_string()),

@@ -2,13 +2,17 @@
 //! `span_rows_start`, added up per model, provider, user, session or service, with latency
 //! percentiles over a bounded, deterministic sample of each group's calls.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use rusqlite::params;
 use rusqlite::types::Value as SqlValue;
 use tokentrace_model::Timestamp;
-use tokentrace_model::query::{PERCENTILE_SAMPLE, UsageAnswer, UsageGroup, UsageQuery, UsageRow};
+use tokentrace_model::query::{
+    MAX_LISTED, PERCENTILE_SAMPLE, SessionRow, SessionsAnswer, SessionsQuery, UsageAnswer,
+    UsageGroup, UsageQuery, UsageRow,
+};
 
+use crate::summaries::text;
 use crate::{StoreError, StoreReader};
 
 const USER_KEYS: &str = r#"coalesce(json_extract({a}, '$."user.id"'), json_extract({a}, '$."user_id"'), json_extract({a}, '$."enduser.id"'))"#;
@@ -78,17 +82,57 @@ impl Sample {
     }
 }
 
+#[derive(Default)]
 struct Group {
     calls: u64,
     traces: HashSet<i64>,
     errors: u64,
     input: i64,
     output: i64,
+    cached: i64,
+    reasoning: i64,
+    cost: Option<f64>,
+    unpriced: u64,
     duration_sum: f64,
     durations: Sample,
     ttft: Sample,
+    users: BTreeSet<String>,
+    models: BTreeSet<String>,
     first: i64,
     last: i64,
+}
+
+impl Default for Sample {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Group {
+    fn row(mut self, key: Option<String>) -> UsageRow {
+        UsageRow {
+            key,
+            calls: self.calls,
+            traces: self.traces.len() as u64,
+            errors: self.errors,
+            input_tokens: self.input,
+            output_tokens: self.output,
+            cached_input_tokens: self.cached,
+            reasoning_tokens: self.reasoning,
+            cost_usd: self.cost,
+            unpriced_calls: self.unpriced,
+            mean_duration_ms: (self.durations.seen > 0)
+                .then(|| self.duration_sum / self.durations.seen as f64),
+            p50_duration_ms: self.durations.percentile(50.0),
+            p95_duration_ms: self.durations.percentile(95.0),
+            p99_duration_ms: self.durations.percentile(99.0),
+            p50_time_to_first_token_ms: self.ttft.percentile(50.0),
+            users: self.users.into_iter().collect(),
+            models: self.models.into_iter().collect(),
+            first: Timestamp::from_unix_nanos(self.first),
+            last: Timestamp::from_unix_nanos(self.last),
+        }
+    }
 }
 
 fn number(v: &SqlValue) -> Option<f64> {
@@ -99,48 +143,71 @@ fn number(v: &SqlValue) -> Option<f64> {
     }
 }
 
+fn tokens(v: &SqlValue) -> i64 {
+    number(v).map_or(0, |v| v.round() as i64)
+}
+
+fn add_listed(set: &mut BTreeSet<String>, v: Option<String>) {
+    if let Some(v) = v
+        && set.len() < MAX_LISTED
+    {
+        set.insert(v);
+    }
+}
+
 impl StoreReader {
-    /// Calls and tokens per group over the window, most tokens first.
-    pub fn usage(&self, q: &UsageQuery) -> Result<UsageAnswer, StoreError> {
+    /// Adds up the calls that started in the window per group; with `who`, also the users
+    /// and models of each group.
+    fn usage_groups(
+        &self,
+        since: Timestamp,
+        until: Timestamp,
+        by: UsageGroup,
+        who: bool,
+    ) -> Result<HashMap<Option<String>, Group>, StoreError> {
+        let (user, model) = if who {
+            (group_sql(UsageGroup::User), group_sql(UsageGroup::Model))
+        } else {
+            ("NULL".to_string(), "NULL".to_string())
+        };
         let sql = format!(
             r#"SELECT {} AS k, calls.trace, calls.status = 'error', i, o,
                  (calls.end_ns - calls.start_ns) / 1e6, calls.start_ns,
-                 json_extract(calls.attributes, '$."gen_ai.response.time_to_first_chunk"')
-               FROM (SELECT *, json_extract(attributes, '$."gen_ai.usage.input_tokens"') AS i,
-                            json_extract(attributes, '$."gen_ai.usage.output_tokens"') AS o
+                 json_extract(calls.attributes, '$."{ttft}"'),
+                 json_extract(calls.attributes, '$."{cached}"'),
+                 json_extract(calls.attributes, '$."{reasoning}"'),
+                 json_extract(calls.attributes, '$."{cost}"'),
+                 {user}, {model}
+               FROM (SELECT *, json_extract(attributes, '$."{input}"') AS i,
+                            json_extract(attributes, '$."{output}"') AS o
                      FROM span_rows WHERE start_ns >= ?1 AND start_ns < ?2) AS calls
-               WHERE i IS NOT NULL OR o IS NOT NULL"#,
-            group_sql(q.by)
+               WHERE (i IS NOT NULL OR o IS NOT NULL)
+                 AND json_extract(calls.attributes, '$."{counted_by}"') IS NULL"#,
+            group_sql(by),
+            ttft = "gen_ai.response.time_to_first_chunk",
+            cached = "gen_ai.usage.cache_read.input_tokens",
+            reasoning = "gen_ai.usage.reasoning.output_tokens",
+            cost = "tokentrace.cost.usd",
+            input = "gen_ai.usage.input_tokens",
+            output = "gen_ai.usage.output_tokens",
+            counted_by = "tokentrace.genai.counted_by",
         );
         let conn = self.conn()?;
         let mut st = conn.prepare_cached(&sql)?;
-        let mut rows = st.query(params![q.since.unix_nanos(), q.until.unix_nanos()])?;
+        let mut rows = st.query(params![since.unix_nanos(), until.unix_nanos()])?;
         let mut groups: HashMap<Option<String>, Group> = HashMap::new();
         while let Some(r) = rows.next()? {
-            let key = match r.get::<_, SqlValue>(0)? {
-                SqlValue::Text(s) => Some(s),
-                SqlValue::Integer(i) => Some(i.to_string()),
-                SqlValue::Real(f) => Some(f.to_string()),
-                _ => None,
-            };
             let start: i64 = r.get(6)?;
-            let g = groups.entry(key).or_insert_with(|| Group {
-                calls: 0,
-                traces: HashSet::new(),
-                errors: 0,
-                input: 0,
-                output: 0,
-                duration_sum: 0.0,
-                durations: Sample::new(),
-                ttft: Sample::new(),
+            let g = groups.entry(text(r.get(0)?)).or_insert_with(|| Group {
                 first: start,
                 last: start,
+                ..Group::default()
             });
             g.calls += 1;
             g.traces.insert(r.get(1)?);
             g.errors += u64::from(r.get::<_, Option<bool>>(2)?.unwrap_or(false));
-            g.input += number(&r.get(3)?).map_or(0, |v| v.round() as i64);
-            g.output += number(&r.get(4)?).map_or(0, |v| v.round() as i64);
+            g.input += tokens(&r.get(3)?);
+            g.output += tokens(&r.get(4)?);
             if let Some(d) = r.get::<_, Option<f64>>(5)? {
                 g.duration_sum += d;
                 g.durations.add(d);
@@ -148,28 +215,24 @@ impl StoreReader {
             if let Some(t) = number(&r.get(7)?) {
                 g.ttft.add(t * 1000.0);
             }
+            g.cached += tokens(&r.get(8)?);
+            g.reasoning += tokens(&r.get(9)?);
+            match number(&r.get(10)?) {
+                Some(c) => *g.cost.get_or_insert(0.0) += c,
+                None => g.unpriced += 1,
+            }
+            add_listed(&mut g.users, text(r.get(11)?));
+            add_listed(&mut g.models, text(r.get(12)?));
             g.first = g.first.min(start);
             g.last = g.last.max(start);
         }
-        let mut data: Vec<UsageRow> = groups
-            .into_iter()
-            .map(|(key, mut g)| UsageRow {
-                key,
-                calls: g.calls,
-                traces: g.traces.len() as u64,
-                errors: g.errors,
-                input_tokens: g.input,
-                output_tokens: g.output,
-                mean_duration_ms: (g.durations.seen > 0)
-                    .then(|| g.duration_sum / g.durations.seen as f64),
-                p50_duration_ms: g.durations.percentile(50.0),
-                p95_duration_ms: g.durations.percentile(95.0),
-                p99_duration_ms: g.durations.percentile(99.0),
-                p50_time_to_first_token_ms: g.ttft.percentile(50.0),
-                first: Timestamp::from_unix_nanos(g.first),
-                last: Timestamp::from_unix_nanos(g.last),
-            })
-            .collect();
+        Ok(groups)
+    }
+
+    /// Calls and tokens per group over the window, most tokens first.
+    pub fn usage(&self, q: &UsageQuery) -> Result<UsageAnswer, StoreError> {
+        let groups = self.usage_groups(q.since, q.until, q.by, false)?;
+        let mut data: Vec<UsageRow> = groups.into_iter().map(|(k, g)| g.row(k)).collect();
         data.sort_by(|a, b| {
             (b.input_tokens + b.output_tokens)
                 .cmp(&(a.input_tokens + a.output_tokens))
@@ -180,6 +243,39 @@ impl StoreReader {
             until: q.until,
             by: q.by,
             data,
+        })
+    }
+
+    /// The sessions with calls in the window, latest activity first, with their users, models
+    /// and totals.
+    pub fn sessions(&self, q: &SessionsQuery) -> Result<SessionsAnswer, StoreError> {
+        let w = &q.window;
+        let groups = self.usage_groups(w.since, w.until, UsageGroup::Session, true)?;
+        let mut data: Vec<SessionRow> = groups
+            .into_iter()
+            .filter_map(|(k, g)| {
+                let session_id = k.clone()?;
+                let keep = q.user.as_ref().is_none_or(|u| g.users.contains(u))
+                    && q.model.as_ref().is_none_or(|m| g.models.contains(m));
+                keep.then(|| SessionRow {
+                    session_id,
+                    usage: g.row(k),
+                })
+            })
+            .collect();
+        data.sort_by(|a, b| {
+            b.usage
+                .last
+                .cmp(&a.usage.last)
+                .then_with(|| a.session_id.cmp(&b.session_id))
+        });
+        let more = data.len().saturating_sub(q.limit) as u64;
+        data.truncate(q.limit);
+        Ok(SessionsAnswer {
+            since: w.since,
+            until: w.until,
+            data,
+            more,
         })
     }
 }

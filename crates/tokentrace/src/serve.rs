@@ -110,8 +110,14 @@ async fn run(config: RunConfig) -> Result<(), ServeError> {
         store = store.or(built.store);
         exporters.extend(built.exporter);
     }
-    let pipeline =
-        Pipeline::start(PipelineOptions::from_config(tc), sinks).map_err(ServeError::Pipeline)?;
+    let pipeline = Pipeline::start(
+        PipelineOptions {
+            pricing: std::sync::Arc::new(config.pricing.clone()),
+            ..PipelineOptions::from_config(tc)
+        },
+        sinks,
+    )
+    .map_err(ServeError::Pipeline)?;
 
     let handles = store.as_ref().map(|s| (s.reader(), s.writer()));
     let retention = store.as_ref().map(|s| {
@@ -120,7 +126,8 @@ async fn run(config: RunConfig) -> Result<(), ServeError> {
             Duration::from_secs(tc.retention_interval_seconds.max(1)),
         )
     });
-    let inference = tokentrace_server::Inference::new(&config.inference)?;
+    let inference =
+        tokentrace_server::Inference::new(&config.inference)?.with_pricing(config.pricing.clone());
     let mut state = AppState::new(
         pipeline.telemetry(),
         handles,

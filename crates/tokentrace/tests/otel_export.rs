@@ -20,7 +20,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
-use common::{signal, start, wait_exit};
+use common::{free_port, signal, start, wait_exit};
 use prost::Message;
 use serde_json::{Value, json};
 use tokentrace_otlp::proto::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -84,14 +84,6 @@ fn receiver(rt: &tokio::runtime::Runtime, port: u16) -> Arc<Received> {
         .unwrap();
     rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
     received
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn config(dir: &std::path::Path) -> std::path::PathBuf {
@@ -289,8 +281,13 @@ fn exported_spans_and_metrics_match_the_sqlite_rows_and_survive_a_503() {
             let events: Vec<&str> = e.events.iter().map(|ev| ev.name.as_str()).collect();
             assert_eq!(
                 events,
-                ["prompt_tokens", "completion_tokens", "total_tokens"],
-                "token metrics ride along as span events"
+                [
+                    "prompt_tokens",
+                    "completion_tokens",
+                    "total_tokens",
+                    "cost_usd"
+                ],
+                "token and cost metrics ride along as span events"
             );
         }
     }

@@ -23,7 +23,10 @@ pub use metrics::{
     MetricDataPoint, MetricLabel, MetricLabelMatcher, MetricLabelOperator, MetricName,
     MetricQueryType, MetricSeries, QueryMetricsRequest, parse_granularity,
 };
-pub use usage::{PERCENTILE_SAMPLE, UsageAnswer, UsageGroup, UsageQuery, UsageRequest, UsageRow};
+pub use usage::{
+    MAX_LISTED, MAX_SESSIONS, PERCENTILE_SAMPLE, SessionRow, SessionsAnswer, SessionsQuery,
+    SessionsRequest, UsageAnswer, UsageGroup, UsageQuery, UsageRequest, UsageRow,
+};
 
 /// Longest attribute key accepted in a filter.
 pub const MAX_KEY_LEN: usize = 256;

@@ -6,6 +6,12 @@ use serde::{Deserialize, Serialize};
 use super::InvalidQuery;
 use crate::Timestamp;
 
+/// Users or models listed per session at most.
+pub const MAX_LISTED: usize = 20;
+
+/// Sessions one answer holds at most.
+pub const MAX_SESSIONS: usize = 1_000;
+
 /// Calls per group that percentiles are taken over at most.
 pub const PERCENTILE_SAMPLE: usize = 10_000;
 
@@ -108,6 +114,15 @@ pub struct UsageRow {
     pub input_tokens: i64,
     /// Output tokens (`gen_ai.usage.output_tokens`).
     pub output_tokens: i64,
+    /// Of the input tokens, those read from the provider's cache
+    /// (`gen_ai.usage.cache_read.input_tokens`).
+    pub cached_input_tokens: i64,
+    /// Of the output tokens, those spent on reasoning (`gen_ai.usage.reasoning.output_tokens`).
+    pub reasoning_tokens: i64,
+    /// What the priced calls cost, USD (`tokentrace.cost.usd`); `null` when none was priced.
+    pub cost_usd: Option<f64>,
+    /// Calls whose model has no price (not in `cost_usd`).
+    pub unpriced_calls: u64,
     /// Mean call duration, milliseconds.
     pub mean_duration_ms: Option<f64>,
     /// Median call duration, milliseconds.
@@ -118,6 +133,12 @@ pub struct UsageRow {
     pub p99_duration_ms: Option<f64>,
     /// Median time to the first streamed chunk, milliseconds (streamed calls only).
     pub p50_time_to_first_token_ms: Option<f64>,
+    /// The users of the calls (at most [`MAX_LISTED`], sorted); only in sessions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<String>,
+    /// The models of the calls (at most [`MAX_LISTED`], sorted); only in sessions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
     /// Start of the first call.
     pub first: Timestamp,
     /// Start of the last call.
@@ -135,4 +156,85 @@ pub struct UsageAnswer {
     pub by: UsageGroup,
     /// Groups, most tokens first.
     pub data: Vec<UsageRow>,
+}
+
+/// Body of `POST /v1/tokentrace/sessions`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsRequest {
+    /// Sessions with a call at or after this time (ISO 8601; default 24 hours ago).
+    #[serde(default)]
+    pub since: Option<String>,
+    /// ... and before this time (ISO 8601; default now).
+    #[serde(default)]
+    pub until: Option<String>,
+    /// Only the sessions of this user (`user.id`).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Only sessions with a call of this model.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Most sessions answered (default 100, at most 1,000), latest activity first.
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// A validated [`SessionsRequest`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionsQuery {
+    /// The window.
+    pub window: UsageQuery,
+    /// Only this user's sessions.
+    pub user: Option<String>,
+    /// Only sessions using this model.
+    pub model: Option<String>,
+    /// Most sessions answered.
+    pub limit: usize,
+}
+
+impl SessionsRequest {
+    /// Validates the request; `now` is the default end.
+    pub fn validate(&self, now: Timestamp) -> Result<SessionsQuery, InvalidQuery> {
+        let window = UsageRequest {
+            since: self.since.clone(),
+            until: self.until.clone(),
+            by: UsageGroup::Session,
+        }
+        .validate(now)?;
+        let limit = self.limit.unwrap_or(100);
+        if limit == 0 || limit > MAX_SESSIONS {
+            return Err(InvalidQuery(format!(
+                "limit must be between 1 and {MAX_SESSIONS}, got {limit}"
+            )));
+        }
+        Ok(SessionsQuery {
+            window,
+            user: self.user.clone(),
+            model: self.model.clone(),
+            limit,
+        })
+    }
+}
+
+/// One session: its calls' totals, users and models.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionRow {
+    /// `session.id` (else `session_id`, `gen_ai.conversation.id`).
+    pub session_id: String,
+    /// Its totals.
+    #[serde(flatten)]
+    pub usage: UsageRow,
+}
+
+/// Answer of `POST /v1/tokentrace/sessions`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionsAnswer {
+    /// The window.
+    pub since: Timestamp,
+    /// The window's end.
+    pub until: Timestamp,
+    /// Sessions, latest activity first.
+    pub data: Vec<SessionRow>,
+    /// Sessions in the window past `limit` (not listed).
+    pub more: u64,
 }

@@ -1,9 +1,11 @@
 //! The provider-call span: OpenTelemetry GenAI attributes, usage (reported or counted), and the
 //! token metric events, recorded once when the call ends, fails or is cancelled.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{Map, Value};
+use tokentrace_config::{Model, Price, PriceTable};
 use tokentrace_model::{
     AttrValue, Attributes, MetricEvent, MetricValue, SpanId, SpanKind, SpanRecord, SpanStatus,
     Timestamp,
@@ -11,8 +13,10 @@ use tokentrace_model::{
 use tokentrace_pipeline::genai;
 use tokentrace_pipeline::{Batch, Telemetry, metric_records};
 
+use super::content::{self, ToolCall};
 use super::provider::{Operation, Provider};
 use super::tokens;
+use super::who::Who;
 use crate::RequestContext;
 
 /// Longest content recorded in an attribute.
@@ -35,6 +39,10 @@ pub struct Usage {
     pub prompt: u64,
     /// Completion (output) tokens.
     pub completion: u64,
+    /// Of the prompt tokens, those read from the provider's cache (as reported).
+    pub cached: Option<u64>,
+    /// Of the completion tokens, those spent on reasoning (as reported).
+    pub reasoning: Option<u64>,
     /// Whether any count came from the tokenizer rather than the provider.
     pub estimated: bool,
 }
@@ -46,6 +54,10 @@ pub struct Recorder {
     pub telemetry: Telemetry,
     /// Record request and response content on the span.
     pub capture_content: bool,
+    /// In which attributes.
+    pub content_format: tokentrace_config::ContentFormat,
+    /// What tokens cost.
+    pub pricing: Arc<PriceTable>,
 }
 
 /// One call to a provider, from request to end.
@@ -57,11 +69,18 @@ pub struct ProviderCall {
     started: Instant,
     model_id: String,
     provider_id: String,
-    capture: bool,
+    capture: Option<tokentrace_config::ContentFormat>,
     prompt_text: String,
     output: String,
+    tool_calls: Vec<ToolCall>,
     reported_prompt: Option<u64>,
     reported_completion: Option<u64>,
+    reported_cached: Option<u64>,
+    reported_reasoning: Option<u64>,
+    pricing: Arc<PriceTable>,
+    model_price: Option<Price>,
+    provider_model_id: String,
+    self_hosted: bool,
     first_chunk: Option<f64>,
     finish_reasons: Vec<String>,
     response_id: Option<String>,
@@ -85,17 +104,18 @@ fn cut(mut s: String) -> String {
 }
 
 impl ProviderCall {
-    /// Starts the span for a call of `op` on `model_id` through `provider`.
+    /// Starts the span for a call of `op` on `model` through `provider`, for `who`.
     pub fn start(
         recorder: &Recorder,
         ctx: RequestContext,
         op: Operation,
-        model_id: &str,
+        model: &Model,
         provider: &Provider,
-        req: &Map<String, Value>,
+        (req, who): (&Map<String, Value>, Who),
         stream: bool,
     ) -> Self {
-        let capture = recorder.capture_content;
+        let model_id = model.model_id.as_str();
+        let capture = recorder.capture_content.then_some(recorder.content_format);
         let mut a = Attributes::new();
         put(&mut a, genai::OPERATION_NAME, op.genai_name());
         let system = provider
@@ -110,6 +130,16 @@ impl ProviderCall {
         put(&mut a, "model_id", model_id);
         put(&mut a, "provider_id", provider.config.provider_id.as_str());
         put(&mut a, genai::REQUEST_STREAM, stream);
+        put(&mut a, genai::ORIGIN, genai::GATEWAY);
+        for (key, v) in [
+            ("user.id", who.user),
+            ("session.id", who.session),
+            (genai::CONVERSATION_ID, who.conversation),
+        ] {
+            if let Some(v) = v {
+                put(&mut a, key, v);
+            }
+        }
         if let Some(m) = req
             .get("max_completion_tokens")
             .or_else(|| req.get("max_tokens"))
@@ -128,14 +158,24 @@ impl ProviderCall {
         if let Some(addr) = &provider.server_address {
             put(&mut a, "server.address", addr.as_str());
         }
-        if capture {
-            let content = req
-                .get("messages")
-                .or_else(|| req.get("prompt"))
-                .or_else(|| req.get("input"))
-                .map(Value::to_string)
-                .unwrap_or_default();
-            put(&mut a, genai::PROMPT, cut(content));
+        if let Some(format) = capture {
+            if format.messages() {
+                let messages = content::input_messages(req);
+                put(
+                    &mut a,
+                    genai::INPUT_MESSAGES,
+                    content::fit(messages, MAX_CONTENT),
+                );
+            }
+            if format.legacy() {
+                let content = req
+                    .get("messages")
+                    .or_else(|| req.get("prompt"))
+                    .or_else(|| req.get("input"))
+                    .map(Value::to_string)
+                    .unwrap_or_default();
+                put(&mut a, genai::PROMPT, cut(content));
+            }
         }
         let span = SpanRecord {
             trace_id: ctx.trace_id,
@@ -164,8 +204,15 @@ impl ProviderCall {
             capture,
             prompt_text: tokens::prompt_text(req),
             output: String::new(),
+            tool_calls: Vec::new(),
             reported_prompt: None,
             reported_completion: None,
+            reported_cached: None,
+            reported_reasoning: None,
+            pricing: recorder.pricing.clone(),
+            model_price: model.pricing,
+            provider_model_id: model.provider_model_id.clone(),
+            self_hosted: provider.config.self_hosted(),
             first_chunk: None,
             finish_reasons: Vec::new(),
             response_id: None,
@@ -188,6 +235,18 @@ impl ProviderCall {
                 self.reported_completion = Some(c);
             } else if self.op == Operation::Embeddings {
                 self.reported_completion = Some(0);
+            }
+            if let Some(c) = u
+                .pointer("/prompt_tokens_details/cached_tokens")
+                .and_then(Value::as_u64)
+            {
+                self.reported_cached = Some(c);
+            }
+            if let Some(r) = u
+                .pointer("/completion_tokens_details/reasoning_tokens")
+                .and_then(Value::as_u64)
+            {
+                self.reported_reasoning = Some(r);
             }
         }
         for choice in v
@@ -217,6 +276,10 @@ impl ProviderCall {
                 .map(tokens::content_text)
                 .unwrap_or_default();
             self.output.push_str(&text);
+            if self.capture.is_some() {
+                let calls = choice.pointer("/message/tool_calls");
+                content::add_tool_calls(&mut self.tool_calls, calls, false);
+            }
         }
     }
 
@@ -236,6 +299,11 @@ impl ProviderCall {
                 .and_then(Value::as_str)
             {
                 added.push_str(t);
+            }
+            let first_choice = choice.get("index").and_then(Value::as_u64).unwrap_or(0) == 0;
+            if self.capture.is_some() && first_choice {
+                let calls = choice.pointer("/delta/tool_calls");
+                content::add_tool_calls(&mut self.tool_calls, calls, true);
             }
         }
         if !added.is_empty() && self.first_chunk.is_none() {
@@ -264,8 +332,21 @@ impl ProviderCall {
         Usage {
             prompt,
             completion,
+            cached: self.reported_cached,
+            reasoning: self.reported_reasoning,
             estimated: p_est || c_est,
         }
+    }
+
+    /// What the call cost in USD, when its model has a price.
+    fn cost(&self, usage: &Usage) -> Option<f64> {
+        let (price, _) = self.pricing.for_gateway_call(
+            self.model_price,
+            &self.provider_model_id,
+            self.response_model.as_deref(),
+            self.self_hosted,
+        )?;
+        Some(price.cost(usage.prompt, usage.cached.unwrap_or(0), usage.completion))
     }
 
     /// Ends the span and records the token metrics.
@@ -279,6 +360,7 @@ impl ProviderCall {
             || !self.output.is_empty()
             || self.reported_prompt.is_some();
         let usage = self.usage();
+        let cost = counted.then(|| self.cost(&usage)).flatten();
         let a = &mut span.attributes;
         if let Some(id) = &self.response_id {
             put(a, genai::RESPONSE_ID, id.as_str());
@@ -303,12 +385,37 @@ impl ProviderCall {
         if counted {
             put(a, genai::USAGE_INPUT_TOKENS, usage.prompt as i64);
             put(a, genai::USAGE_OUTPUT_TOKENS, usage.completion as i64);
+            if let Some(c) = usage.cached {
+                put(a, genai::USAGE_CACHE_READ_INPUT_TOKENS, c as i64);
+            }
+            if let Some(r) = usage.reasoning {
+                put(a, genai::USAGE_REASONING_OUTPUT_TOKENS, r as i64);
+            }
             if usage.estimated {
                 put(a, "tokentrace.tokens_estimated", true);
             }
+            if let Some(c) = cost {
+                put(a, genai::COST_USD, c);
+            }
         }
-        if self.capture && !self.output.is_empty() {
-            put(a, genai::COMPLETION, cut(std::mem::take(&mut self.output)));
+        if let Some(format) = self.capture
+            && (!self.output.is_empty() || !self.tool_calls.is_empty())
+        {
+            if format.messages() {
+                let messages = content::output_messages(
+                    &self.output,
+                    &self.tool_calls,
+                    self.finish_reasons.first().map(String::as_str),
+                );
+                put(
+                    a,
+                    genai::OUTPUT_MESSAGES,
+                    content::fit(messages, MAX_CONTENT),
+                );
+            }
+            if format.legacy() {
+                put(a, genai::COMPLETION, cut(std::mem::take(&mut self.output)));
+            }
         }
         match outcome {
             Outcome::Ok => span.status = Some(SpanStatus::Ok),
@@ -328,13 +435,13 @@ impl ProviderCall {
             tracing::debug!("provider span dropped: telemetry pipeline full or stopped");
         }
         if counted {
-            self.record_metrics(usage, now);
+            self.record_metrics(usage, cost, now);
         }
     }
 
     /// Token counts as metric points (metrics table, Prometheus, OTLP) and as metric events of
     /// the request's span (span_events, exported inside the span).
-    fn record_metrics(&self, usage: Usage, at: Timestamp) {
+    fn record_metrics(&self, usage: Usage, cost: Option<f64>, at: Timestamp) {
         let labels: Attributes = [
             (
                 "model_id".to_string(),
@@ -347,11 +454,22 @@ impl ProviderCall {
         ]
         .into_iter()
         .collect();
-        for (name, value) in [
-            ("prompt_tokens", usage.prompt),
-            ("completion_tokens", usage.completion),
-            ("total_tokens", usage.prompt + usage.completion),
-        ] {
+        let tokens = |n: u64| (MetricValue::Int(n as i64), "tokens");
+        let measured = [
+            ("prompt_tokens", Some(tokens(usage.prompt))),
+            ("completion_tokens", Some(tokens(usage.completion))),
+            (
+                "total_tokens",
+                Some(tokens(usage.prompt + usage.completion)),
+            ),
+            ("cached_tokens", usage.cached.map(tokens)),
+            ("reasoning_tokens", usage.reasoning.map(tokens)),
+            (
+                genai::COST_METRIC,
+                cost.map(|c| (MetricValue::Float(c), genai::COST_UNIT)),
+            ),
+        ];
+        for (name, (value, unit)) in measured.into_iter().filter_map(|(n, v)| Some((n, v?))) {
             let (point, event) = metric_records(
                 MetricEvent {
                     trace_id: self.ctx.trace_id,
@@ -359,8 +477,8 @@ impl ProviderCall {
                     timestamp: at,
                     attributes: labels.clone(),
                     metric: name.to_string(),
-                    value: MetricValue::Int(value as i64),
-                    unit: "tokens".to_string(),
+                    value,
+                    unit: unit.to_string(),
                 },
                 None,
             );

@@ -2,22 +2,24 @@
 //! with a provider span and counted in tokens.
 
 mod call;
+mod content;
 mod provider;
 mod sse;
 mod stream;
 pub mod tokens;
+mod who;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde_json::{Map, Value, json};
-use tokentrace_config::{InferenceConfig, Model, ModelType};
+use tokentrace_config::{InferenceConfig, Model, ModelType, PriceTable};
 
 pub use provider::{Operation, Provider, ProviderError, ProviderSetupError, Upstream};
 
@@ -30,6 +32,7 @@ pub struct Inference {
     models: Vec<Model>,
     by_id: HashMap<String, usize>,
     providers: HashMap<String, Arc<Provider>>,
+    pricing: Arc<PriceTable>,
 }
 
 impl Inference {
@@ -50,7 +53,14 @@ impl Inference {
             models: config.models.clone(),
             by_id,
             providers,
+            pricing: Arc::new(PriceTable::embedded()),
         })
+    }
+
+    /// Prices calls by `pricing` (the embedded table otherwise).
+    pub fn with_pricing(mut self, pricing: PriceTable) -> Self {
+        self.pricing = Arc::new(pricing);
+        self
     }
 
     fn resolve(&self, model_id: &str) -> Option<(&Model, Arc<Provider>)> {
@@ -142,25 +152,28 @@ fn ctx_of(ext: Option<Extension<RequestContext>>) -> RequestContext {
 async fn chat_completions(
     State(state): State<AppState>,
     ctx: Option<Extension<RequestContext>>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    openai_call(state, ctx_of(ctx), Operation::Chat, &body).await
+    openai_call(state, ctx_of(ctx), &headers, Operation::Chat, &body).await
 }
 
 async fn completions(
     State(state): State<AppState>,
     ctx: Option<Extension<RequestContext>>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    openai_call(state, ctx_of(ctx), Operation::Completion, &body).await
+    openai_call(state, ctx_of(ctx), &headers, Operation::Completion, &body).await
 }
 
 async fn embeddings(
     State(state): State<AppState>,
     ctx: Option<Extension<RequestContext>>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    openai_call(state, ctx_of(ctx), Operation::Embeddings, &body).await
+    openai_call(state, ctx_of(ctx), &headers, Operation::Embeddings, &body).await
 }
 
 /// A request ready to send: its call span started, its model renamed for the provider.
@@ -174,7 +187,7 @@ struct Prepared {
 /// Checks the request, finds model and provider, and starts the call span.
 fn prepare(
     state: &AppState,
-    ctx: RequestContext,
+    (ctx, headers): (RequestContext, &HeaderMap),
     op: Operation,
     mut req: Map<String, Value>,
     model_field: &str,
@@ -213,8 +226,11 @@ fn prepare(
     let recorder = Recorder {
         telemetry: state.telemetry.clone(),
         capture_content: state.settings.capture_content,
+        content_format: state.settings.content_format,
+        pricing: state.inference.pricing.clone(),
     };
-    let call = ProviderCall::start(&recorder, ctx, op, &model_id, &provider, &req, stream);
+    let who = who::identify(headers, &req);
+    let call = ProviderCall::start(&recorder, ctx, op, model, &provider, (&req, who), stream);
     req.insert(
         "model".into(),
         Value::String(model.provider_model_id.clone()),
@@ -230,7 +246,13 @@ fn prepare(
     })
 }
 
-async fn openai_call(state: AppState, ctx: RequestContext, op: Operation, body: &[u8]) -> Response {
+async fn openai_call(
+    state: AppState,
+    ctx: RequestContext,
+    headers: &HeaderMap,
+    op: Operation,
+    body: &[u8],
+) -> Response {
     let req = match parse_body(body) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
@@ -240,7 +262,7 @@ async fn openai_call(state: AppState, ctx: RequestContext, op: Operation, body: 
         provider,
         mut req,
         stream,
-    } = match prepare(&state, ctx, op, req, "model") {
+    } = match prepare(&state, (ctx, headers), op, req, "model") {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
@@ -288,6 +310,7 @@ fn sse_response(stream: TrackedStream) -> Response {
 async fn native_chat_completion(
     State(state): State<AppState>,
     ctx: Option<Extension<RequestContext>>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let ctx = ctx_of(ctx);
@@ -334,7 +357,7 @@ async fn native_chat_completion(
         provider,
         mut req,
         stream,
-    } = match prepare(&state, ctx, Operation::Chat, req, "model_id") {
+    } = match prepare(&state, (ctx, &headers), Operation::Chat, req, "model_id") {
         Ok(p) => p,
         Err(e) => return native_error(e),
     };

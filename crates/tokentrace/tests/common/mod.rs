@@ -62,6 +62,15 @@ pub fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
     }
 }
 
+/// A port nobody listens on now (for a server or fake upstream the test starts later).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn signal(child: &Child, sig: &str) {
     let status = Command::new("kill")
         .args([sig, &child.id().to_string()])

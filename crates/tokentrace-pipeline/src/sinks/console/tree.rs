@@ -340,7 +340,7 @@ fn details(s: &TreeSpan<'_>, under: &str, style: &TreeStyle) -> Vec<String> {
         .max()
         .unwrap_or(0);
     for (k, v) in s.attributes {
-        if style.conversation && (k == genai::PROMPT || k == genai::COMPLETION) {
+        if style.conversation && CONTENT_KEYS.contains(&k.as_str()) {
             continue;
         }
         let max = room
@@ -368,28 +368,71 @@ fn details(s: &TreeSpan<'_>, under: &str, style: &TreeStyle) -> Vec<String> {
     out
 }
 
-/// The GenAI conversation of a span: its prompt (`gen_ai.prompt`: OpenAI messages, a prompt
-/// string or an input), then the completion, as (role, text).
+/// The attributes that hold a span's conversation.
+const CONTENT_KEYS: &[&str] = &[
+    genai::SYSTEM_INSTRUCTIONS,
+    genai::INPUT_MESSAGES,
+    genai::OUTPUT_MESSAGES,
+    genai::PROMPT,
+    genai::COMPLETION,
+];
+
+/// The GenAI conversation of a span, as (role, text): its system instructions, its input
+/// messages (`gen_ai.input.messages`, else `gen_ai.prompt`: OpenAI messages, a prompt string or
+/// an input), then the answer (`gen_ai.output.messages`, else `gen_ai.completion`).
 pub fn conversation(attributes: &Attributes) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    if let Some(AttrValue::String(p)) = attributes.get(genai::PROMPT) {
+    let mut add = |key: &str, default_role: &str| {
+        let Some(AttrValue::String(p)) = attributes.get(key) else {
+            return false;
+        };
         match serde_json::from_str::<Value>(p) {
             Ok(Value::Array(messages)) => {
                 for m in messages {
-                    out.push(message(&m));
+                    let (role, text) = message(&m);
+                    let role = if role == "message" {
+                        default_role.to_string()
+                    } else {
+                        role
+                    };
+                    out.push((role, text));
                 }
             }
-            Ok(Value::String(s)) => out.push(("prompt".into(), s)),
-            Ok(other) => out.push(("prompt".into(), other.to_string())),
-            Err(_) => out.push(("prompt".into(), p.clone())),
+            Ok(Value::String(s)) => out.push((default_role.into(), s)),
+            Ok(other) => out.push((default_role.into(), other.to_string())),
+            Err(_) => out.push((default_role.into(), p.clone())),
         }
+        true
+    };
+    add(genai::SYSTEM_INSTRUCTIONS, "system");
+    if !add(genai::INPUT_MESSAGES, "user") {
+        add(genai::PROMPT, "prompt");
     }
-    match attributes.get(genai::COMPLETION) {
-        Some(AttrValue::String(s)) => out.push(("assistant".into(), s.clone())),
-        Some(v) => out.push(("assistant".into(), v.to_json().to_string())),
-        None => {}
+    if !add(genai::OUTPUT_MESSAGES, "assistant") {
+        add(genai::COMPLETION, "assistant");
     }
     out
+}
+
+/// One part's text: `text` (OpenAI) or `content` (GenAI conventions), a tool call as
+/// `→ name(arguments)`, a tool's answer as its response, other kinds by type.
+fn part_text(p: &Value) -> String {
+    let as_text = |v: Option<&Value>| match v {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Null) | None => None,
+        Some(other) => Some(other.to_string()),
+    };
+    match p.get("type").and_then(Value::as_str) {
+        Some("tool_call") => {
+            let name = p.get("name").and_then(Value::as_str).unwrap_or("?");
+            let args = as_text(p.get("arguments")).unwrap_or_default();
+            format!("→ {name}({args})")
+        }
+        Some("tool_call_response") => as_text(p.get("response")).unwrap_or_default(),
+        kind => as_text(p.get("text"))
+            .or_else(|| as_text(p.get("content")))
+            .unwrap_or_else(|| format!("[{}]", kind.unwrap_or("part"))),
+    }
 }
 
 fn message(m: &Value) -> (String, String) {
@@ -397,22 +440,14 @@ fn message(m: &Value) -> (String, String) {
         return ("message".into(), m.to_string());
     };
     let role = obj.get("role").and_then(Value::as_str).unwrap_or("message");
-    let mut text = match obj.get("content") {
-        Some(Value::String(s)) => s.clone(),
-        // Content parts: the text ones, others by type.
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .map(|p| match p.get("text").and_then(Value::as_str) {
-                Some(t) => t.to_string(),
-                None => format!(
-                    "[{}]",
-                    p.get("type").and_then(Value::as_str).unwrap_or("part")
-                ),
-            })
-            .collect::<Vec<_>>()
-            .join("\n"),
-        Some(Value::Null) | None => String::new(),
-        Some(other) => other.to_string(),
+    let parts = |v: &Vec<Value>| v.iter().map(part_text).collect::<Vec<_>>().join("\n");
+    let mut text = match (obj.get("content"), obj.get("parts")) {
+        (Some(Value::String(s)), _) => s.clone(),
+        (Some(Value::Array(p)), _) | (_, Some(Value::Array(p))) => parts(p),
+        // A bare part (system instructions are a list of parts).
+        (None, None) if obj.contains_key("type") => part_text(m),
+        (Some(Value::Null) | None, _) => String::new(),
+        (Some(other), _) => other.to_string(),
     };
     for call in obj
         .get("tool_calls")
@@ -564,5 +599,37 @@ mod tests {
             ("assistant".into(), "→ weather({\"city\":\"Oslo\"})".into())
         );
         assert_eq!(c[3], ("assistant".into(), "hello".into()));
+    }
+
+    #[test]
+    fn the_conversation_reads_the_conventions_messages_first() {
+        let input = r#"[{"role":"user","parts":[{"type":"text","content":"Weather?"}]},{"role":"assistant","parts":[{"type":"tool_call","id":"c1","name":"get_weather","arguments":{"city":"Oslo"}}]},{"role":"tool","parts":[{"type":"tool_call_response","id":"c1","response":"rainy"}]}]"#;
+        let output = r#"[{"role":"assistant","parts":[{"type":"text","content":"It rains."}],"finish_reason":"stop"}]"#;
+        let attrs: Attributes = [
+            (
+                genai::SYSTEM_INSTRUCTIONS,
+                r#"[{"type":"text","content":"be brief"}]"#,
+            ),
+            (genai::INPUT_MESSAGES, input),
+            (genai::OUTPUT_MESSAGES, output),
+            // The older attributes of the same call are not shown twice.
+            (genai::COMPLETION, "It rains."),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), AttrValue::from(v)))
+        .collect();
+        assert_eq!(
+            conversation(&attrs),
+            vec![
+                ("system".to_string(), "be brief".to_string()),
+                ("user".into(), "Weather?".into()),
+                (
+                    "assistant".into(),
+                    "→ get_weather({\"city\":\"Oslo\"})".into()
+                ),
+                ("tool".into(), "rainy".into()),
+                ("assistant".into(), "It rains.".into()),
+            ]
+        );
     }
 }

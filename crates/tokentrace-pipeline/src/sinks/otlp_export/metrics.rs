@@ -22,18 +22,8 @@ use tokentrace_otlp::proto::metrics::v1::{
 };
 
 use super::export::{ExportConfig, ExportStats, ExportThread, Exporter};
-use crate::genai::{DURATION_BUCKETS, TOKENS_PER_SECOND_BUCKETS, TTFT_BUCKETS};
+use crate::genai::{self, DURATION_BUCKETS, TOKENS_PER_SECOND_BUCKETS, TTFT_BUCKETS};
 use crate::{Sink, SinkError};
-
-/// The instrument name of a token metric event.
-fn token_instrument(metric: &str) -> Option<&'static str> {
-    Some(match metric {
-        "prompt_tokens" => "llama_stack_prompt_tokens",
-        "completion_tokens" => "llama_stack_completion_tokens",
-        "total_tokens" => "llama_stack_tokens",
-        _ => return None,
-    })
-}
 
 /// Whether a metric event is a count (a monotonic sum) rather than a level (a gauge): decided by
 /// its name and unit, never by whether this value happens to be an integer.
@@ -333,13 +323,15 @@ impl Sink for OtlpMetricSink {
     }
 
     fn span_ended(&mut self, span: &SpanRecord) {
-        let Some(o) = crate::genai::observe(span) else {
+        let Some(o) = genai::observe(span) else {
             return;
         };
-        let labels: Labels = vec![
-            ("model_id".into(), o.labels[0].clone()),
-            ("provider_id".into(), o.labels[1].clone()),
-        ];
+        let labels: Labels = crate::genai::CALL_LABELS
+            .iter()
+            .zip(&o.labels)
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
         self.observe(
             "llama_stack_request_duration",
             "s",
@@ -365,6 +357,61 @@ impl Sink for OtlpMetricSink {
                 tps,
             );
         }
+        // The GenAI conventions' client metrics, with their attributes.
+        let mut attrs: Labels = [
+            genai::OPERATION_NAME,
+            genai::PROVIDER_NAME,
+            genai::REQUEST_MODEL,
+            genai::RESPONSE_MODEL,
+        ]
+        .iter()
+        .filter_map(|k| Some((k.to_string(), span.attributes.get(*k)?.to_label())))
+        .collect();
+        if span.status == Some(tokentrace_model::SpanStatus::Error) {
+            let kind = span
+                .attributes
+                .get("error.type")
+                .map_or_else(|| "_OTHER".to_string(), |v| v.to_label());
+            attrs.push(("error.type".into(), kind));
+        }
+        attrs.sort();
+        self.observe(
+            "gen_ai.client.operation.duration",
+            "s",
+            DURATION_BUCKETS,
+            attrs.clone(),
+            o.duration,
+        );
+        if let Some(t) = o.time_to_first_token {
+            self.observe(
+                "gen_ai.client.operation.time_to_first_chunk",
+                "s",
+                DURATION_BUCKETS,
+                attrs.clone(),
+                t,
+            );
+        }
+        attrs.retain(|(k, _)| k != "error.type");
+        for (kind, key) in [
+            ("input", genai::USAGE_INPUT_TOKENS),
+            ("output", genai::USAGE_OUTPUT_TOKENS),
+        ] {
+            let n = match span.attributes.get(key) {
+                Some(AttrValue::Int(i)) => *i as f64,
+                Some(AttrValue::Float(f)) => *f,
+                _ => continue,
+            };
+            let mut a = attrs.clone();
+            a.push(("gen_ai.token.type".into(), kind.into()));
+            a.sort();
+            self.observe(
+                "gen_ai.client.token.usage",
+                "{token}",
+                genai::TOKEN_USAGE_BUCKETS,
+                a,
+                n,
+            );
+        }
     }
 
     fn event(&mut self, _event: &SpanEvent) {}
@@ -372,11 +419,11 @@ impl Sink for OtlpMetricSink {
     fn metric(&mut self, point: &MetricPoint) {
         let labels = labels_of(&point.labels);
         let mut s = self.lock();
-        if let Some(name) = token_instrument(&point.name) {
+        if let Some(c) = crate::genai::call_counter(&point.name) {
             let e = s
                 .sums
-                .entry((name.to_string(), labels))
-                .or_insert_with(|| ("tokens".into(), 0.0));
+                .entry((c.otlp.to_string(), labels))
+                .or_insert_with(|| (c.unit.into(), 0.0));
             e.1 += point.value;
         } else if is_counter(&point.name, &point.unit) {
             let e = s

@@ -10,9 +10,10 @@ use tokentrace_model::{AttrValue, MetricPoint, SpanEvent, SpanKind, SpanRecord};
 use tokentrace_store::CommitObserver;
 
 use crate::Sink;
-use crate::genai::{self, DURATION_BUCKETS, TOKENS_PER_SECOND_BUCKETS, TTFT_BUCKETS};
+use crate::genai::{
+    self, CALL_LABELS, DURATION_BUCKETS, TOKENS_PER_SECOND_BUCKETS, TTFT_BUCKETS, call_counter,
+};
 
-const MODEL_LABELS: &[&str] = &["model_id", "provider_id"];
 const ROUTE_LABELS: &[&str] = &["route", "status_code"];
 
 /// `tokentrace_sqlite_commit_seconds` bucket boundaries.
@@ -45,25 +46,6 @@ pub fn commit_observer(registry: Arc<Registry>) -> CommitObserver {
     }))
 }
 
-/// The Prometheus name of a token metric event, if it is one.
-pub fn token_counter_name(metric: &str) -> Option<(&'static str, &'static str)> {
-    Some(match metric {
-        "prompt_tokens" => (
-            "llama_stack_prompt_tokens_total",
-            "Prompt (input) tokens of inference requests.",
-        ),
-        "completion_tokens" => (
-            "llama_stack_completion_tokens_total",
-            "Completion (output) tokens of inference requests.",
-        ),
-        "total_tokens" => (
-            "llama_stack_tokens_total",
-            "Total tokens (prompt + completion) of inference requests.",
-        ),
-        _ => return None,
-    })
-}
-
 fn label(span: &SpanRecord, key: &str) -> String {
     span.attributes
         .get(key)
@@ -94,10 +76,19 @@ impl Sink for PrometheusSink {
         }
         if let Some(o) = genai::observe(span) {
             let labels = o.labels.to_vec();
+            if o.unpriced {
+                self.registry.add(
+                    "tokentrace_unpriced_calls_total",
+                    "Inference calls counted in tokens whose model has no price (no cost recorded).",
+                    CALL_LABELS,
+                    labels.clone(),
+                    1.0,
+                );
+            }
             self.registry.observe(
                 "llama_stack_request_duration_seconds",
                 "Duration of inference provider calls.",
-                MODEL_LABELS,
+                CALL_LABELS,
                 DURATION_BUCKETS,
                 labels.clone(),
                 o.duration,
@@ -106,7 +97,7 @@ impl Sink for PrometheusSink {
                 self.registry.observe(
                     "llama_stack_time_to_first_token_seconds",
                     "Time from the provider call to its first streamed token.",
-                    MODEL_LABELS,
+                    CALL_LABELS,
                     TTFT_BUCKETS,
                     labels.clone(),
                     t,
@@ -116,7 +107,7 @@ impl Sink for PrometheusSink {
                 self.registry.observe(
                     "llama_stack_output_tokens_per_second",
                     "Output tokens per second of generation (after the first token when streaming).",
-                    MODEL_LABELS,
+                    CALL_LABELS,
                     TOKENS_PER_SECOND_BUCKETS,
                     labels,
                     tps,
@@ -142,8 +133,8 @@ impl Sink for PrometheusSink {
     fn event(&mut self, _event: &SpanEvent) {}
 
     fn metric(&mut self, point: &MetricPoint) {
-        if let Some((name, help)) = token_counter_name(&point.name) {
-            let labels = MODEL_LABELS
+        if let Some(c) = call_counter(&point.name) {
+            let labels = CALL_LABELS
                 .iter()
                 .map(|k| {
                     point
@@ -154,7 +145,7 @@ impl Sink for PrometheusSink {
                 })
                 .collect();
             self.registry
-                .add(name, help, MODEL_LABELS, labels, point.value);
+                .add(c.prometheus, c.help, CALL_LABELS, labels, point.value);
         }
     }
 }

@@ -84,9 +84,11 @@ fn escape(v: &str) -> String {
 }
 
 fn labels_text(names: &[&str], values: &[String], extra: Option<(&str, String)>) -> String {
+    // An empty value is the same as no label (Prometheus), so it is left out.
     let mut parts: Vec<String> = names
         .iter()
         .zip(values)
+        .filter(|(_, v)| !v.is_empty())
         .map(|(n, v)| format!("{n}=\"{}\"", escape(v)))
         .collect();
     if let Some((n, v)) = extra {
