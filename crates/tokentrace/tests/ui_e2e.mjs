@@ -125,6 +125,8 @@ await page.goto(`${base}/dashboard`);
 await page.waitForSelector("#per-model");
 assert.equal((await page.innerText("#card-calls .v")).replace(/,/g, ""), String(expect.calls));
 assert.equal((await page.innerText("#card-input .v")).replace(/,/g, ""), String(expect.input_tokens));
+// The echo model costs nothing; the agent's gpt-x has no price, so the total says it is partial.
+assert.equal(await page.innerText("#card-cost .v"), "$0.00+?");
 await page.waitForSelector("#tokens-chart");
 assert.equal(Number(await page.getAttribute("#tokens-chart", "data-total")), expect.metric_tokens);
 const titles = await page.$$eval("#tokens-chart title", (els) => els.map((e) => e.textContent));
@@ -143,6 +145,7 @@ await shot(page, "dashboard");
 await page.goto(`${base}/sessions`);
 await page.waitForSelector("details.session");
 const session = page.locator('details.session[data-session="s-1"]');
+assert.equal(await session.locator("summary .cost").innerText(), "?", "its one call has no price");
 await session.locator("summary").click();
 await session.locator("tbody tr").first().waitFor();
 assert.equal(await session.locator("tbody tr").count(), 1);

@@ -304,6 +304,13 @@ function spanDetail(span) {
         ["provider", a["gen_ai.provider.name"] ?? a["provider_id"]],
         ["tokens in", lib.fmtCount(a["gen_ai.usage.input_tokens"])],
         ["tokens out", lib.fmtCount(a["gen_ai.usage.output_tokens"])],
+        ["cached tokens", lib.fmtCount(a["gen_ai.usage.cache_read.input_tokens"])],
+        ["reasoning tokens", lib.fmtCount(a["gen_ai.usage.reasoning.output_tokens"])],
+        ["cost", typeof a["tokentrace.cost.usd"] === "number" ? lib.fmtCost(a["tokentrace.cost.usd"]) : null],
+        ["user", a["user.id"]],
+        ["session", a["session.id"]],
+        ["described by", a["tokentrace.genai.origin"]],
+        ["counted by", a["tokentrace.genai.counted_by"] ? `the gateway's span ${a["tokentrace.genai.counted_by"]}` : null],
         ["time to first token", typeof ttft === "number" ? lib.fmtDuration(ttft * 1000) : null],
         ...GENAI_PARAMS.map(([k, label]) => [label, a[k] === undefined ? null : valueText(a[k])]),
       ]),
@@ -457,25 +464,36 @@ async function sessionsPage() {
   setPage("Sessions");
   const q = new URLSearchParams(location.search);
   const range = q.get("range") || "7d";
-  const form = h("form", { class: "filters" }, h("label", {}, "Time", rangeSelect("range", range, false)), h("button", { type: "submit" }, "Apply"));
+  const user = q.get("user") || "";
+  const form = h(
+    "form",
+    { class: "filters" },
+    h("label", {}, "Time", rangeSelect("range", range, false)),
+    h("label", {}, "User", h("input", { name: "user", value: user, placeholder: "user.id", size: 16 })),
+    h("button", { type: "submit" }, "Apply"),
+  );
   form.addEventListener("submit", (e) => {
     e.preventDefault();
-    location.search = new URLSearchParams(new FormData(form)).toString();
+    const params = new URLSearchParams(new FormData(form));
+    if (!params.get("user")) params.delete("user");
+    location.search = params.toString();
   });
   const body = h("div", { id: "sessions" });
   main.append(h("h1", {}, "Sessions"), form, body);
-  let usage;
+  let answer;
   try {
-    usage = await api("POST", "/v1/tokentrace/usage", { since: lib.rangeSince(range, new Date()), by: "session.id" });
+    answer = await api("POST", "/v1/tokentrace/sessions", { since: lib.rangeSince(range, new Date()), user: user || null, limit: 200 });
   } catch (err) {
     body.append(errorBox(err));
     return;
   }
-  const sessions = usage.data.filter((u) => u.key !== null);
+  const usage = answer;
+  const sessions = answer.data.map((s) => ({ ...s, key: s.session_id }));
   if (!sessions.length) {
-    body.append(h("div", { class: "empty" }, "No sessions in this range. Calls are grouped by their ", h("code", {}, "session.id"), " (or ", h("code", {}, "session_id"), ", ", h("code", {}, "gen_ai.conversation.id"), ") attribute."));
+    body.append(h("div", { class: "empty" }, "No sessions in this range. Calls are grouped by their ", h("code", {}, "session.id"), " (or ", h("code", {}, "session_id"), ", ", h("code", {}, "gen_ai.conversation.id"), ") attribute; the gateway reads it from baggage, ", h("code", {}, "X-Session-Id"), " or the request's metadata."));
     return;
   }
+  if (answer.more) body.append(h("p", { class: "muted" }, `${answer.more} older sessions not shown: narrow the range.`));
   for (const u of sessions) {
     const turns = h("div", { class: "turns" }, h("p", { class: "muted" }, "Loading…"));
     const d = h(
@@ -487,6 +505,8 @@ async function sessionsPage() {
         h("strong", {}, u.key),
         h("span", {}, `${u.traces} turns`),
         h("span", {}, `${lib.fmtCount(u.input_tokens)} in · ${lib.fmtCount(u.output_tokens)} out`),
+        h("span", { class: "cost", title: "cost in USD by the price table; ? marks calls of models without a price" }, lib.fmtCost(u.cost_usd, u.unpriced_calls)),
+        h("span", { class: "users" }, (u.users || []).join(", ")),
         h("span", { class: "muted" }, `${lib.fmtTime(u.first)} → ${lib.fmtTime(u.last)}`),
         h("span", {}, lib.fmtDuration(Date.parse(u.last) - Date.parse(u.first))),
       ),
@@ -645,6 +665,7 @@ async function dashboardPage() {
       card("calls", lib.fmtCount(calls), "card-calls"),
       card("input tokens", lib.fmtCount(sum("input_tokens")), "card-input"),
       card("output tokens", lib.fmtCount(sum("output_tokens")), "card-output"),
+      card("cost", lib.fmtCost(rows.some((r) => r.cost_usd !== null) ? sum("cost_usd") : null, sum("unpriced_calls")), "card-cost"),
       card("error rate", `${((sum("errors") / calls) * 100).toFixed(1)} %`, "card-errors"),
     ),
   );
@@ -652,7 +673,7 @@ async function dashboardPage() {
     h(
       "table",
       { class: "grid", id },
-      h("thead", {}, h("tr", {}, [title, "Calls", "Errors", "In", "Out", "p50", "p95", "p99", "TTFT p50"].map((c, i) => h("th", { class: i ? "num" : null }, c)))),
+      h("thead", {}, h("tr", {}, [title, "Calls", "Errors", "In", "Out", "Cost", "p50", "p95", "p99", "TTFT p50"].map((c, i) => h("th", { class: i ? "num" : null }, c)))),
       h(
         "tbody",
         {},
@@ -665,6 +686,7 @@ async function dashboardPage() {
             h("td", { class: "num" }, r.errors ? `${r.errors} (${((r.errors / r.calls) * 100).toFixed(1)} %)` : "0"),
             h("td", { class: "num" }, lib.fmtCount(r.input_tokens)),
             h("td", { class: "num" }, lib.fmtCount(r.output_tokens)),
+            h("td", { class: "num" }, lib.fmtCost(r.cost_usd, r.unpriced_calls)),
             h("td", { class: "num" }, lib.fmtDuration(r.p50_duration_ms)),
             h("td", { class: "num" }, lib.fmtDuration(r.p95_duration_ms)),
             h("td", { class: "num" }, lib.fmtDuration(r.p99_duration_ms)),

@@ -26,6 +26,16 @@ export function fmtCount(n) {
   return Number(n).toLocaleString("en-US");
 }
 
+/**
+ * A cost in USD: cents from a cent up, else four significant digits; "—" when nothing was priced,
+ * with "+?" when some calls had no price.
+ */
+export function fmtCost(usd, unpriced = 0) {
+  if (usd === null || usd === undefined) return unpriced ? "?" : "—";
+  const shown = usd >= 0.01 || usd === 0 ? `$${usd.toFixed(2)}` : `$${usd.toPrecision(4)}`;
+  return unpriced ? `${shown}+?` : shown;
+}
+
 const OPS = [["!=", "ne"], [">", "gt"], ["<", "lt"], ["=", "eq"]];
 
 /** A typed value: integers, floats, true/false, else the text. */
@@ -187,8 +197,9 @@ function textOf(content) {
 }
 
 /**
- * The GenAI conversation of a span's attributes: the messages of `gen_ai.input.messages` or
- * `gen_ai.prompt` (OpenAI messages, a prompt string, or an input), then the answer
+ * The GenAI conversation of a span's attributes: the system instructions
+ * (`gen_ai.system_instructions`), the messages of `gen_ai.input.messages` or `gen_ai.prompt`
+ * (OpenAI messages, a prompt string, or an input), then the answer
  * (`gen_ai.output.messages` or `gen_ai.completion`), as [{role, text, toolCalls}].
  */
 export function conversation(attrs) {
@@ -206,11 +217,19 @@ export function conversation(attrs) {
     if (Array.isArray(value)) {
       for (const m of value) {
         if (m && typeof m === "object" && ("role" in m || "content" in m || "parts" in m)) {
-          const toolCalls = (m.tool_calls || []).map((c) => ({
+          // OpenAI messages carry `tool_calls`; the GenAI conventions' carry `parts` of type
+          // `tool_call` beside the text ones, and answer a call with a `tool_call_response`.
+          const parts = Array.isArray(m.parts) ? m.parts : [];
+          const calls = [...(m.tool_calls || []), ...parts.filter((p) => p && p.type === "tool_call")];
+          const toolCalls = calls.map((c) => ({
             name: c.function?.name ?? c.name ?? "?",
             arguments: c.function?.arguments ?? (typeof c.arguments === "string" ? c.arguments : JSON.stringify(c.arguments ?? {})),
           }));
-          out.push({ role: m.role || defaultRole, text: textOf(m.content ?? m.parts), toolCalls });
+          const said = parts
+            .filter((p) => !(p && p.type === "tool_call"))
+            .map((p) => (p && p.type === "tool_call_response" ? textOf(p.response) : p));
+          const text = m.content !== undefined ? textOf(m.content) : textOf(said);
+          out.push({ role: m.role || defaultRole, text, toolCalls });
         } else {
           out.push({ role: defaultRole, text: textOf(m), toolCalls: [] });
         }
@@ -219,6 +238,7 @@ export function conversation(attrs) {
       out.push({ role: defaultRole, text: textOf(value), toolCalls: [] });
     }
   };
+  messages(attrs["gen_ai.system_instructions"], "system");
   messages(attrs["gen_ai.input.messages"] ?? attrs["gen_ai.prompt"], "user");
   messages(attrs["gen_ai.output.messages"] ?? attrs["gen_ai.completion"], "assistant");
   return out;

@@ -93,3 +93,12 @@ test("span durations keep the nanoseconds", () => {
   assert.equal(lib.spanMs("2026-12-01T14:25:04.855115691Z", "2026-12-01T14:25:04.855453274Z").toFixed(6), "0.337583");
   assert.equal(lib.spanMs("2026-12-01T14:25:04Z", null), null);
 });
+
+test("costs show cents, small ones four digits, unpriced calls a question mark", () => {
+  assert.equal(lib.fmtCost(12.345), "$12.35");
+  assert.equal(lib.fmtCost(0), "$0.00");
+  assert.equal(lib.fmtCost(0.0000045), "$0.000004500");
+  assert.equal(lib.fmtCost(0.5, 2), "$0.50+?");
+  assert.equal(lib.fmtCost(null, 3), "?");
+  assert.equal(lib.fmtCost(null), "—");
+});
