@@ -33,7 +33,8 @@ pub enum By {
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "Calls are the spans that carry token usage (gen_ai.usage.input_tokens / output_tokens): the
-gateway's provider calls and the LLM spans of OpenTelemetry GenAI instrumentations.
+gateway's provider calls and the LLM spans of OpenTelemetry GenAI instrumentations. COST adds up
+tokentrace.cost.usd (the price table's); ? marks calls of models without a price.
 
 Examples:
   tokentrace usage
@@ -54,6 +55,24 @@ pub struct UsageArgs {
     pub format: FormatArgs,
     #[command(flatten)]
     pub source: SourceArgs,
+}
+
+/// A cost in USD as shown in tables: cents for a cent or more, else four significant digits;
+/// `?` when no call was priced, `+?` after it when some were not.
+pub fn cost(usd: Option<f64>, unpriced: u64) -> String {
+    let shown = match usd {
+        None => return "?".into(),
+        Some(c) if c >= 0.01 || c == 0.0 => format!("${c:.2}"),
+        Some(c) => {
+            let decimals = ((-c.log10()).ceil() as usize + 3).min(12);
+            format!("${c:.decimals$}")
+        }
+    };
+    if unpriced > 0 {
+        format!("{shown}+?")
+    } else {
+        shown
+    }
 }
 
 /// Runs `tokentrace usage`.
@@ -94,6 +113,7 @@ pub fn run(args: UsageArgs) -> CliResult {
                 Cell::num(u.input_tokens.to_string()),
                 Cell::num(u.output_tokens.to_string()),
                 Cell::num((u.input_tokens + u.output_tokens).to_string()),
+                Cell::num(cost(u.cost_usd, u.unpriced_calls)),
                 Cell::num(u.p50_duration_ms.map(duration).unwrap_or_default()),
                 Cell::num(u.p95_duration_ms.map(duration).unwrap_or_default()),
             ]
@@ -108,6 +128,7 @@ pub fn run(args: UsageArgs) -> CliResult {
             "IN",
             "OUT",
             "TOTAL",
+            "COST",
             "P50",
             "P95",
         ]
