@@ -361,6 +361,58 @@ fn exported_spans_and_metrics_match_the_sqlite_rows_and_survive_a_503() {
         "the streamed calls have a TTFT"
     );
 
+    // The GenAI conventions' client metrics, with their attributes: one token-usage observation
+    // per call and token type, summing to the stored prompt and completion tokens.
+    let genai = |name: &str| {
+        let m = metrics
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("{name} exported"));
+        let Some(metric::Data::Histogram(h)) = &m.data else {
+            panic!("{name} is a histogram")
+        };
+        (m.unit.clone(), h.data_points.clone())
+    };
+    let (unit, points) = genai("gen_ai.client.operation.duration");
+    assert_eq!(unit, "s");
+    assert_eq!(points.iter().map(|p| p.count).sum::<u64>(), 4);
+    let keys: Vec<&str> = points[0]
+        .attributes
+        .iter()
+        .map(|kv| kv.key.as_str())
+        .collect();
+    for key in [
+        "gen_ai.operation.name",
+        "gen_ai.provider.name",
+        "gen_ai.request.model",
+    ] {
+        assert!(keys.contains(&key), "{key} in {keys:?}");
+    }
+    let (unit, points) = genai("gen_ai.client.token.usage");
+    assert_eq!(unit, "{token}");
+    let of_type = |t: &str| -> f64 {
+        points
+            .iter()
+            .filter(|p| {
+                p.attributes.iter().any(|kv| {
+                    kv.key == "gen_ai.token.type" && attr_json(kv.value.as_ref().unwrap()) == t
+                })
+            })
+            .map(|p| p.sum.unwrap_or_default())
+            .sum()
+    };
+    let stored = |name: &str| -> f64 {
+        conn.query_row(
+            "SELECT sum(value) FROM metrics WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(of_type("input"), stored("prompt_tokens"));
+    assert_eq!(of_type("output"), stored("completion_tokens"));
+    genai("gen_ai.client.operation.time_to_first_chunk");
+
     use tokentrace_otlp::proto::metrics::v1::number_data_point::Value as N;
     let logged = |name: &str| metrics.iter().find(|m| m.name == name).cloned();
     let hits = logged("cache_hits").expect("cache_hits exported");

@@ -23,6 +23,7 @@ use tokentrace_otlp::proto::metrics::v1::{
 
 use super::export::{ExportConfig, ExportStats, ExportThread, Exporter};
 use crate::genai::{self, DURATION_BUCKETS, TOKENS_PER_SECOND_BUCKETS, TTFT_BUCKETS};
+use crate::sinks::prometheus::{MAX_SERIES, OVERFLOW};
 use crate::{Sink, SinkError};
 
 /// Whether a metric event is a count (a monotonic sum) rather than a level (a gauge): decided by
@@ -62,6 +63,35 @@ struct State {
     gauges: BTreeMap<(String, Labels), (String, f64, Timestamp)>,
     /// (name, labels) → (unit, histogram).
     histograms: BTreeMap<(String, Labels), (&'static str, Hist)>,
+    /// Label sets per instrument, to keep each under [`MAX_SERIES`].
+    series: BTreeMap<String, usize>,
+}
+
+impl State {
+    /// The key to record `labels` of `name` under: as given while the instrument has room (or
+    /// already has them), else its overflow series, whose every label value is [`OVERFLOW`]
+    /// (label values come from clients: model names, OTLP attributes).
+    fn key(&mut self, name: &str, labels: Labels, known: bool) -> (String, Labels) {
+        if known {
+            return (name.to_string(), labels);
+        }
+        let n = self.series.entry(name.to_string()).or_insert(0);
+        if *n < MAX_SERIES {
+            *n += 1;
+            return (name.to_string(), labels);
+        }
+        if *n == MAX_SERIES {
+            *n += 1;
+            tracing::warn!(
+                "otel_metric: {name} has {MAX_SERIES} label sets; further ones are added up in its {OVERFLOW} series"
+            );
+        }
+        let overflow = labels
+            .into_iter()
+            .map(|(k, _)| (k, OVERFLOW.to_string()))
+            .collect();
+        (name.to_string(), overflow)
+    }
 }
 
 enum Msg {
@@ -132,20 +162,21 @@ impl OtlpMetricSink {
         v: f64,
     ) {
         let mut s = self.lock();
-        let (_, h) = s
+        let known = s
             .histograms
-            .entry((name.to_string(), labels))
-            .or_insert_with(|| {
-                (
-                    unit,
-                    Hist {
-                        bounds,
-                        counts: vec![0; bounds.len() + 1],
-                        sum: 0.0,
-                        count: 0,
-                    },
-                )
-            });
+            .contains_key(&(name.to_string(), labels.clone()));
+        let key = s.key(name, labels, known);
+        let (_, h) = s.histograms.entry(key).or_insert_with(|| {
+            (
+                unit,
+                Hist {
+                    bounds,
+                    counts: vec![0; bounds.len() + 1],
+                    sum: 0.0,
+                    count: 0,
+                },
+            )
+        });
         let i = h
             .bounds
             .iter()
@@ -420,22 +451,23 @@ impl Sink for OtlpMetricSink {
         let labels = labels_of(&point.labels);
         let mut s = self.lock();
         if let Some(c) = crate::genai::call_counter(&point.name) {
-            let e = s
-                .sums
-                .entry((c.otlp.to_string(), labels))
-                .or_insert_with(|| (c.unit.into(), 0.0));
+            let known = s.sums.contains_key(&(c.otlp.to_string(), labels.clone()));
+            let key = s.key(c.otlp, labels, known);
+            let e = s.sums.entry(key).or_insert_with(|| (c.unit.into(), 0.0));
             e.1 += point.value;
         } else if is_counter(&point.name, &point.unit) {
+            let known = s.sums.contains_key(&(point.name.clone(), labels.clone()));
+            let key = s.key(&point.name, labels, known);
             let e = s
                 .sums
-                .entry((point.name.clone(), labels))
+                .entry(key)
                 .or_insert_with(|| (point.unit.clone(), 0.0));
             e.1 += point.value;
         } else {
-            s.gauges.insert(
-                (point.name.clone(), labels),
-                (point.unit.clone(), point.value, point.timestamp),
-            );
+            let known = s.gauges.contains_key(&(point.name.clone(), labels.clone()));
+            let key = s.key(&point.name, labels, known);
+            s.gauges
+                .insert(key, (point.unit.clone(), point.value, point.timestamp));
         }
     }
 
@@ -450,7 +482,25 @@ impl Sink for OtlpMetricSink {
 
 #[cfg(test)]
 mod tests {
-    use super::is_counter;
+    use super::{MAX_SERIES, OVERFLOW, State, is_counter};
+
+    #[test]
+    fn each_instrument_keeps_at_most_max_series_label_sets() {
+        let mut s = State::default();
+        let labels = |i: usize| vec![("model_id".to_string(), format!("m{i}"))];
+        for i in 0..MAX_SERIES + 10 {
+            let key = s.key("x", labels(i), false);
+            s.sums.entry(key).or_insert_with(|| ("1".into(), 0.0)).1 += 1.0;
+        }
+        assert_eq!(s.sums.len(), MAX_SERIES + 1);
+        let overflow = (
+            "x".to_string(),
+            vec![("model_id".to_string(), OVERFLOW.to_string())],
+        );
+        assert_eq!(s.sums[&overflow].1, 10.0);
+        // A known label set keeps being recorded as itself.
+        assert_eq!(s.key("x", labels(3), true), ("x".to_string(), labels(3)));
+    }
 
     #[test]
     fn instruments_are_chosen_by_name_and_unit() {

@@ -5,7 +5,7 @@ mod registry;
 
 use std::sync::Arc;
 
-pub use registry::{Format, Registry, Sample};
+pub use registry::{Format, MAX_SERIES, OVERFLOW, Registry, Sample};
 use tokentrace_model::{AttrValue, MetricPoint, SpanEvent, SpanKind, SpanRecord};
 use tokentrace_store::CommitObserver;
 
