@@ -71,6 +71,8 @@ enum Command {
     Metrics(cli::metrics::MetricsArgs),
     /// LLM calls and tokens over a window, per model, provider, user, session or service.
     Usage(cli::usage::UsageArgs),
+    /// Sessions with LLM calls, latest first: turns, calls, tokens, cost, users.
+    Sessions(cli::sessions::SessionsArgs),
     /// Write whole traces (spans, events, links) as OTLP/JSON lines or span JSON lines.
     Export(cli::export::ExportArgs),
     /// Send what `export` wrote to a tokentrace server or any OTLP/HTTP receiver.
@@ -115,6 +117,7 @@ fn main() -> ExitCode {
         Command::Sql(a) => cli::sql::run(a).map_err(|e| e.0),
         Command::Metrics(a) => cli::metrics::run(a).map_err(|e| e.0),
         Command::Usage(a) => cli::usage::run(a).map_err(|e| e.0),
+        Command::Sessions(a) => cli::sessions::run(a).map_err(|e| e.0),
         Command::Export(a) => cli::export::run_export(a).map_err(|e| e.0),
         Command::Import(a) => cli::export::run_import(a).map_err(|e| e.0),
         Command::CheckConfig(a) => cli::check::run(a).map_err(|e| e.0),

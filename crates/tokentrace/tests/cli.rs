@@ -410,6 +410,40 @@ fn traces_trace_sql_and_metrics_answer_the_same_from_the_file_and_the_server() {
     let csv = csv_rows(&s.both(&[&["usage", "--by", "provider", "--csv"], &window[..]].concat()));
     assert_eq!(csv[0][0], "PROVIDER_ID");
     assert_eq!((csv[1][0].as_str(), csv[1][1].as_str()), ("echo", "2"));
+    assert_eq!(csv[0][7], "COST");
+    assert_eq!(csv[1][7], "$0.00", "the embedded model costs nothing");
+
+    // sessions: a call naming its session (header) and user (the request's `user`).
+    let count: Value =
+        serde_json::from_str(&s.both(&["sql", "SELECT COUNT(*) AS n FROM span_rows", "--json"]))
+            .unwrap();
+    let r = s
+        .http
+        .post(format!("{}/v1/chat/completions", s.server.base))
+        .header("x-session-id", "sess-cli")
+        .json(&json!({"model": "echo", "user": "bob",
+            "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    s.wait_spans(count[0]["n"].as_i64().unwrap() + 2);
+    let sessions = csv_rows(&s.both(&[&["sessions", "--csv"], &window[..]].concat()));
+    assert_eq!(
+        sessions[0][..6],
+        ["SESSION", "TURNS", "CALLS", "IN", "OUT", "COST"]
+    );
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    assert_eq!(
+        (
+            sessions[1][0].as_str(),
+            sessions[1][2].as_str(),
+            sessions[1][6].as_str()
+        ),
+        ("sess-cli", "1", "bob")
+    );
+    let none = s.both(&[&["sessions", "--json", "--user", "nobody"], &window[..]].concat());
+    let none: Value = serde_json::from_str(&none).unwrap();
+    assert_eq!(none["data"], json!([]));
 }
 
 #[test]

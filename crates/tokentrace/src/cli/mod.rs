@@ -1,5 +1,5 @@
 //! The subcommands that look at stored telemetry: `traces`, `trace`, `tail`, `sql`, `metrics`,
-//! `usage`, `export`, and beside them `import` and `check-config`. Each reading one reads a store file
+//! `usage`, `sessions`, `export`, and beside them `import` and `check-config`. Each reading one reads a store file
 //! directly (read-only, `--db`/`--config`) or asks a running server (`--url`), through
 //! [`source::Source`], which calls the same store functions either way: in-process, or behind
 //! the server's routes. `import` sends to a server's (or any) OTLP receiver.
@@ -8,6 +8,7 @@ pub mod check;
 pub mod export;
 pub mod metrics;
 pub mod out;
+pub mod sessions;
 pub mod source;
 pub mod sql;
 pub mod tail;

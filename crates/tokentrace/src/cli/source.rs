@@ -8,8 +8,9 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokentrace_model::query::{
-    Data, GetSpanTreeRequest, ListTracesRequest, MetricSeries, QueryMetricsRequest, SpanFeed,
-    SpanFeedRequest, SqlAnswer, SqlRequest, TracePage, UsageAnswer, UsageRequest,
+    Data, GetSpanTreeRequest, ListTracesRequest, MetricSeries, QueryMetricsRequest, SessionsAnswer,
+    SessionsRequest, SpanFeed, SpanFeedRequest, SqlAnswer, SqlRequest, TracePage, UsageAnswer,
+    UsageRequest,
 };
 use tokentrace_model::{SpanId, SpanWithStatus, Timestamp, Trace, TraceId};
 use tokentrace_otlp::from_model::{TraceExport, trace_request};
@@ -147,6 +148,14 @@ impl Source {
         match self {
             Source::Local(r) => wire(r.usage(&req.validate(Timestamp::now())?)),
             Source::Remote(s) => s.post("/v1/tokentrace/usage", req),
+        }
+    }
+
+    /// Sessions.
+    pub fn sessions(&self, req: &SessionsRequest) -> Result<SessionsAnswer, CliError> {
+        match self {
+            Source::Local(r) => wire(r.sessions(&req.validate(Timestamp::now())?)),
+            Source::Remote(s) => s.post("/v1/tokentrace/sessions", req),
         }
     }
 
