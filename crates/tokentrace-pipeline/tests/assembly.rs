@@ -438,3 +438,122 @@ fn waiting_for_room_ends_when_the_sinks_catch_up_or_the_limit_passes() {
     opener.join().unwrap();
     pipeline.shutdown();
 }
+
+/// An OpenLLMetry LLM span sent as Llama Stack events is understood when it ends: canonical
+/// attributes, a price, token and cost metric points labelled by origin, once even when sent
+/// again; a gateway call's span makes an application's span of the same call counted by it.
+#[test]
+fn llm_spans_sent_as_events_are_understood_priced_and_counted_once() {
+    let sink = MemorySink::new();
+    let pipeline =
+        Pipeline::start(PipelineOptions::default(), vec![Box::new(sink.clone())]).unwrap();
+    let tel = pipeline.telemetry();
+    let (t, s) = (TraceId::random(), SpanId::random());
+    let llm = attrs(&[
+        ("llm.request.type", "chat".into()),
+        ("gen_ai.system", "openai".into()),
+        ("gen_ai.request.model", "gpt-4o-mini".into()),
+        ("gen_ai.response.model", "gpt-4o-mini-2024-07-18".into()),
+        ("gen_ai.response.id", "chatcmpl-app".into()),
+        ("gen_ai.usage.input_tokens", AttrValue::Int(1000)),
+        ("gen_ai.usage.output_tokens", AttrValue::Int(100)),
+        ("gen_ai.prompt.0.role", "user".into()),
+        ("gen_ai.prompt.0.content", "hi".into()),
+    ]);
+    for _ in 0..2 {
+        tel.log_event(start(t, s, None, "openai.chat", 0, llm.clone()), None)
+            .unwrap();
+        tel.log_event(end(t, s, 1, SpanStatus::Ok), None).unwrap();
+    }
+    tel.flush().unwrap();
+    {
+        let rec = sink.recorded();
+        let span = &rec.spans[0];
+        assert_eq!(
+            span.attributes["tokentrace.genai.origin"],
+            "openllmetry".into()
+        );
+        assert_eq!(span.attributes["gen_ai.provider.name"], "openai".into());
+        assert_eq!(span.attributes["gen_ai.operation.name"], "chat".into());
+        // gpt-4o-mini: 0.15 / 0.6 USD per million input / output tokens.
+        let cost = (1000.0 * 0.15 + 100.0 * 0.6) / 1e6;
+        assert_eq!(
+            span.attributes["tokentrace.cost.usd"],
+            AttrValue::Float(cost)
+        );
+        let names: Vec<(&str, f64)> = rec
+            .metrics
+            .iter()
+            .map(|m| (m.name.as_str(), m.value))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("prompt_tokens", 1000.0),
+                ("completion_tokens", 100.0),
+                ("total_tokens", 1100.0),
+                ("cost_usd", cost)
+            ],
+            "counted once although the span came twice"
+        );
+        assert_eq!(rec.metrics[0].labels["origin"], "openllmetry".into());
+        assert_eq!(
+            rec.metrics[0].labels["model_id"],
+            "gpt-4o-mini-2024-07-18".into()
+        );
+    }
+
+    // The gateway's span of a call, then the application's span of the same call.
+    let gateway = tokentrace_model::SpanRecord {
+        trace_id: TraceId::random(),
+        span_id: SpanId::random(),
+        parent_span_id: None,
+        name: "chat gpt-4o-mini".into(),
+        kind: tokentrace_model::SpanKind::Client,
+        start_time: ts(2),
+        end_time: Some(ts(3)),
+        status: Some(SpanStatus::Ok),
+        status_message: None,
+        attributes: attrs(&[
+            ("tokentrace.genai.origin", "gateway".into()),
+            ("gen_ai.operation.name", "chat".into()),
+            ("gen_ai.response.id", "chatcmpl-through".into()),
+            ("gen_ai.usage.input_tokens", AttrValue::Int(5)),
+        ]),
+        events: Vec::new(),
+        links: Vec::new(),
+        service_name: None,
+        expires_at: None,
+    };
+    // A complete span sent twice (a retried OTLP export) is counted once.
+    let resent = tokentrace_model::SpanRecord {
+        span_id: SpanId::random(),
+        attributes: llm.clone(),
+        ..gateway.clone()
+    };
+    tel.record_span(resent.clone()).unwrap();
+    tel.record_span(resent).unwrap();
+    tel.record_span(gateway.clone()).unwrap();
+    let mut app = llm.clone();
+    app.insert("gen_ai.response.id".into(), "chatcmpl-through".into());
+    let app_span = SpanId::random();
+    tel.log_event(start(t, app_span, None, "openai.chat", 4, app), None)
+        .unwrap();
+    tel.log_event(end(t, app_span, 5, SpanStatus::Ok), None)
+        .unwrap();
+    tel.flush().unwrap();
+    let rec = sink.recorded();
+    let app = rec.spans.iter().find(|s| s.span_id == app_span).unwrap();
+    assert_eq!(
+        app.attributes["tokentrace.genai.counted_by"],
+        gateway.span_id.to_string().into()
+    );
+    assert!(!app.attributes.contains_key("tokentrace.cost.usd"));
+    assert_eq!(
+        rec.metrics.len(),
+        8,
+        "the re-sent span counted once, the call the gateway counted not at all"
+    );
+    drop(rec);
+    pipeline.shutdown();
+}
