@@ -53,11 +53,46 @@ pub struct ApiKey {
     pub scopes: Vec<Scope>,
 }
 
+/// `provider_type: oauth2_token`: JWTs signed by an identity provider, verified against its
+/// key set (JWKS) or a shared HS256 secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OAuth2Config {
+    /// Where the key set is fetched (`config.jwks.uri`, http or https).
+    pub jwks_uri: Option<String>,
+    /// A bearer token for fetching it (`config.jwks.token`).
+    pub jwks_token: Option<String>,
+    /// Or a file holding it (`config.jwks.file`).
+    pub jwks_file: Option<std::path::PathBuf>,
+    /// How often the key set is fetched (or read) again (`config.jwks.key_recheck_period`,
+    /// seconds).
+    pub key_recheck_period: u64,
+    /// The `iss` a token must name (`config.issuer`); `None`: not checked.
+    pub issuer: Option<String>,
+    /// The `aud` a token must name (`config.audience`); `None`: not checked.
+    pub audience: Option<String>,
+    /// Secret for HS256 tokens (`config.hs256_secret`); `None`: HS256 refused.
+    pub hs256_secret: Option<String>,
+    /// Claim → what its values grant (`config.claims_mapping`): `scopes`.
+    pub claims_mapping: Vec<(String, ClaimTarget)>,
+    /// Seconds of clock difference tolerated for `exp` and `nbf` (`config.leeway_seconds`).
+    pub leeway_seconds: u64,
+}
+
+/// What a mapped claim's values are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClaimTarget {
+    /// Scope names (`telemetry.read`, ...): a string of them separated by spaces or commas, or
+    /// a list.
+    Scopes,
+}
+
 /// The server's authentication, after validation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuthConfig {
     /// The accepted keys (`provider_type: api_key`).
     pub keys: Vec<ApiKey>,
+    /// The accepted JWTs (`provider_type: oauth2_token`).
+    pub oauth2: Option<OAuth2Config>,
     /// `/metrics` without a credential.
     pub public_metrics: bool,
 }
@@ -79,6 +114,128 @@ pub(crate) struct RawAuth {
 struct RawAuthProvider {
     #[serde(default)]
     keys: Vec<RawKey>,
+    #[serde(default)]
+    jwks: Option<RawJwks>,
+    #[serde(default)]
+    issuer: Option<String>,
+    #[serde(default)]
+    audience: Option<String>,
+    #[serde(default)]
+    hs256_secret: Option<String>,
+    #[serde(default)]
+    claims_mapping: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "crate::opt_number")]
+    leeway_seconds: Option<u64>,
+    // Accepted for compatibility with Llama Stack run configs.
+    #[serde(default)]
+    #[allow(dead_code)]
+    verify_tls: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwks {
+    #[serde(default)]
+    uri: Option<String>,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    file: Option<String>,
+    #[serde(default, deserialize_with = "crate::opt_number")]
+    key_recheck_period: Option<u64>,
+}
+
+/// The claims read for scopes when `claims_mapping` is not given.
+pub const DEFAULT_SCOPE_CLAIMS: &[&str] = &["scope", "scp", "scopes"];
+
+fn nonempty(s: Option<String>) -> Option<String> {
+    s.map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+}
+
+impl RawAuthProvider {
+    fn oauth2(self) -> Result<OAuth2Config, (String, String)> {
+        let err = |key: &str, msg: String| Err((format!("server.auth.config.{key}"), msg));
+        if !self.keys.is_empty() {
+            return err(
+                "keys",
+                "oauth2_token takes no keys; use provider_type: api_key for keys".into(),
+            );
+        }
+        let jwks = self.jwks.unwrap_or(RawJwks {
+            uri: None,
+            token: None,
+            file: None,
+            key_recheck_period: None,
+        });
+        let (uri, file) = (nonempty(jwks.uri), nonempty(jwks.file));
+        let secret = nonempty(self.hs256_secret);
+        if uri.is_some() && file.is_some() {
+            return err("jwks", "give either jwks.uri or jwks.file, not both".into());
+        }
+        if uri.is_none() && file.is_none() && secret.is_none() {
+            return err(
+                "jwks",
+                "give jwks.uri (the identity provider's key set), jwks.file, or hs256_secret"
+                    .into(),
+            );
+        }
+        if let Some(u) = &uri
+            && !(u.starts_with("https://") || u.starts_with("http://"))
+        {
+            return err(
+                "jwks.uri",
+                format!("{u:?} must be an http:// or https:// URL"),
+            );
+        }
+        if secret.as_ref().is_some_and(|s| s.len() < 32) {
+            return err(
+                "hs256_secret",
+                "must be at least 32 bytes (an empty ${env.*} gives an empty secret)".into(),
+            );
+        }
+        let period = jwks.key_recheck_period.unwrap_or(3600);
+        if period == 0 {
+            return err("jwks.key_recheck_period", "must be positive".into());
+        }
+        let mapping = match self.claims_mapping {
+            None => DEFAULT_SCOPE_CLAIMS
+                .iter()
+                .map(|c| (c.to_string(), ClaimTarget::Scopes))
+                .collect(),
+            Some(m) => {
+                let mut out = Vec::new();
+                for (claim, target) in m {
+                    match target.as_str() {
+                        "scopes" => out.push((claim, ClaimTarget::Scopes)),
+                        "projects" => {
+                            return err(
+                                &format!("claims_mapping.{claim}"),
+                                "projects are not supported yet: map claims to scopes".into(),
+                            );
+                        }
+                        other => {
+                            return err(
+                                &format!("claims_mapping.{claim}"),
+                                format!("unknown target {other:?}; valid: scopes"),
+                            );
+                        }
+                    }
+                }
+                out
+            }
+        };
+        Ok(OAuth2Config {
+            jwks_uri: uri,
+            jwks_token: nonempty(jwks.token),
+            jwks_file: file.map(std::path::PathBuf::from),
+            key_recheck_period: period,
+            issuer: nonempty(self.issuer),
+            audience: nonempty(self.audience),
+            hs256_secret: secret,
+            claims_mapping: mapping,
+            leeway_seconds: self.leeway_seconds.unwrap_or(60),
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -113,13 +270,33 @@ impl RawAuth {
     /// Validates `server.auth`; errors name the key at fault.
     pub(crate) fn build(self) -> Result<AuthConfig, (String, String)> {
         let err = |key: &str, msg: String| Err((format!("server.auth.{key}"), msg));
+        if self.access_policy.as_ref().is_some_and(|p| !p.is_empty()) {
+            return err(
+                "access_policy",
+                "access policies are not supported yet: give each key (or token, by its claims) its scopes".into(),
+            );
+        }
         match self.provider_type.as_str() {
             "api_key" => {}
-            "oauth2_token" | "github_token" | "custom" => {
+            "oauth2_token" => {
+                let Some(config) = self.config else {
+                    return err(
+                        "config",
+                        "oauth2_token needs config: jwks.uri (or jwks.file, or hs256_secret)"
+                            .into(),
+                    );
+                };
+                return Ok(AuthConfig {
+                    keys: Vec::new(),
+                    oauth2: Some(config.oauth2()?),
+                    public_metrics: self.public_metrics,
+                });
+            }
+            "github_token" | "custom" => {
                 return err(
                     "provider_type",
                     format!(
-                        "{:?} is not supported yet; use api_key (config.keys)",
+                        "{:?} is not supported; use api_key (config.keys) or oauth2_token (JWTs)",
                         self.provider_type
                     ),
                 );
@@ -127,14 +304,17 @@ impl RawAuth {
             other => {
                 return err(
                     "provider_type",
-                    format!("unknown provider {other:?}; use api_key"),
+                    format!("unknown provider {other:?}; use api_key or oauth2_token"),
                 );
             }
         }
-        if self.access_policy.as_ref().is_some_and(|p| !p.is_empty()) {
+        if let Some(c) = &self.config
+            && (c.jwks.is_some() || c.hs256_secret.is_some() || c.claims_mapping.is_some())
+        {
             return err(
-                "access_policy",
-                "access policies are not supported yet: give each key its scopes".into(),
+                "config",
+                "jwks, hs256_secret and claims_mapping belong to provider_type: oauth2_token"
+                    .into(),
             );
         }
         let raw_keys = self.config.map(|c| c.keys).unwrap_or_default();
@@ -204,6 +384,7 @@ impl RawAuth {
         }
         Ok(AuthConfig {
             keys,
+            oauth2: None,
             public_metrics: self.public_metrics,
         })
     }

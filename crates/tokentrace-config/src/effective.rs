@@ -70,7 +70,39 @@ impl RunConfig {
                 writeln!(y, "  cors:")?;
                 writeln!(y, "    allowed_origins: [{}]", o.join(", "))?;
             }
-            if let Some(auth) = &s.auth {
+            if let Some(auth) = &s.auth
+                && let Some(o) = &auth.oauth2
+            {
+                writeln!(y, "  auth:")?;
+                writeln!(y, "    provider_type: oauth2_token")?;
+                writeln!(y, "    public_metrics: {}", auth.public_metrics)?;
+                writeln!(y, "    config:")?;
+                writeln!(y, "      jwks:")?;
+                if let Some(u) = &o.jwks_uri {
+                    writeln!(y, "        uri: {}", quote(u))?;
+                }
+                if o.jwks_token.is_some() {
+                    writeln!(y, "        token: {}", quote(MASK))?;
+                }
+                if let Some(f) = &o.jwks_file {
+                    writeln!(y, "        file: {}", quote(&f.display().to_string()))?;
+                }
+                writeln!(y, "        key_recheck_period: {}", o.key_recheck_period)?;
+                if let Some(i) = &o.issuer {
+                    writeln!(y, "      issuer: {}", quote(i))?;
+                }
+                if let Some(a) = &o.audience {
+                    writeln!(y, "      audience: {}", quote(a))?;
+                }
+                if o.hs256_secret.is_some() {
+                    writeln!(y, "      hs256_secret: {}", quote(MASK))?;
+                }
+                writeln!(y, "      leeway_seconds: {}", o.leeway_seconds)?;
+                writeln!(y, "      claims_mapping:")?;
+                for (claim, _) in &o.claims_mapping {
+                    writeln!(y, "        {}: scopes", quote(claim))?;
+                }
+            } else if let Some(auth) = &s.auth {
                 writeln!(y, "  auth:")?;
                 writeln!(y, "    provider_type: api_key")?;
                 writeln!(y, "    public_metrics: {}", auth.public_metrics)?;
@@ -187,5 +219,50 @@ mod tests {
         let mut expected = cfg.clone();
         expected.inference.providers[0].api_key = Some(MASK.to_string());
         assert_eq!(again, expected, "{shown}");
+    }
+
+    #[test]
+    fn an_oauth2_config_reads_back_as_itself_with_the_secret_masked() {
+        let env = |name: &str| match name {
+            "SECRET" => Some("a-shared-secret-of-at-least-32-bytes!".to_string()),
+            _ => None,
+        };
+        let yaml = "server:\n  auth:\n    provider_type: oauth2_token\n    config:\n      jwks:\n        uri: https://idp.example/jwks.json\n        key_recheck_period: 600\n      issuer: https://idp.example\n      audience: tokentrace\n      hs256_secret: ${env.SECRET}\n      claims_mapping:\n        groups: scopes\n";
+        let cfg = crate::load_from_str(yaml, "test", &env).unwrap();
+        let o = cfg.server.auth.as_ref().unwrap().oauth2.as_ref().unwrap();
+        assert_eq!(
+            o.claims_mapping,
+            [("groups".to_string(), crate::ClaimTarget::Scopes)]
+        );
+        let shown = cfg.effective_yaml();
+        assert!(!shown.contains("at-least-32"), "{shown}");
+        // A masked secret must be given again to use the output as a config.
+        let given = shown.replace(&format!("\"{MASK}\""), "${env.SECRET}");
+        let again = crate::load_from_str(&given, "effective", &env).unwrap();
+        assert_eq!(again, cfg, "{shown}");
+        for (bad, why) in [
+            ("    provider_type: oauth2_token\n", "needs config"),
+            (
+                "    provider_type: oauth2_token\n    config:\n      issuer: x\n",
+                "jwks.uri",
+            ),
+            (
+                "    provider_type: oauth2_token\n    config:\n      hs256_secret: short\n",
+                "32 bytes",
+            ),
+            (
+                "    provider_type: oauth2_token\n    config:\n      jwks: {uri: ftp://x}\n",
+                "http",
+            ),
+            (
+                "    provider_type: oauth2_token\n    config:\n      jwks: {uri: https://x}\n      claims_mapping: {tenant: projects}\n",
+                "projects",
+            ),
+        ] {
+            let e = crate::load_from_str(&format!("server:\n  auth:\n{bad}"), "t", &env)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 }

@@ -15,7 +15,10 @@ mod pricing;
 mod redaction;
 mod substitute;
 
-pub use auth::{ApiKey, AuthConfig, SCOPE_NAMES, Scope, key_digest};
+pub use auth::{
+    ApiKey, AuthConfig, ClaimTarget, DEFAULT_SCOPE_CLAIMS, OAuth2Config, SCOPE_NAMES, Scope,
+    key_digest,
+};
 pub use effective::MASK;
 pub use pricing::{EMBEDDED_PRICES_YAML, Price, PriceOrigin, PriceTable};
 pub use redaction::{BUILTIN_KINDS, RedactionConfig, RedactionMode, RedactionPattern};

@@ -25,6 +25,8 @@ pub const KEY_COOKIE: &str = "tokentrace_key";
 pub struct Guard {
     /// Accepted keys; `None`: no authentication.
     pub auth: Option<Arc<AuthConfig>>,
+    /// Verifies JWTs when `auth` is `oauth2_token`.
+    pub jwt: Option<Arc<crate::jwt::JwtVerifier>>,
     /// Accepted `Host` names (lowercase, without port); empty: any.
     pub hosts: Vec<String>,
     /// Origins whose pages may call (`server.cors.allowed_origins`).
@@ -61,8 +63,14 @@ impl Guard {
         } else {
             Vec::new()
         };
+        let jwt = server
+            .auth
+            .as_ref()
+            .and_then(|a| a.oauth2.clone())
+            .map(crate::jwt::JwtVerifier::new);
         Self {
             auth: server.auth.clone().map(Arc::new),
+            jwt,
             hosts,
             origins: server
                 .cors
@@ -220,6 +228,58 @@ fn credential(headers: &HeaderMap) -> Option<String> {
         })
 }
 
+/// Who a request's credential is, and what it may do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// The key's name, or the token's subject.
+    pub name: String,
+    /// Its scopes.
+    pub scopes: Vec<Scope>,
+    /// A JWT (else an API key).
+    pub token: bool,
+}
+
+impl Principal {
+    /// How messages name it: `the key "app"`, `the token of "alice"`.
+    pub fn shown(&self) -> String {
+        if self.token {
+            format!("the token of {:?}", self.name)
+        } else {
+            format!("the key {:?}", self.name)
+        }
+    }
+
+    /// Whether it may do what `scope` allows (`admin` may do everything).
+    pub fn may(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin)
+    }
+}
+
+impl Guard {
+    /// Who `token` is: an API key of `server.auth` (compared in constant time), or a JWT that
+    /// verifies. `Err`: why not, safe to tell the caller.
+    pub fn authenticate(&self, token: &str) -> Result<Principal, String> {
+        if let Some(jwt) = &self.jwt {
+            return jwt.verify(token).map(|v| Principal {
+                name: v.subject,
+                scopes: v.scopes,
+                token: true,
+            });
+        }
+        let auth = self
+            .auth
+            .as_ref()
+            .ok_or("no authentication is configured")?;
+        find_key(auth, token)
+            .map(|k| Principal {
+                name: k.name.clone(),
+                scopes: k.scopes.clone(),
+                token: false,
+            })
+            .ok_or_else(|| "the API key is not valid".to_string())
+    }
+}
+
 /// The key a token is, compared in constant time with every key.
 pub fn find_key<'a>(auth: &'a AuthConfig, token: &str) -> Option<&'a tokentrace_config::ApiKey> {
     let digest = key_digest(token);
@@ -353,23 +413,26 @@ pub async fn guard(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Res
                 headers,
             );
         };
-        let Some(key) = find_key(auth, &token) else {
-            return refuse(
-                fam,
-                StatusCode::UNAUTHORIZED,
-                "invalid_api_key",
-                "the API key is not valid",
-                headers,
-            );
+        let who = match g.authenticate(&token) {
+            Ok(p) => p,
+            Err(why) => {
+                return refuse(
+                    fam,
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_api_key",
+                    &why,
+                    headers,
+                );
+            }
         };
-        if !key.scopes.contains(&scope) && !key.scopes.contains(&Scope::Admin) {
+        if !who.may(scope) {
             return refuse(
                 fam,
                 StatusCode::FORBIDDEN,
                 "insufficient_scope",
                 &format!(
-                    "the key {:?} does not have the scope {} that {path} needs",
-                    key.name,
+                    "{} does not have the scope {} that {path} needs",
+                    who.shown(),
                     scope.as_str()
                 ),
                 headers,

@@ -10,6 +10,7 @@ pub mod extract;
 pub mod gateway;
 pub mod guard;
 pub mod ingest;
+pub mod jwt;
 mod metrics;
 pub mod query;
 mod request_span;

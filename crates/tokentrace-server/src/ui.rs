@@ -13,7 +13,7 @@ use serde::Deserialize;
 use tokentrace_config::Scope;
 
 use crate::extract::ApiJson;
-use crate::guard::{KEY_COOKIE, find_key};
+use crate::guard::KEY_COOKIE;
 use crate::{ApiError, AppState};
 
 const INDEX: &str = include_str!("ui/index.html");
@@ -69,9 +69,9 @@ async fn login(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<Login>,
 ) -> Result<Response, ApiError> {
-    let Some(auth) = &state.settings.guard.auth else {
+    if state.settings.guard.auth.is_none() {
         return Ok(StatusCode::NO_CONTENT.into_response());
-    };
+    }
     if !req
         .key
         .chars()
@@ -81,22 +81,17 @@ async fn login(
             "a key for the web UI must be printable ASCII without ';' or ','",
         ));
     }
-    let Some(key) = find_key(auth, &req.key) else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "the API key is not valid",
-        ));
-    };
-    let reads = key
-        .scopes
-        .iter()
-        .any(|s| matches!(s, Scope::TelemetryRead | Scope::Admin));
-    if !reads {
+    let who = state
+        .settings
+        .guard
+        .authenticate(&req.key)
+        .map_err(|why| ApiError::new(StatusCode::UNAUTHORIZED, why))?;
+    if !who.may(Scope::TelemetryRead) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!(
-                "the key {:?} cannot read telemetry: the web UI needs the scope telemetry.read",
-                key.name
+                "{} cannot read telemetry: the web UI needs the scope telemetry.read",
+                who.shown()
             ),
         ));
     }

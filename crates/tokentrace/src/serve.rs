@@ -43,6 +43,8 @@ pub enum ServeError {
     },
     #[error("{0}")]
     Tls(String),
+    #[error("server.auth.config.jwks.file: {0}")]
+    Jwks(String),
     #[error("closing the trace store: {0}")]
     Close(tokentrace_store::StoreError),
     #[error("shutdown task failed: {0}")]
@@ -137,6 +139,24 @@ async fn run(config: RunConfig) -> Result<(), ServeError> {
     state.metrics = registry;
     state.exporters = exporters;
     let server = &config.server;
+    if let Some(jwt) = &state.settings.guard.jwt
+        && jwt.uses_jwks()
+    {
+        // A key set file must be right now; an identity provider may be down a moment: tokens
+        // are refused until its key set is fetched, tried again every 30 s.
+        let from_file = server
+            .auth
+            .as_ref()
+            .and_then(|a| a.oauth2.as_ref())
+            .is_some_and(|o| o.jwks_file.is_some());
+        match jwt.refresh().await {
+            Ok(n) => tracing::info!("server.auth: oauth2_token with a key set of {n} keys"),
+            Err(e) if from_file => return Err(ServeError::Jwks(e)),
+            Err(e) => tracing::warn!(
+                "server.auth: cannot fetch the key set yet ({e}); tokens are refused until it is"
+            ),
+        }
+    }
     let tls = match &server.tls {
         Some(t) => {
             Some(crate::listen::tls_acceptor(&t.cert_file, &t.key_file).map_err(ServeError::Tls)?)
