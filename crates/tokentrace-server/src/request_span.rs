@@ -148,16 +148,6 @@ pub async fn trace_requests(
     req.extensions_mut().insert(ctx);
 
     let start = Timestamp::now();
-    let res = next.run(req).await;
-    let status = res.status();
-    attributes.insert(
-        "http.response.status_code".into(),
-        AttrValue::Int(i64::from(status.as_u16())),
-    );
-    let (mut parts, body) = res.into_parts();
-    if let Ok(v) = HeaderValue::from_str(&trace_id.to_string()) {
-        parts.headers.insert("x-trace-id", v);
-    }
     let span = SpanRecord {
         trace_id,
         span_id,
@@ -174,44 +164,73 @@ pub async fn trace_requests(
         service_name: None,
         expires_at: None,
     };
-    let guard = SpanGuard {
+    // Held across the handler: a client that goes away before the answer drops this future,
+    // and the guard still records the span (cancelled).
+    let mut guard = SpanGuard {
         telemetry: state.telemetry.clone(),
         span: Some(span),
-        status,
+        status: None,
         events,
     };
+    let res = next.run(req).await;
+    let status = res.status();
+    guard.answered(status);
+    let (mut parts, body) = res.into_parts();
+    if let Ok(v) = HeaderValue::from_str(&trace_id.to_string()) {
+        parts.headers.insert("x-trace-id", v);
+    }
     Response::from_parts(parts, Body::new(GuardedBody { inner: body, guard }))
 }
 
-/// Ends the request span once, when the body is done or dropped.
+/// Ends the request span once: when the body is done or dropped, or, when the client went away
+/// before the handler answered, when the handler's future is dropped.
 struct SpanGuard {
     telemetry: Telemetry,
     span: Option<SpanRecord>,
-    status: StatusCode,
+    /// The answer's status, once the handler answered.
+    status: Option<StatusCode>,
     events: Arc<Mutex<Vec<SpanEvent>>>,
 }
 
 impl SpanGuard {
+    /// The handler answered with `status`.
+    fn answered(&mut self, status: StatusCode) {
+        self.status = Some(status);
+        if let Some(span) = &mut self.span {
+            span.attributes.insert(
+                "http.response.status_code".into(),
+                AttrValue::Int(i64::from(status.as_u16())),
+            );
+        }
+    }
+
     fn finish(&mut self, cancelled: bool) {
         let Some(mut span) = self.span.take() else {
             return;
         };
         span.end_time = Some(Timestamp::now());
         span.events = std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()));
-        if cancelled {
-            span.status = Some(SpanStatus::Error);
-            span.status_message =
-                Some("the client disconnected before the response was sent".into());
-            span.attributes
-                .insert("error.type".into(), AttrValue::from("cancelled"));
-        } else if self.status.is_server_error() {
-            span.status = Some(SpanStatus::Error);
-            span.attributes.insert(
-                "error.type".into(),
-                AttrValue::from(self.status.as_u16().to_string()),
-            );
-        } else {
-            span.status = Some(SpanStatus::Ok);
+        match (cancelled, self.status) {
+            (_, None) => {
+                span.status = Some(SpanStatus::Error);
+                span.status_message =
+                    Some("the client disconnected before the request was answered".into());
+                span.attributes
+                    .insert("error.type".into(), AttrValue::from("cancelled"));
+            }
+            (true, Some(_)) => {
+                span.status = Some(SpanStatus::Error);
+                span.status_message =
+                    Some("the client disconnected before the response was sent".into());
+                span.attributes
+                    .insert("error.type".into(), AttrValue::from("cancelled"));
+            }
+            (false, Some(s)) if s.is_server_error() => {
+                span.status = Some(SpanStatus::Error);
+                span.attributes
+                    .insert("error.type".into(), AttrValue::from(s.as_u16().to_string()));
+            }
+            (false, Some(_)) => span.status = Some(SpanStatus::Ok),
         }
         if self.telemetry.record_span(span).is_err() {
             tracing::debug!("request span dropped: telemetry pipeline full or stopped");
@@ -250,6 +269,12 @@ impl http_body::Body for GuardedBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for SpanGuard {
+    fn drop(&mut self) {
+        self.finish(true);
     }
 }
 

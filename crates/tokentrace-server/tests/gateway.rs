@@ -160,6 +160,7 @@ async fn start() -> (TestServer, Seen) {
     (s, seen)
 }
 
+#[derive(Clone, Debug)]
 struct Stored {
     name: String,
     parent: Option<String>,
@@ -462,6 +463,58 @@ async fn a_client_that_disconnects_mid_stream_cancels_the_call() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    s.stop().await;
+}
+
+/// Waits until the trace holds its request span and provider span, and returns them.
+async fn request_and_call(s: &TestServer, trace: &str, call: &str) -> (Stored, Stored) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        s.flush().await;
+        let spans = spans_of(s, trace);
+        let req = spans.iter().find(|(_, sp)| sp.name.starts_with("POST"));
+        let provider = spans.iter().find(|(_, sp)| sp.name == call);
+        if let (Some((_, r)), Some((_, c))) = (req, provider) {
+            return (r.clone(), c.clone());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "trace {trace} never held both spans: {spans:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_at_any_stage_leaves_both_spans() {
+    let (s, _) = start().await;
+    // Before the upstream answers: the client gives up while the provider is still thinking.
+    let trace = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let early = s
+        .client
+        .post(format!("{}/v1/chat/completions", s.base))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .timeout(Duration::from_millis(300))
+        .json(&json!({"model": "slow", "messages": [{"role": "user", "content": "Hi"}]}))
+        .send()
+        .await;
+    assert!(early.is_err(), "the client timed out first");
+    let (req, call) = request_and_call(&s, trace, "chat slow").await;
+    assert_eq!(req.status.as_deref(), Some("error"));
+    assert_eq!(req.attributes["error.type"], "cancelled");
+    assert!(req.attributes.get("http.response.status_code").is_none());
+    assert_eq!(call.attributes["error.type"], "cancelled");
+
+    // After the last chunk: nothing went wrong.
+    let res = s.client.post(format!("{}/v1/chat/completions", s.base))
+        .json(&json!({"model": "stream-usage", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}))
+        .send().await.unwrap();
+    let trace = res.headers()["x-trace-id"].to_str().unwrap().to_string();
+    let body = res.bytes().await.unwrap();
+    assert!(String::from_utf8_lossy(&body).contains("[DONE]"));
+    let (req, call) = request_and_call(&s, &trace, "chat stream-usage").await;
+    assert_eq!(req.status.as_deref(), Some("ok"));
+    assert_eq!(call.status.as_deref(), Some("ok"));
     s.stop().await;
 }
 
