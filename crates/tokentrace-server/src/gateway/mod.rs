@@ -4,7 +4,7 @@
 mod call;
 mod content;
 mod provider;
-mod sse;
+pub mod sse;
 mod stream;
 pub mod tokens;
 mod who;
