@@ -72,6 +72,7 @@ struct RawTelemetryConfig {
     console: Option<ConsoleConfig>,
     capture_content: Option<bool>,
     capture_content_format: Option<crate::ContentFormat>,
+    ack: Option<crate::AckMode>,
     redaction: Option<crate::RedactionConfig>,
     indexed_attributes: Option<Vec<String>>,
     #[serde(default, deserialize_with = "opt_number")]
@@ -214,6 +215,13 @@ pub(crate) fn build(
             ));
         }
     }
+    let ack = config.ack.unwrap_or(d.ack);
+    if ack == crate::AckMode::Committed && !sinks.contains(&SinkKind::Sqlite) {
+        return Err((
+            format!("{TELEMETRY}.ack"),
+            "committed needs the sqlite sink (it is what commits); add sqlite to sinks or use accepted".into(),
+        ));
+    }
     let positive = |key: &str, v: Option<u64>, default: u64| -> Result<u64, (String, String)> {
         match v.unwrap_or(default) {
             0 => Err((format!("{TELEMETRY}.{key}"), "must be positive".to_string())),
@@ -256,6 +264,7 @@ pub(crate) fn build(
             capture_content_format: config
                 .capture_content_format
                 .unwrap_or(d.capture_content_format),
+            ack,
             redaction: {
                 let r = config.redaction.unwrap_or_default();
                 r.check()?;

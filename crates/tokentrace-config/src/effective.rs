@@ -141,6 +141,7 @@ impl RunConfig {
             writeln!(y, "      capture_content: {}", t.capture_content)?;
             let format = t.capture_content_format.as_str();
             writeln!(y, "      capture_content_format: {format}")?;
+            writeln!(y, "      ack: {}", t.ack.as_str())?;
             writeln!(y, "      max_answer_spans: {}", t.max_answer_spans)?;
             writeln!(
                 y,

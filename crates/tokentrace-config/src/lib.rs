@@ -191,6 +191,27 @@ pub enum ColorChoice {
     Never,
 }
 
+/// When the events API and the OTLP receiver answer 200 (`ack`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    /// When the pipeline accepted the items (it commits them within about `flush_interval`).
+    #[default]
+    Accepted,
+    /// Only after the items are committed to SQLite.
+    Committed,
+}
+
+impl AckMode {
+    /// The name used in configs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckMode::Accepted => "accepted",
+            AckMode::Committed => "committed",
+        }
+    }
+}
+
 /// The attributes captured content is recorded in (`capture_content_format`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -281,6 +302,8 @@ pub struct TelemetryConfig {
     pub capture_content: bool,
     /// Which attributes hold the captured content.
     pub capture_content_format: ContentFormat,
+    /// When ingestion answers 200.
+    pub ack: AckMode,
     /// Personal data replaced before any sink sees it.
     pub redaction: RedactionConfig,
     /// Attribute keys (and the span fields `name`, `status`) the store indexes, so that filters
@@ -333,6 +356,7 @@ impl Default for TelemetryConfig {
             console: ConsoleConfig::default(),
             capture_content: true,
             capture_content_format: ContentFormat::Messages,
+            ack: AckMode::Accepted,
             indexed_attributes: DEFAULT_INDEXED_ATTRIBUTES
                 .iter()
                 .map(|k| k.to_string())

@@ -196,6 +196,7 @@ impl Assembler {
                     self.handle(Msg::Metric(Box::new(m)), out);
                 }
             }
+            Msg::Ticketed(inner, _) => self.handle(*inner, out),
             Msg::Flush(_) | Msg::Shutdown => {}
         }
     }

@@ -59,6 +59,11 @@ pub trait Sink: Send {
     /// A metric data point (every metric event also arrives here).
     fn metric(&mut self, _point: &MetricPoint) {}
 
+    /// Everything emitted so far belongs to the pipeline's numbered messages up to `upto`;
+    /// called before [`Sink::flush`] and [`Sink::sync`]. A sink that stores durably passes it
+    /// on, so that the commit of those messages can be acknowledged (`telemetry.ack`).
+    fn mark(&mut self, _upto: u64) {}
+
     /// Writes what is buffered. May block: that is how the pipeline feels back-pressure.
     fn flush(&mut self) -> Result<(), SinkError> {
         Ok(())

@@ -42,6 +42,8 @@ pub struct PipelineOptions {
     pub redaction: tokentrace_config::RedactionConfig,
     /// What tokens cost, for the LLM calls applications report.
     pub pricing: std::sync::Arc<tokentrace_config::PriceTable>,
+    /// How far messages are handled and committed (the sqlite sink's store reports to it).
+    pub commits: Arc<crate::ack::Commits>,
 }
 
 impl PipelineOptions {
@@ -60,6 +62,7 @@ impl PipelineOptions {
             thread_nice: tc.thread_nice,
             redaction: tc.redaction.clone(),
             pricing: std::sync::Arc::new(tokentrace_config::PriceTable::embedded()),
+            commits: crate::ack::Commits::new(),
         }
     }
 }
@@ -175,6 +178,8 @@ pub(crate) enum Msg {
     Span(Box<SpanRecord>),
     SpanEvent(Box<SpanEvent>),
     Metric(Box<MetricPoint>),
+    /// A message whose number the submitter waits for.
+    Ticketed(Box<Msg>, Arc<crate::ack::Ticket>),
     Flush(SyncSender<()>),
     Shutdown,
 }
@@ -184,6 +189,7 @@ impl Msg {
     pub(crate) fn weight(&self) -> u64 {
         match self {
             Msg::Batch(b) => (b.spans.len() + b.events.len() + b.metrics.len()).max(1) as u64,
+            Msg::Ticketed(inner, _) => inner.weight(),
             // Control messages bypass `submit` and are not counted.
             Msg::Flush(_) | Msg::Shutdown => 0,
             _ => 1,
@@ -202,6 +208,7 @@ impl Msg {
             Msg::Span(s) => size::span(s),
             Msg::SpanEvent(e) => size::span_event(e),
             Msg::Metric(p) => size::point(p),
+            Msg::Ticketed(inner, _) => inner.bytes(),
             Msg::Flush(_) | Msg::Shutdown => 0,
         }
     }
@@ -219,9 +226,33 @@ pub struct Telemetry {
     /// Bytes the queue's items may hold.
     max_bytes: u64,
     room: Arc<Room>,
+    commits: Arc<crate::ack::Commits>,
 }
 
 impl Telemetry {
+    fn submit_acked(&self, msg: Msg) -> Result<crate::ack::Ack, SubmitError> {
+        let ticket = Arc::new(crate::ack::Ticket::default());
+        self.submit(Msg::Ticketed(Box::new(msg), ticket.clone()))?;
+        Ok(crate::ack::Ack {
+            ticket,
+            commits: self.commits.clone(),
+        })
+    }
+
+    /// [`Telemetry::log_event`], with an acknowledgement to wait for its commit.
+    pub fn log_event_acked(
+        &self,
+        event: Event,
+        ttl_seconds: Option<i64>,
+    ) -> Result<crate::ack::Ack, SubmitError> {
+        self.submit_acked(Msg::Event { event, ttl_seconds })
+    }
+
+    /// [`Telemetry::record_batch`], with an acknowledgement to wait for its commit.
+    pub fn record_batch_acked(&self, batch: Batch) -> Result<crate::ack::Ack, SubmitError> {
+        self.submit_acked(Msg::Batch(Box::new(batch)))
+    }
+
     fn submit(&self, msg: Msg) -> Result<(), SubmitError> {
         let weight = msg.weight();
         let bytes = msg.bytes();
@@ -366,12 +397,13 @@ impl Pipeline {
         let max_bytes = options.queue_max_bytes.max(1);
         let room = Arc::new(Room::new(capacity, max_bytes));
         let redactor = crate::redact::Redactor::new(&options.redaction);
+        let commits = options.commits.clone();
         let worker = Worker::new(
             Assembler::new(options, stats.clone()),
             redactor,
             sinks,
             stats.clone(),
-            room.clone(),
+            (room.clone(), commits.clone()),
         );
         let thread = std::thread::Builder::new()
             .name("tokentrace-pipeline".into())
@@ -386,6 +418,7 @@ impl Pipeline {
                 capacity: capacity as u64,
                 max_bytes,
                 room,
+                commits,
             },
             thread: Some(thread),
         })

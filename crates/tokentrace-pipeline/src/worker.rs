@@ -21,6 +21,7 @@ pub(crate) struct Worker {
     sinks: Vec<Box<dyn Sink>>,
     stats: Arc<PipelineStats>,
     room: Arc<Room>,
+    commits: Arc<crate::ack::Commits>,
 }
 
 impl Worker {
@@ -29,7 +30,7 @@ impl Worker {
         redactor: Option<crate::redact::Redactor>,
         sinks: Vec<Box<dyn Sink>>,
         stats: Arc<PipelineStats>,
-        room: Arc<Room>,
+        (room, commits): (Arc<Room>, Arc<crate::ack::Commits>),
     ) -> Self {
         Self {
             assembler,
@@ -37,6 +38,7 @@ impl Worker {
             sinks,
             stats,
             room,
+            commits,
         }
     }
 
@@ -64,8 +66,13 @@ impl Worker {
                 match msg {
                     Msg::Flush(reply) => {
                         self.emit(&mut out);
+                        self.mark_sinks();
                         self.each_sink(|s| s.sync());
                         let _ = reply.send(());
+                    }
+                    Msg::Ticketed(inner, ticket) => {
+                        ticket.set(self.commits.next());
+                        self.assembler.handle(*inner, &mut out);
                     }
                     Msg::Shutdown => {
                         self.stop(&mut out);
@@ -85,7 +92,17 @@ impl Worker {
                 last_tick = Instant::now();
             }
             self.emit(&mut out);
+            self.mark_sinks();
             self.each_sink(|s| s.flush());
+            self.commits.wake();
+        }
+    }
+
+    /// Tells the sinks which numbered messages what they were given belongs to.
+    fn mark_sinks(&mut self) {
+        let upto = self.commits.handled();
+        for sink in &mut self.sinks {
+            sink.mark(upto);
         }
     }
 
@@ -93,7 +110,9 @@ impl Worker {
         self.room.close();
         self.assembler.flush_all_open(out);
         self.emit(out);
+        self.mark_sinks();
         self.each_sink(|s| s.shutdown());
+        self.commits.wake();
     }
 
     fn emit(&mut self, out: &mut Vec<Output>) {

@@ -38,6 +38,14 @@ impl ApiError {
         }
     }
 
+    /// 503 + `Retry-After`: accepted, but the commit `telemetry.ack: committed` waits for did
+    /// not come (in time, or at all).
+    pub fn not_committed(e: tokentrace_pipeline::AckError) -> Self {
+        let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+        err.retry_after = Some(1);
+        err
+    }
+
     /// 500: something failed on our side; the cause is logged, not sent.
     pub fn internal(context: &str, err: &dyn std::fmt::Display) -> Self {
         tracing::error!("{context}: {err}");

@@ -48,6 +48,8 @@ pub struct Settings {
     pub capture_content: bool,
     /// The attributes content is recorded in.
     pub content_format: tokentrace_config::ContentFormat,
+    /// The events API and the OTLP receiver answer after the commit.
+    pub ack_committed: bool,
     /// Also trace calls of the telemetry query API and datasetio.
     pub trace_telemetry_api: bool,
     /// Largest OTLP request body accepted (compressed and decompressed), in bytes.
@@ -67,6 +69,7 @@ impl Settings {
             backpressure: Duration::from_millis(tc.backpressure_ms),
             capture_content: tc.capture_content,
             content_format: tc.capture_content_format,
+            ack_committed: tc.ack == tokentrace_config::AckMode::Committed,
             trace_telemetry_api: server.trace_telemetry_api,
             otlp_max_body_bytes: server.otlp_max_body_bytes,
             dataset_ttl: Duration::from_secs(tc.default_ttl_seconds.max(0) as u64),

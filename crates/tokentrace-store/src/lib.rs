@@ -68,6 +68,21 @@ pub struct StoreOptions {
     pub on_writer_start: Option<ThreadStart>,
     /// Told of every committed transaction.
     pub on_commit: Option<CommitObserver>,
+    /// Told when the rows written with a mark ([`StoreWriter::write_rows_marked`]) are
+    /// committed.
+    pub on_mark: Option<MarkObserver>,
+}
+
+/// Told by the writer thread, once every row written with marks up to `mark` (and all rows
+/// written before them) has been committed (`true`), or some of them failed to commit
+/// (`false`: they are lost). Marks only grow. It runs on the writer thread: keep it cheap.
+#[derive(Clone)]
+pub struct MarkObserver(pub Arc<dyn Fn(u64, bool) + Send + Sync>);
+
+impl std::fmt::Debug for MarkObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MarkObserver")
+    }
 }
 
 /// Told by the writer thread, after each transaction it commits, how many records it held and
@@ -104,6 +119,7 @@ impl Default for StoreOptions {
             query_timeout: Duration::from_secs(10),
             on_writer_start: None,
             on_commit: None,
+            on_mark: None,
         }
     }
 }
@@ -213,7 +229,7 @@ impl Store {
             options.batch_max_rows,
             options.flush_interval,
             counters.clone(),
-            options.on_commit,
+            (options.on_commit, options.on_mark),
             backlog.clone(),
             state,
         );
@@ -320,9 +336,16 @@ impl StoreWriter {
         if rows.is_empty() {
             return Ok(());
         }
+        self.write_rows_marked(rows, 0)
+    }
+
+    /// Like [`StoreWriter::write_rows`], then `mark` goes to the `on_mark` observer once these
+    /// rows and all written before are committed (at the next commit: within `flush_interval`).
+    /// `rows` may be empty: the mark then waits only for what was written before.
+    pub fn write_rows_marked(&self, rows: Vec<Row>, mark: u64) -> Result<(), StoreError> {
         let bytes = rows.iter().map(Row::size).sum();
         self.backlog.reserve(bytes);
-        self.tx.send(Cmd::Write(rows)).map_err(|_| {
+        self.tx.send(Cmd::Write(rows, mark)).map_err(|_| {
             self.backlog.release(bytes);
             StoreError::Closed
         })

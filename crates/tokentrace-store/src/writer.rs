@@ -15,7 +15,7 @@ use crate::datasets::{append_rows, expire_dataset};
 use crate::index::expire_values;
 use crate::lookup::MAX_LIVE_RUNS;
 use crate::rows::{Row, WriteState, write_rows};
-use crate::{CommitObserver, StoreError};
+use crate::{CommitObserver, MarkObserver, StoreError};
 
 /// Rows deleted per table in the first retention transaction; later ones adapt so that each
 /// holds the writer for about `EXPIRE_STEP_TARGET`.
@@ -33,7 +33,8 @@ const UPKEEP_BUDGET_MAX: u64 = 1 << 20;
 const UPKEEP_STEP: u64 = 20_000;
 
 pub(crate) enum Cmd {
-    Write(Vec<Row>),
+    /// Rows, and the mark to report once they are committed (0: none).
+    Write(Vec<Row>, u64),
     Flush(SyncSender<Result<(), StoreError>>),
     AppendRows {
         dataset_id: String,
@@ -116,6 +117,10 @@ pub(crate) struct Writer {
     pub flush_interval: Duration,
     pub counters: Arc<Counters>,
     on_commit: Option<CommitObserver>,
+    on_mark: Option<MarkObserver>,
+    /// The highest mark written, and the highest reported.
+    mark_written: u64,
+    mark_reported: u64,
     backlog: Arc<Backlog>,
     state: WriteState,
     /// Entries of the sorted runs the upkeep may still handle before the next write.
@@ -133,7 +138,7 @@ impl Writer {
         batch_max_rows: usize,
         flush_interval: Duration,
         counters: Arc<Counters>,
-        on_commit: Option<CommitObserver>,
+        (on_commit, on_mark): (Option<CommitObserver>, Option<MarkObserver>),
         backlog: Arc<Backlog>,
         state: WriteState,
     ) -> Self {
@@ -143,6 +148,9 @@ impl Writer {
             flush_interval,
             counters,
             on_commit,
+            on_mark,
+            mark_written: 0,
+            mark_reported: 0,
             backlog,
             state,
             upkeep_budget: 0,
@@ -180,13 +188,19 @@ impl Writer {
                 }
             };
             match cmd {
-                Some(Cmd::Write(records)) => {
-                    if self.first_pending.is_none() {
-                        self.first_pending = Some(Instant::now());
-                    }
-                    self.pending.extend(records);
-                    if self.pending.len() >= self.batch_max_rows {
-                        let _ = self.commit_pending(); // failures are logged and counted
+                Some(Cmd::Write(records, mark)) => {
+                    self.mark_written = self.mark_written.max(mark);
+                    if records.is_empty() && self.pending.is_empty() {
+                        // Everything before is committed already.
+                        self.report_mark(true);
+                    } else {
+                        if self.first_pending.is_none() {
+                            self.first_pending = Some(Instant::now());
+                        }
+                        self.pending.extend(records);
+                        if self.pending.len() >= self.batch_max_rows {
+                            let _ = self.commit_pending(); // failures are logged and counted
+                        }
                     }
                 }
                 Some(Cmd::Flush(reply)) => {
@@ -266,7 +280,19 @@ impl Writer {
             }
             rest = tail;
         }
+        self.report_mark(result.is_ok());
         result
+    }
+
+    /// Tells the mark observer that the rows written up to the highest mark are committed
+    /// (or that some failed).
+    fn report_mark(&mut self, ok: bool) {
+        if self.mark_written > self.mark_reported {
+            self.mark_reported = self.mark_written;
+            if let Some(observe) = &self.on_mark {
+                (observe.0)(self.mark_reported, ok);
+            }
+        }
     }
 
     /// Commits `records` in one transaction.

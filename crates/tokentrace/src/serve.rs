@@ -105,9 +105,10 @@ async fn run(config: RunConfig) -> Result<(), ServeError> {
     let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(PrometheusSink::new(registry.clone()))];
     let mut store = None;
     let mut exporters = Vec::new();
+    let commits = tokentrace_pipeline::Commits::new();
     for kind in &tc.sinks {
-        let built =
-            SinkConfig::from_config(*kind, tc, &tokentrace_config::process_env).build(&registry)?;
+        let built = SinkConfig::from_config(*kind, tc, &tokentrace_config::process_env)
+            .build(&registry, &commits)?;
         sinks.push(built.sink);
         store = store.or(built.store);
         exporters.extend(built.exporter);
@@ -115,6 +116,7 @@ async fn run(config: RunConfig) -> Result<(), ServeError> {
     let pipeline = Pipeline::start(
         PipelineOptions {
             pricing: std::sync::Arc::new(config.pricing.clone()),
+            commits,
             ..PipelineOptions::from_config(tc)
         },
         sinks,

@@ -92,12 +92,17 @@ impl SinkConfig {
         }
     }
 
-    /// Starts the sink; `registry` (what `/metrics` serves) gets the store's commit histograms.
-    pub fn build(self, registry: &Arc<Registry>) -> Result<Built, BuildError> {
+    /// Starts the sink; `registry` (what `/metrics` serves) gets the store's commit histograms,
+    /// `commits` (the pipeline's, [`crate::PipelineOptions::commits`]) the store's commits.
+    pub fn build(
+        self,
+        registry: &Arc<Registry>,
+        commits: &Arc<crate::Commits>,
+    ) -> Result<Built, BuildError> {
         Ok(match self {
             Self::Console(c) => Built::sink(c.build()),
             Self::Sqlite(c) => {
-                let (sink, store) = c.build(registry)?;
+                let (sink, store) = c.build(registry, commits)?;
                 Built {
                     store: Some(store),
                     ..Built::sink(sink)

@@ -27,6 +27,15 @@ async fn log_event(
             "ttl_seconds must be positive, got {ttl}"
         )));
     }
-    state.telemetry.log_event(req.event, req.ttl_seconds)?;
+    if state.settings.ack_committed {
+        let ack = state
+            .telemetry
+            .log_event_acked(req.event, req.ttl_seconds)?;
+        ack.committed(state.settings.request_timeout)
+            .await
+            .map_err(ApiError::not_committed)?;
+    } else {
+        state.telemetry.log_event(req.event, req.ttl_seconds)?;
+    }
     Ok(Json(Value::Null))
 }

@@ -167,7 +167,26 @@ async fn receive(
             .into_response();
         }
     };
-    match state.telemetry.record_batch(batch) {
+    let submitted = if state.settings.ack_committed {
+        match state.telemetry.record_batch_acked(batch) {
+            Ok(ack) => match ack.committed(state.settings.request_timeout).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    return OtlpError {
+                        status: StatusCode::SERVICE_UNAVAILABLE,
+                        encoding,
+                        code: UNAVAILABLE,
+                        message: e.to_string(),
+                    }
+                    .into_response();
+                }
+            },
+            Err(e) => Err(e),
+        }
+    } else {
+        state.telemetry.record_batch(batch)
+    };
+    match submitted {
         Ok(()) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, encoding.content_type())],

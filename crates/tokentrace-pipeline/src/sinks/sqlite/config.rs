@@ -39,12 +39,18 @@ impl SqliteSinkConfig {
     }
 
     /// Opens (and migrates) the store and starts its writer thread; every commit is recorded in
-    /// `registry`. Returns the sink and the store, which the query API reads and shutdown closes.
-    pub fn build(self, registry: &Arc<Registry>) -> Result<(SqliteSink, Store), BuildError> {
+    /// `registry` and reported to `commits` (acknowledgements after the commit). Returns the
+    /// sink and the store, which the query API reads and shutdown closes.
+    pub fn build(
+        self,
+        registry: &Arc<Registry>,
+        commits: &Arc<crate::Commits>,
+    ) -> Result<(SqliteSink, Store), BuildError> {
         let nice = self.thread_nice;
         let options = StoreOptions {
             on_writer_start: Some(ThreadStart(Arc::new(move || thread::set_nice(nice)))),
             on_commit: Some(commit_observer(registry.clone())),
+            on_mark: Some(commits.observer()),
             indexed_attributes: self.indexed_attributes,
             max_answer_rows: self.max_answer_spans,
             query_timeout: self.query_timeout,

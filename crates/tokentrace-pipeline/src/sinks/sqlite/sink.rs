@@ -12,6 +12,9 @@ pub struct SqliteSink {
     writer: StoreWriter,
     buffer: Vec<Row>,
     encode_errors: u64,
+    /// The pipeline's message number the buffered rows reach, and the one last passed on.
+    mark: u64,
+    mark_sent: u64,
 }
 
 impl SqliteSink {
@@ -21,6 +24,8 @@ impl SqliteSink {
             writer,
             buffer: Vec::new(),
             encode_errors: 0,
+            mark: 0,
+            mark_sent: 0,
         }
     }
 
@@ -60,12 +65,19 @@ impl Sink for SqliteSink {
         self.push(Row::metric(point));
     }
 
+    fn mark(&mut self, upto: u64) {
+        self.mark = upto;
+    }
+
     fn flush(&mut self) -> Result<(), SinkError> {
-        if self.buffer.is_empty() {
+        if self.buffer.is_empty() && self.mark == self.mark_sent {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.buffer);
-        self.writer.write_rows(batch).map_err(Self::error)
+        self.mark_sent = self.mark;
+        self.writer
+            .write_rows_marked(batch, self.mark)
+            .map_err(Self::error)
     }
 
     fn sync(&mut self) -> Result<(), SinkError> {
