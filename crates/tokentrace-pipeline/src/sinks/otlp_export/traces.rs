@@ -20,6 +20,9 @@ const BATCH: usize = 512;
 const DELAY: Duration = Duration::from_secs(1);
 /// Spans waiting for export at most; beyond, new spans are dropped and counted.
 const QUEUE: usize = 8_192;
+/// Bytes (encoded) of the spans waiting for export at most: large spans are dropped as soon as
+/// many small ones. The spans being sent are outside the queue, so at most twice this is held.
+const QUEUE_BYTES: usize = 8 << 20;
 
 enum Msg {
     /// A batch is full: send it now.
@@ -37,6 +40,8 @@ type Encoded = (String, Vec<u8>);
 #[derive(Default)]
 struct Queue {
     spans: Vec<Encoded>,
+    /// Their encoded bytes.
+    bytes: usize,
     /// When the oldest waiting span arrived.
     since: Option<Instant>,
 }
@@ -107,6 +112,7 @@ fn run(rx: Receiver<Msg>, queue: &Mutex<Queue>, mut exporter: Exporter, config: 
         let spans = {
             let mut q = lock(queue);
             q.since = None;
+            q.bytes = 0;
             std::mem::take(&mut q.spans)
         };
         let mut spans = spans.into_iter().peekable();
@@ -170,10 +176,14 @@ impl Sink for OtlpTraceSink {
         encode::span(span, &mut encoded);
         let full = {
             let mut q = lock(&self.queue);
-            if q.spans.len() >= QUEUE {
+            // One span larger than the whole bound still goes into an empty queue.
+            if q.spans.len() >= QUEUE
+                || (!q.spans.is_empty() && q.bytes + encoded.len() > QUEUE_BYTES)
+            {
                 None
             } else {
                 q.since.get_or_insert_with(Instant::now);
+                q.bytes += encoded.len();
                 q.spans.push((service, encoded));
                 Some(q.spans.len() == BATCH)
             }
@@ -322,6 +332,45 @@ mod tests {
         assert!(
             exported >= QUEUE as u64,
             "the held queue was sent at shutdown"
+        );
+    }
+
+    #[test]
+    fn large_spans_fill_the_queue_by_their_bytes() {
+        let release = Arc::new(AtomicBool::new(false));
+        let (url, received) = held_collector(release.clone());
+        let config = ExportConfig {
+            url,
+            headers: Vec::new(),
+            gzip: false,
+            timeout: Duration::from_secs(60),
+            resource_attributes: Vec::new(),
+            max_attempts: 1,
+            thread_nice: 0,
+        };
+        let mut sink = OtlpTraceSink::start(config, "svc").unwrap();
+        let stats = sink.stats();
+        let mut big = span();
+        big.attributes
+            .insert("content".into(), "x".repeat(1 << 20).into());
+        // 64 spans of 1 MiB: the queue takes about 8 of them (8 MiB), the rest are dropped.
+        for _ in 0..64 {
+            sink.span_ended(&big);
+        }
+        let dropped = stats.dropped.load(Ordering::SeqCst);
+        assert!(
+            (64 - 9..=64).contains(&dropped),
+            "{dropped} of 64 dropped: the queue holds about 8 MiB"
+        );
+        release.store(true, Ordering::SeqCst);
+        sink.shutdown().unwrap();
+        assert_eq!(
+            stats.exported.load(Ordering::SeqCst) + stats.dropped.load(Ordering::SeqCst),
+            64
+        );
+        assert_eq!(
+            stats.exported.load(Ordering::SeqCst),
+            received.load(Ordering::SeqCst)
         );
     }
 }
