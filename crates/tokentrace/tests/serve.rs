@@ -306,3 +306,36 @@ fn server_tls_serves_https_with_the_configured_certificate() {
     let err = run_to_failure(dir.path(), &["--config", cfg.to_str().unwrap()], &[]);
     assert!(err.contains("server.tls"), "{err}");
 }
+
+/// SIGTERM stops a query that would run for minutes (its budget is ten): the query is answered
+/// 503 saying tokentrace is stopping, and the server exits cleanly.
+#[test]
+fn sigterm_interrupts_a_long_query_and_the_server_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("run.yaml");
+    std::fs::write(
+        &cfg,
+        "server:\n  request_timeout_seconds: 600\nproviders:\n  telemetry:\n  - provider_id: meta-reference\n    provider_type: inline::meta-reference\n    config:\n      sinks: sqlite\n      query_timeout_seconds: 600\n",
+    )
+    .unwrap();
+    let mut server = start(dir.path(), &["--config", cfg.to_str().unwrap()], &[]);
+    let base = server.base.clone();
+    let query = std::thread::spawn(move || {
+        let r = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap()
+            .post(format!("{base}/v1/tokentrace/sql"))
+            .json(&json!({"sql": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT COUNT(*) FROM c"}))
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    });
+    // Let the query start, then stop the server under it.
+    std::thread::sleep(Duration::from_secs(1));
+    signal(&server.child, "-TERM");
+    let (status, body) = query.join().unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("stopping"), "{body}");
+    assert!(wait_exit(&mut server.child).success());
+}
