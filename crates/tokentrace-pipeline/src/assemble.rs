@@ -210,10 +210,9 @@ impl Assembler {
         if span.expires_at.is_none() {
             span.expires_at = self.expires_at(None);
         }
-        for m in self.calls.span_ended(&mut span) {
-            let (point, event) = metric_records(m, span.expires_at);
+        let expires_at = span.expires_at;
+        for point in self.calls.span_ended(&mut span, expires_at) {
             out.push(Output::Metric(point));
-            span.events.push(event);
         }
         for e in &mut span.events {
             e.expires_at = e.expires_at.or(span.expires_at);
@@ -303,11 +302,8 @@ impl Assembler {
                             service_name: Some(self.options.service_name.clone()),
                             expires_at,
                         };
-                        for m in self.calls.span_ended(&mut span) {
-                            let (point, event) = metric_records(m, expires_at);
+                        for point in self.calls.span_ended(&mut span, expires_at) {
                             out.push(Output::Metric(point));
-                            out.push(Output::Event(event.clone()));
-                            span.events.push(event);
                         }
                         out.push(Output::Ended(span));
                     }
@@ -432,6 +428,11 @@ impl Assembler {
             self.open_order
                 .retain(|(opened, key)| open.get(key).is_some_and(|o| o.opened == *opened));
         }
+    }
+
+    /// The counts of applications' LLM calls added up since the last time, as metric points.
+    pub(crate) fn flush_calls(&mut self, out: &mut Vec<Output>) {
+        out.extend(self.calls.take_points().into_iter().map(Output::Metric));
     }
 
     pub(crate) fn flush_all_open(&mut self, out: &mut Vec<Output>) {

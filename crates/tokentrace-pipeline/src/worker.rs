@@ -65,6 +65,7 @@ impl Worker {
                     .fetch_sub(msg.bytes(), Ordering::Relaxed);
                 match msg {
                     Msg::Flush(reply) => {
+                        self.assembler.flush_calls(&mut out);
                         self.emit(&mut out);
                         self.mark_sinks();
                         self.each_sink(|s| s.sync());
@@ -91,6 +92,7 @@ impl Worker {
                 self.assembler.expire_open_spans(Instant::now(), &mut out);
                 last_tick = Instant::now();
             }
+            self.assembler.flush_calls(&mut out);
             self.emit(&mut out);
             self.mark_sinks();
             self.each_sink(|s| s.flush());
@@ -109,6 +111,7 @@ impl Worker {
     fn stop(&mut self, out: &mut Vec<Output>) {
         self.room.close();
         self.assembler.flush_all_open(out);
+        self.assembler.flush_calls(out);
         self.emit(out);
         self.mark_sinks();
         self.each_sink(|s| s.shutdown());

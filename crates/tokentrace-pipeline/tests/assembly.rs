@@ -440,8 +440,9 @@ fn waiting_for_room_ends_when_the_sinks_catch_up_or_the_limit_passes() {
 }
 
 /// An OpenLLMetry LLM span sent as Llama Stack events is understood when it ends: canonical
-/// attributes, a price, token and cost metric points labelled by origin, once even when sent
-/// again; a gateway call's span makes an application's span of the same call counted by it.
+/// attributes, a price, token and cost metric points (one per series, in name order) labelled
+/// by origin, once even when sent again; a gateway call's span makes an application's span of
+/// the same call counted by it.
 #[test]
 fn llm_spans_sent_as_events_are_understood_priced_and_counted_once() {
     let sink = MemorySink::new();
@@ -489,10 +490,10 @@ fn llm_spans_sent_as_events_are_understood_priced_and_counted_once() {
         assert_eq!(
             names,
             [
-                ("prompt_tokens", 1000.0),
                 ("completion_tokens", 100.0),
-                ("total_tokens", 1100.0),
-                ("cost_usd", cost)
+                ("cost_usd", cost),
+                ("prompt_tokens", 1000.0),
+                ("total_tokens", 1100.0)
             ],
             "counted once although the span came twice"
         );

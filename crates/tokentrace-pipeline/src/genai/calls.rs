@@ -1,13 +1,16 @@
 //! LLM calls described by applications: each finished span that an instrumentation made of a
-//! call is understood ([`super::understand`]), priced, and counted once — in the token and
-//! cost metric events of its own span — unless the gateway already counted the same call.
+//! call is understood ([`super::understand`]), priced, and counted once — unless the gateway
+//! already counted the same call. The counts are added up per series and minute and become
+//! metric points when the pipeline flushes (a point per series, not per span: the span's
+//! attributes already hold its own usage), so ingesting many LLM spans adds a few rows, not
+//! several per span.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use tokentrace_config::PriceTable;
 use tokentrace_model::{
-    AttrValue, Attributes, MetricEvent, MetricValue, SpanEventBody, SpanId, SpanRecord, TraceId,
+    AttrValue, Attributes, MetricPoint, SpanId, SpanRecord, Timestamp, TraceId,
 };
 
 use super::{
@@ -46,8 +49,25 @@ impl<K: Clone> Recent<K> {
     }
 }
 
+/// Series × minutes added up before the pipeline flushes at most; past it they are handed over.
+const MAX_PENDING: usize = 4_096;
+
+/// A metric, its labels and its minute: what counts are added up by.
+type SeriesKey = (&'static str, [String; 3], i64);
+
+/// The counts of one series in one minute.
+struct Pending {
+    value: f64,
+    unit: &'static str,
+    labels: Attributes,
+    latest: Timestamp,
+    expires_at: Option<Timestamp>,
+}
+
 /// The assembler's view of LLM calls.
 pub(crate) struct Calls {
+    /// Counts not yet handed over as points.
+    pending: std::collections::BTreeMap<SeriesKey, Pending>,
     pricing: Arc<PriceTable>,
     /// Response id → the gateway's span of that call.
     gateway: HashMap<String, SpanId>,
@@ -72,6 +92,7 @@ fn text<'a>(a: &'a Attributes, key: &str) -> Option<&'a str> {
 impl Calls {
     pub(crate) fn new(pricing: Arc<PriceTable>) -> Self {
         Self {
+            pending: std::collections::BTreeMap::new(),
             pricing,
             gateway: HashMap::new(),
             gateway_order: Recent::new(REMEMBERED),
@@ -82,14 +103,41 @@ impl Calls {
 
     /// Looks at a finished span before the sinks do: the gateway's call spans are remembered;
     /// an application's LLM span gets the canonical attributes and, unless it was counted
-    /// before (a re-sent span, or a call the gateway made and counted), its cost and the metric
-    /// events to record for it.
-    pub(crate) fn span_ended(&mut self, span: &mut SpanRecord) -> Vec<MetricEvent> {
-        // A span that carries its token events was counted where they were made.
-        let has_counts = span
-            .events
-            .iter()
-            .any(|e| e.name == "prompt_tokens" && matches!(e.body, SpanEventBody::Metric { .. }));
+    /// before (a re-sent span, a span a tokentrace already looked at, or a call the gateway
+    /// made and counted), its cost, and its counts are added up. Returns points only when too
+    /// many series are pending; [`Calls::take_points`] hands over the rest.
+    pub(crate) fn span_ended(
+        &mut self,
+        span: &mut SpanRecord,
+        expires_at: Option<Timestamp>,
+    ) -> Vec<MetricPoint> {
+        self.count(span, expires_at);
+        if self.pending.len() >= MAX_PENDING {
+            self.take_points()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The pending counts as metric points, one per series and minute (at the latest call's
+    /// end).
+    pub(crate) fn take_points(&mut self) -> Vec<MetricPoint> {
+        std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|((name, _, _), p)| MetricPoint {
+                name: name.to_string(),
+                timestamp: p.latest,
+                value: p.value,
+                unit: p.unit.to_string(),
+                labels: p.labels,
+                trace_id: None,
+                span_id: None,
+                expires_at: p.expires_at,
+            })
+            .collect()
+    }
+
+    fn count(&mut self, span: &mut SpanRecord, expires_at: Option<Timestamp>) {
         let key = (span.trace_id, span.span_id);
         let a = &mut span.attributes;
         if text(a, ORIGIN) == Some(GATEWAY) {
@@ -101,23 +149,27 @@ impl Calls {
                     self.gateway.remove(&old);
                 }
             }
-            return Vec::new();
+            return;
+        }
+        // Already looked at by a tokentrace (an export imported here): counted there.
+        if a.contains_key(ORIGIN) {
+            return;
         }
         let Some(origin) = understand(a) else {
-            return Vec::new();
+            return;
         };
         a.insert(ORIGIN.into(), origin.as_str().into());
         let input = int(a, USAGE_INPUT_TOKENS);
         let output = int(a, USAGE_OUTPUT_TOKENS);
         if input.is_none() && output.is_none() || a.contains_key(COUNTED_BY) {
-            return Vec::new();
+            return;
         }
         if let Some(gateway_span) = text(a, RESPONSE_ID).and_then(|id| self.gateway.get(id)) {
             a.insert(COUNTED_BY.into(), gateway_span.to_string().into());
-            return Vec::new();
+            return;
         }
-        if has_counts || !self.counted.insert(key) {
-            return Vec::new();
+        if !self.counted.insert(key) {
+            return;
         }
         if let Some(old) = self.counted_order.push(key) {
             self.counted.remove(&old);
@@ -133,38 +185,42 @@ impl Calls {
         if let Some(c) = cost {
             a.insert(COST_USD.into(), c.into());
         }
-        let [model, provider, origin] = call_labels(span);
-        let labels: Attributes = [("model_id", model), ("provider_id", provider)]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), AttrValue::from(v)))
-            .chain([("origin".to_string(), AttrValue::from(origin))])
-            .collect();
+        let series = call_labels(span);
+        let labels: Attributes = [
+            ("model_id", &series[0]),
+            ("provider_id", &series[1]),
+            ("origin", &series[2]),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), AttrValue::from(v.as_str())))
+        .collect();
         let at = span.end_time.unwrap_or(span.start_time);
-        let tokens = |n: u64| (MetricValue::Int(n as i64), "tokens");
-        [
+        let minute = at.unix_nanos().div_euclid(60_000_000_000);
+        let tokens = |n: u64| (n as f64, "tokens");
+        for (name, v) in [
             ("prompt_tokens", Some(tokens(input))),
             ("completion_tokens", Some(tokens(output))),
             ("total_tokens", Some(tokens(input + output))),
             ("cached_tokens", cached.map(tokens)),
             ("reasoning_tokens", reasoning.map(tokens)),
-            (
-                COST_METRIC,
-                cost.map(|c| (MetricValue::Float(c), COST_UNIT)),
-            ),
-        ]
-        .into_iter()
-        .filter_map(|(name, v)| {
-            let (value, unit) = v?;
-            Some(MetricEvent {
-                trace_id: span.trace_id,
-                span_id: span.span_id,
-                timestamp: at,
-                attributes: labels.clone(),
-                metric: name.to_string(),
-                value,
-                unit: unit.to_string(),
-            })
-        })
-        .collect()
+            (COST_METRIC, cost.map(|c| (c, COST_UNIT))),
+        ] {
+            let Some((value, unit)) = v else {
+                continue;
+            };
+            let p = self
+                .pending
+                .entry((name, series.clone(), minute))
+                .or_insert_with(|| Pending {
+                    value: 0.0,
+                    unit,
+                    labels: labels.clone(),
+                    latest: at,
+                    expires_at,
+                });
+            p.value += value;
+            p.latest = p.latest.max(at);
+            p.expires_at = p.expires_at.max(expires_at);
+        }
     }
 }
