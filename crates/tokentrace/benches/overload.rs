@@ -7,7 +7,8 @@
 //! are not in it are counted, with the age of the oldest of them at the kill.
 //!
 //! Run: `cargo bench -p tokentrace --bench overload` (ten minutes; `-- --seconds 60` for a
-//! shorter run, `--ack committed` for `telemetry.ack: committed`).
+//! shorter run, `--ack committed` for `telemetry.ack: committed`, `--queue-max-bytes N` for a
+//! smaller pipeline queue).
 
 mod common;
 
@@ -41,6 +42,9 @@ struct Args {
     /// `telemetry.ack`: accepted or committed.
     #[arg(long, default_value = "accepted")]
     ack: String,
+    /// `telemetry.queue_max_bytes` (default: the config's default).
+    #[arg(long)]
+    queue_max_bytes: Option<u64>,
 }
 
 const SPANS: usize = 512;
@@ -152,9 +156,12 @@ fn main() -> Result<(), Error> {
     std::fs::write(
         &config,
         format!(
-            "providers:\n  telemetry:\n  - provider_id: meta-reference\n    provider_type: inline::meta-reference\n    config:\n      sinks: sqlite\n      sqlite_db_path: {}\n      ack: {}\n",
+            "providers:\n  telemetry:\n  - provider_id: meta-reference\n    provider_type: inline::meta-reference\n    config:\n      sinks: sqlite\n      sqlite_db_path: {}\n      ack: {}\n{}",
             db.display(),
-            args.ack
+            args.ack,
+            args.queue_max_bytes
+                .map(|b| format!("      queue_max_bytes: {b}\n"))
+                .unwrap_or_default()
         ),
     )?;
     let mut server = Command::new(env!("CARGO_BIN_EXE_tokentrace"))
