@@ -122,6 +122,11 @@ pub(crate) struct Room {
     /// the callers let through together still fit.
     level: u64,
     byte_level: u64,
+    /// Below which ingestion (events API, OTLP receiver) is let in: half of each bound, so
+    /// that senders retrying as fast as they are refused never take the room the API's own
+    /// spans (the gateway's) wait for.
+    ingest_level: u64,
+    ingest_byte_level: u64,
     notify: tokio::sync::Notify,
     waiting: AtomicUsize,
     closed: AtomicBool,
@@ -132,6 +137,8 @@ impl Room {
         Self {
             level: (capacity - capacity / 4).max(1) as u64,
             byte_level: (max_bytes - max_bytes / 4).max(1),
+            ingest_level: (capacity / 2).max(1) as u64,
+            ingest_byte_level: (max_bytes / 2).max(1),
             notify: tokio::sync::Notify::new(),
             waiting: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
@@ -343,6 +350,15 @@ impl Telemetry {
     /// quarters of its capacity, so that the callers let through together still fit.
     pub fn has_room(&self) -> bool {
         self.room.has_room(&self.stats)
+    }
+
+    /// Whether ingestion (events API, OTLP receiver) may submit: the queue is below half of
+    /// both bounds. Above it senders are refused (503) before their bodies are decoded, and the
+    /// upper half stays for the spans of the API's own requests, which wait for room above
+    /// three quarters: a flood of telemetry cannot starve the gateway.
+    pub fn has_room_for_ingest(&self) -> bool {
+        self.stats.queue_depth.load(Ordering::Relaxed) < self.room.ingest_level
+            && self.stats.queue_bytes.load(Ordering::Relaxed) < self.room.ingest_byte_level
     }
 
     /// Waits, at most `limit`, until the queue has room (see [`Telemetry::has_room`]) or the

@@ -770,3 +770,58 @@ async fn requests_wait_for_a_slow_pipeline_instead_of_losing_their_spans() {
     );
     s.stop().await;
 }
+
+/// A flood of telemetry cannot starve the gateway: past half the queue, the events API is
+/// refused (503) while an API request still finds room for its span without waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingestion_is_refused_at_half_the_queue_and_api_requests_keep_the_rest() {
+    // A sink that holds the pipeline thread until released.
+    struct Held(Arc<std::sync::atomic::AtomicBool>);
+    impl tokentrace_pipeline::Sink for Held {
+        fn name(&self) -> &'static str {
+            "held"
+        }
+        fn span_ended(&mut self, _: &tokentrace_model::SpanRecord) {}
+        fn event(&mut self, _: &tokentrace_model::SpanEvent) {}
+        fn flush(&mut self) -> Result<(), tokentrace_pipeline::SinkError> {
+            while !self.0.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(())
+        }
+    }
+    let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let options = PipelineOptions {
+        queue_capacity: 16,
+        ..PipelineOptions::default()
+    };
+    let s = TestServer::start_with(options, vec![Box::new(Held(release.clone()))], 1 << 20).await;
+    let event = |i: usize| {
+        json!({"event": {"type": "unstructured_log", "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+            "span_id": "00f067aa0ba902b7", "timestamp": "2026-12-01T10:00:00Z",
+            "message": format!("log {i}"), "severity": "info", "attributes": {}}})
+    };
+    let mut refused = 0;
+    for i in 0..40 {
+        let (status, _) = s.post("/v1/telemetry/events", event(i)).await;
+        if status == 503 {
+            refused += 1;
+        } else {
+            assert_eq!(status, 200);
+        }
+    }
+    assert!(refused > 0, "ingestion was never refused");
+    let res = s.get_response("/v1/models").await;
+    assert_eq!(res.status(), 200);
+    let trace = res.headers()["x-trace-id"].to_str().unwrap().to_string();
+    let stats = s.telemetry.stats();
+    assert_eq!(
+        stats.room_waits.load(Ordering::Relaxed),
+        0,
+        "the API request found room without waiting"
+    );
+    release.store(true, Ordering::SeqCst);
+    s.flush().await;
+    assert_eq!(spans_of(&s, &trace).len(), 1, "its span was kept");
+    s.stop().await;
+}

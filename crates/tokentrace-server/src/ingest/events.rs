@@ -27,6 +27,11 @@ async fn log_event(
             "ttl_seconds must be positive, got {ttl}"
         )));
     }
+    // Past half the queue, ingestion waits outside: the rest is for the API's own spans.
+    if !state.telemetry.has_room_for_ingest() {
+        state.telemetry.count_refused(1);
+        return Err(tokentrace_pipeline::SubmitError::Full.into());
+    }
     if state.settings.ack_committed {
         let ack = state
             .telemetry

@@ -151,7 +151,7 @@ async fn receive(
     };
     // A queue without room refuses before decoding: under overload, senders that retry quickly
     // would otherwise have every refused body decoded, taking CPU from the sinks that drain it.
-    if !state.telemetry.has_room() {
+    if !state.telemetry.has_room_for_ingest() {
         state.telemetry.count_refused(1);
         return full(encoding, SubmitError::Full);
     }
