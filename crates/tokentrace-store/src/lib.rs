@@ -346,7 +346,7 @@ impl StoreWriter {
         let bytes = rows.iter().map(Row::size).sum();
         self.backlog.reserve(bytes);
         self.tx.send(Cmd::Write(rows, mark)).map_err(|_| {
-            self.backlog.release(bytes);
+            self.backlog.release(bytes, None);
             StoreError::Closed
         })
     }

@@ -272,8 +272,10 @@ impl Writer {
         let mut rest = std::mem::take(&mut self.pending);
         while !rest.is_empty() {
             let tail = rest.split_off(rest.len().min(self.batch_max_rows));
+            let started = Instant::now();
             let r = self.commit(&rest);
-            self.backlog.release(rest.iter().map(Row::size).sum());
+            self.backlog
+                .release(rest.iter().map(Row::size).sum(), Some(started.elapsed()));
             self.catch_up();
             if result.is_ok() {
                 result = r;
