@@ -10,9 +10,9 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// How much of the writer's work the backlog holds at most.
-pub(crate) const BACKLOG_TIME: Duration = Duration::from_millis(250);
+pub(crate) const BACKLOG_TIME: Duration = Duration::from_millis(500);
 /// The backlog never shrinks below this (a few large rows must still fit).
-const MIN_LIMIT: u64 = 1 << 20;
+const MIN_LIMIT: u64 = 4 << 20;
 
 #[derive(Default)]
 struct State {
@@ -94,10 +94,10 @@ mod tests {
     fn the_limit_follows_the_writers_pace_within_its_bounds() {
         let b = Backlog::new(16 << 20);
         assert_eq!(b.limit(&b.lock()), 16 << 20, "the configured bound until measured");
-        // 10 MiB committed in a second: a quarter second of it.
+        // 10 MiB committed in a second: half a second of it.
         b.reserve(10 << 20);
         b.release(10 << 20, Some(Duration::from_secs(1)));
-        assert_eq!(b.limit(&b.lock()), (10 << 20) / 4);
+        assert_eq!(b.limit(&b.lock()), (10 << 20) / 2);
         // A very slow writer: never below the floor.
         let slow = Backlog::new(16 << 20);
         slow.reserve(1000);
