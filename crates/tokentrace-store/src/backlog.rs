@@ -93,7 +93,11 @@ mod tests {
     #[test]
     fn the_limit_follows_the_writers_pace_within_its_bounds() {
         let b = Backlog::new(16 << 20);
-        assert_eq!(b.limit(&b.lock()), 16 << 20, "the configured bound until measured");
+        assert_eq!(
+            b.limit(&b.lock()),
+            16 << 20,
+            "the configured bound until measured"
+        );
         // 10 MiB committed in a second: half a second of it.
         b.reserve(10 << 20);
         b.release(10 << 20, Some(Duration::from_secs(1)));
