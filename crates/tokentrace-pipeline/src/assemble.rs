@@ -71,17 +71,17 @@ type SpanKey = (TraceId, SpanId);
 
 /// A bounded set of recently seen keys, oldest forgotten first: at most `capacity` of them,
 /// and values of at most `max_bytes` (as `weigh` estimates them).
-struct RecentKeys<V> {
-    map: HashMap<SpanKey, V>,
-    order: VecDeque<SpanKey>,
+pub(crate) struct RecentKeys<K, V> {
+    map: HashMap<K, V>,
+    order: VecDeque<K>,
     capacity: usize,
     bytes: u64,
     max_bytes: u64,
     weigh: fn(&V) -> u64,
 }
 
-impl<V> RecentKeys<V> {
-    fn new(capacity: usize, max_bytes: u64, weigh: fn(&V) -> u64) -> Self {
+impl<K: std::hash::Hash + Eq + Clone, V> RecentKeys<K, V> {
+    pub(crate) fn new(capacity: usize, max_bytes: u64, weigh: fn(&V) -> u64) -> Self {
         Self {
             map: HashMap::new(),
             order: VecDeque::new(),
@@ -92,12 +92,19 @@ impl<V> RecentKeys<V> {
         }
     }
 
-    fn insert(&mut self, key: SpanKey, value: V) {
+    /// Remembers `key`; returns whether it was new.
+    pub(crate) fn insert(&mut self, key: K, value: V) -> bool {
         let w = (self.weigh)(&value);
-        match self.map.insert(key, value) {
-            Some(old) => self.bytes = self.bytes.saturating_sub((self.weigh)(&old)),
-            None => self.order.push_back(key),
-        }
+        let new = match self.map.insert(key.clone(), value) {
+            Some(old) => {
+                self.bytes = self.bytes.saturating_sub((self.weigh)(&old));
+                false
+            }
+            None => {
+                self.order.push_back(key);
+                true
+            }
+        };
         self.bytes += w;
         while self.order.len() > self.capacity || self.bytes > self.max_bytes {
             let Some(old) = self.order.pop_front() else {
@@ -107,13 +114,22 @@ impl<V> RecentKeys<V> {
                 self.bytes = self.bytes.saturating_sub((self.weigh)(&v));
             }
         }
+        new
     }
 
-    fn contains(&self, key: &SpanKey) -> bool {
+    pub(crate) fn contains(&self, key: &K) -> bool {
         self.map.contains_key(key)
     }
 
-    fn remove(&mut self, key: &SpanKey) -> Option<V> {
+    pub(crate) fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.map.get(key)
+    }
+
+    fn remove(&mut self, key: &K) -> Option<V> {
         let v = self.map.remove(key)?;
         self.bytes = self.bytes.saturating_sub((self.weigh)(&v));
         Some(v)
@@ -129,9 +145,9 @@ pub(crate) struct Assembler {
     /// Bytes the open spans hold.
     open_bytes: u64,
     /// Spans that ended recently: a late duplicate start for them is ignored.
-    ended: RecentKeys<()>,
+    ended: RecentKeys<SpanKey, ()>,
     /// Starts of spans flushed unfinished: a late end completes them.
-    flushed_unfinished: RecentKeys<SpanStart>,
+    flushed_unfinished: RecentKeys<SpanKey, SpanStart>,
     /// LLM calls: the gateway's remembered, the applications' understood and counted.
     calls: crate::genai::Calls,
 }

@@ -5,10 +5,11 @@
 //! attributes already hold its own usage), so ingesting many LLM spans adds a few rows, not
 //! several per span.
 
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use tokentrace_config::PriceTable;
+
+use crate::assemble::RecentKeys;
 use tokentrace_model::{
     AttrValue, Attributes, MetricPoint, SpanId, SpanRecord, Timestamp, TraceId,
 };
@@ -23,31 +24,6 @@ use super::{
 const REMEMBERED: usize = 65_536;
 /// Longest response id remembered.
 const MAX_ID: usize = 256;
-
-/// A bounded first-in first-out memory.
-struct Recent<K> {
-    order: VecDeque<K>,
-    capacity: usize,
-}
-
-impl<K: Clone> Recent<K> {
-    fn new(capacity: usize) -> Self {
-        Self {
-            order: VecDeque::new(),
-            capacity,
-        }
-    }
-
-    /// Records `k`; returns the key that fell out, if one did.
-    fn push(&mut self, k: K) -> Option<K> {
-        self.order.push_back(k);
-        if self.order.len() > self.capacity {
-            self.order.pop_front()
-        } else {
-            None
-        }
-    }
-}
 
 /// Series × minutes added up before the pipeline flushes at most; past it they are handed over.
 const MAX_PENDING: usize = 4_096;
@@ -70,10 +46,9 @@ pub(crate) struct Calls {
     pending: std::collections::BTreeMap<SeriesKey, Pending>,
     pricing: Arc<PriceTable>,
     /// Response id → the gateway's span of that call.
-    gateway: HashMap<String, SpanId>,
-    gateway_order: Recent<String>,
-    counted: HashSet<(TraceId, SpanId)>,
-    counted_order: Recent<(TraceId, SpanId)>,
+    gateway: RecentKeys<String, SpanId>,
+    /// Spans already counted (a retried export sends them again).
+    counted: RecentKeys<(TraceId, SpanId), ()>,
 }
 
 fn int(a: &Attributes, key: &str) -> Option<u64> {
@@ -94,10 +69,8 @@ impl Calls {
         Self {
             pending: std::collections::BTreeMap::new(),
             pricing,
-            gateway: HashMap::new(),
-            gateway_order: Recent::new(REMEMBERED),
-            counted: HashSet::new(),
-            counted_order: Recent::new(REMEMBERED),
+            gateway: RecentKeys::new(REMEMBERED, u64::MAX, |_| 0),
+            counted: RecentKeys::new(REMEMBERED, u64::MAX, |_| 0),
         }
     }
 
@@ -142,12 +115,7 @@ impl Calls {
         let a = &mut span.attributes;
         if text(a, ORIGIN) == Some(GATEWAY) {
             if let Some(id) = text(a, RESPONSE_ID).filter(|id| id.len() <= MAX_ID) {
-                let id = id.to_string();
-                if self.gateway.insert(id.clone(), span.span_id).is_none()
-                    && let Some(old) = self.gateway_order.push(id)
-                {
-                    self.gateway.remove(&old);
-                }
+                self.gateway.insert(id.to_string(), span.span_id);
             }
             return;
         }
@@ -168,11 +136,8 @@ impl Calls {
             a.insert(COUNTED_BY.into(), gateway_span.to_string().into());
             return;
         }
-        if !self.counted.insert(key) {
+        if !self.counted.insert(key, ()) {
             return;
-        }
-        if let Some(old) = self.counted_order.push(key) {
-            self.counted.remove(&old);
         }
         let (input, output) = (input.unwrap_or(0), output.unwrap_or(0));
         let cached = int(a, USAGE_CACHE_READ_INPUT_TOKENS);
