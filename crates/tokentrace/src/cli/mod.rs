@@ -76,14 +76,9 @@ impl FilterArgs {
     /// The trace-list request these select (first page, default size).
     pub fn request(&self) -> Result<tokentrace_model::query::ListTracesRequest, CliError> {
         let now = Timestamp::now();
-        let time = |t: &Option<String>| -> Result<Option<String>, CliError> {
-            t.as_deref()
-                .map(|s| parse_time(s, now).map(Timestamp::to_iso))
-                .transpose()
-        };
         Ok(tokentrace_model::query::ListTracesRequest {
-            since: time(&self.since)?,
-            until: time(&self.until)?,
+            since: iso_time(self.since.as_deref(), now)?,
+            until: iso_time(self.until.as_deref(), now)?,
             service: self.service.clone(),
             model: self.model.clone(),
             errors_only: self.errors,
@@ -122,6 +117,12 @@ impl<E: std::fmt::Display> From<E> for CliError {
 
 /// Result of a subcommand.
 pub type CliResult = Result<(), CliError>;
+
+/// An optional time as typed ([`parse_time`]), as the ISO text the query routes take.
+pub fn iso_time(s: Option<&str>, now: Timestamp) -> Result<Option<String>, CliError> {
+    s.map(|s| parse_time(s, now).map(Timestamp::to_iso))
+        .transpose()
+}
 
 /// Parses a time given on the command line: an age (`30s`, `15m`, `1h`, `7d`, `2w`: that long
 /// before `now`), an ISO 8601 time, or unix seconds.

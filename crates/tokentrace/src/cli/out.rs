@@ -43,6 +43,12 @@ impl Term {
     }
 }
 
+/// A time as tables show it: local, `MM-DD HH:MM:SS`.
+pub fn local_time(t: tokentrace_model::Timestamp) -> String {
+    let local = t.to_datetime().with_timezone(&chrono::Local);
+    local.format("%m-%d %H:%M:%S").to_string()
+}
+
 /// Writes a line to stdout; a closed pipe (`| head`) ends the program quietly.
 pub fn line(s: &str) {
     let mut out = std::io::stdout().lock();

@@ -7,7 +7,7 @@ use tokentrace_model::query::SessionsRequest;
 use super::out::{self, Cell, Table};
 use super::source::Source;
 use super::usage::cost;
-use super::{CliResult, FormatArgs, SourceArgs, parse_time};
+use super::{CliResult, FormatArgs, SourceArgs, iso_time};
 
 /// Arguments of `tokentrace sessions`.
 #[derive(clap::Args, Debug)]
@@ -43,21 +43,12 @@ pub struct SessionsArgs {
     pub source: SourceArgs,
 }
 
-fn local(t: Timestamp) -> String {
-    let local = t.to_datetime().with_timezone(&chrono::Local);
-    local.format("%m-%d %H:%M:%S").to_string()
-}
-
 /// Runs `tokentrace sessions`.
 pub fn run(args: SessionsArgs) -> CliResult {
     let now = Timestamp::now();
     let req = SessionsRequest {
-        since: Some(parse_time(&args.since, now)?.to_iso()),
-        until: args
-            .until
-            .as_deref()
-            .map(|u| parse_time(u, now).map(Timestamp::to_iso))
-            .transpose()?,
+        since: iso_time(Some(&args.since), now)?,
+        until: iso_time(args.until.as_deref(), now)?,
         user: args.user,
         model: args.model,
         limit: Some(args.limit),
@@ -83,8 +74,8 @@ pub fn run(args: SessionsArgs) -> CliResult {
                 Cell::num(u.output_tokens.to_string()),
                 Cell::num(cost(u.cost_usd, u.unpriced_calls)),
                 Cell::new(u.users.join(",")),
-                Cell::new(local(u.first)),
-                Cell::new(local(u.last)),
+                Cell::new(out::local_time(u.first)),
+                Cell::new(out::local_time(u.last)),
             ]
         })
         .collect();

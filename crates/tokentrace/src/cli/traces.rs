@@ -63,8 +63,7 @@ pub fn table(traces: &[TraceSummary], csv: bool) -> Table {
             let time = if csv {
                 t.start_time.to_iso()
             } else {
-                let local = t.start_time.to_datetime().with_timezone(&chrono::Local);
-                local.format("%m-%d %H:%M:%S").to_string()
+                super::out::local_time(t.start_time)
             };
             let code = match t.status {
                 TraceStatus::Error => RED,

@@ -7,7 +7,7 @@ use tokentrace_pipeline::sinks::console::tree::duration;
 
 use super::out::{self, Cell, Table};
 use super::source::Source;
-use super::{CliResult, FormatArgs, SourceArgs, parse_time};
+use super::{CliResult, FormatArgs, SourceArgs, iso_time};
 
 /// What to group by, as typed.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -79,12 +79,8 @@ pub fn cost(usd: Option<f64>, unpriced: u64) -> String {
 pub fn run(args: UsageArgs) -> CliResult {
     let now = Timestamp::now();
     let req = UsageRequest {
-        since: Some(parse_time(&args.since, now)?.to_iso()),
-        until: args
-            .until
-            .as_deref()
-            .map(|u| parse_time(u, now).map(Timestamp::to_iso))
-            .transpose()?,
+        since: iso_time(Some(&args.since), now)?,
+        until: iso_time(args.until.as_deref(), now)?,
         by: match args.by {
             By::Model => UsageGroup::Model,
             By::Provider => UsageGroup::Provider,
