@@ -271,13 +271,7 @@ fn through_tokentrace(
         std::thread::sleep(Duration::from_millis(5));
     }
     let rate = total as f64 / started.elapsed().as_secs_f64();
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.id()))?;
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let rss_kib = common::status_kib(server.id(), "VmHWM:");
     terminate(&mut server)?;
     Ok((rate, rss_kib))
 }

@@ -128,16 +128,7 @@ fn trace_id(kind: u8, sender: usize, n: u64) -> [u8; 16] {
 }
 
 fn rss_mib(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0)
-        / 1024.0
+    common::status_kib(pid, field) as f64 / 1024.0
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

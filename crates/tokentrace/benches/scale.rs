@@ -36,7 +36,7 @@ use tokentrace_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span, Status}
 
 mod common;
 
-use common::{Error, free_port, kv, terminate, wait_listening};
+use common::{Error, free_port, kv, status_kib, terminate, wait_listening};
 
 #[derive(clap::Parser)]
 struct Args {
@@ -250,18 +250,6 @@ fn post(client: &reqwest::blocking::Client, url: &str, body: Vec<u8>) -> Result<
             s => return Err(format!("{url} answered {s}: {}", res.text()?).into()),
         }
     }
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn disk_bytes(db: &Path) -> u64 {

@@ -53,6 +53,19 @@ pub fn spawn_helper(args: &[&str], port: u16) -> Result<Child, Error> {
     Ok(child)
 }
 
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS:`, `VmHWM:`); 0 when unreadable.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// Stops a server with SIGTERM, as an operator would, and waits for it to exit.
 pub fn terminate(child: &mut Child) -> Result<(), Error> {
     Command::new("kill")
