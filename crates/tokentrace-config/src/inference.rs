@@ -286,7 +286,7 @@ pub(crate) fn build(
             ));
         }
         if let Some(p) = &m.pricing {
-            crate::pricing::check_model_price(p).map_err(|e| (key("pricing"), e))?;
+            p.check().map_err(|e| (key("pricing"), e))?;
         }
         out.push(Model {
             provider_model_id: nonempty(m.provider_model_id).unwrap_or_else(|| m.model_id.clone()),

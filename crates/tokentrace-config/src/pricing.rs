@@ -42,7 +42,8 @@ impl Price {
             / 1e6
     }
 
-    fn check(&self) -> Result<(), String> {
+    /// Every price a number of USD, 0 or more.
+    pub(crate) fn check(&self) -> Result<(), String> {
         for (name, v) in [
             ("input_per_million", Some(self.input_per_million)),
             ("output_per_million", Some(self.output_per_million)),
@@ -224,11 +225,6 @@ impl PriceTable {
         }
         ids.into_iter().find_map(|id| self.lookup(id))
     }
-}
-
-/// Checks `models[i].pricing`.
-pub(crate) fn check_model_price(p: &Price) -> Result<(), String> {
-    p.check()
 }
 
 #[cfg(test)]

@@ -299,11 +299,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_stalled_collector_bounds_the_queue_and_every_span_is_exported_or_counted_dropped() {
-        let release = Arc::new(AtomicBool::new(false));
-        let (url, received) = held_collector(release.clone());
-        let config = ExportConfig {
+    /// One attempt per batch, a minute's timeout: a held collector holds the exporter.
+    fn held_config(url: String) -> ExportConfig {
+        ExportConfig {
             url,
             headers: Vec::new(),
             gzip: false,
@@ -311,7 +309,14 @@ mod tests {
             resource_attributes: Vec::new(),
             max_attempts: 1,
             thread_nice: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn a_stalled_collector_bounds_the_queue_and_every_span_is_exported_or_counted_dropped() {
+        let release = Arc::new(AtomicBool::new(false));
+        let (url, received) = held_collector(release.clone());
+        let config = held_config(url);
         let mut sink = OtlpTraceSink::start(config, "svc").unwrap();
         let stats = sink.stats();
         // The first full batch goes out and hangs; the queue behind it fills and then refuses.
@@ -339,15 +344,7 @@ mod tests {
     fn large_spans_fill_the_queue_by_their_bytes() {
         let release = Arc::new(AtomicBool::new(false));
         let (url, received) = held_collector(release.clone());
-        let config = ExportConfig {
-            url,
-            headers: Vec::new(),
-            gzip: false,
-            timeout: Duration::from_secs(60),
-            resource_attributes: Vec::new(),
-            max_attempts: 1,
-            thread_nice: 0,
-        };
+        let config = held_config(url);
         let mut sink = OtlpTraceSink::start(config, "svc").unwrap();
         let stats = sink.stats();
         let mut big = span();
