@@ -51,6 +51,11 @@ pub struct ApiKey {
     pub sha256: [u8; 32],
     /// What it may do.
     pub scopes: Vec<Scope>,
+    /// The projects it reads, the first one the project it writes to (`default` when the
+    /// config names none).
+    pub projects: Vec<String>,
+    /// Attributes for `access_policy` conditions (`roles`, `teams`, …).
+    pub attributes: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// `provider_type: oauth2_token`: JWTs signed by an identity provider, verified against its
@@ -72,7 +77,7 @@ pub struct OAuth2Config {
     pub audience: Option<String>,
     /// Secret for HS256 tokens (`config.hs256_secret`); `None`: HS256 refused.
     pub hs256_secret: Option<String>,
-    /// Claim → what its values grant (`config.claims_mapping`): `scopes`.
+    /// Claim → what its values grant (`config.claims_mapping`): `scopes` or `projects`.
     pub claims_mapping: Vec<(String, ClaimTarget)>,
     /// Seconds of clock difference tolerated for `exp` and `nbf` (`config.leeway_seconds`).
     pub leeway_seconds: u64,
@@ -84,6 +89,25 @@ pub enum ClaimTarget {
     /// Scope names (`telemetry.read`, ...): a string of them separated by spaces or commas, or
     /// a list.
     Scopes,
+    /// Project names, in the same forms; the first is the project the token writes to.
+    Projects,
+    /// Values of an attribute for `access_policy` conditions: `roles`, `teams` or
+    /// `namespaces`, in the same forms.
+    Attribute(&'static str),
+}
+
+/// The attributes claims may be mapped to besides scopes and projects (Llama Stack's).
+pub const CLAIM_ATTRIBUTES: &[&str] = &["roles", "teams", "namespaces"];
+
+impl ClaimTarget {
+    /// The config name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClaimTarget::Scopes => "scopes",
+            ClaimTarget::Projects => "projects",
+            ClaimTarget::Attribute(a) => a,
+        }
+    }
 }
 
 /// The server's authentication, after validation.
@@ -95,6 +119,8 @@ pub struct AuthConfig {
     pub oauth2: Option<OAuth2Config>,
     /// `/metrics` without a credential.
     pub public_metrics: bool,
+    /// Who may use which model (`access_policy`); empty: everyone.
+    pub access_policy: Vec<crate::AccessRule>,
 }
 
 #[derive(Deserialize)]
@@ -104,7 +130,7 @@ pub(crate) struct RawAuth {
     #[serde(default)]
     config: Option<RawAuthProvider>,
     #[serde(default)]
-    access_policy: Option<Vec<serde_json::Value>>,
+    access_policy: Option<Vec<crate::policy::RawRule>>,
     #[serde(default)]
     public_metrics: bool,
 }
@@ -207,18 +233,18 @@ impl RawAuthProvider {
                 for (claim, target) in m {
                     match target.as_str() {
                         "scopes" => out.push((claim, ClaimTarget::Scopes)),
-                        "projects" => {
-                            return err(
-                                &format!("claims_mapping.{claim}"),
-                                "projects are not supported yet: map claims to scopes".into(),
-                            );
-                        }
-                        other => {
-                            return err(
-                                &format!("claims_mapping.{claim}"),
-                                format!("unknown target {other:?}; valid: scopes"),
-                            );
-                        }
+                        "projects" => out.push((claim, ClaimTarget::Projects)),
+                        other => match CLAIM_ATTRIBUTES.iter().find(|a| **a == other) {
+                            Some(a) => out.push((claim, ClaimTarget::Attribute(a))),
+                            None => {
+                                return err(
+                                    &format!("claims_mapping.{claim}"),
+                                    format!(
+                                        "unknown target {other:?}; valid: scopes, projects, roles, teams, namespaces"
+                                    ),
+                                );
+                            }
+                        },
                     }
                 }
                 out
@@ -247,6 +273,8 @@ struct RawKey {
     scopes: Vec<String>,
     #[serde(default)]
     projects: Vec<String>,
+    #[serde(default)]
+    attributes: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 fn hex32(s: &str) -> Option<[u8; 32]> {
@@ -270,11 +298,24 @@ impl RawAuth {
     /// Validates `server.auth`; errors name the key at fault.
     pub(crate) fn build(self) -> Result<AuthConfig, (String, String)> {
         let err = |key: &str, msg: String| Err((format!("server.auth.{key}"), msg));
-        if self.access_policy.as_ref().is_some_and(|p| !p.is_empty()) {
-            return err(
-                "access_policy",
-                "access policies are not supported yet: give each key (or token, by its claims) its scopes".into(),
-            );
+        let mut access_policy = Vec::new();
+        for (i, rule) in self
+            .access_policy
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            match rule.build() {
+                Ok(r) => access_policy.push(r),
+                Err((at, msg)) => {
+                    let at = if at.is_empty() {
+                        format!("access_policy[{i}]")
+                    } else {
+                        format!("access_policy[{i}].{at}")
+                    };
+                    return err(&at, msg);
+                }
+            }
         }
         match self.provider_type.as_str() {
             "api_key" => {}
@@ -290,6 +331,7 @@ impl RawAuth {
                     keys: Vec::new(),
                     oauth2: Some(config.oauth2()?),
                     public_metrics: self.public_metrics,
+                    access_policy,
                 });
             }
             "github_token" | "custom" => {
@@ -370,22 +412,41 @@ impl RawAuth {
                     }
                 }
             }
-            if !k.projects.is_empty() && k.projects != ["default"] {
-                return err(
-                    &format!("{at}.projects"),
-                    "projects are not supported yet: leave projects out (everything is the project default)".into(),
-                );
+            for p in &k.projects {
+                if let Err(msg) = tokentrace_model::validate_project(p) {
+                    return err(&format!("{at}.projects"), msg);
+                }
+            }
+            let mut projects: Vec<String> = Vec::new();
+            for p in k.projects {
+                if !projects.contains(&p) {
+                    projects.push(p);
+                }
+            }
+            if projects.is_empty() {
+                projects.push(tokentrace_model::DEFAULT_PROJECT.to_string());
+            }
+            for name in k.attributes.keys() {
+                if name.is_empty() || name.chars().any(char::is_whitespace) {
+                    return err(
+                        &format!("{at}.attributes"),
+                        format!("{name:?} is not an attribute name (one word)"),
+                    );
+                }
             }
             keys.push(ApiKey {
                 name: k.name,
                 sha256,
                 scopes,
+                projects,
+                attributes: k.attributes,
             });
         }
         Ok(AuthConfig {
             keys,
             oauth2: None,
             public_metrics: self.public_metrics,
+            access_policy,
         })
     }
 }

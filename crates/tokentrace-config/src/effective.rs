@@ -99,8 +99,8 @@ impl RunConfig {
                 }
                 writeln!(y, "      leeway_seconds: {}", o.leeway_seconds)?;
                 writeln!(y, "      claims_mapping:")?;
-                for (claim, _) in &o.claims_mapping {
-                    writeln!(y, "        {}: scopes", quote(claim))?;
+                for (claim, target) in &o.claims_mapping {
+                    writeln!(y, "        {}: {}", quote(claim), target.as_str())?;
                 }
             } else if let Some(auth) = &s.auth {
                 writeln!(y, "  auth:")?;
@@ -115,6 +115,41 @@ impl RunConfig {
                     // The key's hash, never the key: enough to use this output as a config.
                     writeln!(y, "        key: \"sha256:{hex}\"")?;
                     writeln!(y, "        scopes: [{}]", scopes.join(", "))?;
+                    let projects: Vec<String> = k.projects.iter().map(|p| quote(p)).collect();
+                    writeln!(y, "        projects: [{}]", projects.join(", "))?;
+                    if !k.attributes.is_empty() {
+                        writeln!(y, "        attributes:")?;
+                        for (name, values) in &k.attributes {
+                            let v: Vec<String> = values.iter().map(|v| quote(v)).collect();
+                            writeln!(y, "          {}: [{}]", quote(name), v.join(", "))?;
+                        }
+                    }
+                }
+            }
+            if let Some(auth) = &s.auth
+                && !auth.access_policy.is_empty()
+            {
+                writeln!(y, "    access_policy:")?;
+                for r in &auth.access_policy {
+                    let actions: Vec<&str> = r.actions.iter().map(|a| a.as_str()).collect();
+                    let mut scope = vec![format!("actions: [{}]", actions.join(", "))];
+                    if let Some(p) = &r.principal {
+                        scope.push(format!("principal: {}", quote(p)));
+                    }
+                    if let Some(res) = &r.resource {
+                        scope.push(format!("resource: {}", quote(res)));
+                    }
+                    let kind = if r.permit { "permit" } else { "forbid" };
+                    writeln!(y, "    - {kind}: {{{}}}", scope.join(", "))?;
+                    for (key, conds) in [("when", &r.when), ("unless", &r.unless)] {
+                        if !conds.is_empty() {
+                            let c: Vec<String> = conds.iter().map(|c| quote(&c.text())).collect();
+                            writeln!(y, "      {key}: [{}]", c.join(", "))?;
+                        }
+                    }
+                    if let Some(d) = &r.description {
+                        writeln!(y, "      description: {}", quote(d))?;
+                    }
                 }
             }
             writeln!(y, "providers:")?;
@@ -228,13 +263,18 @@ mod tests {
             "SECRET" => Some("a-shared-secret-of-at-least-32-bytes!".to_string()),
             _ => None,
         };
-        let yaml = "server:\n  auth:\n    provider_type: oauth2_token\n    config:\n      jwks:\n        uri: https://idp.example/jwks.json\n        key_recheck_period: 600\n      issuer: https://idp.example\n      audience: tokentrace\n      hs256_secret: ${env.SECRET}\n      claims_mapping:\n        groups: scopes\n";
+        let yaml = "server:\n  auth:\n    provider_type: oauth2_token\n    config:\n      jwks:\n        uri: https://idp.example/jwks.json\n        key_recheck_period: 600\n      issuer: https://idp.example\n      audience: tokentrace\n      hs256_secret: ${env.SECRET}\n      claims_mapping:\n        groups: scopes\n        tenant: projects\n        team: teams\n    access_policy:\n    - forbid: {actions: [read, create], resource: 'model::gpt-4o'}\n      unless: user with ml in teams\n      description: \"the big model: ml only\"\n    - permit: {principal: alice, actions: read}\n";
         let cfg = crate::load_from_str(yaml, "test", &env).unwrap();
         let o = cfg.server.auth.as_ref().unwrap().oauth2.as_ref().unwrap();
         assert_eq!(
             o.claims_mapping,
-            [("groups".to_string(), crate::ClaimTarget::Scopes)]
+            [
+                ("groups".to_string(), crate::ClaimTarget::Scopes),
+                ("team".to_string(), crate::ClaimTarget::Attribute("teams")),
+                ("tenant".to_string(), crate::ClaimTarget::Projects),
+            ]
         );
+        assert_eq!(cfg.server.auth.as_ref().unwrap().access_policy.len(), 2);
         let shown = cfg.effective_yaml();
         assert!(!shown.contains("at-least-32"), "{shown}");
         // A masked secret must be given again to use the output as a config.
@@ -256,8 +296,12 @@ mod tests {
                 "http",
             ),
             (
-                "    provider_type: oauth2_token\n    config:\n      jwks: {uri: https://x}\n      claims_mapping: {tenant: projects}\n",
-                "projects",
+                "    provider_type: oauth2_token\n    config:\n      jwks: {uri: https://x}\n      claims_mapping: {tenant: tenants}\n",
+                "unknown target",
+            ),
+            (
+                "    provider_type: oauth2_token\n    config:\n      jwks: {uri: https://x}\n    access_policy:\n    - permit: {actions: [fly]}\n",
+                "access_policy[0].permit.actions",
             ),
         ] {
             let e = crate::load_from_str(&format!("server:\n  auth:\n{bad}"), "t", &env)

@@ -11,6 +11,7 @@ mod build;
 mod deserialize;
 mod effective;
 mod inference;
+mod policy;
 mod pricing;
 mod redaction;
 mod substitute;
@@ -20,6 +21,7 @@ pub use auth::{
     key_digest,
 };
 pub use effective::MASK;
+pub use policy::{AccessRule, Action, Condition, User, is_allowed};
 pub use pricing::{EMBEDDED_PRICES_YAML, Price, PriceOrigin, PriceTable};
 pub use redaction::{BUILTIN_KINDS, RedactionConfig, RedactionMode, RedactionPattern};
 

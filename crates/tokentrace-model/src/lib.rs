@@ -4,6 +4,7 @@
 mod attributes;
 mod event;
 mod ids;
+mod project;
 pub mod query;
 mod span;
 mod time;
@@ -15,6 +16,10 @@ pub use event::{
     SpanStartPayload, SpanStatus, StructuredLogEvent, StructuredLogPayload, UnstructuredLogEvent,
 };
 pub use ids::{IdError, SpanId, TraceId};
+pub use project::{
+    DEFAULT_PROJECT, MAX_PROJECT_LEN, PROJECT_ATTRIBUTE, project_of, stamp_event, stamp_project,
+    stamp_span, validate_project,
+};
 pub use span::{
     MetricPoint, Span, SpanEvent, SpanEventBody, SpanKind, SpanLink, SpanRecord, SpanWithStatus,
     Trace,

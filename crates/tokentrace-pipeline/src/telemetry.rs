@@ -175,6 +175,22 @@ pub struct Batch {
     pub metrics: Vec<MetricPoint>,
 }
 
+impl Batch {
+    /// Puts everything in the batch in `project`: spans and their events, events, and metric
+    /// points (as their label); what the sender said of its project is replaced.
+    pub fn stamp_project(&mut self, project: &str) {
+        for s in &mut self.spans {
+            tokentrace_model::stamp_span(s, project);
+        }
+        for e in &mut self.events {
+            tokentrace_model::stamp_project(&mut e.attributes, project);
+        }
+        for m in &mut self.metrics {
+            tokentrace_model::stamp_project(&mut m.labels, project);
+        }
+    }
+}
+
 /// What travels through the queue to the pipeline thread.
 pub(crate) enum Msg {
     Batch(Box<Batch>),

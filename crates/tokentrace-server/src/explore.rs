@@ -15,6 +15,7 @@ use tokentrace_model::{Timestamp, TraceId};
 use tokentrace_otlp::from_model::{TraceExport, trace_request};
 
 use crate::extract::{ApiJson, ApiPath};
+use crate::guard::Access;
 use crate::query::with_reader;
 use crate::{ApiError, AppState};
 
@@ -33,28 +34,31 @@ pub fn routes() -> Router<AppState> {
 
 async fn list_traces(
     State(state): State<AppState>,
+    access: Access,
     ApiJson(req): ApiJson<ListTracesRequest>,
 ) -> Result<Json<TracePage>, ApiError> {
     let query = req.validate()?;
-    let page = with_reader(&state, move |r| Ok(r.list_traces(&query)?)).await?;
+    let page = with_reader(&state, &access, move |r| Ok(r.list_traces(&query)?)).await?;
     Ok(Json(page))
 }
 
 async fn span_feed(
     State(state): State<AppState>,
+    access: Access,
     ApiJson(req): ApiJson<SpanFeedRequest>,
 ) -> Result<Json<SpanFeed>, ApiError> {
     let query = req.validate()?;
-    let feed = with_reader(&state, move |r| Ok(r.spans_after(&query)?)).await?;
+    let feed = with_reader(&state, &access, move |r| Ok(r.spans_after(&query)?)).await?;
     Ok(Json(feed))
 }
 
 async fn export(
     State(state): State<AppState>,
+    access: Access,
     ApiJson(req): ApiJson<ListTracesRequest>,
 ) -> Result<Json<TraceExport>, ApiError> {
     let query = req.validate()?;
-    let page = with_reader(&state, move |r| Ok(r.export_traces(&query)?)).await?;
+    let page = with_reader(&state, &access, move |r| Ok(r.export_traces(&query)?)).await?;
     Ok(Json(TraceExport {
         otlp: trace_request(&page.spans),
         traces: page.traces as u64,
@@ -65,30 +69,33 @@ async fn export(
 
 async fn usage(
     State(state): State<AppState>,
+    access: Access,
     ApiJson(req): ApiJson<UsageRequest>,
 ) -> Result<Json<UsageAnswer>, ApiError> {
     let query = req.validate(Timestamp::now())?;
-    let answer = with_reader(&state, move |r| Ok(r.usage(&query)?)).await?;
+    let answer = with_reader(&state, &access, move |r| Ok(r.usage(&query)?)).await?;
     Ok(Json(answer))
 }
 
 async fn sessions(
     State(state): State<AppState>,
+    access: Access,
     ApiJson(req): ApiJson<SessionsRequest>,
 ) -> Result<Json<SessionsAnswer>, ApiError> {
     let query = req.validate(Timestamp::now())?;
-    let answer = with_reader(&state, move |r| Ok(r.sessions(&query)?)).await?;
+    let answer = with_reader(&state, &access, move |r| Ok(r.sessions(&query)?)).await?;
     Ok(Json(answer))
 }
 
 async fn trace_detail(
     State(state): State<AppState>,
+    access: Access,
     ApiPath(trace_id): ApiPath<String>,
 ) -> Result<Json<TraceDetail>, ApiError> {
     let id: TraceId = trace_id
         .parse()
         .map_err(|e| ApiError::bad_request(format!("trace_id: {e}")))?;
-    let (trace, spans) = with_reader(&state, move |r| {
+    let (trace, spans) = with_reader(&state, &access, move |r| {
         r.trace_records(id)?
             .ok_or_else(|| ApiError::not_found(format!("trace {id} not found")))
     })
@@ -99,15 +106,25 @@ async fn trace_detail(
     }))
 }
 
-async fn metric_names(State(state): State<AppState>) -> Result<Json<Vec<MetricName>>, ApiError> {
-    let names = with_reader(&state, |r| Ok(r.metric_names()?)).await?;
+async fn metric_names(
+    State(state): State<AppState>,
+    access: Access,
+) -> Result<Json<Vec<MetricName>>, ApiError> {
+    let names = with_reader(&state, &access, |r| Ok(r.metric_names()?)).await?;
     Ok(Json(names))
 }
 
 async fn sql(
     State(state): State<AppState>,
+    access: Access,
     ApiJson(req): ApiJson<SqlRequest>,
 ) -> Result<Json<SqlAnswer>, ApiError> {
-    let answer = with_reader(&state, move |r| Ok(r.read_sql(&req.sql)?)).await?;
+    if access.reads.is_some() {
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "read-only SQL reads every project: it needs a credential that sees them all (admin), sent without X-Tokentrace-Project",
+        ));
+    }
+    let answer = with_reader(&state, &access, move |r| Ok(r.read_sql(&req.sql)?)).await?;
     Ok(Json(answer))
 }

@@ -33,6 +33,8 @@ pub struct Guard {
     pub origins: Vec<String>,
     /// Served over TLS: the UI's cookie is `Secure`.
     pub tls: bool,
+    /// `server.auth.access_policy`.
+    pub policy: Arc<[tokentrace_config::AccessRule]>,
 }
 
 /// Whether `host` (a listen address or a host name) is reachable only from this machine.
@@ -79,6 +81,10 @@ impl Guard {
                 .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
                 .collect(),
             tls: server.tls.is_some(),
+            policy: server.auth.as_ref().map_or_else(
+                || Arc::from(Vec::new()),
+                |a| Arc::from(a.access_policy.clone()),
+            ),
         }
     }
 }
@@ -235,11 +241,140 @@ pub struct Principal {
     pub name: String,
     /// Its scopes.
     pub scopes: Vec<Scope>,
+    /// Its projects; the first is the one it writes to.
+    pub projects: Vec<String>,
+    /// Its attributes for `access_policy` conditions: `scopes` and `projects`, and what the
+    /// key's `attributes` or the token's mapped claims give.
+    pub attributes: std::collections::BTreeMap<String, Vec<String>>,
     /// A JWT (else an API key).
     pub token: bool,
 }
 
+/// The header choosing the project a request writes to (and narrowing what it reads to that
+/// project): one of the credential's projects, any for `admin` or without `server.auth`.
+pub const PROJECT_HEADER: &str = "x-tokentrace-project";
+
+/// What a request may reach: which projects it reads, which one it writes to, and which
+/// models it may call (`access_policy`). The guard puts it in the request's extensions, and
+/// handlers take it as an extractor (everything, written to `default`, when the guard did not
+/// run: without `server.auth`).
+#[derive(Clone, Debug)]
+pub struct Access {
+    /// The projects it reads; `None`: every project.
+    pub reads: Option<Arc<[String]>>,
+    /// The project what it sends is stored in.
+    pub writes: Arc<str>,
+    /// Who it is (`None`: no authentication, or an open route).
+    pub who: Option<Arc<Principal>>,
+    /// The rules `who` is held to.
+    pub policy: Arc<[tokentrace_config::AccessRule]>,
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Self {
+            reads: None,
+            writes: Arc::from(tokentrace_model::DEFAULT_PROJECT),
+            who: None,
+            policy: Arc::from(Vec::new()),
+        }
+    }
+}
+
+impl Access {
+    /// What `who` (`None`: no authentication) may read and where it writes, with the project
+    /// `chosen` in [`PROJECT_HEADER`]. `Err`: why not, safe to tell the caller.
+    pub fn of(who: Option<&Principal>, chosen: Option<&str>) -> Result<Self, String> {
+        let everything = who.is_none_or(|p| p.may_all_projects());
+        if let Some(c) = chosen {
+            tokentrace_model::validate_project(c)?;
+            if !everything && !who.is_some_and(|p| p.projects.iter().any(|p| p == c)) {
+                let shown = who.map(Principal::shown).unwrap_or_default();
+                return Err(format!("{shown} has no access to the project {c:?}"));
+            }
+            return Ok(Self {
+                reads: Some(Arc::from(vec![c.to_string()])),
+                writes: Arc::from(c),
+                ..Self::default()
+            });
+        }
+        match who {
+            Some(p) if !everything => Ok(Self {
+                reads: Some(Arc::from(p.projects.clone())),
+                writes: Arc::from(
+                    p.projects
+                        .first()
+                        .map_or(tokentrace_model::DEFAULT_PROJECT, String::as_str),
+                ),
+                ..Self::default()
+            }),
+            _ => Ok(Self::default()),
+        }
+    }
+
+    /// Whether it may do `action` on `resource` (`type::id`, e.g. `model::gpt-4o`) under the
+    /// access policy; always without authentication.
+    pub fn may(&self, action: tokentrace_config::Action, resource: &str) -> bool {
+        match &self.who {
+            None => true,
+            Some(p) => tokentrace_config::is_allowed(
+                &self.policy,
+                action,
+                resource,
+                &tokentrace_config::User {
+                    principal: &p.name,
+                    attributes: &p.attributes,
+                },
+            ),
+        }
+    }
+
+    /// Whether records of `project` are visible to it.
+    pub fn sees(&self, project: &str) -> bool {
+        self.reads
+            .as_ref()
+            .is_none_or(|r| r.iter().any(|p| p == project))
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Access {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<Access>()
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
 impl Principal {
+    /// A principal; its attributes get `scopes` and `projects` beside the given ones.
+    pub fn new(
+        name: String,
+        scopes: Vec<Scope>,
+        projects: Vec<String>,
+        mut attributes: std::collections::BTreeMap<String, Vec<String>>,
+        token: bool,
+    ) -> Self {
+        attributes.insert(
+            "scopes".into(),
+            scopes.iter().map(|s| s.as_str().to_string()).collect(),
+        );
+        attributes.insert("projects".into(), projects.clone());
+        Self {
+            name,
+            scopes,
+            projects,
+            attributes,
+            token,
+        }
+    }
+
     /// How messages name it: `the key "app"`, `the token of "alice"`.
     pub fn shown(&self) -> String {
         if self.token {
@@ -253,6 +388,11 @@ impl Principal {
     pub fn may(&self, scope: Scope) -> bool {
         self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin)
     }
+
+    /// Whether it reads every project (`admin`).
+    pub fn may_all_projects(&self) -> bool {
+        self.scopes.contains(&Scope::Admin)
+    }
 }
 
 impl Guard {
@@ -260,21 +400,23 @@ impl Guard {
     /// verifies. `Err`: why not, safe to tell the caller.
     pub fn authenticate(&self, token: &str) -> Result<Principal, String> {
         if let Some(jwt) = &self.jwt {
-            return jwt.verify(token).map(|v| Principal {
-                name: v.subject,
-                scopes: v.scopes,
-                token: true,
-            });
+            return jwt
+                .verify(token)
+                .map(|v| Principal::new(v.subject, v.scopes, v.projects, v.attributes, true));
         }
         let auth = self
             .auth
             .as_ref()
             .ok_or("no authentication is configured")?;
         find_key(auth, token)
-            .map(|k| Principal {
-                name: k.name.clone(),
-                scopes: k.scopes.clone(),
-                token: false,
+            .map(|k| {
+                Principal::new(
+                    k.name.clone(),
+                    k.scopes.clone(),
+                    k.projects.clone(),
+                    k.attributes.clone(),
+                    false,
+                )
             })
             .ok_or_else(|| "the API key is not valid".to_string())
     }
@@ -317,7 +459,7 @@ fn is_json(ct: &str) -> bool {
 }
 
 /// The middleware (see the module's text).
-pub async fn guard(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Response {
+pub async fn guard(State(g): State<Arc<Guard>>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     let fam = family(&path);
     let headers = req.headers();
@@ -365,7 +507,7 @@ pub async fn guard(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Res
                 h.insert(
                     header::ACCESS_CONTROL_ALLOW_HEADERS,
                     HeaderValue::from_static(
-                        "authorization, content-type, traceparent, tracestate",
+                        "authorization, content-type, traceparent, tracestate, x-tokentrace-project",
                     ),
                 );
                 h.insert(
@@ -401,6 +543,7 @@ pub async fn guard(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Res
             );
         }
     }
+    let mut principal = None;
     if let Some(auth) = &g.auth
         && let Need::Scope(scope) = need(&path, auth.public_metrics)
     {
@@ -435,6 +578,31 @@ pub async fn guard(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Res
                     who.shown(),
                     scope.as_str()
                 ),
+                headers,
+            );
+        }
+        principal = Some(who);
+    }
+    let chosen = headers
+        .get(PROJECT_HEADER)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}").trim().to_string());
+    // Without a principal (no server.auth, or an open route: health, the UI's shell, public
+    // metrics) nothing limits the projects.
+    let access = Access::of(principal.as_ref(), chosen.as_deref()).map(|a| Access {
+        policy: g.policy.clone(),
+        who: principal.map(Arc::new),
+        ..a
+    });
+    match access {
+        Ok(a) => {
+            req.extensions_mut().insert(a);
+        }
+        Err(why) => {
+            return refuse(
+                fam,
+                StatusCode::FORBIDDEN,
+                "project_not_allowed",
+                &why,
                 headers,
             );
         }

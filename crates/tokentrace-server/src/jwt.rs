@@ -26,6 +26,10 @@ pub struct Verified {
     pub subject: String,
     /// The scopes its mapped claims grant.
     pub scopes: Vec<Scope>,
+    /// The projects its mapped claims name (the first is written to).
+    pub projects: Vec<String>,
+    /// The attributes its claims mapped to `roles`, `teams`, `namespaces` give.
+    pub attributes: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Default)]
@@ -52,9 +56,15 @@ impl std::fmt::Debug for JwtVerifier {
     }
 }
 
-fn scopes_of(claims: &Map<String, Value>, mapping: &[(String, ClaimTarget)]) -> Vec<Scope> {
-    let mut out = Vec::new();
-    for (claim, ClaimTarget::Scopes) in mapping {
+/// The values of the claims mapped to `target`, in mapping order, each once: a claim may be a
+/// string of values separated by spaces or commas, or a list.
+fn claim_values(
+    claims: &Map<String, Value>,
+    mapping: &[(String, ClaimTarget)],
+    target: ClaimTarget,
+) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (claim, _) in mapping.iter().filter(|(_, t)| *t == target) {
         let values: Vec<&str> = match claims.get(claim) {
             Some(Value::String(s)) => s
                 .split(|c: char| c.is_whitespace() || c == ',')
@@ -64,12 +74,46 @@ fn scopes_of(claims: &Map<String, Value>, mapping: &[(String, ClaimTarget)]) -> 
             _ => Vec::new(),
         };
         for v in values {
-            if let Some(s) = Scope::parse(v)
-                && !out.contains(&s)
-            {
-                out.push(s);
+            if !out.iter().any(|o| o == v) {
+                out.push(v.to_string());
             }
         }
+    }
+    out
+}
+
+fn scopes_of(claims: &Map<String, Value>, mapping: &[(String, ClaimTarget)]) -> Vec<Scope> {
+    claim_values(claims, mapping, ClaimTarget::Scopes)
+        .iter()
+        .filter_map(|v| Scope::parse(v))
+        .collect()
+}
+
+/// The values of the claims mapped to attributes (`roles`, `teams`, `namespaces`), by attribute.
+fn attributes_of(
+    claims: &Map<String, Value>,
+    mapping: &[(String, ClaimTarget)],
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for (_, target) in mapping {
+        if let ClaimTarget::Attribute(a) = target
+            && !out.contains_key(*a)
+        {
+            out.insert(a.to_string(), claim_values(claims, mapping, *target));
+        }
+    }
+    out
+}
+
+/// The projects the mapped claims name (values that are no valid project name are left out),
+/// or the default project when they name none.
+fn projects_of(claims: &Map<String, Value>, mapping: &[(String, ClaimTarget)]) -> Vec<String> {
+    let mut out: Vec<String> = claim_values(claims, mapping, ClaimTarget::Projects)
+        .into_iter()
+        .filter(|p| tokentrace_model::validate_project(p).is_ok())
+        .collect();
+    if out.is_empty() {
+        out.push(tokentrace_model::DEFAULT_PROJECT.to_string());
     }
     out
 }
@@ -279,6 +323,8 @@ impl JwtVerifier {
         Ok(Verified {
             subject,
             scopes: scopes_of(&data.claims, &self.config.claims_mapping),
+            projects: projects_of(&data.claims, &self.config.claims_mapping),
+            attributes: attributes_of(&data.claims, &self.config.claims_mapping),
         })
     }
 }
@@ -308,5 +354,23 @@ mod tests {
             [Scope::TelemetryRead, Scope::Inference, Scope::Admin]
         );
         assert!(scopes_of(claims, &map(&["missing"])).is_empty());
+    }
+
+    #[test]
+    fn projects_come_from_their_claims_and_default_without() {
+        let claims = json!({"tenant": "alpha, beta", "teams": ["beta", "not valid", "gamma"]});
+        let claims = claims.as_object().unwrap();
+        let map = vec![
+            ("tenant".to_string(), ClaimTarget::Projects),
+            ("teams".to_string(), ClaimTarget::Projects),
+        ];
+        assert_eq!(projects_of(claims, &map), ["alpha", "beta", "gamma"]);
+        assert_eq!(projects_of(claims, &[]), ["default"]);
+        let with_teams = [("teams".to_string(), ClaimTarget::Attribute("teams"))];
+        assert_eq!(
+            attributes_of(claims, &with_teams)["teams"],
+            ["beta", "not valid", "gamma"]
+        );
+        assert!(scopes_of(claims, &map).is_empty());
     }
 }

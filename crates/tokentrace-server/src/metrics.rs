@@ -12,9 +12,15 @@ use tokentrace_pipeline::sinks::prometheus::{Format, Sample};
 
 use crate::AppState;
 
-pub(crate) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+pub(crate) async fn metrics(
+    State(state): State<AppState>,
+    access: crate::guard::Access,
+    headers: HeaderMap,
+) -> Response {
     let format = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
-    let body = state.metrics.render(format, &live_samples(&state));
+    let body = state
+        .metrics
+        .render(format, &live_samples(&state), access.reads.as_deref());
     ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
 }
 

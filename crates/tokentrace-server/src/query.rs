@@ -18,6 +18,7 @@ use tokentrace_model::{Span, SpanId, SpanWithStatus, Timestamp, Trace, TraceId};
 use tokentrace_store::{MetricQuery, StoreReader, StoreWriter};
 
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::guard::Access;
 use crate::{ApiError, AppState};
 
 /// The query routes, relative to a prefix such as `/v1/telemetry`.
@@ -58,11 +59,14 @@ async fn off_runtime<H: Send + 'static, T: Send + 'static>(
         .map_err(|e| ApiError::internal(what, &e))?
 }
 
+/// Runs `f` off the async runtime on a reader that sees only the projects `access` reads.
 pub(crate) async fn with_reader<T: Send + 'static>(
     state: &AppState,
+    access: &Access,
     f: impl FnOnce(&StoreReader) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    off_runtime(state.reader()?.clone(), "trace store query", f).await
+    let reader = state.reader()?.for_projects(access.reads.clone());
+    off_runtime(reader, "trace store query", f).await
 }
 
 async fn with_writer<T: Send + 'static>(
@@ -74,19 +78,21 @@ async fn with_writer<T: Send + 'static>(
 
 async fn query_traces(
     State(state): State<AppState>,
+    access: Access,
     ApiJson(req): ApiJson<QueryTracesRequest>,
 ) -> Result<Json<Data<Vec<Trace>>>, ApiError> {
     let query = req.validate()?;
-    let data = with_reader(&state, move |r| Ok(r.query_traces(&query)?)).await?;
+    let data = with_reader(&state, &access, move |r| Ok(r.query_traces(&query)?)).await?;
     Ok(Json(Data { data }))
 }
 
 async fn get_trace(
     State(state): State<AppState>,
+    access: Access,
     ApiPath(trace_id): ApiPath<String>,
 ) -> Result<Json<Trace>, ApiError> {
     let id = parse_trace_id(&trace_id)?;
-    with_reader(&state, move |r| {
+    with_reader(&state, &access, move |r| {
         r.get_trace(id)?
             .ok_or_else(|| ApiError::not_found(format!("trace {id} not found")))
     })
@@ -96,10 +102,11 @@ async fn get_trace(
 
 async fn get_span(
     State(state): State<AppState>,
+    access: Access,
     ApiPath((trace_id, span_id)): ApiPath<(String, String)>,
 ) -> Result<Json<Span>, ApiError> {
     let (t, s) = (parse_trace_id(&trace_id)?, parse_span_id(&span_id)?);
-    with_reader(&state, move |r| {
+    with_reader(&state, &access, move |r| {
         r.get_span(t, s)?
             .ok_or_else(|| ApiError::not_found(format!("span {s} not found in trace {t}")))
     })
@@ -109,6 +116,7 @@ async fn get_span(
 
 async fn get_span_tree(
     State(state): State<AppState>,
+    access: Access,
     ApiPath(span_id): ApiPath<String>,
     ApiJson(req): ApiJson<GetSpanTreeRequest>,
 ) -> Result<Json<Data<BTreeMap<String, SpanWithStatus>>>, ApiError> {
@@ -118,7 +126,7 @@ async fn get_span_tree(
         validate_keys(k)?;
     }
     let depth = validate_max_depth(req.max_depth)?;
-    let data = with_reader(&state, move |r| {
+    let data = with_reader(&state, &access, move |r| {
         r.get_span_tree(id, keys.as_deref(), depth)?
             .ok_or_else(|| ApiError::not_found(format!("span {id} not found")))
     })
@@ -128,18 +136,23 @@ async fn get_span_tree(
 
 async fn query_spans(
     State(state): State<AppState>,
+    access: Access,
     ApiJson(req): ApiJson<QuerySpansRequest>,
 ) -> Result<Json<Data<Vec<Span>>>, ApiError> {
     let filters = validate_filters(&req.attribute_filters)?;
     validate_keys(&req.attributes_to_return)?;
     let depth = validate_max_depth(req.max_depth)?;
     let keys = req.attributes_to_return;
-    let data = with_reader(&state, move |r| Ok(r.query_spans(&filters, &keys, depth)?)).await?;
+    let data = with_reader(&state, &access, move |r| {
+        Ok(r.query_spans(&filters, &keys, depth)?)
+    })
+    .await?;
     Ok(Json(Data { data }))
 }
 
 async fn save_spans_to_dataset(
     State(state): State<AppState>,
+    access: Access,
     ApiJson(req): ApiJson<SaveSpansToDatasetRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let filters = validate_filters(&req.attribute_filters)?;
@@ -149,14 +162,18 @@ async fn save_spans_to_dataset(
     let keys = req.attributes_to_save;
     let spans = {
         let keys = keys.clone();
-        with_reader(&state, move |r| Ok(r.query_spans(&filters, &keys, depth)?)).await?
+        with_reader(&state, &access, move |r| {
+            Ok(r.query_spans(&filters, &keys, depth)?)
+        })
+        .await?
     };
     let rows: Vec<Map<String, Value>> = spans.into_iter().map(|s| dataset_row(s, &keys)).collect();
     let dataset_id = req.dataset_id;
+    let project = access.writes.clone();
     let ttl = i64::try_from(state.settings.dataset_ttl.as_nanos()).unwrap_or(i64::MAX);
     let expires_at = Timestamp::from_unix_nanos(Timestamp::now().unix_nanos().saturating_add(ttl));
     with_writer(&state, move |w| {
-        Ok(w.append_dataset_rows(&dataset_id, rows, Some(expires_at))?)
+        Ok(w.append_dataset_rows(&dataset_id, &project, rows, Some(expires_at))?)
     })
     .await?;
     Ok(Json(Value::Null))
@@ -189,6 +206,7 @@ fn dataset_row(span: Span, keys: &[String]) -> Map<String, Value> {
 
 async fn query_metrics(
     State(state): State<AppState>,
+    access: Access,
     ApiPath(metric_name): ApiPath<String>,
     ApiJson(req): ApiJson<QueryMetricsRequest>,
 ) -> Result<Json<Data<Vec<MetricSeries>>>, ApiError> {
@@ -201,7 +219,10 @@ async fn query_metrics(
         ));
     }
     let query = MetricQuery::from_request(&req, Timestamp::now())?;
-    let data = with_reader(&state, move |r| Ok(r.query_metrics(&metric_name, &query)?)).await?;
+    let data = with_reader(&state, &access, move |r| {
+        Ok(r.query_metrics(&metric_name, &query)?)
+    })
+    .await?;
     Ok(Json(Data { data }))
 }
 
@@ -213,6 +234,7 @@ struct IterrowsParams {
 
 async fn iterrows(
     State(state): State<AppState>,
+    access: Access,
     ApiPath(dataset_id): ApiPath<String>,
     ApiQuery(params): ApiQuery<IterrowsParams>,
 ) -> Result<Json<Value>, ApiError> {
@@ -233,7 +255,7 @@ async fn iterrows(
             )));
         }
     };
-    let (rows, has_more) = with_reader(&state, move |r| {
+    let (rows, has_more) = with_reader(&state, &access, move |r| {
         r.iterrows(&dataset_id, start as u64, limit)?
             .ok_or_else(|| ApiError::not_found(format!("dataset {dataset_id} not found")))
     })

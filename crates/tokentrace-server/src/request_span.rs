@@ -26,6 +26,8 @@ pub struct RequestContext {
     pub trace_id: TraceId,
     /// The request's root span.
     pub span_id: SpanId,
+    /// The project its telemetry is stored in.
+    pub project: Arc<str>,
     /// Events to record inside the request span when it ends (token metrics); `None` when no
     /// request span will be recorded.
     events: Option<Arc<Mutex<Vec<SpanEvent>>>>,
@@ -37,6 +39,7 @@ impl RequestContext {
         Self {
             trace_id: TraceId::random(),
             span_id: SpanId::random(),
+            project: Arc::from(tokentrace_model::DEFAULT_PROJECT),
             events: None,
         }
     }
@@ -122,9 +125,14 @@ pub async fn trace_requests(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| TraceParent::parse(v).ok());
     let events = Arc::new(Mutex::new(Vec::new()));
+    let project = req.extensions().get::<crate::guard::Access>().map_or_else(
+        || Arc::from(tokentrace_model::DEFAULT_PROJECT),
+        |a| a.writes.clone(),
+    );
     let ctx = RequestContext {
         trace_id: remote.map_or_else(TraceId::random, |p| p.trace_id),
         span_id: SpanId::random(),
+        project: project.clone(),
         events: Some(events.clone()),
     };
     let method = req.method().as_str().to_string();
@@ -144,6 +152,7 @@ pub async fn trace_requests(
     header_attr(&req, "x-telemetry-service", &mut attributes);
     header_attr(&req, "x-telemetry-version", &mut attributes);
     header_attr(&req, "user-agent", &mut attributes);
+    tokentrace_model::stamp_project(&mut attributes, &project);
     let (trace_id, span_id) = (ctx.trace_id, ctx.span_id);
     req.extensions_mut().insert(ctx);
 

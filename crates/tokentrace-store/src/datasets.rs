@@ -14,14 +14,35 @@ pub type DatasetRow = Map<String, Value>;
 pub(crate) fn append_rows(
     conn: &mut Connection,
     dataset_id: &str,
+    project: &str,
     rows: Vec<Map<String, Value>>,
     expires_at: Option<i64>,
 ) -> Result<u64, StoreError> {
     let tx = conn.transaction()?;
+    tx.execute(
+        "INSERT INTO projects (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
+        [project],
+    )?;
+    let project: i64 = tx.query_row("SELECT id FROM projects WHERE name = ?1", [project], |r| {
+        r.get(0)
+    })?;
     let created = tx.execute(
-        "INSERT OR IGNORE INTO datasets (dataset_id, created_at) VALUES (?1, ?2)",
-        params![dataset_id, Timestamp::now().to_sql()],
+        "INSERT OR IGNORE INTO datasets (dataset_id, created_at, project) VALUES (?1, ?2, ?3)",
+        params![dataset_id, Timestamp::now().to_sql(), project],
     )? == 1;
+    if !created {
+        let owner: i64 = tx.query_row(
+            "SELECT project FROM datasets WHERE dataset_id = ?1",
+            [dataset_id],
+            |r| r.get(0),
+        )?;
+        if owner != project {
+            // Said without naming the other project.
+            return Err(StoreError::BadQuery(format!(
+                "the dataset id {dataset_id:?} is taken by another project's dataset: choose another dataset_id"
+            )));
+        }
+    }
     if created {
         // Rows an expired dataset of the same id left while retention deleted it.
         tx.execute(
@@ -102,9 +123,14 @@ impl StoreReader {
         limit: Option<u64>,
     ) -> Result<Option<(Vec<DatasetRow>, bool)>, StoreError> {
         let conn = self.conn()?;
+        let mut params = vec![rusqlite::types::Value::Text(dataset_id.to_string())];
+        params.extend(self.scope_param());
         let Some(count) = conn
-            .prepare_cached("SELECT row_count FROM datasets WHERE dataset_id = ?1")?
-            .query_row([dataset_id], |r| r.get::<_, i64>(0))
+            .prepare_cached(&format!(
+                "SELECT row_count FROM datasets WHERE dataset_id = ?1{}",
+                self.scope_sql("project", "?2")
+            ))?
+            .query_row(rusqlite::params_from_iter(params), |r| r.get::<_, i64>(0))
             .optional()?
         else {
             return Ok(None);

@@ -98,9 +98,14 @@ impl StoreReader {
             return Ok(None);
         };
         let conn = self.conn()?;
+        let mut params = vec![rusqlite::types::Value::Blob(id.to_bytes().to_vec())];
+        params.extend(self.scope_param());
         let key: Option<i64> = conn
-            .prepare_cached(&trace_key_sql())?
-            .query_row([id.to_bytes().to_vec()], |r| r.get(0))
+            .prepare_cached(&format!(
+                "{} ORDER BY t.id LIMIT 1",
+                trace_key_sql(&self.scope_sql("t.project", "?2"))
+            ))?
+            .query_row(rusqlite::params_from_iter(params), |r| r.get(0))
             .optional()?;
         let spans = match key {
             Some(k) => trace_spans(&conn, k)?,

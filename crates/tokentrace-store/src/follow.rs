@@ -41,6 +41,7 @@ impl StoreReader {
             let cond = filter_sql(&q.filters, &mut params);
             sql.push_str(&format!(" AND {cond}"));
         }
+        sql.push_str(&self.scope_push("t.project", &mut params));
         let limit = q.limit.clamp(1, self.max_answer);
         sql.push_str(" ORDER BY s.id LIMIT ?");
         params.push(SqlValue::Integer(limit as i64));

@@ -361,17 +361,20 @@ impl StoreWriter {
         self.call(Cmd::Flush)
     }
 
-    /// Appends rows to a dataset (created on first use); returns its row count after. The
-    /// dataset is kept until `expires_at` (the latest given to any append; none: forever), then
-    /// retention deletes it whole.
+    /// Appends rows to a dataset of `project` (created on first use); returns its row count
+    /// after. A dataset id another project's dataset has is refused ([`StoreError::BadQuery`]).
+    /// The dataset is kept until `expires_at` (the latest given to any append; none: forever),
+    /// then retention deletes it whole.
     pub fn append_dataset_rows(
         &self,
         dataset_id: &str,
+        project: &str,
         rows: Vec<Map<String, Value>>,
         expires_at: Option<Timestamp>,
     ) -> Result<u64, StoreError> {
         self.call(|reply| Cmd::AppendRows {
             dataset_id: dataset_id.to_string(),
+            project: project.to_string(),
             rows,
             expires_at: expires_at.map(Timestamp::unix_nanos),
             reply,

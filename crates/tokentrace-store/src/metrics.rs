@@ -13,6 +13,7 @@ use tokentrace_model::query::{
 
 use crate::reader::attributes;
 use crate::{StoreError, StoreReader};
+use tokentrace_model::{DEFAULT_PROJECT, PROJECT_ATTRIBUTE};
 
 /// A metric series' labels, sorted by name.
 type LabelSet = Vec<(String, String)>;
@@ -159,6 +160,18 @@ fn label_set(labels: &str) -> Result<LabelSet, StoreError> {
 const MINUTE_NANOS: i64 = 60_000_000_000;
 
 impl StoreReader {
+    /// Whether a series of these labels is of a project this reader sees (its project is the
+    /// label [`PROJECT_ATTRIBUTE`], absent for `default`).
+    fn sees_series(&self, labels: &LabelSet) -> bool {
+        let project = labels
+            .iter()
+            .find(|(k, _)| k == PROJECT_ATTRIBUTE)
+            .map_or(DEFAULT_PROJECT, |(_, v)| v.as_str());
+        self.sees(project)
+    }
+}
+
+impl StoreReader {
     /// Metric series of `name` per distinct label set. Whole minutes of the window are read
     /// from the per-minute rollups of the series whose labels match (a few rows per series and
     /// minute, whatever the number of points); the partial minutes at its edges, or a window
@@ -191,7 +204,7 @@ impl StoreReader {
                 })? {
                     let (id, unit, labels) = row?;
                     let labels = label_set(&labels)?;
-                    if q.matches(&labels) {
+                    if q.matches(&labels) && self.sees_series(&labels) {
                         matching.push((id, unit, labels));
                     }
                 }
@@ -234,7 +247,7 @@ impl StoreReader {
             for row in rows {
                 let (ts_nanos, value, unit, labels) = row?;
                 let labels = label_set(&labels)?;
-                if q.matches(&labels) {
+                if q.matches(&labels) && self.sees_series(&labels) {
                     add(labels, &unit, q.bucket(ts_nanos), value);
                 }
             }
@@ -264,11 +277,17 @@ impl StoreReader {
     /// The metrics the store holds, by name and unit, with their number of series.
     pub fn metric_names(&self) -> Result<Vec<MetricName>, StoreError> {
         let conn = self.conn()?;
+        let scope = match self.scope_param() {
+            Some(_) => format!(
+                " WHERE COALESCE(json_extract(labels, '$.\"{PROJECT_ATTRIBUTE}\"'), '{DEFAULT_PROJECT}') IN (SELECT value FROM json_each(?1))"
+            ),
+            None => String::new(),
+        };
         let names = conn
-            .prepare_cached(
-                "SELECT name, unit, count(*) FROM metric_series GROUP BY name, unit ORDER BY name, unit",
-            )?
-            .query_map([], |r| {
+            .prepare_cached(&format!(
+                "SELECT name, unit, count(*) FROM metric_series{scope} GROUP BY name, unit ORDER BY name, unit"
+            ))?
+            .query_map(rusqlite::params_from_iter(self.scope_param()), |r| {
                 Ok(MetricName {
                     name: r.get(0)?,
                     unit: r.get(1)?,

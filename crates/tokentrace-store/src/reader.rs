@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params, params_from_iter};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params_from_iter};
 use serde_json::Value;
 use tokentrace_model::query::{
     Filter, FilterTarget, QueryConditionOp, SpanField, TraceOrderField, TraceQuery,
@@ -76,6 +76,8 @@ pub struct StoreReader {
     pub(crate) indexed: Arc<IndexedKeys>,
     /// Most rows one answer may hold.
     pub(crate) max_answer: usize,
+    /// The projects it reads; `None`: every project.
+    projects: Option<Arc<[String]>>,
 }
 
 /// A connection borrowed from the pool, returned when dropped.
@@ -122,10 +124,11 @@ pub(crate) fn span_id(b: [u8; 8]) -> Result<SpanId, StoreError> {
     SpanId::from_bytes(b).ok_or_else(|| corrupt("span id"))
 }
 
-/// The trace key of a trace id, as SQL: `?1` is the id as a blob.
-pub(crate) fn trace_key_sql() -> String {
+/// The trace keys of a trace id (one per project that sent it), as SQL: `?1` is the id as a
+/// blob; `scope` limits the projects (see [`StoreReader::scope_sql`]).
+pub(crate) fn trace_key_sql(scope: &str) -> String {
     format!(
-        "SELECT t.id FROM trace_rows t WHERE t.id IN ({}) AND t.trace_id = ?1",
+        "SELECT t.id FROM trace_rows t WHERE t.id IN ({}) AND t.trace_id = ?1{scope}",
         targets_of(KIND_TRACE, "?1")
     )
 }
@@ -381,7 +384,54 @@ impl StoreReader {
                 epoch: Instant::now(),
             }),
             indexed,
+            projects: None,
         }
+    }
+
+    /// The same reader, seeing only the traces, spans, events, metric series and datasets of
+    /// `projects` (`None`: every project) in every query.
+    pub fn for_projects(&self, projects: Option<Arc<[String]>>) -> StoreReader {
+        StoreReader {
+            projects,
+            ..self.clone()
+        }
+    }
+
+    /// Whether it reads every project.
+    pub fn reads_every_project(&self) -> bool {
+        self.projects.is_none()
+    }
+
+    /// Whether it sees records of `project`.
+    pub(crate) fn sees(&self, project: &str) -> bool {
+        self.projects
+            .as_ref()
+            .is_none_or(|p| p.iter().any(|n| n == project))
+    }
+
+    /// The condition that the project id `project` (an SQL expression, e.g. `t.project`) is
+    /// one this reader sees, as ` AND …` with its one parameter `param` (`?` or `?N`); empty
+    /// when it sees every project. The names are bound as one JSON array, never spliced.
+    pub(crate) fn scope_sql(&self, project: &str, param: &str) -> String {
+        match &self.projects {
+            None => String::new(),
+            Some(_) => format!(
+                " AND {project} IN (SELECT p.id FROM projects p WHERE p.name IN (SELECT value FROM json_each({param})))"
+            ),
+        }
+    }
+
+    /// The parameter of [`StoreReader::scope_sql`], if it has one.
+    pub(crate) fn scope_param(&self) -> Option<SqlValue> {
+        self.projects
+            .as_ref()
+            .map(|p| SqlValue::Text(serde_json::Value::from(p.to_vec()).to_string()))
+    }
+
+    /// [`StoreReader::scope_sql`] with a positional parameter, pushed onto `params`.
+    pub(crate) fn scope_push(&self, project: &str, params: &mut Vec<SqlValue>) -> String {
+        params.extend(self.scope_param());
+        self.scope_sql(project, "?")
     }
 
     /// Opens an existing store for reading only (the CLI): nothing in the file is changed,
@@ -471,6 +521,7 @@ impl StoreReader {
         let mut sql = String::from(
             "SELECT t.trace_id, t.root_span_id, t.start_ns, t.end_ns FROM trace_rows t WHERE t.start_ns IS NOT NULL",
         );
+        sql.push_str(&self.scope_push("t.project", &mut params));
         if !q.filters.is_empty() {
             // An indexed filter narrows the traces first; every filter is then checked on spans.
             if let Some(candidates) = self.indexed.candidates(&q.filters, &mut params) {
@@ -515,12 +566,14 @@ impl StoreReader {
         let conn = self.conn()?;
         let sql = format!(
             "SELECT t.trace_id, t.root_span_id, t.start_ns, t.end_ns FROM trace_rows t
-             WHERE t.id IN ({}) AND t.start_ns IS NOT NULL",
-            trace_key_sql()
+             WHERE t.id IN ({}) AND t.start_ns IS NOT NULL ORDER BY t.id LIMIT 1",
+            trace_key_sql(&self.scope_sql("t.project", "?2"))
         );
+        let mut params = vec![SqlValue::Blob(id.to_bytes().to_vec())];
+        params.extend(self.scope_param());
         let row = conn
             .prepare_cached(&sql)?
-            .query_row([id.to_bytes().to_vec()], read_trace)
+            .query_row(params_from_iter(params), read_trace)
             .optional()?;
         row.transpose()
     }
@@ -528,15 +581,17 @@ impl StoreReader {
     /// One span.
     pub fn get_span(&self, trace: TraceId, span: SpanId) -> Result<Option<Span>, StoreError> {
         let conn = self.conn()?;
+        let mut params = vec![
+            SqlValue::Blob(trace.to_bytes().to_vec()),
+            SqlValue::Blob(span.to_bytes().to_vec()),
+        ];
+        params.extend(self.scope_param());
         let row = conn
             .prepare_cached(&format!(
-                "SELECT {SPAN_COLUMNS} FROM {SPANS_WITH_TRACE} WHERE s.trace IN ({}) AND s.span_id = ?2",
-                trace_key_sql()
+                "SELECT {SPAN_COLUMNS} FROM {SPANS_WITH_TRACE} WHERE s.trace IN ({}) AND s.span_id = ?2 ORDER BY s.trace LIMIT 1",
+                trace_key_sql(&self.scope_sql("t.project", "?3"))
             ))?
-            .query_row(
-                params![trace.to_bytes().to_vec(), span.to_bytes().to_vec()],
-                SpanRow::read,
-            )
+            .query_row(params_from_iter(params), SpanRow::read)
             .optional()?;
         row.map(|r| r.into_span(None)).transpose()
     }
@@ -550,10 +605,14 @@ impl StoreReader {
         let conn = self.conn()?;
         let mut st = conn.prepare_cached(&format!(
             "SELECT {EVENT_COLUMNS} FROM event_rows WHERE trace IN ({}) AND span_id = ?2 ORDER BY ts_ns, id",
-            trace_key_sql()
+            trace_key_sql(&self.scope_sql("t.project", "?3"))
         ))?;
-        let ids = params![trace_id.to_bytes().to_vec(), span_id.to_bytes().to_vec()];
-        let rows = st.query_map(ids, read_event)?;
+        let mut ids = vec![
+            SqlValue::Blob(trace_id.to_bytes().to_vec()),
+            SqlValue::Blob(span_id.to_bytes().to_vec()),
+        ];
+        ids.extend(self.scope_param());
+        let rows = st.query_map(params_from_iter(ids), read_event)?;
         rows.map(|r| r?).collect()
     }
 

@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS attribute_index (
 CREATE INDEX IF NOT EXISTS attribute_index_expires_at ON attribute_index (expires_at);
 "#;
 
-/// The current schema (version 4), created in a new file after [`V2`] (metric series, rollups
+/// The current schema (version 5), created in a new file after [`V2`] (metric series, rollups
 /// and migration progress, unchanged since).
 ///
 /// Rows live in rowid tables whose keys grow with arrival (`trace_rows.id`, `span_rows.id`,
@@ -62,6 +62,11 @@ CREATE INDEX IF NOT EXISTS attribute_index_expires_at ON attribute_index (expire
 /// trace row is created when its id is first seen, from an event too; until a span comes it
 /// has no start and is no trace for queries and views. The views `traces`, `spans`
 /// and `span_events` give the tables of earlier versions back, with hex ids and text times.
+///
+/// A trace belongs to one project (`trace_rows.project`, an id of `projects`; 0 is `default`):
+/// the same trace id sent by two projects is two trace rows, each project's spans and events
+/// under its own, so a trace never mixes projects and a read limited to some projects only
+/// ever joins their trace rows. Metric points carry their project as a label.
 const CURRENT: &str = r#"
 CREATE TABLE IF NOT EXISTS trace_rows (
     id                INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -71,9 +76,17 @@ CREATE TABLE IF NOT EXISTS trace_rows (
     root_is_true_root INTEGER NOT NULL DEFAULT 0,
     start_ns          INTEGER,
     end_ns            INTEGER,
-    expires_at        INTEGER
+    expires_at        INTEGER,
+    project           INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS trace_rows_start ON trace_rows (start_ns);
+CREATE INDEX IF NOT EXISTS trace_rows_project_start ON trace_rows (project, start_ns);
+
+CREATE TABLE IF NOT EXISTS projects (
+    id   INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE
+);
+INSERT OR IGNORE INTO projects (id, name) VALUES (0, 'default');
 CREATE INDEX IF NOT EXISTS trace_rows_expires_at ON trace_rows (expires_at);
 
 CREATE TABLE IF NOT EXISTS span_rows (
@@ -132,7 +145,8 @@ CREATE INDEX IF NOT EXISTS metrics_expires_at ON metrics (expires_at);
 CREATE TABLE IF NOT EXISTS datasets (
     dataset_id TEXT PRIMARY KEY,
     created_at TEXT NOT NULL,
-    row_count  INTEGER NOT NULL DEFAULT 0
+    row_count  INTEGER NOT NULL DEFAULT 0,
+    project    INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS dataset_rows (
     dataset_id TEXT NOT NULL,
@@ -191,7 +205,8 @@ SELECT lower(hex(t.trace_id)) AS trace_id,
        strftime('%Y-%m-%d %H:%M:%S', t.start_ns / 1000000000, 'unixepoch') || printf('.%09d', t.start_ns % 1000000000) AS start_time,
        strftime('%Y-%m-%d %H:%M:%S', t.end_ns / 1000000000, 'unixepoch') || printf('.%09d', t.end_ns % 1000000000) AS end_time,
        strftime('%Y-%m-%d %H:%M:%S', t.start_ns / 1000000000, 'unixepoch') || printf('.%09d', t.start_ns % 1000000000) AS timestamp,
-       t.expires_at
+       t.expires_at,
+       (SELECT p.name FROM projects p WHERE p.id = t.project) AS project
 FROM trace_rows t WHERE t.start_ns IS NOT NULL;
 
 -- Trace rows first (CROSS JOIN keeps that order): a filter on the hex trace id then reads the
@@ -230,7 +245,7 @@ FROM event_rows e;
 "#;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The schema version of a file (0 for a new one). Reading it does not modify the file.
 pub fn version(conn: &Connection) -> Result<i64, StoreError> {
@@ -245,6 +260,29 @@ pub fn check_version(conn: &Connection) -> Result<(), StoreError> {
             "the store has schema version {current}, newer than this tokentrace understands ({SCHEMA_VERSION}); it was left untouched: use a newer tokentrace, or another sqlite_db_path"
         )));
     }
+    Ok(())
+}
+
+/// Migration 5: projects. Every trace and dataset stored so far is the project `default`;
+/// adding a column with a default rewrites no row, so this takes no time whatever the size.
+fn add_projects(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    for table in ["trace_rows", "datasets"] {
+        let has: bool = tx.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = 'project'",
+            [table],
+            |r| r.get(0),
+        )?;
+        if !has {
+            tx.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN project INTEGER NOT NULL DEFAULT 0"
+            ))?;
+        }
+    }
+    // The view gains the project's name.
+    tx.execute_batch("DROP VIEW IF EXISTS traces")?;
+    tx.execute_batch(CURRENT)?;
+    tx.commit()?;
     Ok(())
 }
 
@@ -278,7 +316,8 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
                 backfill_rollups(conn)?;
             }
             3 => conn.execute_batch(V3)?,
-            _ => crate::upgrade::to_compact_tables(conn, CURRENT)?,
+            4 => crate::upgrade::to_compact_tables(conn, CURRENT)?,
+            _ => add_projects(conn)?,
         }
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM migration_progress WHERE version = ?1", [to])?;

@@ -91,7 +91,7 @@ impl StoreReader {
         let mut older_than = q.cursor.map(|c| (c.start_ns, c.key));
         if filtered {
             let mut params = Vec::new();
-            let bounds = bounds_sql(q, older_than, &mut params);
+            let bounds = bounds_sql(self, q, older_than, &mut params);
             let edge: Option<(i64, i64)> = conn
                 .prepare_cached(&format!(
                     "SELECT t.start_ns, t.id FROM trace_rows t WHERE t.start_ns IS NOT NULL{bounds}
@@ -101,7 +101,7 @@ impl StoreReader {
                 .query_row(params_from_iter(params), |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
             let mut params = Vec::new();
-            let mut sql = select_sql(q, older_than, &mut params);
+            let mut sql = select_sql(self, q, older_than, &mut params);
             if let Some((start, key)) = edge {
                 sql.push_str(" AND (t.start_ns, t.id) >= (?, ?)");
                 params.push(SqlValue::Integer(start));
@@ -117,7 +117,7 @@ impl StoreReader {
             }
         }
         let mut params = Vec::new();
-        let mut sql = select_sql(q, older_than, &mut params);
+        let mut sql = select_sql(self, q, older_than, &mut params);
         sql.push_str(&self.filter_conditions(q, true, &mut params));
         rows.extend(query_rows(conn, &sql, params, want - rows.len())?);
         Ok(page(rows, q.limit))
@@ -170,14 +170,15 @@ impl StoreReader {
 /// Traces the first pass of a filtered list checks one by one.
 const WINDOW: usize = 2_000;
 
-/// The bounds of the list (since, until, after the cursor or a pass, service) as SQL
-/// conditions on trace `t`, parameters appended.
+/// The bounds of the list (the reader's projects, since, until, after the cursor or a pass,
+/// service) as SQL conditions on trace `t`, parameters appended.
 fn bounds_sql(
+    reader: &StoreReader,
     q: &ListTracesQuery,
     older_than: Option<(i64, i64)>,
     params: &mut Vec<SqlValue>,
 ) -> String {
-    let mut sql = String::new();
+    let mut sql = reader.scope_push("t.project", params);
     if let Some(since) = q.since {
         sql.push_str(" AND t.start_ns >= ?");
         params.push(SqlValue::Integer(since.unix_nanos()));
@@ -199,6 +200,7 @@ fn bounds_sql(
 }
 
 fn select_sql(
+    reader: &StoreReader,
     q: &ListTracesQuery,
     older_than: Option<(i64, i64)>,
     params: &mut Vec<SqlValue>,
@@ -206,7 +208,7 @@ fn select_sql(
     format!(
         "SELECT t.id, t.trace_id, t.root_span_id, t.start_ns, t.end_ns, t.service_name
          FROM trace_rows t WHERE t.start_ns IS NOT NULL{}",
-        bounds_sql(q, older_than, params)
+        bounds_sql(reader, q, older_than, params)
     )
 }
 

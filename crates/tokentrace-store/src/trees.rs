@@ -80,12 +80,15 @@ impl StoreReader {
         let id = span_id.to_bytes();
         let conn = self.conn()?;
         // A span id may be repeated in other traces (it is unique only within its trace).
+        let mut params = vec![rusqlite::types::Value::Blob(id.to_vec())];
+        params.extend(self.scope_param());
         let traces: Vec<i64> = conn
             .prepare_cached(&format!(
-                "SELECT DISTINCT trace FROM span_rows WHERE id IN ({}) AND span_id = ?1 ORDER BY trace",
-                targets_of(KIND_SPAN, "?1")
+                "SELECT DISTINCT trace FROM span_rows WHERE id IN ({}) AND span_id = ?1{} ORDER BY trace",
+                targets_of(KIND_SPAN, "?1"),
+                self.scope_sql("(SELECT tp.project FROM trace_rows tp WHERE tp.id = span_rows.trace)", "?2")
             ))?
-            .query_map([id.to_vec()], |r| r.get(0))?
+            .query_map(params_from_iter(params), |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         let mut tree = BTreeMap::new();
         for trace in traces {
@@ -117,14 +120,17 @@ impl StoreReader {
     ) -> Result<Vec<Span>, StoreError> {
         let mut params = Vec::new();
         let sql = if filters.is_empty() {
-            "SELECT t.id, t.root_span_id FROM trace_rows t WHERE t.start_ns IS NOT NULL ORDER BY t.trace_id"
-                .to_string()
+            let scope = self.scope_push("t.project", &mut params);
+            format!(
+                "SELECT t.id, t.root_span_id FROM trace_rows t WHERE t.start_ns IS NOT NULL{scope} ORDER BY t.trace_id"
+            )
         } else if let Some(candidates) = self.indexed.candidates(filters, &mut params) {
             let cond = filter_sql(filters, &mut params);
+            let scope = self.scope_push("t.project", &mut params);
             format!(
                 "SELECT t.id, t.root_span_id FROM trace_rows t
                  WHERE t.id IN ({candidates}) AND t.start_ns IS NOT NULL
-                   AND EXISTS (SELECT 1 FROM span_rows s WHERE s.trace = t.id AND {cond})
+                   AND EXISTS (SELECT 1 FROM span_rows s WHERE s.trace = t.id AND {cond}){scope}
                  ORDER BY t.trace_id"
             )
         } else {
@@ -132,10 +138,11 @@ impl StoreReader {
             if let Some(op) = start_bound(filters, &mut params) {
                 cond.push_str(&format!(" AND s.start_ns {op} ?"));
             }
+            let scope = self.scope_push("t.project", &mut params);
             format!(
                 "SELECT t.id, t.root_span_id FROM trace_rows t
                  WHERE t.start_ns IS NOT NULL
-                   AND t.id IN (SELECT s.trace FROM {SPANS_WITH_TRACE} WHERE {cond})
+                   AND t.id IN (SELECT s.trace FROM {SPANS_WITH_TRACE} WHERE {cond}){scope}
                  ORDER BY t.trace_id"
             )
         };

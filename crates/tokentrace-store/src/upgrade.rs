@@ -91,6 +91,7 @@ pub(crate) fn to_compact_tables(conn: &mut Connection, current: &str) -> Result<
                 service_name: r.get(12)?,
                 expires_at: r.get(13)?,
                 index: Vec::new(),
+                project: None,
             }))
         },
     )?;
@@ -117,6 +118,7 @@ pub(crate) fn to_compact_tables(conn: &mut Connection, current: &str) -> Result<
                 unit: r.get(9)?,
                 attributes: r.get(10)?,
                 expires_at: r.get(11)?,
+                project: None,
             }))
         },
     )?;

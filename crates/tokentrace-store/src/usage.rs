@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use rusqlite::params;
+use rusqlite::params_from_iter;
 use rusqlite::types::Value as SqlValue;
 use tokentrace_model::Timestamp;
 use tokentrace_model::query::{
@@ -180,7 +180,7 @@ impl StoreReader {
                  {user}, {model}
                FROM (SELECT *, json_extract(attributes, '$."{input}"') AS i,
                             json_extract(attributes, '$."{output}"') AS o
-                     FROM span_rows WHERE start_ns >= ?1 AND start_ns < ?2) AS calls
+                     FROM span_rows WHERE start_ns >= ?1 AND start_ns < ?2{scope}) AS calls
                WHERE (i IS NOT NULL OR o IS NOT NULL)
                  AND json_extract(calls.attributes, '$."{counted_by}"') IS NULL"#,
             group_sql(by),
@@ -191,10 +191,19 @@ impl StoreReader {
             input = "gen_ai.usage.input_tokens",
             output = "gen_ai.usage.output_tokens",
             counted_by = "tokentrace.genai.counted_by",
+            scope = self.scope_sql(
+                "(SELECT tp.project FROM trace_rows tp WHERE tp.id = span_rows.trace)",
+                "?3"
+            ),
         );
         let conn = self.conn()?;
         let mut st = conn.prepare_cached(&sql)?;
-        let mut rows = st.query(params![since.unix_nanos(), until.unix_nanos()])?;
+        let mut params = vec![
+            SqlValue::Integer(since.unix_nanos()),
+            SqlValue::Integer(until.unix_nanos()),
+        ];
+        params.extend(self.scope_param());
+        let mut rows = st.query(params_from_iter(params))?;
         let mut groups: HashMap<Option<String>, Group> = HashMap::new();
         while let Some(r) = rows.next()? {
             let start: i64 = r.get(6)?;

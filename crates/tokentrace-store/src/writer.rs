@@ -38,6 +38,7 @@ pub(crate) enum Cmd {
     Flush(SyncSender<Result<(), StoreError>>),
     AppendRows {
         dataset_id: String,
+        project: String,
         rows: Vec<Map<String, Value>>,
         expires_at: Option<i64>,
         reply: SyncSender<Result<u64, StoreError>>,
@@ -209,12 +210,13 @@ impl Writer {
                 }
                 Some(Cmd::AppendRows {
                     dataset_id,
+                    project,
                     rows,
                     expires_at,
                     reply,
                 }) => {
                     let _ = self.commit_pending(); // failures are logged and counted
-                    let r = append_rows(&mut self.conn, &dataset_id, rows, expires_at);
+                    let r = append_rows(&mut self.conn, &dataset_id, &project, rows, expires_at);
                     let _ = reply.send(r);
                 }
                 Some(Cmd::Expire { now, reply }) => match &self.expiry {

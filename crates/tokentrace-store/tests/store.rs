@@ -606,14 +606,14 @@ fn events_and_datasets_round_trip() {
     assert_eq!(
         store
             .writer()
-            .append_dataset_rows("d", vec![row(0), row(1)], None)
+            .append_dataset_rows("d", "default", vec![row(0), row(1)], None)
             .unwrap(),
         2
     );
     assert_eq!(
         store
             .writer()
-            .append_dataset_rows("d", vec![row(2)], None)
+            .append_dataset_rows("d", "default", vec![row(2)], None)
             .unwrap(),
         3
     );
@@ -846,7 +846,10 @@ fn answers_past_the_cap_fail_with_a_message_saying_how_to_narrow_them() {
     let rows = (0..30)
         .map(|i| serde_json::Map::from_iter([("i".to_string(), serde_json::json!(i))]))
         .collect();
-    assert_eq!(w.append_dataset_rows("d", rows, None).unwrap(), 30);
+    assert_eq!(
+        w.append_dataset_rows("d", "default", rows, None).unwrap(),
+        30
+    );
     let err = r.iterrows("d", 0, None).unwrap_err();
     assert!(
         err.to_string().contains("has 30 rows from start_index 0"),
@@ -938,13 +941,14 @@ fn datasets_expire_whole_after_their_last_append_and_the_rest_stay() {
     };
     let past = now_minus(60);
     let future = Timestamp::from_unix_nanos(Timestamp::now().unix_nanos() + 3_600_000_000_000);
-    w.append_dataset_rows("old", rows(1_200), Some(past))
+    w.append_dataset_rows("old", "default", rows(1_200), Some(past))
         .unwrap();
-    w.append_dataset_rows("renewed", rows(3), Some(past))
+    w.append_dataset_rows("renewed", "default", rows(3), Some(past))
         .unwrap();
-    w.append_dataset_rows("renewed", rows(2), Some(future))
+    w.append_dataset_rows("renewed", "default", rows(2), Some(future))
         .unwrap();
-    w.append_dataset_rows("forever", rows(4), None).unwrap();
+    w.append_dataset_rows("forever", "default", rows(4), None)
+        .unwrap();
     let deleted = w.expire(Timestamp::now()).unwrap();
     assert_eq!(deleted, 1_200, "the expired dataset's rows");
     let r = store.reader();
@@ -952,7 +956,11 @@ fn datasets_expire_whole_after_their_last_append_and_the_rest_stay() {
     assert_eq!(r.iterrows("renewed", 0, None).unwrap().unwrap().0.len(), 5);
     assert_eq!(r.iterrows("forever", 0, None).unwrap().unwrap().0.len(), 4);
     // The id can be used again, from an empty dataset.
-    assert_eq!(w.append_dataset_rows("old", rows(2), None).unwrap(), 2);
+    assert_eq!(
+        w.append_dataset_rows("old", "default", rows(2), None)
+            .unwrap(),
+        2
+    );
     let conn = rusqlite::Connection::open(store.path()).unwrap();
     let left: i64 = conn
         .query_row(

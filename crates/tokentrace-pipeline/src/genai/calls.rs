@@ -29,7 +29,7 @@ const MAX_ID: usize = 256;
 const MAX_PENDING: usize = 4_096;
 
 /// A metric, its labels and its minute: what counts are added up by.
-type SeriesKey = (&'static str, [String; 3], i64);
+type SeriesKey = (&'static str, [String; 4], i64);
 
 /// The counts of one series in one minute.
 struct Pending {
@@ -151,7 +151,7 @@ impl Calls {
             a.insert(COST_USD.into(), c.into());
         }
         let series = call_labels(span);
-        let labels: Attributes = [
+        let mut labels: Attributes = [
             ("model_id", &series[0]),
             ("provider_id", &series[1]),
             ("origin", &series[2]),
@@ -159,6 +159,12 @@ impl Calls {
         .into_iter()
         .map(|(k, v)| (k.to_string(), AttrValue::from(v.as_str())))
         .collect();
+        if !series[3].is_empty() {
+            labels.insert(
+                tokentrace_model::PROJECT_ATTRIBUTE.into(),
+                AttrValue::from(series[3].as_str()),
+            );
+        }
         let at = span.end_time.unwrap_or(span.start_time);
         let minute = at.unix_nanos().div_euclid(60_000_000_000);
         let tokens = |n: u64| (n as f64, "tokens");

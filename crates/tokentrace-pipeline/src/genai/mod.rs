@@ -159,12 +159,12 @@ pub fn call_counter(metric: &str) -> Option<&'static CallCounter> {
 
 /// Labels of the LLM-call metrics: the model, the provider, and (for calls described by an
 /// application's instrumentation) the origin; an empty value is no label.
-pub const CALL_LABELS: &[&str] = &["model_id", "provider_id", "origin"];
+pub const CALL_LABELS: &[&str] = &["model_id", "provider_id", "origin", "project"];
 
 /// Observations of one provider call.
 pub struct GenAiObservation {
-    /// `model_id`, `provider_id`, `origin` ([`CALL_LABELS`]).
-    pub labels: [String; 3],
+    /// `model_id`, `provider_id`, `origin`, `project` ([`CALL_LABELS`]).
+    pub labels: [String; 4],
     /// Whether its tokens were counted, and it had no price.
     pub unpriced: bool,
     /// Call duration in seconds.
@@ -184,8 +184,9 @@ fn number(span: &SpanRecord, key: &str) -> Option<f64> {
 }
 
 /// The labels of a call: `model_id` (else the answering or requested model), `provider_id`
-/// (else `gen_ai.provider.name`), and the origin unless it is the gateway.
-pub fn call_labels(span: &SpanRecord) -> [String; 3] {
+/// (else `gen_ai.provider.name`), the origin unless it is the gateway, and the project unless
+/// it is `default`.
+pub fn call_labels(span: &SpanRecord) -> [String; 4] {
     let label = |keys: &[&str]| {
         keys.iter()
             .find_map(|k| span.attributes.get(*k))
@@ -201,6 +202,7 @@ pub fn call_labels(span: &SpanRecord) -> [String; 3] {
         } else {
             origin
         },
+        label(&[tokentrace_model::PROJECT_ATTRIBUTE]),
     ]
 }
 

@@ -177,6 +177,7 @@ impl ProviderCall {
                 put(&mut a, genai::PROMPT, cut(content));
             }
         }
+        tokentrace_model::stamp_project(&mut a, &ctx.project);
         let span = SpanRecord {
             trace_id: ctx.trace_id,
             span_id: SpanId::random(),
@@ -442,7 +443,7 @@ impl ProviderCall {
     /// Token counts as metric points (metrics table, Prometheus, OTLP) and as metric events of
     /// the request's span (span_events, exported inside the span).
     fn record_metrics(&self, usage: Usage, cost: Option<f64>, at: Timestamp) {
-        let labels: Attributes = [
+        let mut labels: Attributes = [
             (
                 "model_id".to_string(),
                 AttrValue::from(self.model_id.as_str()),
@@ -454,6 +455,7 @@ impl ProviderCall {
         ]
         .into_iter()
         .collect();
+        tokentrace_model::stamp_project(&mut labels, &self.ctx.project);
         let tokens = |n: u64| (MetricValue::Int(n as i64), "tokens");
         let measured = [
             ("prompt_tokens", Some(tokens(usage.prompt))),

@@ -23,9 +23,11 @@ use tokentrace_config::{InferenceConfig, Model, ModelType, PriceTable};
 
 pub use provider::{Operation, Provider, ProviderError, ProviderSetupError, Upstream};
 
+use crate::guard::Access;
 use crate::{AppState, RequestContext};
 use call::{Outcome, ProviderCall, Recorder};
 use stream::{Output, TrackedStream};
+use tokentrace_config::Action;
 
 /// Providers and models, ready to serve.
 pub struct Inference {
@@ -152,28 +154,52 @@ fn ctx_of(ext: Option<Extension<RequestContext>>) -> RequestContext {
 async fn chat_completions(
     State(state): State<AppState>,
     ctx: Option<Extension<RequestContext>>,
+    access: Access,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    openai_call(state, ctx_of(ctx), &headers, Operation::Chat, &body).await
+    openai_call(
+        state,
+        (ctx_of(ctx), &access),
+        &headers,
+        Operation::Chat,
+        &body,
+    )
+    .await
 }
 
 async fn completions(
     State(state): State<AppState>,
     ctx: Option<Extension<RequestContext>>,
+    access: Access,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    openai_call(state, ctx_of(ctx), &headers, Operation::Completion, &body).await
+    openai_call(
+        state,
+        (ctx_of(ctx), &access),
+        &headers,
+        Operation::Completion,
+        &body,
+    )
+    .await
 }
 
 async fn embeddings(
     State(state): State<AppState>,
     ctx: Option<Extension<RequestContext>>,
+    access: Access,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    openai_call(state, ctx_of(ctx), &headers, Operation::Embeddings, &body).await
+    openai_call(
+        state,
+        (ctx_of(ctx), &access),
+        &headers,
+        Operation::Embeddings,
+        &body,
+    )
+    .await
 }
 
 /// A request ready to send: its call span started, its model renamed for the provider.
@@ -187,7 +213,7 @@ struct Prepared {
 /// Checks the request, finds model and provider, and starts the call span.
 fn prepare(
     state: &AppState,
-    (ctx, headers): (RequestContext, &HeaderMap),
+    (ctx, access, headers): (RequestContext, &Access, &HeaderMap),
     op: Operation,
     mut req: Map<String, Value>,
     model_field: &str,
@@ -209,6 +235,15 @@ fn prepare(
             format!("model {model_id:?} is not configured; GET /v1/models lists the models"),
         ));
     };
+    if !access.may(Action::Read, &format!("model::{model_id}")) {
+        let who = access.who.as_ref().map(|p| p.shown()).unwrap_or_default();
+        return Err(OpenAiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            Some("model_not_allowed"),
+            format!("{who} may not use the model {model_id:?} (server.auth.access_policy)"),
+        ));
+    }
     let wants_embedding = op == Operation::Embeddings;
     if wants_embedding != (model.model_type == ModelType::Embedding)
         && provider.config.kind != tokentrace_config::ProviderKind::Echo
@@ -248,7 +283,7 @@ fn prepare(
 
 async fn openai_call(
     state: AppState,
-    ctx: RequestContext,
+    (ctx, access): (RequestContext, &Access),
     headers: &HeaderMap,
     op: Operation,
     body: &[u8],
@@ -262,7 +297,7 @@ async fn openai_call(
         provider,
         mut req,
         stream,
-    } = match prepare(&state, (ctx, headers), op, req, "model") {
+    } = match prepare(&state, (ctx, access, headers), op, req, "model") {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
@@ -310,6 +345,7 @@ fn sse_response(stream: TrackedStream) -> Response {
 async fn native_chat_completion(
     State(state): State<AppState>,
     ctx: Option<Extension<RequestContext>>,
+    access: Access,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -357,7 +393,13 @@ async fn native_chat_completion(
         provider,
         mut req,
         stream,
-    } = match prepare(&state, (ctx, &headers), Operation::Chat, req, "model_id") {
+    } = match prepare(
+        &state,
+        (ctx, &access, &headers),
+        Operation::Chat,
+        req,
+        "model_id",
+    ) {
         Ok(p) => p,
         Err(e) => return native_error(e),
     };
@@ -405,11 +447,12 @@ fn native_error(e: OpenAiError) -> Response {
 }
 
 /// `GET /v1/models` (and the OpenAI prefix): each model in both Llama Stack's and OpenAI's shape.
-async fn list_models(State(state): State<AppState>) -> Json<Value> {
+async fn list_models(State(state): State<AppState>, access: Access) -> Json<Value> {
     let data: Vec<Value> = state
         .inference
         .models
         .iter()
+        .filter(|m| access.may(Action::Read, &format!("model::{}", m.model_id)))
         .map(|m| {
             json!({
                 "identifier": m.model_id,

@@ -9,6 +9,7 @@ use serde_json::Value;
 use tokentrace_model::LogEventRequest;
 
 use crate::extract::ApiJson;
+use crate::guard::Access;
 use crate::{ApiError, AppState};
 
 /// The events route, relative to a prefix such as `/v1/telemetry`.
@@ -18,8 +19,10 @@ pub fn routes() -> Router<AppState> {
 
 async fn log_event(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<LogEventRequest>,
+    access: Access,
+    ApiJson(mut req): ApiJson<LogEventRequest>,
 ) -> Result<Json<Value>, ApiError> {
+    tokentrace_model::stamp_event(&mut req.event, &access.writes);
     if let Some(ttl) = req.ttl_seconds
         && ttl <= 0
     {

@@ -16,6 +16,7 @@ use tokentrace_otlp::{
 use tokentrace_pipeline::{Batch, SubmitError};
 
 use crate::AppState;
+use crate::guard::Access;
 
 /// The OTLP routes (`/v1/traces`, `/v1/metrics`, `/v1/logs`).
 pub fn routes() -> Router<AppState> {
@@ -140,6 +141,7 @@ type Accepted = (Batch, i64, String);
 /// Reads the body, decodes and converts it with `convert`, and submits the batch.
 async fn receive(
     state: &AppState,
+    access: &Access,
     headers: &HeaderMap,
     body: Body,
     signal: Signal,
@@ -155,7 +157,7 @@ async fn receive(
         state.telemetry.count_refused(1);
         return full(encoding, SubmitError::Full);
     }
-    let (batch, rejected, message) = match convert(&bytes, encoding) {
+    let (mut batch, rejected, message) = match convert(&bytes, encoding) {
         Ok(accepted) => accepted,
         Err(e) => {
             return OtlpError {
@@ -167,6 +169,7 @@ async fn receive(
             .into_response();
         }
     };
+    batch.stamp_project(&access.writes);
     let submitted = if state.settings.ack_committed {
         match state.telemetry.record_batch_acked(batch) {
             Ok(ack) => match ack.committed(state.settings.request_timeout).await {
@@ -219,8 +222,13 @@ fn accepted<T>(c: Converted<T>, into: impl FnOnce(Vec<T>) -> Batch) -> Accepted 
     (into(c.items), c.rejected, message)
 }
 
-async fn traces(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    receive(&state, &headers, body, Signal::Traces, |b, e| {
+async fn traces(
+    State(state): State<AppState>,
+    access: Access,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    receive(&state, &access, &headers, body, Signal::Traces, |b, e| {
         let spans = traces_to_spans(&decode_traces(b, e)?, None);
         Ok(accepted(spans, |spans| Batch {
             spans,
@@ -230,8 +238,13 @@ async fn traces(State(state): State<AppState>, headers: HeaderMap, body: Body) -
     .await
 }
 
-async fn metrics(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    receive(&state, &headers, body, Signal::Metrics, |b, e| {
+async fn metrics(
+    State(state): State<AppState>,
+    access: Access,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    receive(&state, &access, &headers, body, Signal::Metrics, |b, e| {
         let points = metrics_to_points(&decode_metrics(b, e)?, None);
         Ok(accepted(points, |metrics| Batch {
             metrics,
@@ -241,8 +254,13 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap, body: Body) 
     .await
 }
 
-async fn logs(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    receive(&state, &headers, body, Signal::Logs, |b, e| {
+async fn logs(
+    State(state): State<AppState>,
+    access: Access,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    receive(&state, &access, &headers, body, Signal::Logs, |b, e| {
         let events = logs_to_events(&decode_logs(b, e)?, None);
         Ok(accepted(events, |events| Batch {
             events,

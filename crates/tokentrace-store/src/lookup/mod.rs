@@ -188,12 +188,13 @@ impl Lookup {
         })
     }
 
-    /// The key of a trace id, if a live run holds it and its row is still there with that id;
-    /// only runs whose Bloom filter may hold the id are read.
+    /// The key of a trace id in `project`, if a live run holds it and its row is still there
+    /// with that id; only runs whose Bloom filter may hold the id are read.
     pub(crate) fn trace_key(
         &self,
         conn: &Connection,
         trace_id: &[u8; 16],
+        project: i64,
     ) -> Result<Option<i64>, StoreError> {
         let key = SqlValue::Blob(trace_id.to_vec());
         let h = hashes(trace_id);
@@ -204,9 +205,9 @@ impl Lookup {
             let found: Option<i64> = conn
                 .prepare_cached(&format!(
                     "SELECT t.id FROM lookup l JOIN trace_rows t ON t.id = l.target AND t.trace_id = ?2
-                     WHERE l.run = ?1 AND l.kind = {KIND_TRACE} AND l.key = ?2"
+                     WHERE l.run = ?1 AND l.kind = {KIND_TRACE} AND l.key = ?2 AND t.project = ?3"
                 ))?
-                .query_row(params![run, key], |r| r.get(0))
+                .query_row(params![run, key, project], |r| r.get(0))
                 .optional()?;
             if found.is_some() {
                 return Ok(found);

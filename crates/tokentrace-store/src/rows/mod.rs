@@ -20,8 +20,8 @@ ON CONFLICT (trace, span_id) DO UPDATE SET
 WHERE excluded.end_ns IS NOT NULL OR span_rows.end_ns IS NULL
 RETURNING id";
 
-const INSERT_TRACE: &str = "INSERT INTO trace_rows (trace_id, service_name, root_span_id, root_is_true_root, start_ns, end_ns, expires_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id";
+const INSERT_TRACE: &str = "INSERT INTO trace_rows (trace_id, service_name, root_span_id, root_is_true_root, start_ns, end_ns, expires_at, project)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id";
 
 /// Folds a batch's update into a trace row (`?3` to `?6` and `?7` are NULL/0 when the batch
 /// has only events of the trace). A trace expires with the last of its spans (none if one of
@@ -92,6 +92,8 @@ pub(crate) struct SpanRow {
     pub(crate) expires_at: Option<i64>,
     /// Its entries in the attribute index: (key id, value).
     pub(crate) index: Vec<(i64, SqlValue)>,
+    /// Its project, unless `default` (the trace row it goes under is that project's).
+    pub(crate) project: Option<String>,
 }
 
 /// An `event_rows` row.
@@ -110,6 +112,8 @@ pub(crate) struct EventRow {
     pub(crate) unit: Option<String>,
     pub(crate) attributes: String,
     pub(crate) expires_at: Option<i64>,
+    /// Its project, unless `default`.
+    pub(crate) project: Option<String>,
 }
 
 /// A `metrics` row.
@@ -124,6 +128,12 @@ struct MetricRow {
     trace_id: Option<String>,
     span_id: Option<String>,
     expires_at: Option<i64>,
+}
+
+/// The project `attributes` name, unless `default`.
+fn project(attributes: &tokentrace_model::Attributes) -> Option<String> {
+    let p = tokentrace_model::project_of(attributes);
+    (p != tokentrace_model::DEFAULT_PROJECT).then(|| p.to_string())
 }
 
 pub(crate) fn json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
@@ -153,6 +163,7 @@ impl Row {
             service_name: s.service_name.clone(),
             expires_at: s.expires_at.map(Timestamp::unix_nanos),
             index: Vec::new(),
+            project: project(&s.attributes),
         })))
     }
 
@@ -204,6 +215,7 @@ impl Row {
             unit,
             attributes: json(&e.attributes)?,
             expires_at: e.expires_at.map(Timestamp::unix_nanos),
+            project: project(&e.attributes),
         })))
     }
 

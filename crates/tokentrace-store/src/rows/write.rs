@@ -12,7 +12,7 @@ use super::{
 };
 use crate::StoreError;
 use crate::index::Cardinality;
-use crate::keys::TraceKeys;
+use crate::keys::{ProjectIds, TraceKeys};
 use crate::lookup::{Entry, KIND_SPAN, KIND_TRACE, Lookup, attribute_kind};
 use crate::rollups::{Rollup, SeriesIds, UPSERT_ROLLUP, minute_of};
 
@@ -22,6 +22,7 @@ pub(crate) struct WriteState {
     pub(crate) cardinality: Cardinality,
     pub(crate) series: SeriesIds,
     pub(crate) traces: TraceKeys,
+    pub(crate) projects: ProjectIds,
     pub(crate) lookup: Lookup,
     pub(crate) resent: Resent,
 }
@@ -61,6 +62,7 @@ impl WriteState {
             cardinality: Cardinality::default(),
             series: SeriesIds::default(),
             traces: TraceKeys::default(),
+            projects: ProjectIds::default(),
             lookup: Lookup::load(conn)?,
             resent: Resent::default(),
         })
@@ -70,6 +72,7 @@ impl WriteState {
     pub(crate) fn rolled_back(&mut self, conn: &Connection) -> Result<(), StoreError> {
         self.series.forget();
         self.traces.forget();
+        self.projects.forget();
         self.lookup.rolled_back(conn)
     }
 }
@@ -140,20 +143,23 @@ impl<'a> TraceUpdate<'a> {
     }
 }
 
+/// A trace of a batch: its id and its project (`None`: `default`).
+type TraceOf<'a> = (&'a [u8; 16], Option<&'a str>);
+
 #[derive(Default)]
 struct TraceUpdates<'a> {
-    by_trace: Vec<(&'a [u8; 16], TraceUpdate<'a>)>,
-    index: HashMap<&'a [u8; 16], usize>,
+    by_trace: Vec<(TraceOf<'a>, TraceUpdate<'a>)>,
+    index: HashMap<TraceOf<'a>, usize>,
 }
 
 impl<'a> TraceUpdates<'a> {
-    fn entry(&mut self, trace_id: &'a [u8; 16]) -> &mut TraceUpdate<'a> {
-        let i = match self.index.get(trace_id) {
+    fn entry(&mut self, trace: TraceOf<'a>) -> &mut TraceUpdate<'a> {
+        let i = match self.index.get(&trace) {
             Some(&i) => i,
             None => {
-                self.index.insert(trace_id, self.by_trace.len());
+                self.index.insert(trace, self.by_trace.len());
                 self.by_trace.push((
-                    trace_id,
+                    trace,
                     TraceUpdate {
                         service_name: None,
                         spans: None,
@@ -185,21 +191,27 @@ pub(crate) fn write_rows(
     let mut traces = TraceUpdates::default();
     for Row(row) in rows {
         match row {
-            RowKind::Span(s) => traces.entry(&s.trace_id).fold_span(s),
+            RowKind::Span(s) => traces
+                .entry((&s.trace_id, s.project.as_deref()))
+                .fold_span(s),
             RowKind::Event(e) => {
                 if let Some(trace_id) = &e.trace_id {
-                    traces.entry(trace_id).fold_event(e.expires_at);
+                    traces
+                        .entry((trace_id, e.project.as_deref()))
+                        .fold_event(e.expires_at);
                 }
             }
             RowKind::Metric(_) => {}
         }
     }
     let mut entries = Vec::new();
-    let mut keys: HashMap<&[u8; 16], i64> = HashMap::with_capacity(traces.by_trace.len());
+    let mut keys: HashMap<TraceOf<'_>, i64> = HashMap::with_capacity(traces.by_trace.len());
     {
         let mut update = tx.prepare_cached(UPDATE_TRACE)?;
         let mut insert = tx.prepare_cached(INSERT_TRACE)?;
-        for (trace_id, t) in &traces.by_trace {
+        for (trace, t) in &traces.by_trace {
+            let (trace_id, project) = *trace;
+            let project_id = state.projects.get(tx, project)?;
             let (root, true_root, start, end) = match &t.spans {
                 Some(p) => (
                     Some(blob(p.root_span_id)),
@@ -209,7 +221,10 @@ pub(crate) fn write_rows(
                 ),
                 None => (None, 0, None, None),
             };
-            let key = match state.traces.known(tx, &state.lookup, trace_id)? {
+            let key = match state
+                .traces
+                .known(tx, &state.lookup, trace_id, project_id)?
+            {
                 Some(key) => {
                     update.execute(params![
                         key,
@@ -232,11 +247,12 @@ pub(crate) fn write_rows(
                             true_root,
                             start,
                             end,
-                            t.expiry()
+                            t.expiry(),
+                            project_id,
                         ],
                         |r| r.get(0),
                     )?;
-                    state.traces.remember(**trace_id, key);
+                    state.traces.remember(*trace_id, project_id, key);
                     entries.push(Entry {
                         kind: KIND_TRACE,
                         key: blob(trace_id),
@@ -245,7 +261,7 @@ pub(crate) fn write_rows(
                     key
                 }
             };
-            keys.insert(trace_id, key);
+            keys.insert(*trace, key);
         }
     }
     let mut rollups: HashMap<(i64, i64), Rollup> = HashMap::new();
@@ -268,7 +284,10 @@ pub(crate) fn write_rows(
     for Row(row) in rows {
         match row {
             RowKind::Span(s) => {
-                let trace = keys.get(&s.trace_id).copied().unwrap_or_default();
+                let trace = keys
+                    .get(&(&s.trace_id, s.project.as_deref()))
+                    .copied()
+                    .unwrap_or_default();
                 let id: Option<i64> = span
                     .query_row(
                         params![
@@ -318,7 +337,10 @@ pub(crate) fn write_rows(
         match row {
             RowKind::Span(_) => {}
             RowKind::Event(e) => {
-                let trace = e.trace_id.as_ref().and_then(|t| keys.get(t).copied());
+                let trace = e
+                    .trace_id
+                    .as_ref()
+                    .and_then(|t| keys.get(&(t, e.project.as_deref())).copied());
                 let again = match (trace, e.span_id, e.id) {
                     (Some(t), Some(s), None) => state.resent.contains(&(t, s)),
                     _ => false,

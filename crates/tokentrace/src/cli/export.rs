@@ -79,6 +79,9 @@ pub struct ImportArgs {
         value_name = "KEY"
     )]
     pub api_key: Option<String>,
+    /// The project the traces go to (sent as `X-Tokentrace-Project`; one of the key's).
+    #[arg(long, env = "TOKENTRACE_PROJECT", value_name = "NAME")]
+    pub project: Option<String>,
     /// Spans per request.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..=10000))]
     pub batch: u16,
@@ -150,6 +153,7 @@ pub fn run_export(args: ExportArgs) -> CliResult {
 struct Sender {
     url: String,
     key: Option<String>,
+    project: Option<String>,
     http: reqwest::blocking::Client,
     sent: u64,
     rejected: u64,
@@ -171,6 +175,9 @@ impl Sender {
                 .body(body.clone());
             if let Some(k) = &self.key {
                 req = req.bearer_auth(k);
+            }
+            if let Some(p) = &self.project {
+                req = req.header("x-tokentrace-project", p);
             }
             let resp = req
                 .send()
@@ -257,6 +264,7 @@ pub fn run_import(args: ImportArgs) -> CliResult {
     let mut sender = Sender {
         url: format!("{base}/v1/traces"),
         key: args.api_key,
+        project: args.project,
         http: reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(120))
             .build()?,

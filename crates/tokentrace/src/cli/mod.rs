@@ -47,6 +47,10 @@ pub struct SourceArgs {
         value_name = "KEY"
     )]
     pub api_key: Option<String>,
+    /// Only this project's telemetry: sent to the server as `X-Tokentrace-Project` (one of the
+    /// key's projects), and with a file, every read is limited to it.
+    #[arg(long, env = "TOKENTRACE_PROJECT", value_name = "NAME")]
+    pub project: Option<String>,
 }
 
 /// Which traces: the filters of `traces` and `export`.

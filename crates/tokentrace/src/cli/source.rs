@@ -30,6 +30,7 @@ pub enum Source {
 pub struct Remote {
     base: String,
     key: Option<String>,
+    project: Option<String>,
     http: reqwest::blocking::Client,
 }
 
@@ -57,15 +58,24 @@ fn wire<T: Serialize + DeserializeOwned>(answer: Result<T, StoreError>) -> Resul
 impl Source {
     /// Opens what the arguments name.
     pub fn open(args: &SourceArgs) -> Result<Self, CliError> {
+        if let Some(p) = &args.project {
+            tokentrace_model::validate_project(p)
+                .map_err(|e| CliError(format!("--project: {e}")))?;
+        }
         if let Some(url) = &args.url {
-            return Ok(Source::Remote(Remote::new(url, args.api_key.clone())?));
+            return Ok(Source::Remote(Remote::new(
+                url,
+                args.api_key.clone(),
+                args.project.clone(),
+            )?));
         }
         let path = match (&args.db, &args.config) {
             (Some(db), _) => db.clone(),
             (None, config) => store_path(config.as_deref())?,
         };
+        let only = args.project.clone().map(|p| std::sync::Arc::from(vec![p]));
         StoreReader::open_read_only(&path, LOCAL_MAX_ROWS, LOCAL_BUDGET)
-            .map(Source::Local)
+            .map(|r| Source::Local(r.for_projects(only)))
             .map_err(|e| match e {
                 StoreError::Missing(p) => CliError(format!(
                     "no trace store at {}: give --db PATH, --config run.yaml, or --url of a running server",
@@ -162,6 +172,9 @@ impl Source {
     /// One read-only SQL statement.
     pub fn sql(&self, sql: &str) -> Result<SqlAnswer, CliError> {
         match self {
+            Source::Local(r) if !r.reads_every_project() => Err(CliError(
+                "read-only SQL reads every project: leave out --project".into(),
+            )),
             Source::Local(r) => wire(r.read_sql(sql)),
             Source::Remote(s) => s.post(
                 "/v1/tokentrace/sql",
@@ -200,7 +213,7 @@ fn encode(s: &str) -> String {
 }
 
 impl Remote {
-    fn new(url: &str, key: Option<String>) -> Result<Self, CliError> {
+    fn new(url: &str, key: Option<String>, project: Option<String>) -> Result<Self, CliError> {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(CliError(format!(
                 "--url {url:?}: expected http://host:port or https://host:port"
@@ -212,6 +225,7 @@ impl Remote {
         Ok(Self {
             base: url.trim_end_matches('/').to_string(),
             key,
+            project,
             http,
         })
     }
@@ -222,6 +236,10 @@ impl Remote {
     ) -> Result<Option<reqwest::blocking::Response>, CliError> {
         let req = match &self.key {
             Some(k) => req.bearer_auth(k),
+            None => req,
+        };
+        let req = match &self.project {
+            Some(p) => req.header("x-tokentrace-project", p),
             None => req,
         };
         let resp = req

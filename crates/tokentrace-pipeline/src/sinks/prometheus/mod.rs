@@ -14,7 +14,7 @@ use crate::genai::{
     self, CALL_LABELS, DURATION_BUCKETS, TOKENS_PER_SECOND_BUCKETS, TTFT_BUCKETS, call_counter,
 };
 
-const ROUTE_LABELS: &[&str] = &["route", "status_code"];
+const ROUTE_LABELS: &[&str] = &["route", "status_code", "project"];
 
 /// `tokentrace_sqlite_commit_seconds` bucket boundaries.
 pub const COMMIT_SECONDS_BUCKETS: &[f64] = &[
@@ -124,7 +124,11 @@ impl Sink for PrometheusSink {
                 "tokentrace_http_requests_total",
                 "API requests by route and status code.",
                 ROUTE_LABELS,
-                vec![route.to_label(), label(span, "http.response.status_code")],
+                vec![
+                    route.to_label(),
+                    label(span, "http.response.status_code"),
+                    label(span, tokentrace_model::PROJECT_ATTRIBUTE),
+                ],
                 1.0,
             );
         }
@@ -137,9 +141,14 @@ impl Sink for PrometheusSink {
             let labels = CALL_LABELS
                 .iter()
                 .map(|k| {
+                    // The project travels as the point's label `tokentrace.project`.
+                    let key = match *k {
+                        "project" => tokentrace_model::PROJECT_ATTRIBUTE,
+                        other => other,
+                    };
                     point
                         .labels
-                        .get(*k)
+                        .get(key)
                         .map(AttrValue::to_label)
                         .unwrap_or_default()
                 })

@@ -221,12 +221,38 @@ impl Registry {
         s.counters.get(name)?.values.get(&key).copied()
     }
 
-    /// Renders everything, plus `live` samples read at scrape time.
-    pub fn render(&self, format: Format, live: &[Sample]) -> String {
+    /// Renders everything, plus `live` samples read at scrape time. With `projects`, only
+    /// the series of those projects: of the metrics with a `project` label (empty for
+    /// `default`), the series whose project is one of them; server-wide metrics not at all.
+    pub fn render(&self, format: Format, live: &[Sample], projects: Option<&[String]>) -> String {
         let mut out = String::new();
         let s = self.lock();
         let om = format == Format::OpenMetrics;
+        // The index of the `project` label, if the family has one and the scrape is limited.
+        let limited = |names: &[&str]| -> Option<Option<usize>> {
+            match projects {
+                None => Some(None),
+                Some(_) => names.iter().position(|n| *n == "project").map(Some),
+            }
+        };
+        let visible = |at: Option<usize>, labels: &[String]| -> bool {
+            match (at, projects) {
+                (Some(i), Some(p)) => {
+                    let v = labels.get(i).map_or("", String::as_str);
+                    let v = if v.is_empty() {
+                        tokentrace_model::DEFAULT_PROJECT
+                    } else {
+                        v
+                    };
+                    p.iter().any(|x| x == v)
+                }
+                _ => true,
+            }
+        };
         for (name, f) in &s.counters {
+            let Some(at) = limited(f.label_names) else {
+                continue;
+            };
             let base = if om {
                 name.strip_suffix("_total").unwrap_or(name)
             } else {
@@ -234,7 +260,7 @@ impl Registry {
             };
             let _ = writeln!(out, "# HELP {base} {}", f.help);
             let _ = writeln!(out, "# TYPE {base} counter");
-            for (labels, v) in &f.values {
+            for (labels, v) in f.values.iter().filter(|(l, _)| visible(at, l)) {
                 let _ = writeln!(
                     out,
                     "{name}{} {}",
@@ -244,9 +270,12 @@ impl Registry {
             }
         }
         for (name, f) in &s.histograms {
+            let Some(at) = limited(f.label_names) else {
+                continue;
+            };
             let _ = writeln!(out, "# HELP {name} {}", f.help);
             let _ = writeln!(out, "# TYPE {name} histogram");
-            for (labels, h) in &f.values {
+            for (labels, h) in f.values.iter().filter(|(l, _)| visible(at, l)) {
                 for (b, c) in f.bounds.iter().zip(&h.counts) {
                     let l = labels_text(f.label_names, labels, Some(("le", number(*b))));
                     let _ = writeln!(out, "{name}_bucket{l} {c}");
@@ -259,8 +288,8 @@ impl Registry {
             }
         }
         drop(s);
-        // Samples of one family must be contiguous.
-        let mut live: Vec<&Sample> = live.iter().collect();
+        // Samples of one family must be contiguous. They are server-wide.
+        let mut live: Vec<&Sample> = live.iter().filter(|_| projects.is_none()).collect();
         live.sort_by_key(|s| s.name);
         let mut seen: Vec<&str> = Vec::new();
         for sample in live {
@@ -318,7 +347,7 @@ mod tests {
             r.counter_value("tokentrace_metric_series_overflow_total", &["t_total"]),
             Some(500.0)
         );
-        let text = r.render(Format::Prometheus, &[]);
+        let text = r.render(Format::Prometheus, &[], None);
         assert_eq!(text.matches("t_total{").count(), MAX_SERIES + 1);
         assert_eq!(text.matches("t_seconds_count{").count(), MAX_SERIES + 1);
     }
@@ -341,13 +370,13 @@ mod tests {
             2.0,
         );
         r.observe("x_seconds", "Time.", &[], &[0.1, 1.0], vec![], 0.5);
-        let text = r.render(Format::Prometheus, &[]);
+        let text = r.render(Format::Prometheus, &[], None);
         assert!(
             text.contains("# TYPE x_tokens_total counter\nx_tokens_total{model_id=\"m\\\"1\"} 5\n"),
             "{text}"
         );
         assert!(text.contains("x_seconds_bucket{le=\"0.1\"} 0\nx_seconds_bucket{le=\"1\"} 1\nx_seconds_bucket{le=\"+Inf\"} 1\nx_seconds_sum 0.5\nx_seconds_count 1\n"), "{text}");
-        let om = r.render(Format::OpenMetrics, &[]);
+        let om = r.render(Format::OpenMetrics, &[], None);
         assert!(
             om.contains("# TYPE x_tokens counter\nx_tokens_total{"),
             "{om}"
