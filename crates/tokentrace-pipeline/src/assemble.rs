@@ -184,7 +184,10 @@ impl Assembler {
 
     pub(crate) fn handle(&mut self, msg: Msg, out: &mut Vec<Output>) {
         match msg {
-            Msg::Event { event, ttl_seconds } => self.handle_event(event, ttl_seconds, out),
+            Msg::Event(e) => {
+                let (event, ttl_seconds) = *e;
+                self.handle_event(event, ttl_seconds, out)
+            }
             Msg::Span(span) => self.complete_span(*span, out),
             Msg::SpanEvent(e) => {
                 let mut e = *e;
