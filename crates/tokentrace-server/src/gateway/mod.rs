@@ -50,7 +50,15 @@ impl Inference {
             .enumerate()
             .map(|(i, m)| (m.model_id.clone(), i))
             .collect();
-        tokens::warm_up();
+        // The tokenizer holds ~24 MiB: loaded now only for the echo provider, which counts
+        // every call; otherwise on the first answer that reports no usage.
+        if config
+            .providers
+            .iter()
+            .any(|p| p.kind == tokentrace_config::ProviderKind::Echo)
+        {
+            tokens::warm_up();
+        }
         Ok(Self {
             models: config.models.clone(),
             by_id,
