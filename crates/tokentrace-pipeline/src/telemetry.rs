@@ -122,15 +122,27 @@ pub(crate) struct Room {
     /// the callers let through together still fit.
     level: u64,
     byte_level: u64,
-    /// Below which ingestion (events API, OTLP receiver) is let in: half of each bound, so
-    /// that senders retrying as fast as they are refused never take the room the API's own
-    /// spans (the gateway's) wait for.
+    /// Below which ingestion (events API, OTLP receiver) is let in: half of each bound (and
+    /// of the bytes [`INGEST_TIME`] of drain), so that senders retrying as fast as they are
+    /// refused never take the room the API's own spans (the gateway's) wait for.
     ingest_level: u64,
     ingest_byte_level: u64,
+    /// Bytes per second the pipeline thread drains (through the sinks, so a slow store slows
+    /// it), measured by the worker; 0 until measured. The byte levels above shrink to what it
+    /// drains in [`INGEST_TIME`] and [`API_TIME`]: what is acknowledged waits at most about
+    /// that long in the queue, whatever the machine and the load.
+    pace: AtomicU64,
     notify: tokio::sync::Notify,
     waiting: AtomicUsize,
     closed: AtomicBool,
 }
+
+/// Queue contents, in drain time, below which ingestion (events API, OTLP) is let in.
+pub(crate) const INGEST_TIME: Duration = Duration::from_millis(100);
+/// Queue contents, in drain time, below which the API's own requests go on without waiting.
+pub(crate) const API_TIME: Duration = Duration::from_millis(200);
+/// The time-bounded levels never shrink below this (a large batch must still get in).
+const MIN_TIMED_BYTES: u64 = 1 << 20;
 
 impl Room {
     fn new(capacity: usize, max_bytes: u64) -> Self {
@@ -139,15 +151,48 @@ impl Room {
             byte_level: (max_bytes - max_bytes / 4).max(1),
             ingest_level: (capacity / 2).max(1) as u64,
             ingest_byte_level: (max_bytes / 2).max(1),
+            pace: AtomicU64::new(0),
             notify: tokio::sync::Notify::new(),
             waiting: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
         }
     }
 
+    /// `level`, or what the pipeline drains in `time` if that is less (not below
+    /// [`MIN_TIMED_BYTES`]).
+    fn timed(&self, level: u64, time: Duration) -> u64 {
+        match self.pace.load(Ordering::Relaxed) {
+            0 => level,
+            pace => {
+                ((pace as f64 * time.as_secs_f64()) as u64).clamp(MIN_TIMED_BYTES.min(level), level)
+            }
+        }
+    }
+
     fn has_room(&self, stats: &PipelineStats) -> bool {
         stats.queue_depth.load(Ordering::Relaxed) < self.level
-            && stats.queue_bytes.load(Ordering::Relaxed) < self.byte_level
+            && stats.queue_bytes.load(Ordering::Relaxed) < self.timed(self.byte_level, API_TIME)
+    }
+
+    fn has_room_for_ingest(&self, stats: &PipelineStats) -> bool {
+        stats.queue_depth.load(Ordering::Relaxed) < self.ingest_level
+            && stats.queue_bytes.load(Ordering::Relaxed)
+                < self.timed(self.ingest_byte_level, INGEST_TIME)
+    }
+
+    /// The worker drained `bytes` in `took` (a round: dequeue, assemble, sinks).
+    pub(crate) fn drained(&self, bytes: u64, took: Duration) {
+        if bytes == 0 || took.is_zero() {
+            return;
+        }
+        let now = bytes as f64 / took.as_secs_f64();
+        let before = self.pace.load(Ordering::Relaxed) as f64;
+        let pace = if before == 0.0 {
+            now
+        } else {
+            0.8 * before + 0.2 * now
+        };
+        self.pace.store(pace.max(1.0) as u64, Ordering::Relaxed);
     }
 
     /// Called by the pipeline thread after it dequeued: wakes waiting callers if there is room.
@@ -370,12 +415,20 @@ impl Telemetry {
     }
 
     /// Whether ingestion (events API, OTLP receiver) may submit: the queue is below half of
-    /// both bounds. Above it senders are refused (503) before their bodies are decoded, and the
-    /// upper half stays for the spans of the API's own requests, which wait for room above
-    /// three quarters: a flood of telemetry cannot starve the gateway.
+    /// both bounds, and holds less than 100 ms of the pipeline's measured drain (`INGEST_TIME`).
+    /// Otherwise senders are refused (503) before their bodies are decoded: what was
+    /// acknowledged waits in the queue about that long at most, and the room above stays for
+    /// the spans of the API's own requests, which wait for room above 200 ms of it
+    /// (`API_TIME`) and three quarters of the bounds: a flood of telemetry cannot starve the
+    /// gateway.
     pub fn has_room_for_ingest(&self) -> bool {
-        self.stats.queue_depth.load(Ordering::Relaxed) < self.room.ingest_level
-            && self.stats.queue_bytes.load(Ordering::Relaxed) < self.room.ingest_byte_level
+        self.room.has_room_for_ingest(&self.stats)
+    }
+
+    /// Bytes per second the pipeline thread has been draining (a moving average; 0 until
+    /// measured): what the queue's time bounds are computed from.
+    pub fn drain_pace(&self) -> u64 {
+        self.room.pace.load(Ordering::Relaxed)
     }
 
     /// Waits, at most `limit`, until the queue has room (see [`Telemetry::has_room`]) or the
@@ -481,5 +534,32 @@ impl Drop for Pipeline {
             let _ = self.telemetry.tx.send(Msg::Shutdown);
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_room_shrinks_to_what_the_pipeline_drains_in_its_time() {
+        let room = Room::new(65_536, 32 << 20);
+        let stats = PipelineStats::default();
+        stats.queue_bytes.store(8 << 20, Ordering::Relaxed);
+        // Unmeasured: half and three quarters of 32 MiB.
+        assert!(room.has_room_for_ingest(&stats) && room.has_room(&stats));
+        // 20 MiB/s: ingestion gets 100 ms of it (2 MiB), the API 200 ms (4 MiB).
+        room.drained(20 << 20, Duration::from_secs(1));
+        assert!(!room.has_room_for_ingest(&stats) && !room.has_room(&stats));
+        stats.queue_bytes.store(3 << 20, Ordering::Relaxed);
+        assert!(!room.has_room_for_ingest(&stats) && room.has_room(&stats));
+        stats.queue_bytes.store(1 << 20, Ordering::Relaxed);
+        assert!(room.has_room_for_ingest(&stats));
+        // However slow the drain, 1 MiB stays open.
+        for _ in 0..50 {
+            room.drained(1, Duration::from_secs(1));
+        }
+        stats.queue_bytes.store((1 << 20) - 1, Ordering::Relaxed);
+        assert!(room.has_room_for_ingest(&stats) && room.has_room(&stats));
     }
 }

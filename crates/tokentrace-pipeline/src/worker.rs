@@ -54,15 +54,17 @@ impl Worker {
                     return;
                 }
             };
+            let round = Instant::now();
+            let mut drained = 0;
             let mut next = first;
             let mut handled = 0;
             while let Some(msg) = next.take() {
+                let bytes = msg.bytes();
+                drained += bytes;
                 self.stats
                     .queue_depth
                     .fetch_sub(msg.weight(), Ordering::Relaxed);
-                self.stats
-                    .queue_bytes
-                    .fetch_sub(msg.bytes(), Ordering::Relaxed);
+                self.stats.queue_bytes.fetch_sub(bytes, Ordering::Relaxed);
                 match msg {
                     Msg::Flush(reply) => {
                         self.assembler.flush_calls(&mut out);
@@ -97,6 +99,7 @@ impl Worker {
             self.mark_sinks();
             self.each_sink(|s| s.flush());
             self.commits.wake();
+            self.room.drained(drained, round.elapsed());
         }
     }
 

@@ -58,6 +58,14 @@ fn live_samples(state: &AppState) -> Vec<Sample> {
                 load(&p.queue_bytes),
             )
         },
+        Sample {
+            counter: false,
+            ..counter(
+                "tokentrace_pipeline_drain_bytes_per_second",
+                "Bytes per second the pipeline drains through the sinks (moving average): the queue admits ingestion up to 100 ms of it.",
+                state.telemetry.drain_pace() as f64,
+            )
+        },
         counter(
             "tokentrace_pipeline_accepted_total",
             "Telemetry messages accepted into the pipeline.",

@@ -10,7 +10,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// How much of the writer's work the backlog holds at most.
-pub(crate) const BACKLOG_TIME: Duration = Duration::from_millis(500);
+pub(crate) const BACKLOG_TIME: Duration = Duration::from_millis(250);
 /// The backlog never shrinks below this (a few large rows must still fit).
 const MIN_LIMIT: u64 = 4 << 20;
 
@@ -98,10 +98,10 @@ mod tests {
             16 << 20,
             "the configured bound until measured"
         );
-        // 10 MiB committed in a second: half a second of it.
-        b.reserve(10 << 20);
-        b.release(10 << 20, Some(Duration::from_secs(1)));
-        assert_eq!(b.limit(&b.lock()), (10 << 20) / 2);
+        // 40 MiB committed in a second: BACKLOG_TIME (a quarter second) of it.
+        b.reserve(40 << 20);
+        b.release(40 << 20, Some(Duration::from_secs(1)));
+        assert_eq!(b.limit(&b.lock()), (40 << 20) / 4);
         // A very slow writer: never below the floor.
         let slow = Backlog::new(16 << 20);
         slow.reserve(1000);

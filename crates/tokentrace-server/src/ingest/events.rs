@@ -30,7 +30,8 @@ async fn log_event(
             "ttl_seconds must be positive, got {ttl}"
         )));
     }
-    // Past half the queue, ingestion waits outside: the rest is for the API's own spans.
+    // Past half the queue (or 100 ms of its drain), ingestion waits outside: the rest is for
+    // the API's own spans.
     if !state.telemetry.has_room_for_ingest() {
         state.telemetry.count_refused(1);
         return Err(tokentrace_pipeline::SubmitError::Full.into());
