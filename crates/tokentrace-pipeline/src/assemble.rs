@@ -279,9 +279,22 @@ impl Assembler {
                         self.make_room(out);
                     }
                     StructuredLogPayload::SpanEnd(p) => {
-                        let (start, events, start_ttl) = match self.take_open(&key) {
-                            Some(open) => (Some(open.start), open.events, open.ttl_seconds),
-                            None => (self.flushed_unfinished.remove(&key), Vec::new(), None),
+                        // Only a start of the end's own project is ended by it: ids are the
+                        // sender's, and another project's sender must not end (or read) a span.
+                        let project = tokentrace_model::project_of(&ev.attributes);
+                        let ours =
+                            |s: &SpanStart| tokentrace_model::project_of(&s.attributes) == project;
+                        let open_ours = self.open.get(&key).map(|o| ours(&o.start));
+                        let flushed_ours = self.flushed_unfinished.get(&key).map(ours);
+                        let (start, events, start_ttl) = match (open_ours, flushed_ours) {
+                            (Some(true), _) => match self.take_open(&key) {
+                                Some(open) => (Some(open.start), open.events, open.ttl_seconds),
+                                None => (None, Vec::new(), None),
+                            },
+                            (None, Some(true)) => {
+                                (self.flushed_unfinished.remove(&key), Vec::new(), None)
+                            }
+                            _ => (None, Vec::new(), None),
                         };
                         let mut attributes;
                         let (parent_span_id, name, start_time) = match start {

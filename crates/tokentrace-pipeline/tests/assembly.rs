@@ -191,6 +191,46 @@ fn duplicate_start_is_ignored_and_orphan_end_is_stored() {
 }
 
 #[test]
+fn a_span_end_of_another_project_does_not_end_the_span() {
+    let sink = MemorySink::new();
+    let pipeline =
+        Pipeline::start(PipelineOptions::default(), vec![Box::new(sink.clone())]).unwrap();
+    let tel = pipeline.telemetry();
+    let (t, s) = (TraceId::random(), SpanId::random());
+    let in_alpha = attrs(&[("tokentrace.project", AttrValue::from("alpha"))]);
+    tel.log_event(start(t, s, None, "alpha's", 0, in_alpha.clone()), None)
+        .unwrap();
+    // Beta's sender knows the ids: its end is an orphan of its own project.
+    let mut beta_end = end(t, s, 1, SpanStatus::Error);
+    if let Event::StructuredLog(e) = &mut beta_end {
+        e.attributes = attrs(&[("tokentrace.project", AttrValue::from("beta"))]);
+    }
+    tel.log_event(beta_end, None).unwrap();
+    tel.flush().unwrap();
+    {
+        let rec = sink.recorded();
+        assert_eq!(rec.spans.len(), 1, "{:?}", rec.spans);
+        assert_eq!(rec.spans[0].name, "unknown");
+        assert_eq!(
+            rec.spans[0].attributes.get("tokentrace.project"),
+            Some(&AttrValue::from("beta"))
+        );
+    }
+    let mut alpha_end = end(t, s, 2, SpanStatus::Ok);
+    if let Event::StructuredLog(e) = &mut alpha_end {
+        e.attributes = in_alpha;
+    }
+    tel.log_event(alpha_end, None).unwrap();
+    tel.flush().unwrap();
+    let rec = sink.recorded();
+    assert_eq!(rec.spans.len(), 2);
+    assert_eq!(rec.spans[1].name, "alpha's");
+    assert_eq!(rec.spans[1].status, Some(SpanStatus::Ok));
+    drop(rec);
+    pipeline.shutdown();
+}
+
+#[test]
 fn traceparent_attribute_names_the_remote_parent_and_is_not_stored() {
     let sink = MemorySink::new();
     let pipeline =
