@@ -440,25 +440,41 @@ impl Telemetry {
             return true;
         }
         self.stats.room_waits.fetch_add(1, Ordering::Relaxed);
-        self.room.waiting.fetch_add(1, Ordering::SeqCst);
-        let room = async {
-            loop {
-                let mut notified = std::pin::pin!(self.room.notify.notified());
-                // Registered before the check, so a wake-up between the two is not missed.
-                notified.as_mut().enable();
-                if self.has_room() || self.room.closed.load(Ordering::SeqCst) {
-                    return;
-                }
-                notified.await;
-            }
-        };
-        let in_time = tokio::time::timeout(limit, room).await.is_ok();
-        self.room.waiting.fetch_sub(1, Ordering::SeqCst);
+        let in_time = self.wait_until(limit, || self.has_room()).await;
         if !in_time {
             self.stats
                 .room_wait_timeouts
                 .fetch_add(1, Ordering::Relaxed);
         }
+        in_time
+    }
+
+    /// Waits, at most `limit`, until ingestion has room ([`Telemetry::has_room_for_ingest`])
+    /// or the pipeline stops; `false` when `limit` passed first. The events API and the OTLP
+    /// receiver hold a request this long before answering 503: a sender that honours
+    /// `Retry-After` (OpenTelemetry's exporters do, a second at least) then waits only as
+    /// long as the queue is full, instead of a second per refusal, and keeps the pipeline busy.
+    pub async fn wait_for_ingest_room(&self, limit: Duration) -> bool {
+        self.has_room_for_ingest() || self.wait_until(limit, || self.has_room_for_ingest()).await
+    }
+
+    /// Waits, at most `limit`, until `room()` or the pipeline stops; woken by the pipeline
+    /// thread when it makes room.
+    async fn wait_until(&self, limit: Duration, room: impl Fn() -> bool) -> bool {
+        self.room.waiting.fetch_add(1, Ordering::SeqCst);
+        let wait = async {
+            loop {
+                let mut notified = std::pin::pin!(self.room.notify.notified());
+                // Registered before the check, so a wake-up between the two is not missed.
+                notified.as_mut().enable();
+                if room() || self.room.closed.load(Ordering::SeqCst) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let in_time = tokio::time::timeout(limit, wait).await.is_ok();
+        self.room.waiting.fetch_sub(1, Ordering::SeqCst);
         in_time
     }
 }

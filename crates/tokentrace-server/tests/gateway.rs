@@ -801,13 +801,21 @@ async fn ingestion_is_refused_at_half_the_queue_and_api_requests_keep_the_rest()
             "span_id": "00f067aa0ba902b7", "timestamp": "2026-12-01T10:00:00Z",
             "message": format!("log {i}"), "severity": "info", "attributes": {}}})
     };
-    let mut refused = 0;
+    // Sent at once: each refused request is held for room (`backpressure_ms`) before its 503.
+    let mut sends = tokio::task::JoinSet::new();
     for i in 0..40 {
-        let (status, _) = s.post("/v1/telemetry/events", event(i)).await;
-        if status == 503 {
-            refused += 1;
-        } else {
-            assert_eq!(status, 200);
+        let req = s
+            .client
+            .post(format!("{}/v1/telemetry/events", s.base))
+            .header("content-type", "application/json")
+            .body(event(i).to_string());
+        sends.spawn(async move { req.send().await.unwrap().status().as_u16() });
+    }
+    let mut refused = 0;
+    while let Some(status) = sends.join_next().await {
+        match status.unwrap() {
+            503 => refused += 1,
+            status => assert_eq!(status, 200),
         }
     }
     assert!(refused > 0, "ingestion was never refused");

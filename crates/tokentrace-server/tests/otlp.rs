@@ -436,25 +436,34 @@ async fn metrics_and_logs_are_stored_and_queryable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_pipeline_answers_503_with_retry_after() {
+async fn a_full_pipeline_holds_senders_for_room_then_answers_503_with_retry_after() {
     let options = PipelineOptions {
         queue_capacity: 1,
         ..PipelineOptions::default()
     };
-    struct Slow;
+    struct Slow(u64);
     impl tokentrace_pipeline::Sink for Slow {
         fn name(&self) -> &'static str {
             "slow"
         }
         fn span_ended(&mut self, _: &tokentrace_model::SpanRecord) {
-            std::thread::sleep(std::time::Duration::from_millis(200));
+            std::thread::sleep(std::time::Duration::from_millis(self.0));
         }
         fn event(&mut self, _: &tokentrace_model::SpanEvent) {}
     }
-    let srv = TestServer::start_with(options, vec![Box::new(Slow)], 1 << 20).await;
     let body = traces(vec![span(ROOT, None, "x", 0, 1)]).encode_to_vec();
+    // A sink slower than the senders but faster than `backpressure_ms` (1 s): every request is
+    // held until the queue has room and then accepted, none refused.
+    let srv = TestServer::start_with(options.clone(), vec![Box::new(Slow(100))], 1 << 20).await;
+    for _ in 0..10 {
+        let (st, _, _) = srv.post_with("/v1/traces", PB, body.clone()).await;
+        assert_eq!(st, 200);
+    }
+    srv.stop().await;
+    // A sink slower than that: a request that found no room in 1 s gets 503 and Retry-After.
+    let srv = TestServer::start_with(options, vec![Box::new(Slow(1_500))], 1 << 20).await;
     let mut saw_503 = false;
-    for _ in 0..20 {
+    for _ in 0..5 {
         let (st, headers, _) = srv.post_with("/v1/traces", PB, body.clone()).await;
         if st == 503 {
             assert_eq!(headers["retry-after"], "1");

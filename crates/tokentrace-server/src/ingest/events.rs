@@ -32,7 +32,11 @@ async fn log_event(
     }
     // Past half the queue (or 100 ms of its drain), ingestion waits outside: the rest is for
     // the API's own spans.
-    if !state.telemetry.has_room_for_ingest() {
+    if !state
+        .telemetry
+        .wait_for_ingest_room(state.settings.backpressure)
+        .await
+    {
         state.telemetry.count_refused(1);
         return Err(tokentrace_pipeline::SubmitError::Full.into());
     }

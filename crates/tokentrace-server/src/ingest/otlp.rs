@@ -153,7 +153,12 @@ async fn receive(
     };
     // A queue without room refuses before decoding: under overload, senders that retry quickly
     // would otherwise have every refused body decoded, taking CPU from the sinks that drain it.
-    if !state.telemetry.has_room_for_ingest() {
+    // It waits for room (up to `backpressure_ms`) first, holding only its raw body.
+    if !state
+        .telemetry
+        .wait_for_ingest_room(state.settings.backpressure)
+        .await
+    {
         state.telemetry.count_refused(1);
         return full(encoding, SubmitError::Full);
     }
