@@ -98,6 +98,10 @@ struct Group {
     ttft: Sample,
     users: BTreeSet<String>,
     models: BTreeSet<String>,
+    /// A call of the user and of the model asked for (`sessions`), whether or not they are
+    /// among the first [`MAX_LISTED`] listed.
+    has_user: bool,
+    has_model: bool,
     first: i64,
     last: i64,
 }
@@ -163,8 +167,10 @@ impl StoreReader {
         since: Timestamp,
         until: Timestamp,
         by: UsageGroup,
-        who: bool,
+        who: Option<(Option<&str>, Option<&str>)>,
     ) -> Result<HashMap<Option<String>, Group>, StoreError> {
+        let wanted = who.unwrap_or_default();
+        let who = who.is_some();
         let (user, model) = if who {
             (group_sql(UsageGroup::User), group_sql(UsageGroup::Model))
         } else {
@@ -230,8 +236,11 @@ impl StoreReader {
                 Some(c) => *g.cost.get_or_insert(0.0) += c,
                 None => g.unpriced += 1,
             }
-            add_listed(&mut g.users, text(r.get(11)?));
-            add_listed(&mut g.models, text(r.get(12)?));
+            let (user, model) = (text(r.get(11)?), text(r.get(12)?));
+            g.has_user |= wanted.0.is_some() && user.as_deref() == wanted.0;
+            g.has_model |= wanted.1.is_some() && model.as_deref() == wanted.1;
+            add_listed(&mut g.users, user);
+            add_listed(&mut g.models, model);
             g.first = g.first.min(start);
             g.last = g.last.max(start);
         }
@@ -240,7 +249,7 @@ impl StoreReader {
 
     /// Calls and tokens per group over the window, most tokens first.
     pub fn usage(&self, q: &UsageQuery) -> Result<UsageAnswer, StoreError> {
-        let groups = self.usage_groups(q.since, q.until, q.by, false)?;
+        let groups = self.usage_groups(q.since, q.until, q.by, None)?;
         let mut data: Vec<UsageRow> = groups.into_iter().map(|(k, g)| g.row(k)).collect();
         data.sort_by(|a, b| {
             (b.input_tokens + b.output_tokens)
@@ -259,13 +268,13 @@ impl StoreReader {
     /// and totals.
     pub fn sessions(&self, q: &SessionsQuery) -> Result<SessionsAnswer, StoreError> {
         let w = &q.window;
-        let groups = self.usage_groups(w.since, w.until, UsageGroup::Session, true)?;
+        let wanted = (q.user.as_deref(), q.model.as_deref());
+        let groups = self.usage_groups(w.since, w.until, UsageGroup::Session, Some(wanted))?;
         let mut data: Vec<SessionRow> = groups
             .into_iter()
             .filter_map(|(k, g)| {
                 let session_id = k.clone()?;
-                let keep = q.user.as_ref().is_none_or(|u| g.users.contains(u))
-                    && q.model.as_ref().is_none_or(|m| g.models.contains(m));
+                let keep = (q.user.is_none() || g.has_user) && (q.model.is_none() || g.has_model);
                 keep.then(|| SessionRow {
                     session_id,
                     usage: g.row(k),

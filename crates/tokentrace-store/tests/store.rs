@@ -973,3 +973,53 @@ fn datasets_expire_whole_after_their_last_append_and_the_rest_stay() {
     drop(conn);
     store.close().unwrap();
 }
+
+/// The sessions' user filter finds a session by any of its users, not only by the first ones
+/// the answer lists.
+#[test]
+fn sessions_are_found_by_any_of_their_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let records: Vec<Record> = (0..30)
+        .map(|i| {
+            let mut s = span(
+                TraceId::random(),
+                SpanId::random(),
+                None,
+                "chat",
+                now_minus(60),
+                5,
+            );
+            for (k, v) in [
+                ("session.id", AttrValue::from("s-big")),
+                ("user.id", AttrValue::from(format!("u-{i:02}").as_str())),
+                ("gen_ai.usage.input_tokens", AttrValue::Int(10)),
+                ("gen_ai.usage.output_tokens", AttrValue::Int(2)),
+            ] {
+                s.attributes.insert(k.to_string(), v);
+            }
+            Record::Span(s)
+        })
+        .collect();
+    store.writer().write(records).unwrap();
+    store.writer().flush().unwrap();
+    let sessions = |user: &str| {
+        let q = tokentrace_model::query::SessionsRequest {
+            user: Some(user.to_string()),
+            ..Default::default()
+        }
+        .validate(Timestamp::now())
+        .unwrap();
+        store.reader().sessions(&q).unwrap().data
+    };
+    let found = sessions("u-29");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].session_id, "s-big");
+    assert_eq!(found[0].usage.calls, 30);
+    assert!(
+        found[0].usage.users.len() < 30,
+        "the answer lists only the first users"
+    );
+    assert!(sessions("nobody").is_empty());
+    store.close().unwrap();
+}
