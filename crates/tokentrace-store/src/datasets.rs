@@ -19,13 +19,7 @@ pub(crate) fn append_rows(
     expires_at: Option<i64>,
 ) -> Result<u64, StoreError> {
     let tx = conn.transaction()?;
-    tx.execute(
-        "INSERT INTO projects (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
-        [project],
-    )?;
-    let project: i64 = tx.query_row("SELECT id FROM projects WHERE name = ?1", [project], |r| {
-        r.get(0)
-    })?;
+    let project = crate::keys::project_id(&tx, project)?;
     let created = tx.execute(
         "INSERT OR IGNORE INTO datasets (dataset_id, created_at, project) VALUES (?1, ?2, ?3)",
         params![dataset_id, Timestamp::now().to_sql(), project],

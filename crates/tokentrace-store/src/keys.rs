@@ -64,6 +64,15 @@ pub(crate) struct ProjectIds {
     ids: HashMap<String, i64>,
 }
 
+/// The id of the project `name` in `projects`, added when new.
+pub(crate) fn project_id(conn: &Connection, name: &str) -> Result<i64, StoreError> {
+    conn.prepare_cached("INSERT INTO projects (name) VALUES (?1) ON CONFLICT (name) DO NOTHING")?
+        .execute([name])?;
+    Ok(conn
+        .prepare_cached("SELECT id FROM projects WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))?)
+}
+
 /// Project names remembered at most (names come from the config, tokens' claims and admins).
 const PROJECTS_REMEMBERED: usize = 4_096;
 
@@ -76,13 +85,7 @@ impl ProjectIds {
         if let Some(&id) = self.ids.get(name) {
             return Ok(id);
         }
-        conn.prepare_cached(
-            "INSERT INTO projects (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
-        )?
-        .execute([name])?;
-        let id: i64 = conn
-            .prepare_cached("SELECT id FROM projects WHERE name = ?1")?
-            .query_row([name], |r| r.get(0))?;
+        let id = project_id(conn, name)?;
         if self.ids.len() < PROJECTS_REMEMBERED {
             self.ids.insert(name.to_string(), id);
         }
