@@ -164,8 +164,15 @@ fn run_baseline(
             let mut event_st = tx.prepare_cached(
                 "INSERT INTO event_rows (trace, trace_id, span_id, ts_ns, name, kind, severity, message, value, unit, attributes, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?;
+            // The point's series: found once per transaction, as the writer remembers it.
+            let series: i64 = tx.query_row(
+                "INSERT INTO metric_series (name, unit, labels) VALUES ('total_tokens', 'tokens', ?1)
+                 ON CONFLICT (name, labels) DO UPDATE SET name = excluded.name RETURNING id",
+                [r#"{"model_id":"llama-3.1-8b","provider_id":"vllm"}"#],
+                |r| r.get(0),
+            )?;
             let mut metric_st = tx.prepare_cached(
-                "INSERT INTO metrics (name, timestamp, ts_nanos, value, unit, labels, trace_id, span_id, expires_at) VALUES ('total_tokens', ?1, ?2, 42.0, 'tokens', ?3, ?4, ?5, ?6)",
+                "INSERT INTO metric_points (series, ts_ns, value, trace_id, span_id, expires_at) VALUES (?1, ?2, 42.0, ?3, ?4, ?5)",
             )?;
             for s in chunk {
                 let (t, id) = (s.trace.to_bytes().to_vec(), s.span.to_bytes().to_vec());
@@ -211,9 +218,7 @@ fn run_baseline(
                     labels,
                     expires
                 ])?;
-                let (t, id) = (s.trace.to_string(), s.span.to_string());
-                let end = s.end.to_sql();
-                metric_st.execute(params![end, s.end.unix_nanos(), labels, t, id, expires])?;
+                metric_st.execute(params![series, s.end.unix_nanos(), t, id, expires])?;
             }
         }
         tx.commit()?;

@@ -1,5 +1,6 @@
 //! Metric queries: the validated request (time window, bucket size, compiled label matchers)
-//! and its evaluation over the `metrics` table.
+//! and its evaluation over the stored series (`metric_series`), their per-minute rollups and
+//! points.
 
 use std::collections::BTreeMap;
 
@@ -172,84 +173,83 @@ impl StoreReader {
 }
 
 impl StoreReader {
-    /// Metric series of `name` per distinct label set. Whole minutes of the window are read
-    /// from the per-minute rollups of the series whose labels match (a few rows per series and
-    /// minute, whatever the number of points); the partial minutes at its edges, or a window
-    /// with buckets that are not whole minutes, from the points.
+    /// Metric series of `name` per distinct label set. The series whose labels match are
+    /// found in `metric_series` (one row per label set, whatever the number of points); of
+    /// each, whole minutes of the window are read from its per-minute rollups (a row per
+    /// minute), the partial minutes at the window's edges, or a window with buckets that are
+    /// not whole minutes, from its points (`metric_points` by series and time).
     pub fn query_metrics(
         &self,
         name: &str,
         q: &MetricQuery,
     ) -> Result<Vec<MetricSeries>, StoreError> {
         let conn = self.conn()?;
-        // label set → (unit, bucket → sum)
-        let mut series: BTreeMap<LabelSet, (String, Buckets)> = BTreeMap::new();
-        let mut add = |labels: LabelSet, unit: &str, bucket: i64, value: f64| {
-            let entry = series
-                .entry(labels)
-                .or_insert_with(|| (unit.to_string(), BTreeMap::new()));
-            *entry.1.entry(bucket).or_insert(0.0) += value;
-        };
-        let from_points = match q.rollup_minutes() {
-            Some((from, to)) => {
-                let mut matching = Vec::new();
-                let mut st = conn
-                    .prepare_cached("SELECT id, unit, labels FROM metric_series WHERE name = ?1")?;
-                for row in st.query_map([name], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                })? {
-                    let (id, unit, labels) = row?;
-                    let labels = label_set(&labels)?;
-                    if q.matches(&labels) && self.sees_series(&labels) {
-                        matching.push((id, unit, labels));
-                    }
-                }
-                // Summed per bucket by SQLite: a row per bucket comes back, not one per minute.
-                let minutes_per_bucket = q.step.map_or(i64::MAX, |s| s / 60);
-                let mut st = conn.prepare_cached(
-                    "SELECT MIN(minute), SUM(sum) FROM metric_rollups
-                     WHERE series = ?1 AND minute >= ?2 AND minute < ?3 GROUP BY minute / ?4",
-                )?;
-                for (id, unit, labels) in matching {
-                    for row in st.query_map(params![id, from, to, minutes_per_bucket], |r| {
-                        Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?))
-                    })? {
-                        let (minute, sum) = row?;
-                        add(labels.clone(), &unit, q.bucket(minute * MINUTE_NANOS), sum);
-                    }
-                }
-                vec![
-                    (q.start_nanos(), from * MINUTE_NANOS - 1),
-                    (to * MINUTE_NANOS, q.end_nanos()),
-                ]
+        let mut matching = Vec::new();
+        let mut st =
+            conn.prepare_cached("SELECT id, unit, labels FROM metric_series WHERE name = ?1")?;
+        for row in st.query_map([name], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })? {
+            let (id, unit, labels) = row?;
+            let labels = label_set(&labels)?;
+            if q.matches(&labels) && self.sees_series(&labels) {
+                matching.push((id, unit, labels));
             }
+        }
+        let from_points = match q.rollup_minutes() {
+            Some((from, to)) => vec![
+                (q.start_nanos(), from * MINUTE_NANOS - 1),
+                (to * MINUTE_NANOS, q.end_nanos()),
+            ],
             None => vec![(q.start_nanos(), q.end_nanos())],
         };
-        let mut st = conn.prepare_cached(
-            "SELECT ts_nanos, value, unit, labels FROM metrics WHERE name = ?1 AND ts_nanos >= ?2 AND ts_nanos <= ?3 ORDER BY ts_nanos",
+        // Summed per bucket by SQLite: a row per bucket comes back, not one per minute.
+        let minutes_per_bucket = q.step.map_or(i64::MAX, |s| s / 60);
+        let mut rollups = conn.prepare_cached(
+            "SELECT MIN(minute), SUM(sum) FROM metric_rollups
+             WHERE series = ?1 AND minute >= ?2 AND minute < ?3 GROUP BY minute / ?4",
         )?;
-        for (first, last) in from_points {
-            if first > last {
+        let mut points = conn.prepare_cached(
+            "SELECT ts_ns, value FROM metric_points WHERE series = ?1 AND ts_ns >= ?2 AND ts_ns <= ?3",
+        )?;
+        // label set → (unit, bucket → sum); two stored label sets that read the same (their
+        // keys in another order) add up as one.
+        let mut series: BTreeMap<LabelSet, (String, Buckets)> = BTreeMap::new();
+        for (id, unit, labels) in matching {
+            let mut buckets = Buckets::new();
+            if let Some((from, to)) = q.rollup_minutes() {
+                for row in rollups.query_map(params![id, from, to, minutes_per_bucket], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?))
+                })? {
+                    let (minute, sum) = row?;
+                    *buckets
+                        .entry(q.bucket(minute * MINUTE_NANOS))
+                        .or_insert(0.0) += sum;
+                }
+            }
+            for &(first, last) in &from_points {
+                if first > last {
+                    continue;
+                }
+                for row in points.query_map(params![id, first, last], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?))
+                })? {
+                    let (ts_nanos, value) = row?;
+                    *buckets.entry(q.bucket(ts_nanos)).or_insert(0.0) += value;
+                }
+            }
+            if buckets.is_empty() {
                 continue;
             }
-            let rows = st.query_map(params![name, first, last], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, f64>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
-            })?;
-            for row in rows {
-                let (ts_nanos, value, unit, labels) = row?;
-                let labels = label_set(&labels)?;
-                if q.matches(&labels) && self.sees_series(&labels) {
-                    add(labels, &unit, q.bucket(ts_nanos), value);
-                }
+            let entry = series
+                .entry(labels)
+                .or_insert_with(|| (unit, Buckets::new()));
+            for (bucket, value) in buckets {
+                *entry.1.entry(bucket).or_insert(0.0) += value;
             }
         }
         Ok(series

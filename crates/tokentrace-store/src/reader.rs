@@ -42,7 +42,7 @@ impl Table {
             Table::Traces => "SELECT count(*) FROM trace_rows WHERE start_ns IS NOT NULL",
             Table::Spans => "SELECT count(*) FROM span_rows",
             Table::SpanEvents => "SELECT count(*) FROM event_rows",
-            Table::Metrics => "SELECT count(*) FROM metrics",
+            Table::Metrics => "SELECT count(*) FROM metric_points",
         }
     }
 }

@@ -127,20 +127,17 @@ CREATE TABLE IF NOT EXISTS event_rows (
 CREATE INDEX IF NOT EXISTS event_rows_span ON event_rows (trace, span_id);
 CREATE INDEX IF NOT EXISTS event_rows_expires_at ON event_rows (expires_at);
 
-CREATE TABLE IF NOT EXISTS metrics (
+CREATE TABLE IF NOT EXISTS metric_points (
     id         INTEGER PRIMARY KEY,
-    name       TEXT NOT NULL,
-    timestamp  TEXT NOT NULL,
-    ts_nanos   INTEGER NOT NULL,
+    series     INTEGER NOT NULL,
+    ts_ns      INTEGER NOT NULL,
     value      REAL NOT NULL,
-    unit       TEXT NOT NULL,
-    labels     TEXT NOT NULL,
-    trace_id   TEXT,
-    span_id    TEXT,
+    trace_id   BLOB,
+    span_id    BLOB,
     expires_at INTEGER
 );
-CREATE INDEX IF NOT EXISTS metrics_name_time ON metrics (name, ts_nanos);
-CREATE INDEX IF NOT EXISTS metrics_expires_at ON metrics (expires_at);
+CREATE INDEX IF NOT EXISTS metric_points_series_time ON metric_points (series, ts_ns);
+CREATE INDEX IF NOT EXISTS metric_points_expires_at ON metric_points (expires_at);
 
 CREATE TABLE IF NOT EXISTS datasets (
     dataset_id TEXT PRIMARY KEY,
@@ -244,8 +241,27 @@ SELECT e.id,
 FROM event_rows e;
 "#;
 
+/// The `metrics` table of versions 1 to 5, given back over the compact points of version 6: a
+/// point keeps its series (name, unit, labels: `metric_series`), its time in nanoseconds and
+/// its ids as blobs; the text columns are computed. Created apart from [`CURRENT`] because on
+/// an older file the table of that name exists until migration 6 replaces it.
+const METRICS_VIEW: &str = r#"
+CREATE VIEW IF NOT EXISTS metrics AS
+SELECT p.id,
+       s.name,
+       strftime('%Y-%m-%d %H:%M:%S', p.ts_ns / 1000000000, 'unixepoch') || printf('.%09d', p.ts_ns % 1000000000) AS timestamp,
+       p.ts_ns AS ts_nanos,
+       p.value,
+       s.unit,
+       s.labels,
+       CASE typeof(p.trace_id) WHEN 'blob' THEN lower(hex(p.trace_id)) ELSE p.trace_id END AS trace_id,
+       CASE typeof(p.span_id) WHEN 'blob' THEN lower(hex(p.span_id)) ELSE p.span_id END AS span_id,
+       p.expires_at
+FROM metric_points p JOIN metric_series s ON s.id = p.series;
+"#;
+
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// The schema version of a file (0 for a new one). Reading it does not modify the file.
 pub fn version(conn: &Connection) -> Result<i64, StoreError> {
@@ -286,6 +302,85 @@ fn add_projects(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Metric points copied per migration transaction.
+const POINTS_BATCH: i64 = 50_000;
+
+/// Migration 6: metric points become rows of `metric_points` (their series by id, ids as
+/// blobs, no text time) and `metrics` a view of them. The table of version 5 is renamed, copied
+/// in batches by id (each batch a transaction that records how far it got), then dropped.
+/// Every series already has its row (the writer has kept `metric_series` since version 2);
+/// one a point lacks is added. A stored id that is not hex stays as it was, as text.
+fn compact_metric_points(conn: &mut Connection) -> Result<(), StoreError> {
+    let renamed: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'v5_metrics'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !renamed {
+        let tx = conn.transaction()?;
+        tx.execute_batch(
+            "DROP INDEX IF EXISTS metrics_name_time;
+             DROP INDEX IF EXISTS metrics_expires_at;
+             ALTER TABLE metrics RENAME TO v5_metrics;",
+        )?;
+        tx.execute_batch(CURRENT)?;
+        tx.commit()?;
+    }
+    let (last, total): (i64, i64) = conn.query_row(
+        "SELECT COALESCE(MAX(id), 0), COUNT(*) FROM v5_metrics",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let mut done: i64 = conn
+        .query_row(
+            "SELECT done_up_to FROM migration_steps WHERE name = 'v6 metrics'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    if total > 0 {
+        tracing::info!(
+            "trace store: migrating to schema version 6: compacting {total} metric points"
+        );
+    }
+    while done < last {
+        let upto = done.saturating_add(POINTS_BATCH).min(last);
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO metric_series (name, unit, labels)
+             SELECT name, MIN(unit), labels FROM v5_metrics WHERE id > ?1 AND id <= ?2
+             GROUP BY name, labels
+             ON CONFLICT (name, labels) DO NOTHING",
+            params![done, upto],
+        )?;
+        tx.execute(
+            "INSERT INTO metric_points (id, series, ts_ns, value, trace_id, span_id, expires_at)
+             SELECT m.id, s.id, m.ts_nanos, m.value,
+                    COALESCE(unhex(m.trace_id), m.trace_id), COALESCE(unhex(m.span_id), m.span_id),
+                    m.expires_at
+             FROM v5_metrics m JOIN metric_series s ON s.name = m.name AND s.labels = m.labels
+             WHERE m.id > ?1 AND m.id <= ?2",
+            params![done, upto],
+        )?;
+        tx.execute(
+            "INSERT INTO migration_steps (name, done_up_to) VALUES ('v6 metrics', ?1)
+             ON CONFLICT (name) DO UPDATE SET done_up_to = excluded.done_up_to",
+            [upto],
+        )?;
+        tx.commit()?;
+        done = upto;
+        tracing::info!("trace store: schema version 6: metric points up to {done} of {last}");
+    }
+    let tx = conn.transaction()?;
+    tx.execute_batch(
+        "DROP TABLE v5_metrics; DELETE FROM migration_steps WHERE name = 'v6 metrics';",
+    )?;
+    tx.execute_batch(METRICS_VIEW)?;
+    tx.commit()?;
+    Ok(())
+}
+
 /// Metric points turned into rollups per migration transaction.
 const BACKFILL_BATCH: i64 = 100_000;
 
@@ -300,6 +395,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         let tx = conn.transaction()?;
         tx.execute_batch(V2)?;
         tx.execute_batch(CURRENT)?;
+        tx.execute_batch(METRICS_VIEW)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
         return Ok(());
@@ -308,6 +404,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         // Every statement of the schema is `IF NOT EXISTS`: this adds what a file written by an
         // earlier build of this version lacks (an index), and touches nothing else.
         conn.execute_batch(CURRENT)?;
+        conn.execute_batch(METRICS_VIEW)?;
     }
     for to in current + 1..=SCHEMA_VERSION {
         match to {
@@ -317,7 +414,8 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             }
             3 => conn.execute_batch(V3)?,
             4 => crate::upgrade::to_compact_tables(conn, CURRENT)?,
-            _ => add_projects(conn)?,
+            5 => add_projects(conn)?,
+            _ => compact_metric_points(conn)?,
         }
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM migration_progress WHERE version = ?1", [to])?;

@@ -483,7 +483,7 @@ fn expire_chunk(conn: &mut Connection, now: i64, chunk: i64) -> Result<u64, Stor
     for (table, key, columns) in [
         ("span_rows", "rowid", "rowid"),
         ("event_rows", "rowid", "rowid"),
-        ("metrics", "rowid", "rowid"),
+        ("metric_points", "rowid", "rowid"),
         ("metric_rollups", "(series, minute)", "series, minute"),
         ("trace_rows", "rowid", "rowid"),
     ] {

@@ -107,7 +107,8 @@ fn version_1_file(path: &Path, points: i64) {
     let tx = conn.unchecked_transaction().unwrap();
     {
         let mut st = tx
-            .prepare("INSERT INTO metrics (name, timestamp, ts_nanos, value, unit, labels, trace_id, span_id, expires_at) VALUES (?1, 'x', ?2, ?3, 'tokens', ?4, NULL, NULL, ?5)")
+            // The text time as a release wrote it; ids (hex) on some points.
+            .prepare("INSERT INTO metrics (name, timestamp, ts_nanos, value, unit, labels, trace_id, span_id, expires_at) VALUES (?1, strftime('%Y-%m-%d %H:%M:%S', ?2 / 1000000000, 'unixepoch') || printf('.%09d', ?2 % 1000000000), ?2, ?3, 'tokens', ?4, ?6, ?7, ?5)")
             .unwrap();
         for i in 0..points {
             let ts = (BASE + (i * 7919) % (4 * 3600)) * 1_000_000_000 + (i % 1000) * 1_000_000;
@@ -118,8 +119,18 @@ fn version_1_file(path: &Path, points: i64) {
             };
             let labels = format!("{{\"model_id\":\"m{}\",\"provider_id\":\"p\"}}", i % 4);
             let expires = (i % 5 != 0).then_some(2_000_000_000_000_000_000i64 + i);
-            st.execute(params![name, ts, (i % 97) as f64, labels, expires])
-                .unwrap();
+            let ids = (i % 7 == 0).then(|| (format!("{i:032x}"), format!("{:016x}", i + 1)));
+            let (trace_id, span_id) = ids.unzip();
+            st.execute(params![
+                name,
+                ts,
+                (i % 97) as f64,
+                labels,
+                expires,
+                trace_id,
+                span_id
+            ])
+            .unwrap();
         }
     }
     tx.commit().unwrap();

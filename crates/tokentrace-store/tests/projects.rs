@@ -154,7 +154,8 @@ fn a_version_4_file_is_migrated_in_place_everything_in_default() {
         .append_dataset_rows("ds", "default", vec![serde_json::Map::new()], None)
         .unwrap();
     store.close().unwrap();
-    // Back to what version 4 wrote: no projects, a `traces` view without them.
+    // Back to what version 4 wrote: no projects, a `traces` view without them, the `metrics`
+    // table of versions 1 to 5.
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch(
         "DROP INDEX trace_rows_project_start;
@@ -163,6 +164,13 @@ fn a_version_4_file_is_migrated_in_place_everything_in_default() {
          ALTER TABLE datasets DROP COLUMN project;
          DROP TABLE projects;
          CREATE VIEW traces AS SELECT lower(hex(t.trace_id)) AS trace_id FROM trace_rows t;
+         DROP VIEW metrics;
+         DROP TABLE metric_points;
+         CREATE TABLE metrics (id INTEGER PRIMARY KEY, name TEXT NOT NULL, timestamp TEXT NOT NULL,
+             ts_nanos INTEGER NOT NULL, value REAL NOT NULL, unit TEXT NOT NULL, labels TEXT NOT NULL,
+             trace_id TEXT, span_id TEXT, expires_at INTEGER);
+         CREATE INDEX metrics_name_time ON metrics (name, ts_nanos);
+         CREATE INDEX metrics_expires_at ON metrics (expires_at);
          PRAGMA user_version = 4;",
     )
     .unwrap();

@@ -2,7 +2,9 @@
 //! `write`, which writes a batch in one transaction).
 
 use rusqlite::types::Value as SqlValue;
-use tokentrace_model::{MetricPoint, SpanEvent, SpanEventBody, SpanRecord, Timestamp};
+use tokentrace_model::{
+    MetricPoint, SpanEvent, SpanEventBody, SpanId, SpanRecord, Timestamp, TraceId,
+};
 
 use crate::{Record, StoreError};
 
@@ -59,8 +61,9 @@ SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13
 WHERE NOT EXISTS (SELECT 1 FROM event_rows WHERE trace = ?2 AND span_id = ?4 AND ts_ns = ?5
     AND name = ?6 AND kind = ?7 AND message IS ?9 AND value IS ?10 AND attributes = ?12)";
 
-const INSERT_METRIC: &str = "INSERT INTO metrics (name, timestamp, ts_nanos, value, unit, labels, trace_id, span_id, expires_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+const INSERT_METRIC: &str =
+    "INSERT INTO metric_points (series, ts_ns, value, trace_id, span_id, expires_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
 /// A record encoded for its table: ids as bytes, times in unix nanoseconds, attributes as
 /// JSON. Encoding happens on the caller's thread, so the writer thread only binds and executes.
@@ -116,17 +119,17 @@ pub(crate) struct EventRow {
     pub(crate) project: Option<String>,
 }
 
-/// A `metrics` row.
+/// A `metric_points` row, with its series' name, unit and labels (the writer finds the series
+/// id).
 #[derive(Clone, Debug, PartialEq)]
 struct MetricRow {
     name: String,
-    timestamp: String,
     ts_nanos: i64,
     value: f64,
     unit: String,
     labels: String,
-    trace_id: Option<String>,
-    span_id: Option<String>,
+    trace_id: Option<[u8; 16]>,
+    span_id: Option<[u8; 8]>,
     expires_at: Option<i64>,
 }
 
@@ -219,17 +222,16 @@ impl Row {
         })))
     }
 
-    /// A `metrics` row.
+    /// A `metric_points` row.
     pub fn metric(m: &MetricPoint) -> Result<Row, StoreError> {
         Ok(Row(RowKind::Metric(MetricRow {
             name: m.name.clone(),
-            timestamp: m.timestamp.to_sql(),
             ts_nanos: m.timestamp.unix_nanos(),
             value: m.value,
             unit: m.unit.clone(),
             labels: json(&m.labels)?,
-            trace_id: m.trace_id.map(|t| t.to_string()),
-            span_id: m.span_id.map(|s| s.to_string()),
+            trace_id: m.trace_id.map(TraceId::to_bytes),
+            span_id: m.span_id.map(SpanId::to_bytes),
             expires_at: m.expires_at.map(Timestamp::unix_nanos),
         })))
     }
@@ -257,14 +259,7 @@ impl Row {
                     + opt(&e.unit)
                     + text(&e.attributes)
             }
-            RowKind::Metric(m) => {
-                text(&m.name)
-                    + text(&m.timestamp)
-                    + text(&m.unit)
-                    + text(&m.labels)
-                    + opt(&m.trace_id)
-                    + opt(&m.span_id)
-            }
+            RowKind::Metric(m) => 48 + text(&m.name) + text(&m.unit) + text(&m.labels),
         }
     }
 

@@ -363,21 +363,16 @@ pub(crate) fn write_rows(
                 ])?;
             }
             RowKind::Metric(m) => {
+                let series = state.series.get(tx, &m.name, &m.unit, &m.labels)?;
                 metric.execute(params![
-                    m.name,
-                    m.timestamp,
+                    series,
                     m.ts_nanos,
                     m.value,
-                    m.unit,
-                    m.labels,
-                    m.trace_id,
-                    m.span_id,
+                    m.trace_id.as_ref().map(blob),
+                    m.span_id.as_ref().map(blob),
                     m.expires_at,
                 ])?;
-                let key = (
-                    state.series.get(tx, &m.name, &m.unit, &m.labels)?,
-                    minute_of(m.ts_nanos),
-                );
+                let key = (series, minute_of(m.ts_nanos));
                 rollups
                     .entry(key)
                     .and_modify(|r| {
