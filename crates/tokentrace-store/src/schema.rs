@@ -498,6 +498,9 @@ pub fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
+    // A WAL that grew past this (a migration, a retention run giving pages back) is cut back
+    // to it once checkpointed, instead of keeping its largest size on disk.
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     // Statement journals and the sorts of index merges stay in memory; the pages a batch and a
     // merge round touch stay cached.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
