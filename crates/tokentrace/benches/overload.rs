@@ -8,7 +8,7 @@
 //!
 //! Run: `cargo bench -p tokentrace --bench overload` (ten minutes; `-- --seconds 60` for a
 //! shorter run, `--ack committed` for `telemetry.ack: committed`, `--queue-max-bytes N` for a
-//! smaller pipeline queue).
+//! smaller pipeline queue, `--thread-nice N` for the telemetry threads' priority).
 
 mod common;
 
@@ -45,6 +45,9 @@ struct Args {
     /// `telemetry.queue_max_bytes` (default: the config's default).
     #[arg(long)]
     queue_max_bytes: Option<u64>,
+    /// `telemetry.thread_nice` (default: the config's default).
+    #[arg(long)]
+    thread_nice: Option<u8>,
 }
 
 const SPANS: usize = 512;
@@ -152,7 +155,12 @@ fn main() -> Result<(), Error> {
             args.ack,
             args.queue_max_bytes
                 .map(|b| format!("      queue_max_bytes: {b}\n"))
-                .unwrap_or_default()
+                .into_iter()
+                .chain(
+                    args.thread_nice
+                        .map(|n| format!("      thread_nice: {n}\n"))
+                )
+                .collect::<String>()
         ),
     )?;
     let mut server = Command::new(env!("CARGO_BIN_EXE_tokentrace"))
