@@ -352,7 +352,7 @@ impl Default for TelemetryConfig {
             span_timeout_seconds: 3600,
             retention_interval_seconds: 60,
             queue_capacity: 65_536,
-            queue_max_bytes: 32 << 20,
+            queue_max_bytes: 8 << 20,
             backpressure_ms: 1_000,
             thread_nice: 10,
             console: ConsoleConfig::default(),

@@ -112,6 +112,9 @@ pub struct PipelineStats {
     pub room_waits: AtomicU64,
     /// Callers of [`Telemetry::wait_for_room`] that gave up waiting.
     pub room_wait_timeouts: AtomicU64,
+    /// Ingestion requests (events API, OTLP) held by [`Telemetry::wait_for_ingest_room`]
+    /// because the queue had no room when they came.
+    pub ingest_waits: AtomicU64,
     /// Matches replaced by redaction, by kind.
     pub redactions: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
@@ -455,7 +458,11 @@ impl Telemetry {
     /// `Retry-After` (OpenTelemetry's exporters do, a second at least) then waits only as
     /// long as the queue is full, instead of a second per refusal, and keeps the pipeline busy.
     pub async fn wait_for_ingest_room(&self, limit: Duration) -> bool {
-        self.has_room_for_ingest() || self.wait_until(limit, || self.has_room_for_ingest()).await
+        if self.has_room_for_ingest() {
+            return true;
+        }
+        self.stats.ingest_waits.fetch_add(1, Ordering::Relaxed);
+        self.wait_until(limit, || self.has_room_for_ingest()).await
     }
 
     /// Waits, at most `limit`, until `room()` or the pipeline stops; woken by the pipeline

@@ -105,6 +105,11 @@ fn live_samples(state: &AppState) -> Vec<Sample> {
             load(&p.room_wait_timeouts),
         ),
         counter(
+            "tokentrace_ingest_waits_total",
+            "Events-API and OTLP requests held for room in the pipeline queue before being let in or answered 503.",
+            load(&p.ingest_waits),
+        ),
+        counter(
             "tokentrace_sink_errors_total",
             "Sink flush failures.",
             load(&p.sink_errors),
