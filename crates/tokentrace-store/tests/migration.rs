@@ -525,3 +525,46 @@ fn a_file_with_many_spans_is_copied_in_batches_and_its_index_rebuilt() {
         .unwrap();
     assert_eq!(left, 0, "the wide tables and the progress rows are gone");
 }
+
+#[test]
+fn an_interrupted_migration_to_compact_metric_points_resumes_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trace_store.db");
+    version_1_file(&path, 120_000);
+    Store::open(&path, StoreOptions::default())
+        .unwrap()
+        .close()
+        .unwrap();
+    let conn = Connection::open(&path).unwrap();
+    let before = dump(&conn);
+    // Back to where migration 6 stood after its first batch: the version-5 table renamed, the
+    // points up to 50,000 copied and recorded, the view not yet there.
+    conn.execute_batch(
+        "CREATE TABLE v5_metrics AS SELECT * FROM metrics;
+         DROP VIEW metrics;
+         DELETE FROM metric_points WHERE id > 50000;
+         INSERT INTO migration_steps (name, done_up_to) VALUES ('v6 metrics', 50000);
+         PRAGMA user_version = 5;",
+    )
+    .unwrap();
+    drop(conn);
+    Store::open(&path, StoreOptions::default())
+        .unwrap()
+        .close()
+        .unwrap();
+    let conn = Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    assert_eq!(dump(&conn), before, "every point once, as it was");
+    let left: i64 = conn
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM sqlite_master WHERE name = 'v5_metrics')
+                  + (SELECT COUNT(*) FROM migration_steps WHERE name = 'v6 metrics')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 0, "the old table and the progress row are gone");
+}
