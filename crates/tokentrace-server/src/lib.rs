@@ -4,6 +4,7 @@
 //! telemetry query API and datasetio) and `GET /metrics`. This file holds the router and the
 //! shared state only.
 
+mod budget;
 mod error;
 pub mod explore;
 pub mod extract;
@@ -58,6 +59,8 @@ pub struct Settings {
     pub dataset_ttl: Duration,
     /// Hosts, origins, content types and keys every request is checked for.
     pub guard: Arc<guard::Guard>,
+    /// Request bodies held at once, in bytes.
+    pub bodies: budget::BodyBudget,
 }
 
 impl Settings {
@@ -74,6 +77,7 @@ impl Settings {
             otlp_max_body_bytes: server.otlp_max_body_bytes,
             dataset_ttl: Duration::from_secs(tc.default_ttl_seconds.max(0) as u64),
             guard: Arc::new(guard::Guard::from_config(server)),
+            bodies: budget::BodyBudget::new(server.max_body_bytes, server.otlp_max_body_bytes),
         }
     }
 }
@@ -173,6 +177,10 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(timeout, time_limit))
         .layer(axum::middleware::from_fn_with_state(
+            state.settings.bodies.clone(),
+            budget::hold_bodies,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             request_span::trace_requests,
         ))
@@ -190,6 +198,10 @@ pub fn otlp_router(state: AppState) -> Router {
     ingest::otlp::routes()
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.settings.bodies.clone(),
+            budget::hold_bodies,
+        ))
         .layer(axum::middleware::from_fn_with_state(guard, guard::guard))
         .with_state(state)
 }

@@ -339,3 +339,72 @@ fn sigterm_interrupts_a_long_query_and_the_server_stops() {
     assert!(body.contains("stopping"), "{body}");
     assert!(wait_exit(&mut server.child).success());
 }
+
+/// Bodies being received are bounded in bytes: four clients that declare the largest OTLP body
+/// and send it slowly hold the whole budget, so other bodies are answered 503 with
+/// `Retry-After` at once instead of being read into memory; once those clients go, requests
+/// are served again.
+#[test]
+fn request_bodies_held_at_once_are_bounded_in_bytes() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[], &[("TELEMETRY_SINKS", "sqlite")]);
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let slow: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(&addr).unwrap();
+            c.write_all(
+                b"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-protobuf\r\nContent-Length: 16777216\r\n\r\n\x0a",
+            )
+            .unwrap();
+            c
+        })
+        .collect();
+    let post = |body: &str| -> (u16, String) {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(
+            c,
+            "POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = c.read_to_string(&mut answer);
+        let status = answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, answer)
+    };
+    // Until the four heads have been read, the budget may still have room.
+    let mut refused = None;
+    for _ in 0..200 {
+        let (status, answer) = post("{}");
+        if status == 503 {
+            refused = Some(answer);
+            break;
+        }
+        assert_eq!(status, 200, "{answer}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let answer = refused.expect("a small body was never refused while the budget was held");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    assert!(answer.contains("too many request bodies"), "{answer}");
+    let health = reqwest::blocking::get(format!("{}/v1/health", server.base)).unwrap();
+    assert_eq!(health.status(), 200, "requests without a body still served");
+    drop(slow);
+    let mut served = false;
+    for _ in 0..200 {
+        if post("{}").0 == 200 {
+            served = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(served, "the budget came back when the slow clients left");
+}

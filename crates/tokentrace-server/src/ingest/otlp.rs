@@ -19,6 +19,11 @@ use crate::AppState;
 use crate::guard::Access;
 
 /// The OTLP routes (`/v1/traces`, `/v1/metrics`, `/v1/logs`).
+/// Whether `path` is one of the receiver's (their bodies have `otlp_max_body_bytes`).
+pub fn is_otlp_path(path: &str) -> bool {
+    matches!(path, "/v1/traces" | "/v1/metrics" | "/v1/logs")
+}
+
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/traces", post(traces))
@@ -57,12 +62,16 @@ const INVALID_ARGUMENT: i32 = 3;
 const RESOURCE_EXHAUSTED: i32 = 8;
 const UNAVAILABLE: i32 = 14;
 
-/// Reads, decompresses and checks the body; returns its encoding and bytes.
+/// A body read and decompressed: its encoding, its bytes and, for a decompressed one, the share
+/// of the body budget its bytes take (held while the request is handled).
+type ReadBody = (Encoding, Vec<u8>, Option<tokio::sync::OwnedSemaphorePermit>);
+
+/// Reads, decompresses and checks the body.
 async fn read_body(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(Encoding, Vec<u8>), OtlpError> {
+) -> Result<ReadBody, OtlpError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -111,18 +120,30 @@ async fn read_body(
         .unwrap_or("identity")
         .trim()
         .to_ascii_lowercase();
-    let bytes = match content_encoding.as_str() {
-        "identity" | "" => raw.to_vec(),
-        "gzip" => gunzip(&raw, limit).map_err(|e| match e {
-            DecodeError::TooLarge(_) => err(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                RESOURCE_EXHAUSTED,
-                e.to_string(),
-            ),
-            DecodeError::Invalid(_) => {
-                err(StatusCode::BAD_REQUEST, INVALID_ARGUMENT, e.to_string())
-            }
-        })?,
+    let (bytes, held) = match content_encoding.as_str() {
+        "identity" | "" => (raw.to_vec(), None),
+        "gzip" => {
+            let bytes = gunzip(&raw, limit).map_err(|e| match e {
+                DecodeError::TooLarge(_) => err(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    RESOURCE_EXHAUSTED,
+                    e.to_string(),
+                ),
+                DecodeError::Invalid(_) => {
+                    err(StatusCode::BAD_REQUEST, INVALID_ARGUMENT, e.to_string())
+                }
+            })?;
+            // The compressed body took its share before it was read; the decompressed one
+            // takes its own.
+            let held = state.settings.bodies.take(bytes.len()).map_err(|e| {
+                err(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    UNAVAILABLE,
+                    e.detail.clone(),
+                )
+            })?;
+            (bytes, Some(held))
+        }
         other => {
             return Err(err(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -131,7 +152,7 @@ async fn read_body(
             ));
         }
     };
-    Ok((encoding, bytes))
+    Ok((encoding, bytes, held))
 }
 
 /// A decoded request turned into one pipeline batch: the batch, how many items were rejected,
@@ -147,7 +168,7 @@ async fn receive(
     signal: Signal,
     convert: impl FnOnce(&[u8], Encoding) -> Result<Accepted, DecodeError>,
 ) -> Response {
-    let (encoding, bytes) = match read_body(state, headers, body).await {
+    let (encoding, bytes, _held) = match read_body(state, headers, body).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
