@@ -324,7 +324,9 @@ const SESSION_SQL: &str = "SELECT s.span_id, s.attributes FROM span_rows s
 WHERE s.trace IN (SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = 0) AND kind = 16 + (SELECT id FROM attribute_keys WHERE key = 'session.id') AND key = ?1)";
 /// Metric range queries read the per-minute rollups of the name's series (the store filters the
 /// series by label in Rust, and reads the points of the partial minutes at the window's edges).
-const METRICS_SQL: &str = "SELECT r.minute, r.sum, s.labels FROM metric_series s CROSS JOIN metric_rollups r ON r.series = s.id WHERE s.name = ?1 AND r.minute >= ?2 AND r.minute < ?3";
+/// The store's reading of a range query: the series of the name whose label matches, then
+/// their rollups summed per hour.
+const METRICS_SQL: &str = "SELECT s.id, MIN(r.minute), SUM(r.sum) FROM metric_series s CROSS JOIN metric_rollups r ON r.series = s.id WHERE s.name = ?1 AND json_extract(s.labels, '$.model_id') = ?4 AND r.minute >= ?2 AND r.minute < ?3 GROUP BY s.id, r.minute / 60";
 
 fn drain(mut rows: rusqlite::Rows<'_>) -> Result<u64, Error> {
     let mut n = 0;
@@ -704,9 +706,14 @@ fn main() -> Result<(), Error> {
                     )
                 }
             }),
-            floor: Box::new(move |c, _| {
+            floor: Box::new(move |c, t| {
                 let mut st = c.prepare_cached(METRICS_SQL)?;
-                drain(st.query(params!["prompt_tokens", week_ago_secs / 60, end_secs / 60])?)?;
+                drain(st.query(params![
+                    "prompt_tokens",
+                    week_ago_secs / 60,
+                    end_secs / 60,
+                    model(t)
+                ])?)?;
                 Ok(())
             }),
             sql: METRICS_SQL,
