@@ -200,7 +200,8 @@ impl StoreReader {
                 matching.push((id, unit, labels));
             }
         }
-        let from_points = match q.rollup_minutes() {
+        let rollup = q.rollup_minutes();
+        let from_points = match rollup {
             Some((from, to)) => vec![
                 (q.start_nanos(), from * MINUTE_NANOS - 1),
                 (to * MINUTE_NANOS, q.end_nanos()),
@@ -221,7 +222,7 @@ impl StoreReader {
         let mut series: BTreeMap<LabelSet, (String, Buckets)> = BTreeMap::new();
         for (id, unit, labels) in matching {
             let mut buckets = Buckets::new();
-            if let Some((from, to)) = q.rollup_minutes() {
+            if let Some((from, to)) = rollup {
                 for row in rollups.query_map(params![id, from, to, minutes_per_bucket], |r| {
                     Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?))
                 })? {

@@ -18,17 +18,21 @@ use tokentrace_pipeline::{Batch, SubmitError};
 use crate::AppState;
 use crate::guard::Access;
 
-/// The OTLP routes (`/v1/traces`, `/v1/metrics`, `/v1/logs`).
+const TRACES_PATH: &str = "/v1/traces";
+const METRICS_PATH: &str = "/v1/metrics";
+const LOGS_PATH: &str = "/v1/logs";
+
 /// Whether `path` is one of the receiver's (their bodies have `otlp_max_body_bytes`).
 pub fn is_otlp_path(path: &str) -> bool {
-    matches!(path, "/v1/traces" | "/v1/metrics" | "/v1/logs")
+    [TRACES_PATH, METRICS_PATH, LOGS_PATH].contains(&path)
 }
 
+/// The OTLP routes (`/v1/traces`, `/v1/metrics`, `/v1/logs`).
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/traces", post(traces))
-        .route("/v1/metrics", post(metrics))
-        .route("/v1/logs", post(logs))
+        .route(TRACES_PATH, post(traces))
+        .route(METRICS_PATH, post(metrics))
+        .route(LOGS_PATH, post(logs))
 }
 
 /// An OTLP/HTTP error: status plus a `Status` body in the request's encoding.
