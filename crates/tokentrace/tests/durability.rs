@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{signal, start};
+use common::{signal, sqlite_config, start};
 use serde_json::json;
 
 const THREADS: usize = 12;
@@ -37,15 +37,7 @@ fn otlp_body(thread: usize, request: usize) -> String {
 fn with_ack_committed_a_kill_9_after_the_answers_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("trace_store.db");
-    let config = dir.path().join("run.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "providers:\n  telemetry:\n  - provider_id: meta-reference\n    provider_type: inline::meta-reference\n    config:\n      sinks: sqlite\n      sqlite_db_path: {}\n      ack: committed\n",
-            db.display()
-        ),
-    )
-    .unwrap();
+    let config = sqlite_config(dir.path(), "      ack: committed\n");
     let mut server = start(dir.path(), &["--config", config.to_str().unwrap()], &[]);
     let base = Arc::new(server.base.clone());
     let acked_spans = Arc::new(AtomicUsize::new(0));
@@ -125,15 +117,7 @@ fn with_ack_committed_a_kill_9_after_the_answers_loses_nothing_acknowledged() {
 fn with_ack_accepted_a_kill_9_loses_only_the_newest_acknowledged_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("trace_store.db");
-    let config = dir.path().join("run.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "providers:\n  telemetry:\n  - provider_id: meta-reference\n    provider_type: inline::meta-reference\n    config:\n      sinks: sqlite\n      sqlite_db_path: {}\n",
-            db.display()
-        ),
-    )
-    .unwrap();
+    let config = sqlite_config(dir.path(), "");
     let mut server = start(dir.path(), &["--config", config.to_str().unwrap()], &[]);
     let base = Arc::new(server.base.clone());
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use tokentrace_otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
-use tokentrace_otlp::proto::common::v1::{AnyValue, KeyValue, any_value};
+use tokentrace_otlp::proto::common::v1::any_value;
+
+use common::kv;
 use tokentrace_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
 /// The server's peak resident memory under sustained overload with the defaults (docs/CONFIG.md,
@@ -41,14 +43,6 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap()
-}
-
-fn kv(key: &str, value: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..Default::default()
-    }
 }
 
 fn otlp_body(sender: usize, n: u64) -> Vec<u8> {
@@ -131,15 +125,7 @@ fn send(
 /// Overloads one path for [`SECONDS`]; returns the counts and the server's peak RSS in KiB.
 fn overload(path: &'static str) -> (Arc<Counts>, u64, u64) {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("run.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "providers:\n  telemetry:\n  - provider_id: meta-reference\n    provider_type: inline::meta-reference\n    config:\n      sinks: sqlite\n      sqlite_db_path: {}\n",
-            dir.path().join("trace_store.db").display()
-        ),
-    )
-    .unwrap();
+    let config = common::sqlite_config(dir.path(), "");
     let server = common::start(dir.path(), &["--config", config.to_str().unwrap()], &[]);
     let pid = server.child.id();
     let idle = status_kib(pid, "VmRSS:");

@@ -15,19 +15,11 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use serde_json::{Value, json};
 use tokentrace_otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
-use tokentrace_otlp::proto::common::v1::{AnyValue, KeyValue, any_value};
+use tokentrace_otlp::proto::common::v1::{KeyValue, any_value};
 use tokentrace_otlp::proto::resource::v1::Resource;
 use tokentrace_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, status};
 
-use common::{require_python, start};
-
-fn kv(k: &str, v: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue { value: Some(v) }),
-        ..Default::default()
-    }
-}
+use common::{kv, require_python, start};
 
 fn text(v: &str) -> any_value::Value {
     any_value::Value::StringValue(v.into())

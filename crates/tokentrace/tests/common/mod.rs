@@ -62,6 +62,34 @@ pub fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
     }
 }
 
+/// Writes `run.yaml` in `dir`: the telemetry provider with only the sqlite sink, its store
+/// `dir/trace_store.db`, plus `extra` (lines of the provider's config, each indented six
+/// spaces). Returns the config's path.
+pub fn sqlite_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let config = dir.join("run.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "providers:\n  telemetry:\n  - provider_id: meta-reference\n    provider_type: inline::meta-reference\n    config:\n      sinks: sqlite\n      sqlite_db_path: {}\n{extra}",
+            dir.join("trace_store.db").display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// An OTLP attribute.
+pub fn kv(
+    key: &str,
+    value: tokentrace_otlp::proto::common::v1::any_value::Value,
+) -> tokentrace_otlp::proto::common::v1::KeyValue {
+    tokentrace_otlp::proto::common::v1::KeyValue {
+        key: key.into(),
+        value: Some(tokentrace_otlp::proto::common::v1::AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
 /// A port nobody listens on now (for a server or fake upstream the test starts later).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
