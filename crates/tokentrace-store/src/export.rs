@@ -9,7 +9,8 @@ use tokentrace_model::{
     SpanEvent, SpanId, SpanKind, SpanLink, SpanRecord, SpanStatus, Timestamp, Trace, TraceId,
 };
 
-use crate::reader::{EVENT_COLUMNS, attributes, read_event, span_id, trace_id, trace_key_sql};
+use crate::names::Names;
+use crate::reader::{EVENT_COLUMNS, read_event, span_id, trace_id, trace_key_sql};
 use crate::{StoreError, StoreReader};
 
 /// A page of exported traces.
@@ -28,7 +29,10 @@ const SPANS: &str = "SELECT t.trace_id, s.span_id, s.parent_span_id, s.name, s.k
   FROM span_rows s JOIN trace_rows t ON t.id = s.trace WHERE s.trace = ?1 ORDER BY s.start_ns, s.id";
 
 /// A span from a row of [`SPANS`], without its events.
-fn read_span(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SpanRecord, StoreError>> {
+fn read_span(
+    r: &rusqlite::Row<'_>,
+    names: &Names,
+) -> rusqlite::Result<Result<SpanRecord, StoreError>> {
     let (tid, sid, parent): ([u8; 16], [u8; 8], Option<[u8; 8]>) =
         (r.get(0)?, r.get(1)?, r.get(2)?);
     let (kind, status, links): (String, Option<String>, Option<String>) =
@@ -56,7 +60,7 @@ fn read_span(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SpanRecord, Store
                 _ => None,
             },
             status_message: msg,
-            attributes: attributes(&attrs)?,
+            attributes: names.decode(&attrs)?,
             events: Vec::new(),
             links,
             service_name: service,
@@ -66,7 +70,7 @@ fn read_span(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SpanRecord, Store
 }
 
 /// Every span of a trace (by its key), by start, each with its events.
-fn trace_spans(conn: &Connection, key: i64) -> Result<Vec<SpanRecord>, StoreError> {
+fn trace_spans(conn: &Connection, key: i64, names: &Names) -> Result<Vec<SpanRecord>, StoreError> {
     let mut events: HashMap<SpanId, Vec<SpanEvent>> = HashMap::new();
     let mut st = conn.prepare_cached(&format!(
         "SELECT {EVENT_COLUMNS} FROM event_rows WHERE trace = ?1 AND span_id IS NOT NULL ORDER BY ts_ns, id"
@@ -78,7 +82,7 @@ fn trace_spans(conn: &Connection, key: i64) -> Result<Vec<SpanRecord>, StoreErro
         }
     }
     let mut st = conn.prepare_cached(SPANS)?;
-    let rows = st.query_map([key], read_span)?;
+    let rows = st.query_map([key], |r| read_span(r, names))?;
     rows.map(|r| {
         let mut span = r??;
         span.events = events.remove(&span.span_id).unwrap_or_default();
@@ -108,7 +112,7 @@ impl StoreReader {
             .query_row(rusqlite::params_from_iter(params), |r| r.get(0))
             .optional()?;
         let spans = match key {
-            Some(k) => trace_spans(&conn, k)?,
+            Some(k) => trace_spans(&conn, k, &self.names)?,
             None => Vec::new(),
         };
         if spans.len() > self.max_answer {
@@ -129,7 +133,7 @@ impl StoreReader {
         let (rows, next) = self.trace_page(&conn, q)?;
         let mut spans = Vec::new();
         for row in &rows {
-            spans.extend(trace_spans(&conn, row.key)?);
+            spans.extend(trace_spans(&conn, row.key, &self.names)?);
             if spans.len() > self.max_answer {
                 return Err(StoreError::TooLarge(format!(
                     "these {} traces hold more than {} spans; export fewer per page (limit)",

@@ -38,7 +38,7 @@ impl StoreReader {
             params.push(SqlValue::Text(service.clone()));
         }
         if !q.filters.is_empty() {
-            let cond = filter_sql(&q.filters, &mut params);
+            let cond = filter_sql(&q.filters, &mut params, &self.names)?;
             sql.push_str(&format!(" AND {cond}"));
         }
         sql.push_str(&self.scope_push("t.project", &mut params));
@@ -61,7 +61,7 @@ impl StoreReader {
             .map(|(_, row)| {
                 let status = row.status();
                 Ok(SpanWithStatus {
-                    span: row.into_span(None)?,
+                    span: row.into_span(None, &self.names)?,
                     status,
                 })
             })

@@ -19,6 +19,7 @@ use tokentrace_model::{
 use crate::StoreError;
 use crate::index::{IndexedKeys, sql_value};
 use crate::lookup::{KIND_TRACE, targets_of};
+use crate::names::Names;
 
 /// Deepest span tree walked when the caller sets no `max_depth`.
 pub(crate) const MAX_TREE_DEPTH: u32 = 10_000;
@@ -74,6 +75,8 @@ const PROGRESS_OPS: i32 = 1_000;
 pub struct StoreReader {
     pool: Arc<Pool>,
     pub(crate) indexed: Arc<IndexedKeys>,
+    /// The names of the ids span attributes are keyed by.
+    pub(crate) names: Arc<Names>,
     /// Most rows one answer may hold.
     pub(crate) max_answer: usize,
     /// The projects it reads; `None`: every project.
@@ -199,7 +202,21 @@ impl SpanRow {
         })
     }
 
-    pub(crate) fn into_span(self, keys: Option<&[String]>) -> Result<Span, StoreError> {
+    pub(crate) fn into_span(
+        self,
+        keys: Option<&[String]>,
+        names: &Names,
+    ) -> Result<Span, StoreError> {
+        let attributes = names.decode(&self.attributes)?;
+        self.into_span_with(attributes, keys)
+    }
+
+    /// The span, with its attributes already decoded.
+    pub(crate) fn into_span_with(
+        self,
+        attributes: Attributes,
+        keys: Option<&[String]>,
+    ) -> Result<Span, StoreError> {
         Ok(Span {
             span_id: span_id(self.span_id)?,
             trace_id: trace_id(self.trace_id)?,
@@ -207,7 +224,7 @@ impl SpanRow {
             name: self.name,
             start_time: Timestamp::from_unix_nanos(self.start_ns),
             end_time: self.end_ns.map(Timestamp::from_unix_nanos),
-            attributes: project(attributes(&self.attributes)?, keys),
+            attributes: project(attributes, keys),
         })
     }
 
@@ -223,9 +240,14 @@ impl SpanRow {
 /// SQL for "span `s` (of trace row `t`) matches every filter", with its parameters appended
 /// to `params`. Column names come from closed enums; keys and values are bound. Ids compare as
 /// the hex text they are given in; times as nanoseconds when the value is a time, else as text.
-pub(crate) fn filter_sql(filters: &[Filter], params: &mut Vec<SqlValue>) -> String {
+/// An attribute is found under the key its name is stored with (`names`).
+pub(crate) fn filter_sql(
+    filters: &[Filter],
+    params: &mut Vec<SqlValue>,
+    names: &Names,
+) -> Result<String, StoreError> {
     if filters.is_empty() {
-        return "1".to_string();
+        return Ok("1".to_string());
     }
     let parts: Vec<String> = filters
         .iter()
@@ -250,7 +272,7 @@ pub(crate) fn filter_sql(filters: &[Filter], params: &mut Vec<SqlValue>) -> Stri
                 }
                 .to_string(),
                 FilterTarget::Attribute(key) => {
-                    params.push(SqlValue::Text(format!("$.\"{key}\"")));
+                    params.push(SqlValue::Text(names.path(key)?));
                     "json_extract(s.attributes, ?)".to_string()
                 }
             };
@@ -268,10 +290,10 @@ pub(crate) fn filter_sql(filters: &[Filter], params: &mut Vec<SqlValue>) -> Stri
                 Some(t) if is_time => params.push(SqlValue::Integer(t.unix_nanos())),
                 _ => params.push(sql_value(&f.value)),
             }
-            format!("{lhs} {op} ?")
+            Ok(format!("{lhs} {op} ?"))
         })
-        .collect();
-    parts.join(" AND ")
+        .collect::<Result<_, StoreError>>()?;
+    Ok(parts.join(" AND "))
 }
 
 /// The columns [`read_event`] reads, from `event_rows`.
@@ -376,7 +398,7 @@ impl StoreReader {
         Self {
             max_answer: max_answer.max(1),
             pool: Arc::new(Pool {
-                path,
+                path: path.clone(),
                 idle: Mutex::new(Vec::new()),
                 max_idle: max_idle.max(1),
                 interrupted: Arc::new(AtomicBool::new(false)),
@@ -384,6 +406,7 @@ impl StoreReader {
                 epoch: Instant::now(),
             }),
             indexed,
+            names: Arc::new(Names::new(path)),
             projects: None,
         }
     }
@@ -531,7 +554,7 @@ impl StoreReader {
                     " AND t.id IN (SELECT s.trace FROM span_rows s WHERE s.start_ns {op} ?)"
                 ));
             }
-            let cond = filter_sql(&q.filters, &mut params);
+            let cond = filter_sql(&q.filters, &mut params, &self.names)?;
             sql.push_str(&format!(
                 " AND EXISTS (SELECT 1 FROM span_rows s WHERE s.trace = t.id AND {cond})"
             ));
@@ -593,7 +616,7 @@ impl StoreReader {
             ))?
             .query_row(params_from_iter(params), SpanRow::read)
             .optional()?;
-        row.map(|r| r.into_span(None)).transpose()
+        row.map(|r| r.into_span(None, &self.names)).transpose()
     }
 
     /// The logs, metrics and other events stored for a span, oldest first.

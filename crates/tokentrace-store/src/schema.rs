@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS attribute_index (
 CREATE INDEX IF NOT EXISTS attribute_index_expires_at ON attribute_index (expires_at);
 "#;
 
-/// The current schema (version 5), created in a new file after [`V2`] (metric series, rollups
+/// The current schema (version 7), created in a new file after [`V2`] (metric series, rollups
 /// and migration progress, unchanged since).
 ///
 /// Rows live in rowid tables whose keys grow with arrival (`trace_rows.id`, `span_rows.id`,
@@ -165,6 +165,13 @@ CREATE TABLE IF NOT EXISTS attribute_keys (
     complete INTEGER NOT NULL DEFAULT 0
 );
 
+-- The names of span attributes, by the id a span row keys its attributes with (see
+-- `crate::names`): given once, never changed.
+CREATE TABLE IF NOT EXISTS attribute_names (
+    id   INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE
+);
+
 CREATE TABLE IF NOT EXISTS attribute_values (
     kind  INTEGER NOT NULL,
     value NOT NULL,
@@ -207,7 +214,10 @@ SELECT lower(hex(t.trace_id)) AS trace_id,
 FROM trace_rows t WHERE t.start_ns IS NOT NULL;
 
 -- Trace rows first (CROSS JOIN keeps that order): a filter on the hex trace id then reads the
--- trace rows and that trace's spans, not every span.
+-- trace rows and that trace's spans, not every span. The attributes get their names back
+-- (`attribute_names`; a key that starts with `~` is the name after it), each value as stored
+-- (the path lookup keeps a number's digits; only a name holding `"` takes its value from
+-- `json_each`).
 CREATE VIEW IF NOT EXISTS spans AS
 SELECT lower(hex(t.trace_id)) AS trace_id,
        lower(hex(s.span_id)) AS span_id,
@@ -219,7 +229,14 @@ SELECT lower(hex(t.trace_id)) AS trace_id,
        (s.end_ns - s.start_ns) / 1e6 AS duration_ms,
        s.status,
        s.status_message,
-       s.attributes,
+       (SELECT json_group_object(
+                   CASE WHEN j.key GLOB '~*' THEN substr(j.key, 2) ELSE coalesce(n.name, j.key) END,
+                   coalesce(s.attributes -> ('$."' || j.key || '"'),
+                            CASE j.type WHEN 'true' THEN json('true') WHEN 'false' THEN json('false')
+                                        WHEN 'object' THEN json(j.value) WHEN 'array' THEN json(j.value)
+                                        ELSE j.value END))
+          FROM json_each(s.attributes) j
+          LEFT JOIN attribute_names n ON j.key NOT GLOB '*[^0-9]*' AND n.id = CAST(j.key AS INTEGER)) AS attributes,
        s.links,
        s.service_name,
        s.expires_at
@@ -261,7 +278,7 @@ FROM metric_points p JOIN metric_series s ON s.id = p.series;
 "#;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// The schema version of a file (0 for a new one). Reading it does not modify the file.
 pub fn version(conn: &Connection) -> Result<i64, StoreError> {
@@ -381,6 +398,74 @@ fn compact_metric_points(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Span rows converted per migration transaction.
+const SPANS_BATCH: i64 = 50_000;
+
+/// Migration 7: span attributes keyed by the ids of their names (`crate::names`). Every span
+/// row is rewritten in place, in batches by id, each a transaction that records how far it
+/// got; the `spans` view is replaced by one that puts the names back. The rows shrink where
+/// they are: the pages they free inside stay the file's until retention deletes those spans.
+fn name_attributes(conn: &mut Connection) -> Result<(), StoreError> {
+    {
+        let tx = conn.transaction()?;
+        tx.execute_batch("DROP VIEW IF EXISTS spans")?;
+        tx.execute_batch(CURRENT)?;
+        tx.commit()?;
+    }
+    let (last, total): (i64, i64) = conn.query_row(
+        "SELECT COALESCE(MAX(id), 0), COUNT(*) FROM span_rows",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let mut done: i64 = conn
+        .query_row(
+            "SELECT done_up_to FROM migration_steps WHERE name = 'v7 attributes'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    if total > 0 && done < last {
+        tracing::info!(
+            "trace store: migrating to schema version 7: attribute names of {total} spans"
+        );
+    }
+    let mut names = crate::names::NameIds::load(conn)?;
+    while done < last {
+        let upto = done.saturating_add(SPANS_BATCH).min(last);
+        let tx = conn.transaction()?;
+        let rows: Vec<(i64, String)> = tx
+            .prepare_cached("SELECT id, attributes FROM span_rows WHERE id > ?1 AND id <= ?2")?
+            .query_map(params![done, upto], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        {
+            let mut update =
+                tx.prepare_cached("UPDATE span_rows SET attributes = ?2 WHERE id = ?1")?;
+            for (id, stored) in rows {
+                let named = crate::names::SpanAttributes::parse(&stored).map_err(|e| {
+                    StoreError::Corrupt(format!(
+                        "migrating to schema version 7: span row {id}: {e}; the file was left as it was before this batch"
+                    ))
+                })?;
+                update.execute(params![id, names.encode(&tx, &named)?])?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO migration_steps (name, done_up_to) VALUES ('v7 attributes', ?1)
+             ON CONFLICT (name) DO UPDATE SET done_up_to = excluded.done_up_to",
+            [upto],
+        )?;
+        tx.commit()?;
+        done = upto;
+        tracing::info!("trace store: schema version 7: spans up to {done} of {last}");
+    }
+    conn.execute(
+        "DELETE FROM migration_steps WHERE name = 'v7 attributes'",
+        [],
+    )?;
+    Ok(())
+}
+
 /// Metric points turned into rollups per migration transaction.
 const BACKFILL_BATCH: i64 = 100_000;
 
@@ -415,7 +500,8 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             3 => conn.execute_batch(V3)?,
             4 => crate::upgrade::to_compact_tables(conn, CURRENT)?,
             5 => add_projects(conn)?,
-            _ => compact_metric_points(conn)?,
+            6 => compact_metric_points(conn)?,
+            _ => name_attributes(conn)?,
         }
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM migration_progress WHERE version = ?1", [to])?;

@@ -14,7 +14,8 @@ use crate::StoreError;
 use crate::StoreReader;
 use crate::reader::{filter_sql, span_id, trace_id};
 
-/// Figures of one trace from its spans. Constant SQL: keys are literals, the trace key is bound.
+/// Figures of one trace from its spans. Constant SQL: keys are literals (resolved to the keys
+/// their names are stored under, `Names::resolve`), the trace key is bound.
 const SPAN_FIGURES: &str = r#"SELECT count(*), coalesce(sum(status = 'error'), 0),
     sum(json_extract(attributes, '$."gen_ai.usage.input_tokens"')),
     sum(json_extract(attributes, '$."gen_ai.usage.output_tokens"')),
@@ -66,8 +67,12 @@ impl StoreReader {
         let conn = self.conn()?;
         let (rows, next) = self.trace_page(&conn, q)?;
         let mut data = Vec::with_capacity(rows.len());
+        let sql = (
+            self.names.resolve(SPAN_FIGURES)?,
+            self.names.resolve(MODELS)?,
+        );
         for row in rows {
-            data.extend(summarise(&conn, row)?);
+            data.extend(summarise(&conn, row, &sql)?);
         }
         Ok(TracePage { data, next })
     }
@@ -107,7 +112,7 @@ impl StoreReader {
                 params.push(SqlValue::Integer(start));
                 params.push(SqlValue::Integer(key));
             }
-            sql.push_str(&self.filter_conditions(q, false, &mut params));
+            sql.push_str(&self.filter_conditions(q, false, &mut params)?);
             rows = query_rows(conn, &sql, params, want)?;
             match edge {
                 // Fewer traces than the window: the first pass saw them all.
@@ -118,7 +123,7 @@ impl StoreReader {
         }
         let mut params = Vec::new();
         let mut sql = select_sql(self, q, older_than, &mut params);
-        sql.push_str(&self.filter_conditions(q, true, &mut params));
+        sql.push_str(&self.filter_conditions(q, true, &mut params)?);
         rows.extend(query_rows(conn, &sql, params, want - rows.len())?);
         Ok(page(rows, q.limit))
     }
@@ -130,14 +135,14 @@ impl StoreReader {
         q: &ListTracesQuery,
         candidates: bool,
         params: &mut Vec<SqlValue>,
-    ) -> String {
+    ) -> Result<String, StoreError> {
         let mut sql = String::new();
         for f in &q.filters {
             let one = std::slice::from_ref(f);
             if candidates && let Some(c) = self.indexed.candidates(one, params) {
                 sql.push_str(&format!(" AND t.id IN ({c})"));
             }
-            let cond = filter_sql(one, params);
+            let cond = filter_sql(one, params, &self.names)?;
             sql.push_str(&format!(
                 " AND EXISTS (SELECT 1 FROM span_rows s WHERE s.trace = t.id AND {cond})"
             ));
@@ -160,10 +165,10 @@ impl StoreReader {
                     params.extend(more);
                 }
             }
-            sql.push_str(&format!(" AND {MODEL_MATCH}"));
+            sql.push_str(&format!(" AND {}", self.names.resolve(MODEL_MATCH)?));
             params.push(SqlValue::Text(model.clone()));
         }
-        sql
+        Ok(sql)
     }
 }
 
@@ -266,7 +271,12 @@ pub(crate) struct TraceRow {
 }
 
 /// The summary of a trace (`None` for a trace without a root span id, which has no span).
-fn summarise(conn: &Connection, row: TraceRow) -> Result<Option<TraceSummary>, StoreError> {
+/// `sql`: [`SPAN_FIGURES`] and [`MODELS`], resolved.
+fn summarise(
+    conn: &Connection,
+    row: TraceRow,
+    sql: &(String, String),
+) -> Result<Option<TraceSummary>, StoreError> {
     let TraceRow {
         key,
         trace_id: tid,
@@ -279,7 +289,7 @@ fn summarise(conn: &Connection, row: TraceRow) -> Result<Option<TraceSummary>, S
         return Ok(None);
     };
     let (spans, errors, input, output, user, session) =
-        conn.prepare_cached(SPAN_FIGURES)?.query_row([key], |r| {
+        conn.prepare_cached(&sql.0)?.query_row([key], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, i64>(1)?,
@@ -301,7 +311,7 @@ fn summarise(conn: &Connection, row: TraceRow) -> Result<Option<TraceSummary>, S
         .query_row(params![key, root.to_vec()], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let models: Vec<String> = conn
-        .prepare_cached(MODELS)?
+        .prepare_cached(&sql.1)?
         .query_map([key], |r| r.get::<_, SqlValue>(0))?
         .filter_map(|v| v.map(text).transpose())
         .collect::<Result<_, _>>()?;

@@ -12,8 +12,7 @@ use crate::StoreError;
 use crate::StoreReader;
 use crate::lookup::{KIND_SPAN, targets_of};
 use crate::reader::{
-    MAX_TREE_DEPTH, SPAN_COLUMNS, SPANS_WITH_TRACE, SpanRow, attributes, filter_sql, start_bound,
-    truthy,
+    MAX_TREE_DEPTH, SPAN_COLUMNS, SPANS_WITH_TRACE, SpanRow, filter_sql, start_bound, truthy,
 };
 
 /// Indexes into `spans` (one trace's) of the span `start` and its descendants down to
@@ -95,7 +94,7 @@ impl StoreReader {
             let spans = Self::trace_spans(&conn, trace)?;
             for i in walk(&spans, &id, depth) {
                 let row = &spans[i];
-                let span = row.clone().into_span(attributes_to_return)?;
+                let span = row.clone().into_span(attributes_to_return, &self.names)?;
                 let key = span.span_id.to_string();
                 if tree.contains_key(&key) {
                     continue;
@@ -125,7 +124,7 @@ impl StoreReader {
                 "SELECT t.id, t.root_span_id FROM trace_rows t WHERE t.start_ns IS NOT NULL{scope} ORDER BY t.trace_id"
             )
         } else if let Some(candidates) = self.indexed.candidates(filters, &mut params) {
-            let cond = filter_sql(filters, &mut params);
+            let cond = filter_sql(filters, &mut params, &self.names)?;
             let scope = self.scope_push("t.project", &mut params);
             format!(
                 "SELECT t.id, t.root_span_id FROM trace_rows t
@@ -134,7 +133,7 @@ impl StoreReader {
                  ORDER BY t.trace_id"
             )
         } else {
-            let mut cond = filter_sql(filters, &mut params);
+            let mut cond = filter_sql(filters, &mut params, &self.names)?;
             if let Some(op) = start_bound(filters, &mut params) {
                 cond.push_str(&format!(" AND s.start_ns {op} ?"));
             }
@@ -158,7 +157,7 @@ impl StoreReader {
             let spans = Self::trace_spans(&conn, trace)?;
             for i in walk(&spans, &root, depth) {
                 let row = &spans[i];
-                let attrs = attributes(&row.attributes)?;
+                let attrs = self.names.decode(&row.attributes)?;
                 if !attributes_to_return
                     .iter()
                     .all(|k| attrs.get(k).is_some_and(truthy))
@@ -171,7 +170,7 @@ impl StoreReader {
                         self.max_answer
                     )));
                 }
-                out.push(row.clone().into_span(keys)?);
+                out.push(row.clone().into_span_with(attrs, keys)?);
             }
         }
         Ok(out)

@@ -86,7 +86,8 @@ pub(crate) fn to_compact_tables(conn: &mut Connection, current: &str) -> Result<
                 end_ns: end.as_deref().map(nanos).transpose()?,
                 status: r.get(8)?,
                 status_message: r.get(9)?,
-                attributes: r.get(10)?,
+                // Keyed by name, as version 3 stored them: migration 7 puts the name ids in.
+                attributes: crate::names::SpanAttributes::Stored(r.get(10)?),
                 links: r.get(11)?,
                 service_name: r.get(12)?,
                 expires_at: r.get(13)?,

@@ -202,6 +202,7 @@ impl StoreReader {
                 "?3"
             ),
         );
+        let sql = self.names.resolve(&sql)?;
         let conn = self.conn()?;
         let mut st = conn.prepare_cached(&sql)?;
         let mut params = vec![

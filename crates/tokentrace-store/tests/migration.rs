@@ -450,6 +450,20 @@ fn retention_deletes_a_rollup_once_every_point_in_it_has_expired() {
 
 /// Adds `traces` traces of 10 spans to a version-1 file (each trace's row as that release
 /// made it from its spans), a model out of 3 in every span's attributes.
+/// The file after a store opened (migrating it) and closed it, checked to be current.
+fn reopened(path: &Path) -> Connection {
+    Store::open(path, StoreOptions::default())
+        .unwrap()
+        .close()
+        .unwrap();
+    let conn = Connection::open(path).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    conn
+}
+
 fn add_version_1_traces(path: &Path, traces: i64) {
     let conn = Connection::open(path).unwrap();
     let tx = conn.unchecked_transaction().unwrap();
@@ -538,9 +552,14 @@ fn an_interrupted_migration_to_compact_metric_points_resumes_where_it_stopped() 
     let conn = Connection::open(&path).unwrap();
     let before = dump(&conn);
     // Back to where migration 6 stood after its first batch: the version-5 table renamed, the
-    // points up to 50,000 copied and recorded, the view not yet there.
+    // points up to 50,000 copied and recorded, the view not yet there; span attributes keyed
+    // by name, as version 5 stored them.
     conn.execute_batch(
-        "CREATE TABLE v5_metrics AS SELECT * FROM metrics;
+        "CREATE TEMP TABLE named AS SELECT s.id, v.attributes FROM span_rows s
+             JOIN trace_rows t ON t.id = s.trace
+             JOIN spans v ON v.trace_id = lower(hex(t.trace_id)) AND v.span_id = lower(hex(s.span_id));
+         UPDATE span_rows SET attributes = (SELECT attributes FROM named WHERE named.id = span_rows.id);
+         CREATE TABLE v5_metrics AS SELECT * FROM metrics;
          DROP VIEW metrics;
          DELETE FROM metric_points WHERE id > 50000;
          INSERT INTO migration_steps (name, done_up_to) VALUES ('v6 metrics', 50000);
@@ -548,15 +567,7 @@ fn an_interrupted_migration_to_compact_metric_points_resumes_where_it_stopped() 
     )
     .unwrap();
     drop(conn);
-    Store::open(&path, StoreOptions::default())
-        .unwrap()
-        .close()
-        .unwrap();
-    let conn = Connection::open(&path).unwrap();
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(version, SCHEMA_VERSION);
+    let conn = reopened(&path);
     assert_eq!(dump(&conn), before, "every point once, as it was");
     let left: i64 = conn
         .query_row(
@@ -567,4 +578,58 @@ fn an_interrupted_migration_to_compact_metric_points_resumes_where_it_stopped() 
         )
         .unwrap();
     assert_eq!(left, 0, "the old table and the progress row are gone");
+}
+
+#[test]
+fn an_interrupted_migration_to_attribute_name_ids_resumes_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trace_store.db");
+    version_1_file(&path, 10);
+    // More spans than one batch of migration 7 (50,000) holds.
+    add_version_1_traces(&path, 6_000);
+    Store::open(&path, StoreOptions::default())
+        .unwrap()
+        .close()
+        .unwrap();
+    let conn = Connection::open(&path).unwrap();
+    let before = dump(&conn);
+    // Back to where migration 7 stood after its first batch: the spans up to row 50,000 keyed
+    // by name ids and recorded, the later ones keyed by name, as version 6 stored them.
+    let later_keys: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM span_rows, json_each(span_rows.attributes) WHERE span_rows.id > 50000",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(later_keys > 0);
+    conn.execute_batch(
+        "UPDATE span_rows SET attributes = (
+             SELECT json_group_object(n.name, span_rows.attributes -> ('$.\"' || j.key || '\"'))
+             FROM json_each(span_rows.attributes) j JOIN attribute_names n ON n.id = j.key)
+         WHERE id > 50000;
+         INSERT INTO migration_steps (name, done_up_to) VALUES ('v7 attributes', 50000);
+         PRAGMA user_version = 6;",
+    )
+    .unwrap();
+    let named: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM span_rows, json_each(span_rows.attributes) j WHERE j.key GLOB '*[^0-9]*'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(named, later_keys, "the later spans' keys are names again");
+    drop(conn);
+    let conn = reopened(&path);
+    assert_eq!(dump(&conn), before, "every span's attributes as they were");
+    let left: i64 = conn
+        .query_row(
+            "SELECT (SELECT count(*) FROM span_rows, json_each(span_rows.attributes) j WHERE j.key GLOB '*[^0-9]*')
+                  + (SELECT count(*) FROM migration_steps) + (SELECT count(*) FROM attribute_names) - 2",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 0, "every key an id, two names, no progress row left");
 }

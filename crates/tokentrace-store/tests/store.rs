@@ -4,6 +4,9 @@
 //! Over 500 lines: one test per store behaviour, all on the same record builders at the top.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::sqlite3;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -145,21 +148,6 @@ fn the_seed_sql_examples_run_verbatim_with_correct_answers() {
 }
 
 /// Runs SQL through the sqlite3 shell and returns its output.
-fn sqlite3(db: &Path, sql: &str) -> String {
-    let out = std::process::Command::new("sqlite3")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run the sqlite3 shell ({e}); install it: apt-get install sqlite3")
-        });
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 #[test]
 fn the_seed_sql_examples_run_in_the_sqlite3_shell() {

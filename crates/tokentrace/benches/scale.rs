@@ -314,11 +314,12 @@ const TREE_SQL: &str = "SELECT s.span_id, t.trace_id, s.parent_span_id, s.name, 
 FROM span_rows s JOIN trace_rows t ON t.id = s.trace WHERE s.trace = ?1 ORDER BY s.start_ns";
 const NEWEST_SQL: &str = "SELECT trace_id, root_span_id, start_ns, end_ns FROM trace_rows WHERE start_ns IS NOT NULL ORDER BY start_ns DESC LIMIT 100";
 /// Filters on an indexed key read the attribute index (entries of the sorted runs) for
-/// candidate traces, then check the filter on the candidates' spans.
+/// candidate traces, then check the filter on the candidates' spans (whose attributes are keyed
+/// by the name's id).
 const USER_SQL: &str = "SELECT t.trace_id, t.root_span_id, t.start_ns, t.end_ns FROM trace_rows t
 WHERE t.start_ns IS NOT NULL
 AND t.id IN (SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = 0) AND kind = 16 + (SELECT id FROM attribute_keys WHERE key = 'user.id') AND key = ?1)
-AND EXISTS (SELECT 1 FROM span_rows s WHERE s.trace = t.id AND json_extract(s.attributes, '$.\"user.id\"') IS ?1)
+AND EXISTS (SELECT 1 FROM span_rows s WHERE s.trace = t.id AND json_extract(s.attributes, (SELECT '$.\"' || id || '\"' FROM attribute_names WHERE name = 'user.id')) IS ?1)
 ORDER BY t.start_ns DESC LIMIT 100";
 const SESSION_SQL: &str = "SELECT s.span_id, s.attributes FROM span_rows s
 WHERE s.trace IN (SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = 0) AND kind = 16 + (SELECT id FROM attribute_keys WHERE key = 'session.id') AND key = ?1)";

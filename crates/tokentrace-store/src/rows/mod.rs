@@ -6,6 +6,7 @@ use tokentrace_model::{
     MetricPoint, SpanEvent, SpanEventBody, SpanId, SpanRecord, Timestamp, TraceId,
 };
 
+use crate::names::SpanAttributes;
 use crate::{Record, StoreError};
 
 mod write;
@@ -66,7 +67,7 @@ const INSERT_METRIC: &str =
 VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
 /// A record encoded for its table: ids as bytes, times in unix nanoseconds, attributes as
-/// JSON. Encoding happens on the caller's thread, so the writer thread only binds and executes.
+/// JSON (a span's keyed by name ids, which the writer puts in). Encoding happens on the caller's thread, so the writer thread only binds and executes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Row(RowKind);
 
@@ -89,7 +90,7 @@ pub(crate) struct SpanRow {
     pub(crate) end_ns: Option<i64>,
     pub(crate) status: Option<String>,
     pub(crate) status_message: Option<String>,
-    pub(crate) attributes: String,
+    pub(crate) attributes: SpanAttributes,
     pub(crate) links: Option<String>,
     pub(crate) service_name: Option<String>,
     pub(crate) expires_at: Option<i64>,
@@ -157,7 +158,7 @@ impl Row {
             end_ns: s.end_time.map(Timestamp::unix_nanos),
             status: s.status.map(|st| st.as_str().to_string()),
             status_message: s.status_message.clone(),
-            attributes: json(&s.attributes)?,
+            attributes: SpanAttributes::of(&s.attributes)?,
             links: if s.links.is_empty() {
                 None
             } else {
@@ -246,7 +247,7 @@ impl Row {
                     + text(&s.kind)
                     + opt(&s.status)
                     + opt(&s.status_message)
-                    + text(&s.attributes)
+                    + s.attributes.len()
                     + opt(&s.links)
                     + opt(&s.service_name)
                     + 32 * s.index.len() as u64

@@ -14,15 +14,17 @@ use crate::StoreError;
 use crate::index::Cardinality;
 use crate::keys::{ProjectIds, TraceKeys};
 use crate::lookup::{Entry, KIND_SPAN, KIND_TRACE, Lookup, attribute_kind};
+use crate::names::NameIds;
 use crate::rollups::{Rollup, SeriesIds, UPSERT_ROLLUP, minute_of};
 
 /// What the writer thread knows across transactions: metric series ids, recent trace keys,
-/// the state of the sorted runs.
+/// project and attribute name ids, the state of the sorted runs.
 pub(crate) struct WriteState {
     pub(crate) cardinality: Cardinality,
     pub(crate) series: SeriesIds,
     pub(crate) traces: TraceKeys,
     pub(crate) projects: ProjectIds,
+    pub(crate) names: NameIds,
     pub(crate) lookup: Lookup,
     pub(crate) resent: Resent,
 }
@@ -63,6 +65,7 @@ impl WriteState {
             series: SeriesIds::default(),
             traces: TraceKeys::default(),
             projects: ProjectIds::default(),
+            names: NameIds::load(conn)?,
             lookup: Lookup::load(conn)?,
             resent: Resent::default(),
         })
@@ -73,6 +76,7 @@ impl WriteState {
         self.series.forget();
         self.traces.forget();
         self.projects.forget();
+        self.names = NameIds::load(conn)?;
         self.lookup.rolled_back(conn)
     }
 }
@@ -288,6 +292,7 @@ pub(crate) fn write_rows(
                     .get(&(&s.trace_id, s.project.as_deref()))
                     .copied()
                     .unwrap_or_default();
+                let attributes = state.names.encode(tx, &s.attributes)?;
                 let id: Option<i64> = span
                     .query_row(
                         params![
@@ -300,7 +305,7 @@ pub(crate) fn write_rows(
                             s.end_ns,
                             s.status,
                             s.status_message,
-                            s.attributes,
+                            attributes,
                             s.links,
                             s.service_name,
                             s.expires_at,
