@@ -49,45 +49,77 @@ fn inline(name: &str) -> Cow<'_, str> {
 }
 
 /// A span's attributes as a row carries them to the writer: each name with its value's JSON,
-/// by name. The writer puts in the ids ([`NameIds::encode`]).
+/// by name, in one buffer (a row waits in bounded queues, counted by its bytes: one string and
+/// eight bytes an attribute, not two strings each). The writer puts in the ids
+/// ([`NameIds::encode`]).
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum SpanAttributes {
-    /// Name and JSON value of each attribute, ordered by name.
-    Named(Vec<(String, String)>),
+    /// Names and values one after the other (`name`, then the value's JSON, for each), ordered
+    /// by name; `ends` has the end of each name and of its value.
+    Named { text: String, ends: Vec<(u32, u32)> },
     /// A stored JSON object, kept as it is (a migration copying rows of an older version).
     Stored(String),
 }
 
 impl SpanAttributes {
+    /// Names (in order) with their values' JSON.
+    fn from_pairs<'a, V: serde::Serialize + 'a>(
+        pairs: impl Iterator<Item = (&'a str, &'a V)>,
+    ) -> Result<Self, StoreError> {
+        let mut text = Vec::new();
+        let mut ends = Vec::new();
+        let at = |text: &Vec<u8>| {
+            u32::try_from(text.len())
+                .map_err(|_| StoreError::Corrupt("span attributes over 4 GiB".into()))
+        };
+        for (name, value) in pairs {
+            text.extend_from_slice(name.as_bytes());
+            let name_end = at(&text)?;
+            serde_json::to_writer(&mut text, value)
+                .map_err(|e| StoreError::Corrupt(format!("cannot encode JSON: {e}")))?;
+            ends.push((name_end, at(&text)?));
+        }
+        let text = String::from_utf8(text)
+            .map_err(|e| StoreError::Corrupt(format!("cannot encode JSON: {e}")))?;
+        Ok(SpanAttributes::Named { text, ends })
+    }
+
     /// The attributes of a span, each value as JSON.
     pub(crate) fn of(attributes: &Attributes) -> Result<Self, StoreError> {
-        attributes
-            .iter()
-            .map(|(k, v)| Ok((k.clone(), crate::rows::json(v)?)))
-            .collect::<Result<_, StoreError>>()
-            .map(SpanAttributes::Named)
+        Self::from_pairs(attributes.iter().map(|(k, v)| (k.as_str(), v)))
     }
 
     /// A JSON object keyed by names (a span row of version 6 or earlier), each value kept as
     /// the JSON it is.
     pub(crate) fn parse(stored: &str) -> Result<Self, StoreError> {
-        let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(stored)
-            .map_err(|e| StoreError::Corrupt(format!("stored attributes: {e}")))?;
-        let mut pairs = object
-            .into_iter()
-            .map(|(k, v)| Ok((k, crate::rows::json(&v)?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        pairs.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(SpanAttributes::Named(pairs))
+        let object: std::collections::BTreeMap<String, serde_json::Value> =
+            serde_json::from_str(stored)
+                .map_err(|e| StoreError::Corrupt(format!("stored attributes: {e}")))?;
+        Self::from_pairs(object.iter().map(|(k, v)| (k.as_str(), v)))
     }
 
-    /// Bytes of text it holds.
+    /// Each name with its value's JSON.
+    fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        let (text, ends): (&str, &[(u32, u32)]) = match self {
+            SpanAttributes::Named { text, ends } => (text, ends),
+            SpanAttributes::Stored(_) => ("", &[]),
+        };
+        let mut start = 0;
+        ends.iter().map(move |&(name_end, value_end)| {
+            let (name_end, value_end) = (name_end as usize, value_end as usize);
+            let pair = (
+                text.get(start..name_end).unwrap_or_default(),
+                text.get(name_end..value_end).unwrap_or_default(),
+            );
+            start = value_end;
+            pair
+        })
+    }
+
+    /// Bytes it holds.
     pub(crate) fn len(&self) -> u64 {
         match self {
-            SpanAttributes::Named(pairs) => pairs
-                .iter()
-                .map(|(k, v)| (k.len() + v.len() + 16) as u64)
-                .sum(),
+            SpanAttributes::Named { text, ends } => (text.len() + 8 * ends.len()) as u64,
             SpanAttributes::Stored(s) => s.len() as u64,
         }
     }
@@ -145,14 +177,13 @@ impl NameIds {
         tx: &Connection,
         attributes: &SpanAttributes,
     ) -> Result<String, StoreError> {
-        let pairs = match attributes {
+        let text_len = match attributes {
             SpanAttributes::Stored(s) => return Ok(s.clone()),
-            SpanAttributes::Named(pairs) => pairs,
+            SpanAttributes::Named { text, .. } => text.len(),
         };
-        let mut out =
-            String::with_capacity(2 + pairs.iter().map(|(_, v)| v.len() + 6).sum::<usize>());
+        let mut out = String::with_capacity(2 + text_len);
         out.push('{');
-        for (i, (name, value)) in pairs.iter().enumerate() {
+        for (i, (name, value)) in attributes.pairs().enumerate() {
             if i > 0 {
                 out.push(',');
             }
@@ -316,5 +347,15 @@ mod tests {
             assert!(id_of(name).is_none());
         }
         assert_eq!(id_of("17"), Some(17));
+    }
+
+    #[test]
+    fn names_and_values_come_back_from_the_one_buffer_in_order() {
+        let attrs: Attributes = serde_json::from_str(r#"{"b":[1,"x"],"a.b":"v","":null}"#).unwrap();
+        let named = SpanAttributes::of(&attrs).unwrap();
+        let pairs: Vec<(&str, &str)> = named.pairs().collect();
+        assert_eq!(pairs, [("", "null"), ("a.b", "\"v\""), ("b", "[1,\"x\"]")]);
+        let again = SpanAttributes::parse(r#"{"b":[1,"x"],"a.b":"v","":null}"#).unwrap();
+        assert_eq!(again, named);
     }
 }
