@@ -107,7 +107,6 @@ CREATE TABLE IF NOT EXISTS span_rows (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS span_rows_trace ON span_rows (trace, span_id);
 CREATE INDEX IF NOT EXISTS span_rows_start ON span_rows (start_ns);
-CREATE INDEX IF NOT EXISTS span_rows_expires_at ON span_rows (expires_at);
 
 CREATE TABLE IF NOT EXISTS event_rows (
     id         INTEGER PRIMARY KEY,
@@ -401,14 +400,16 @@ fn compact_metric_points(conn: &mut Connection) -> Result<(), StoreError> {
 /// Span rows converted per migration transaction.
 const SPANS_BATCH: i64 = 50_000;
 
-/// Migration 7: span attributes keyed by the ids of their names (`crate::names`). Every span
-/// row is rewritten in place, in batches by id, each a transaction that records how far it
+/// Migration 7: span attributes keyed by the ids of their names (`crate::names`), and spans
+/// expired with their trace (the index of span expiries is dropped). Every span row is
+/// rewritten in place, in batches by id, each a transaction that records how far it
 /// got; the `spans` view is replaced by one that puts the names back. The rows shrink where
 /// they are: the pages they free inside stay the file's until retention deletes those spans.
 fn name_attributes(conn: &mut Connection) -> Result<(), StoreError> {
     {
         let tx = conn.transaction()?;
-        tx.execute_batch("DROP VIEW IF EXISTS spans")?;
+        // Spans expire with their trace (`trace_rows_expires_at`), not by an index of their own.
+        tx.execute_batch("DROP VIEW IF EXISTS spans; DROP INDEX IF EXISTS span_rows_expires_at;")?;
         tx.execute_batch(CURRENT)?;
         tx.commit()?;
     }

@@ -484,6 +484,48 @@ fn retention_deletes_expired_rows_and_keeps_the_rest() {
 }
 
 #[test]
+fn a_trace_is_deleted_whole_once_the_last_of_its_spans_has_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (t, root, child) = (TraceId::random(), SpanId::random(), SpanId::random());
+    let now = Timestamp::now().unix_nanos();
+    let at = |secs: i64| Timestamp::from_unix_nanos(now + secs * 1_000_000_000);
+    store
+        .writer()
+        .write(vec![
+            Record::Span(SpanRecord {
+                expires_at: Some(at(-60)),
+                ..span(t, root, None, "root", now_minus(100), 1)
+            }),
+            Record::Span(SpanRecord {
+                expires_at: Some(at(60)),
+                ..span(t, child, Some(root), "child", now_minus(99), 1)
+            }),
+        ])
+        .unwrap();
+    store.writer().flush().unwrap();
+    assert_eq!(
+        store.writer().expire(at(0)).unwrap(),
+        0,
+        "its child keeps the trace"
+    );
+    let tree = store
+        .reader()
+        .get_span_tree(root, None, None)
+        .unwrap()
+        .unwrap();
+    assert_eq!(tree.len(), 2, "the whole trace, the expired root too");
+    assert_eq!(
+        store.writer().expire(at(61)).unwrap(),
+        3,
+        "both spans and the trace row"
+    );
+    assert_eq!(store.reader().count_rows(Table::Spans).unwrap(), 0);
+    assert!(store.reader().get_trace(t).unwrap().is_none());
+    store.close().unwrap();
+}
+
+#[test]
 fn small_writes_are_batched_and_idle_rows_commit_without_flush() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
