@@ -3,14 +3,14 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 use tokentrace_model::query::ListTracesQuery;
 use tokentrace_model::{
     SpanEvent, SpanId, SpanKind, SpanLink, SpanRecord, SpanStatus, Timestamp, Trace, TraceId,
 };
 
 use crate::names::Names;
-use crate::reader::{EVENT_COLUMNS, read_event, span_id, trace_id, trace_key_sql};
+use crate::reader::{EVENT_COLUMNS, read_event, span_id, trace_id};
 use crate::{StoreError, StoreReader};
 
 /// A page of exported traces.
@@ -98,23 +98,11 @@ impl StoreReader {
         &self,
         id: TraceId,
     ) -> Result<Option<(Trace, Vec<SpanRecord>)>, StoreError> {
-        let Some(trace) = self.get_trace(id)? else {
+        let conn = self.conn()?;
+        let Some((key, trace)) = self.trace_and_key(&conn, id)? else {
             return Ok(None);
         };
-        let conn = self.conn()?;
-        let mut params = vec![rusqlite::types::Value::Blob(id.to_bytes().to_vec())];
-        params.extend(self.scope_param());
-        let key: Option<i64> = conn
-            .prepare_cached(&format!(
-                "{} ORDER BY t.id LIMIT 1",
-                trace_key_sql(&self.scope_sql("t.project", "?2"))
-            ))?
-            .query_row(rusqlite::params_from_iter(params), |r| r.get(0))
-            .optional()?;
-        let spans = match key {
-            Some(k) => trace_spans(&conn, k, &self.names)?,
-            None => Vec::new(),
-        };
+        let spans = trace_spans(&conn, key, &self.names)?;
         if spans.len() > self.max_answer {
             return Err(StoreError::TooLarge(format!(
                 "trace {id} holds {} spans, more than the {} one answer may hold",

@@ -587,8 +587,18 @@ impl StoreReader {
     /// One trace.
     pub fn get_trace(&self, id: TraceId) -> Result<Option<Trace>, StoreError> {
         let conn = self.conn()?;
+        Ok(self.trace_and_key(&conn, id)?.map(|(_, trace)| trace))
+    }
+
+    /// A trace with its key: the first of its trace rows (one per project that sent the id, of
+    /// those this reader sees) that has a span.
+    pub(crate) fn trace_and_key(
+        &self,
+        conn: &Connection,
+        id: TraceId,
+    ) -> Result<Option<(i64, Trace)>, StoreError> {
         let sql = format!(
-            "SELECT t.trace_id, t.root_span_id, t.start_ns, t.end_ns FROM trace_rows t
+            "SELECT t.trace_id, t.root_span_id, t.start_ns, t.end_ns, t.id FROM trace_rows t
              WHERE t.id IN ({}) AND t.start_ns IS NOT NULL ORDER BY t.id LIMIT 1",
             trace_key_sql(&self.scope_sql("t.project", "?2"))
         );
@@ -596,9 +606,11 @@ impl StoreReader {
         params.extend(self.scope_param());
         let row = conn
             .prepare_cached(&sql)?
-            .query_row(params_from_iter(params), read_trace)
+            .query_row(params_from_iter(params), |r| {
+                Ok((r.get::<_, i64>(4)?, read_trace(r)?))
+            })
             .optional()?;
-        row.transpose()
+        row.map(|(key, trace)| Ok((key, trace?))).transpose()
     }
 
     /// One span.

@@ -204,3 +204,38 @@ fn a_version_4_file_is_migrated_in_place_everything_in_default() {
         .unwrap();
     assert_eq!(ok, "ok");
 }
+
+#[test]
+fn a_trace_page_reads_the_spans_of_the_trace_it_names_when_another_project_only_logged_to_the_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("trace_store.db"), StoreOptions::default()).unwrap();
+    let (trace, logged, spanned) = (TraceId::random(), SpanId::random(), SpanId::random());
+    // The id's first trace row is gamma's, which has an event and no span.
+    store
+        .writer()
+        .write(vec![Record::Event(log(
+            trace,
+            logged,
+            "gamma's log",
+            "gamma",
+        ))])
+        .unwrap();
+    store.writer().flush().unwrap();
+    store
+        .writer()
+        .write(vec![Record::Span(span(
+            trace,
+            spanned,
+            "in-default",
+            "default",
+        ))])
+        .unwrap();
+    store.writer().flush().unwrap();
+    let all = store.reader();
+    let (header, spans) = all.trace_records(trace).unwrap().unwrap();
+    assert_eq!(header, all.get_trace(trace).unwrap().unwrap());
+    assert_eq!(header.root_span_id, spanned);
+    assert_eq!(spans.len(), 1, "the spans of the trace the page shows");
+    assert_eq!(spans[0].name, "in-default");
+    store.close().unwrap();
+}
