@@ -214,9 +214,9 @@ FROM trace_rows t WHERE t.start_ns IS NOT NULL;
 
 -- Trace rows first (CROSS JOIN keeps that order): a filter on the hex trace id then reads the
 -- trace rows and that trace's spans, not every span. The attributes get their names back
--- (`attribute_names`; a key that starts with `~` is the name after it), each value as stored
--- (the path lookup keeps a number's digits; only a name holding `"` takes its value from
--- `json_each`).
+-- (a key that is an id of `attribute_names` written out; else, starting with `~`, the name
+-- after it; else the name), each value as stored: a real by its path, which keeps its digits
+-- (a name holding `"` has no path: its value comes from `json_each`).
 CREATE VIEW IF NOT EXISTS spans AS
 SELECT lower(hex(t.trace_id)) AS trace_id,
        lower(hex(s.span_id)) AS span_id,
@@ -229,13 +229,13 @@ SELECT lower(hex(t.trace_id)) AS trace_id,
        s.status,
        s.status_message,
        (SELECT json_group_object(
-                   CASE WHEN j.key GLOB '~*' THEN substr(j.key, 2) ELSE coalesce(n.name, j.key) END,
-                   coalesce(s.attributes -> ('$."' || j.key || '"'),
-                            CASE j.type WHEN 'true' THEN json('true') WHEN 'false' THEN json('false')
-                                        WHEN 'object' THEN json(j.value) WHEN 'array' THEN json(j.value)
-                                        ELSE j.value END))
+                   coalesce(n.name, CASE WHEN substr(j.key, 1, 1) = '~' THEN substr(j.key, 2) ELSE j.key END),
+                   CASE j.type WHEN 'real' THEN coalesce(s.attributes -> j.fullkey, j.value)
+                               WHEN 'true' THEN json('true') WHEN 'false' THEN json('false')
+                               WHEN 'object' THEN json(j.value) WHEN 'array' THEN json(j.value)
+                               ELSE j.value END)
           FROM json_each(s.attributes) j
-          LEFT JOIN attribute_names n ON j.key NOT GLOB '*[^0-9]*' AND n.id = CAST(j.key AS INTEGER)) AS attributes,
+          LEFT JOIN attribute_names n ON n.id = CAST(j.key AS INTEGER) AND CAST(n.id AS TEXT) = j.key) AS attributes,
        s.links,
        s.service_name,
        s.expires_at
