@@ -216,7 +216,7 @@ fn backfill(
         "SELECT DISTINCT {} AS v, trace FROM span_rows WHERE id > ?1 AND id <= ?2 AND v IS NOT NULL",
         extract_sql(key)
     );
-    let path = format!("$.\"{}\"", crate::names::stored_key(conn, key)?);
+    let path = crate::names::path(conn, key)?;
     let kind = attribute_kind(id);
     let mut done = 0;
     while done < last {

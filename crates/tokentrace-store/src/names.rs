@@ -29,19 +29,20 @@ pub const MAX_ATTRIBUTE_NAMES: usize = 16_384;
 /// Longest name given an id, in bytes.
 pub(crate) const MAX_NAME_BYTES: usize = 256;
 
+/// Whether a key is written like an id: decimal digits only.
+fn digits(key: &str) -> bool {
+    !key.is_empty() && key.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// A stored key that is an id: its value.
 fn id_of(stored: &str) -> Option<i64> {
-    if stored.is_empty() || !stored.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    stored.parse().ok()
+    digits(stored).then(|| stored.parse().ok()).flatten()
 }
 
 /// A name stored as itself: prefixed with `~` when it could be read as an id or as a prefixed
 /// name.
 fn inline(name: &str) -> Cow<'_, str> {
-    let digits = !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit());
-    if digits || name.starts_with('~') {
+    if digits(name) || name.starts_with('~') {
         Cow::Owned(format!("~{name}"))
     } else {
         Cow::Borrowed(name)
@@ -133,12 +134,22 @@ fn id_of_name(conn: &Connection, name: &str) -> Result<Option<i64>, StoreError> 
         .optional()?)
 }
 
-/// The key `name` is stored under in the file `conn` reads.
-pub(crate) fn stored_key(conn: &Connection, name: &str) -> Result<String, StoreError> {
-    Ok(match id_of_name(conn, name)? {
+/// The key a name is stored under, given its id if it has one.
+fn key_of(name: &str, id: Option<i64>) -> String {
+    match id {
         Some(id) => id.to_string(),
         None => inline(name).into_owned(),
-    })
+    }
+}
+
+/// The JSON path of a stored key (`json_extract(attributes, path)`).
+fn path_of(key: &str) -> String {
+    format!("$.\"{key}\"")
+}
+
+/// The JSON path of attribute `name` in the spans of the file `conn` reads.
+pub(crate) fn path(conn: &Connection, name: &str) -> Result<String, StoreError> {
+    Ok(path_of(&key_of(name, id_of_name(conn, name)?)))
 }
 
 /// The writer's ids of names: every row of `attribute_names` (at most [`MAX_ATTRIBUTE_NAMES`]).
@@ -257,11 +268,8 @@ impl Names {
         name
     }
 
-    /// The name of a stored key.
-    fn name(&self, stored: &str) -> Result<Arc<str>, StoreError> {
-        let Some(id) = id_of(stored) else {
-            return Ok(Arc::from(stored.strip_prefix('~').unwrap_or(stored)));
-        };
+    /// The name of an id.
+    fn name(&self, id: i64) -> Result<Arc<str>, StoreError> {
         if let Some(name) = self.by_id.read().ok().and_then(|m| m.get(&id).cloned()) {
             return Ok(name);
         }
@@ -280,23 +288,20 @@ impl Names {
     }
 
     /// The key a name is stored under: its id, or itself when it has none.
-    pub(crate) fn stored_key(&self, name: &str) -> Result<String, StoreError> {
-        if let Some(id) = self.by_name.read().ok().and_then(|m| m.get(name).copied()) {
-            return Ok(id.to_string());
-        }
-        let id = self.with_conn(|conn| id_of_name(conn, name))?;
-        Ok(match id {
-            Some(id) => {
+    fn stored_key(&self, name: &str) -> Result<String, StoreError> {
+        let mut id = self.by_name.read().ok().and_then(|m| m.get(name).copied());
+        if id.is_none() {
+            id = self.with_conn(|conn| id_of_name(conn, name))?;
+            if let Some(id) = id {
                 self.remember(id, name);
-                id.to_string()
             }
-            None => inline(name).into_owned(),
-        })
+        }
+        Ok(key_of(name, id))
     }
 
     /// The JSON path of an attribute in a stored span (`json_extract(attributes, path)`).
     pub(crate) fn path(&self, name: &str) -> Result<String, StoreError> {
-        Ok(format!("$.\"{}\"", self.stored_key(name)?))
+        Ok(path_of(&self.stored_key(name)?))
     }
 
     /// `sql` (a constant of the store's own) with the name in every `'$."name"'` literal
@@ -326,7 +331,16 @@ impl Names {
         let keyed = crate::reader::attributes(stored)?;
         keyed
             .into_iter()
-            .map(|(k, v)| Ok((self.name(&k)?.to_string(), v)))
+            .map(|(mut key, v)| {
+                match id_of(&key) {
+                    Some(id) => key = self.name(id)?.to_string(),
+                    None if key.starts_with('~') => {
+                        key.remove(0);
+                    }
+                    None => {}
+                }
+                Ok((key, v))
+            })
             .collect()
     }
 }
