@@ -252,13 +252,7 @@ fn a_version_1_file_is_migrated_in_place_keeping_every_row() {
     // More points than one migration batch holds, so the backfill takes several.
     version_1_file(&path, 230_000);
     let before = dump(&Connection::open(&path).unwrap());
-    let store = Store::open(&path, StoreOptions::default()).unwrap();
-    store.close().unwrap();
-    let conn = Connection::open(&path).unwrap();
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(version, SCHEMA_VERSION);
+    let conn = reopened(&path);
     assert_eq!(dump(&conn), before, "every version-1 row is kept as it was");
     let (points, rolled): (i64, i64) = conn
         .query_row(
@@ -268,10 +262,7 @@ fn a_version_1_file_is_migrated_in_place_keeping_every_row() {
         )
         .unwrap();
     assert_eq!(rolled, points, "every point is in exactly one rollup");
-    let progress: i64 = conn
-        .query_row("SELECT COUNT(*) FROM migration_progress", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(progress, 0);
+    assert_eq!(count(&conn, "SELECT COUNT(*) FROM migration_progress"), 0);
     // A minute with a point that never expires never expires; the others at their latest point.
     let wrong: i64 = conn
         .query_row(
@@ -451,6 +442,24 @@ fn retention_deletes_a_rollup_once_every_point_in_it_has_expired() {
 
 /// Adds `traces` traces of 10 spans to a version-1 file (each trace's row as that release
 /// made it from its spans), a model out of 3 in every span's attributes.
+/// The one number `sql` answers.
+fn count(conn: &Connection, sql: &str) -> i64 {
+    conn.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+/// Span rows after `above` with their attributes keyed by name again, as versions up to 6
+/// stored them.
+fn keyed_by_name(conn: &Connection, above: i64) {
+    conn.execute(
+        "UPDATE span_rows SET attributes = (
+             SELECT json_group_object(n.name, span_rows.attributes -> ('$.\"' || j.key || '\"'))
+             FROM json_each(span_rows.attributes) j JOIN attribute_names n ON n.id = j.key)
+         WHERE id > ?1",
+        [above],
+    )
+    .unwrap();
+}
+
 /// The file after a store opened (migrating it) and closed it, checked to be current.
 fn reopened(path: &Path) -> Connection {
     Store::open(path, StoreOptions::default())
@@ -546,21 +555,14 @@ fn an_interrupted_migration_to_compact_metric_points_resumes_where_it_stopped() 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("trace_store.db");
     version_1_file(&path, 120_000);
-    Store::open(&path, StoreOptions::default())
-        .unwrap()
-        .close()
-        .unwrap();
-    let conn = Connection::open(&path).unwrap();
+    let conn = reopened(&path);
     let before = dump(&conn);
     // Back to where migration 6 stood after its first batch: the version-5 table renamed, the
     // points up to 50,000 copied and recorded, the view not yet there; span attributes keyed
     // by name, as version 5 stored them.
+    keyed_by_name(&conn, 0);
     conn.execute_batch(
-        "CREATE TEMP TABLE named AS SELECT s.id, v.attributes FROM span_rows s
-             JOIN trace_rows t ON t.id = s.trace
-             JOIN spans v ON v.trace_id = lower(hex(t.trace_id)) AND v.span_id = lower(hex(s.span_id));
-         UPDATE span_rows SET attributes = (SELECT attributes FROM named WHERE named.id = span_rows.id);
-         CREATE TABLE v5_metrics AS SELECT * FROM metrics;
+        "CREATE TABLE v5_metrics AS SELECT * FROM metrics;
          DROP VIEW metrics;
          DELETE FROM metric_points WHERE id > 50000;
          INSERT INTO migration_steps (name, done_up_to) VALUES ('v6 metrics', 50000);
@@ -570,14 +572,11 @@ fn an_interrupted_migration_to_compact_metric_points_resumes_where_it_stopped() 
     drop(conn);
     let conn = reopened(&path);
     assert_eq!(dump(&conn), before, "every point once, as it was");
-    let left: i64 = conn
-        .query_row(
-            "SELECT (SELECT COUNT(*) FROM sqlite_master WHERE name = 'v5_metrics')
-                  + (SELECT COUNT(*) FROM migration_steps WHERE name = 'v6 metrics')",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let left = count(
+        &conn,
+        "SELECT (SELECT COUNT(*) FROM sqlite_master WHERE name = 'v5_metrics')
+              + (SELECT COUNT(*) FROM migration_steps WHERE name = 'v6 metrics')",
+    );
     assert_eq!(left, 0, "the old table and the progress row are gone");
 }
 
@@ -588,49 +587,36 @@ fn an_interrupted_migration_to_attribute_name_ids_resumes_where_it_stopped() {
     version_1_file(&path, 10);
     // More spans than one batch of migration 7 (50,000) holds.
     add_version_1_traces(&path, 6_000);
-    Store::open(&path, StoreOptions::default())
-        .unwrap()
-        .close()
-        .unwrap();
-    let conn = Connection::open(&path).unwrap();
+    let conn = reopened(&path);
     let before = dump(&conn);
     // Back to where migration 7 stood after its first batch: the spans up to row 50,000 keyed
     // by name ids and recorded, the later ones keyed by name, as version 6 stored them.
-    let later_keys: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM span_rows, json_each(span_rows.attributes) WHERE span_rows.id > 50000",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let later_keys = count(
+        &conn,
+        "SELECT count(*) FROM span_rows, json_each(span_rows.attributes) WHERE span_rows.id > 50000",
+    );
     assert!(later_keys > 0);
+    keyed_by_name(&conn, 50_000);
     conn.execute_batch(
-        "UPDATE span_rows SET attributes = (
-             SELECT json_group_object(n.name, span_rows.attributes -> ('$.\"' || j.key || '\"'))
-             FROM json_each(span_rows.attributes) j JOIN attribute_names n ON n.id = j.key)
-         WHERE id > 50000;
-         INSERT INTO migration_steps (name, done_up_to) VALUES ('v7 attributes', 50000);
+        "INSERT INTO migration_steps (name, done_up_to) VALUES ('v7 attributes', 50000);
          PRAGMA user_version = 6;",
     )
     .unwrap();
-    let named: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM span_rows, json_each(span_rows.attributes) j WHERE j.key GLOB '*[^0-9]*'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    const NAMED_KEYS: &str = "SELECT count(*) FROM span_rows, json_each(span_rows.attributes) j WHERE j.key GLOB '*[^0-9]*'";
+    let named = count(&conn, NAMED_KEYS);
     assert_eq!(named, later_keys, "the later spans' keys are names again");
     drop(conn);
     let conn = reopened(&path);
     assert_eq!(dump(&conn), before, "every span's attributes as they were");
-    let left: i64 = conn
-        .query_row(
-            "SELECT (SELECT count(*) FROM span_rows, json_each(span_rows.attributes) j WHERE j.key GLOB '*[^0-9]*')
-                  + (SELECT count(*) FROM migration_steps) + (SELECT count(*) FROM attribute_names) - 6",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(left, 0, "every key an id, six names, no progress row left");
+    assert_eq!(count(&conn, NAMED_KEYS), 0, "every key an id");
+    assert_eq!(
+        count(&conn, "SELECT count(*) FROM migration_steps"),
+        0,
+        "no progress row left"
+    );
+    assert_eq!(
+        count(&conn, "SELECT count(*) FROM attribute_names"),
+        6,
+        "six names"
+    );
 }

@@ -51,6 +51,18 @@ fn traces_with(store: &Store, key: &str, value: AttrValue) -> usize {
         .len()
 }
 
+/// The names in `attribute_names`, and the stored attributes of the first span row (the last
+/// with `last`).
+fn names_and_row(conn: &Connection, last: bool) -> (i64, String) {
+    let sql = if last {
+        "SELECT (SELECT count(*) FROM attribute_names), attributes FROM span_rows ORDER BY id DESC LIMIT 1"
+    } else {
+        "SELECT (SELECT count(*) FROM attribute_names), attributes FROM span_rows ORDER BY id LIMIT 1"
+    };
+    conn.query_row(sql, [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+}
+
 /// The attributes of every span as the `spans` view gives them, through rusqlite.
 fn view_attributes(conn: &Connection) -> Vec<String> {
     conn.prepare("SELECT attributes FROM spans ORDER BY start_time, span_id")
@@ -102,13 +114,7 @@ fn every_kind_of_key_reads_back_through_the_api_the_view_the_shell_and_filters()
     assert_eq!(got.attributes, attributes, "the API reads every key back");
 
     let conn = Connection::open(store.path()).unwrap();
-    let (names, raw): (i64, String) = conn
-        .query_row(
-            "SELECT (SELECT count(*) FROM attribute_names), attributes FROM span_rows ORDER BY id LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    let (names, raw) = names_and_row(&conn, false);
     assert_eq!(
         names, 10,
         "each name once; the one over 256 bytes gets no id"
@@ -188,13 +194,7 @@ fn past_the_name_limit_new_names_are_stored_as_themselves_and_still_read() {
     store.writer().flush().unwrap();
 
     let conn = Connection::open(&path).unwrap();
-    let (names, raw): (i64, String) = conn
-        .query_row(
-            "SELECT (SELECT count(*) FROM attribute_names), attributes FROM span_rows ORDER BY id DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    let (names, raw) = names_and_row(&conn, true);
     assert_eq!(
         names, MAX_ATTRIBUTE_NAMES as i64,
         "no name past the limit gets an id"
