@@ -67,7 +67,8 @@ const INSERT_METRIC: &str =
 VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
 /// A record encoded for its table: ids as bytes, times in unix nanoseconds, attributes as
-/// JSON (a span's keyed by name ids, which the writer puts in). Encoding happens on the caller's thread, so the writer thread only binds and executes.
+/// JSON (a span's as names and values, which the writer keys by name ids). Encoding happens on
+/// the caller's thread, so the writer thread only looks names up, binds and executes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Row(RowKind);
 
