@@ -10,9 +10,9 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// How much of the writer's work the backlog holds at most.
-pub(crate) const BACKLOG_TIME: Duration = Duration::from_millis(250);
+pub(crate) const BACKLOG_TIME: Duration = Duration::from_millis(100);
 /// The backlog never shrinks below this (a few large rows must still fit).
-const MIN_LIMIT: u64 = 4 << 20;
+const MIN_LIMIT: u64 = 1 << 20;
 
 #[derive(Default)]
 struct State {
@@ -98,10 +98,11 @@ mod tests {
             16 << 20,
             "the configured bound until measured"
         );
-        // 40 MiB committed in a second: BACKLOG_TIME (a quarter second) of it.
+        // 40 MiB committed in a second: BACKLOG_TIME (a tenth of a second) of it.
+        assert_eq!(BACKLOG_TIME, Duration::from_millis(100));
         b.reserve(40 << 20);
         b.release(40 << 20, Some(Duration::from_secs(1)));
-        assert_eq!(b.limit(&b.lock()), (40 << 20) / 4);
+        assert_eq!(b.limit(&b.lock()), (40 << 20) / 10);
         // A very slow writer: never below the floor.
         let slow = Backlog::new(16 << 20);
         slow.reserve(1000);

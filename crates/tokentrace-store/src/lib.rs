@@ -2,6 +2,7 @@
 //! query connections, datasets and retention.
 
 mod backlog;
+mod checkpoint;
 mod datasets;
 mod export;
 mod follow;
@@ -31,6 +32,7 @@ use rusqlite::Connection;
 use serde_json::{Map, Value};
 use tokentrace_model::{MetricPoint, SpanEvent, SpanRecord, Timestamp};
 
+pub use checkpoint::CHECKPOINT_PAGES;
 pub use datasets::DatasetRow;
 pub use export::ExportPage;
 pub use metrics::{MAX_BUCKETS, MetricQuery};
@@ -112,7 +114,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             batch_max_rows: 5_000,
-            flush_interval: Duration::from_millis(200),
+            flush_interval: Duration::from_millis(50),
             queue_capacity: 64,
             queue_max_bytes: 16 << 20,
             indexed_attributes: Vec::new(),
@@ -223,6 +225,7 @@ impl Store {
             &options.indexed_attributes,
             &mut state.lookup,
         )?);
+        let checkpointer = checkpoint::Checkpointer::start(path, &mut conn)?;
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::sync_channel(options.queue_capacity.max(1));
         let backlog = Arc::new(Backlog::new(options.queue_max_bytes));
@@ -232,7 +235,7 @@ impl Store {
             options.flush_interval,
             counters.clone(),
             (options.on_commit, options.on_mark),
-            backlog.clone(),
+            (backlog.clone(), checkpointer),
             state,
         );
         let on_start = options.on_writer_start;

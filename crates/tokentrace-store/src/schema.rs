@@ -572,6 +572,10 @@ fn backfill_rollups(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Bytes a WAL that grew past them (a migration, a retention run giving pages back) is cut back
+/// to once checkpointed, instead of keeping its largest size on disk.
+pub(crate) const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
 /// Connection settings for the writer: WAL, `synchronous=NORMAL`; and for a new file,
 /// `auto_vacuum = INCREMENTAL`, so the pages retention frees go back to the file system (in
 /// steps, after each retention run). That can only be chosen before anything, WAL mode
@@ -584,10 +588,14 @@ pub fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
-    conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
-    // A WAL that grew past this (a migration, a retention run giving pages back) is cut back
-    // to it once checkpointed, instead of keeping its largest size on disk.
-    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    // Until the writer starts (migrations run first): afterwards the checkpointer thread does
+    // this (`crate::checkpoint`).
+    conn.pragma_update(
+        None,
+        "wal_autocheckpoint",
+        crate::checkpoint::CHECKPOINT_PAGES,
+    )?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
     // Statement journals and the sorts of index merges stay in memory; the pages a batch and a
     // merge round touch stay cached.
     conn.pragma_update(None, "temp_store", "MEMORY")?;

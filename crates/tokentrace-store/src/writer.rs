@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use tokentrace_model::Timestamp;
 
 use crate::backlog::Backlog;
+use crate::checkpoint::Checkpointer;
 use crate::datasets::{append_rows, expire_dataset};
 use crate::index::expire_values;
 use crate::lookup::MAX_LIVE_RUNS;
@@ -31,6 +32,9 @@ const UPKEEP_PER_ENTRY: u64 = 4;
 const UPKEEP_BUDGET_MAX: u64 = 1 << 20;
 /// Entries handled by one upkeep transaction at most.
 const UPKEEP_STEP: u64 = 20_000;
+/// Shortest time between two commits made because nothing else waited to be written: a steady
+/// trickle of rows is committed a hundred times a second at most, not once a row.
+const COMMIT_GAP: Duration = Duration::from_millis(10);
 
 pub(crate) enum Cmd {
     /// Rows, and the mark to report once they are committed (0: none).
@@ -130,7 +134,9 @@ pub(crate) struct Writer {
     upkeep_pending: bool,
     pending: Vec<Row>,
     first_pending: Option<Instant>,
+    last_commit: Instant,
     expiry: Option<Expiry>,
+    checkpointer: Option<Checkpointer>,
 }
 
 impl Writer {
@@ -140,7 +146,7 @@ impl Writer {
         flush_interval: Duration,
         counters: Arc<Counters>,
         (on_commit, on_mark): (Option<CommitObserver>, Option<MarkObserver>),
-        backlog: Arc<Backlog>,
+        (backlog, checkpointer): (Arc<Backlog>, Checkpointer),
         state: WriteState,
     ) -> Self {
         Self {
@@ -158,7 +164,9 @@ impl Writer {
             upkeep_pending: true,
             pending: Vec::new(),
             first_pending: None,
+            last_commit: Instant::now(),
             expiry: None,
+            checkpointer: Some(checkpointer),
         }
     }
 
@@ -166,6 +174,16 @@ impl Writer {
         self.serve(rx);
         // Whatever happens to the thread, nobody waits for room any more.
         self.backlog.close();
+        // Dropping the hook stops the checkpointer; it is joined before the store counts as
+        // closed.
+        let none: Option<fn(&mut rusqlite::hooks::Wal, std::ffi::c_int) -> rusqlite::Result<()>> =
+            None;
+        if let Err(e) = self.conn.wal_hook(none) {
+            tracing::error!("trace store: removing the WAL hook: {e}");
+        }
+        if let Some(c) = self.checkpointer.take() {
+            c.join();
+        }
     }
 
     fn serve(&mut self, rx: Receiver<Cmd>) {
@@ -179,7 +197,10 @@ impl Writer {
                 }
             } else {
                 let wait = match self.first_pending {
-                    Some(t) => self.flush_interval.saturating_sub(t.elapsed()),
+                    Some(t) => self
+                        .flush_interval
+                        .saturating_sub(t.elapsed())
+                        .min(COMMIT_GAP.saturating_sub(self.last_commit.elapsed())),
                     None => Duration::from_secs(3600),
                 };
                 match rx.recv_timeout(wait) {
@@ -246,19 +267,13 @@ impl Writer {
                     return;
                 }
                 None => {
-                    if self
-                        .first_pending
-                        .is_some_and(|t| t.elapsed() >= self.flush_interval)
-                    {
+                    if self.commit_due(true) {
                         let _ = self.commit_pending(); // failures are logged and counted
                     }
                     self.upkeep(true);
                 }
             }
-            if self
-                .first_pending
-                .is_some_and(|t| t.elapsed() >= self.flush_interval)
-            {
+            if self.commit_due(false) {
                 let _ = self.commit_pending(); // failures are logged and counted
             }
             self.upkeep(false);
@@ -266,10 +281,21 @@ impl Writer {
         }
     }
 
+    /// Whether what is pending is to be committed now: it has waited `flush_interval`, or
+    /// nothing else is waiting to be written (`idle`) and the last commit is `COMMIT_GAP` ago.
+    /// So under a light load a row waits little more than its transaction, and under a heavy
+    /// one the rows that came while a transaction ran share the next.
+    fn commit_due(&self, idle: bool) -> bool {
+        self.first_pending.is_some_and(|t| {
+            t.elapsed() >= self.flush_interval || (idle && self.last_commit.elapsed() >= COMMIT_GAP)
+        })
+    }
+
     /// Commits what is pending, in transactions of at most `batch_max_rows` rows. Errors are
     /// logged and counted; the first is returned.
     fn commit_pending(&mut self) -> Result<(), StoreError> {
         self.first_pending = None;
+        self.last_commit = Instant::now();
         let mut result = Ok(());
         let mut rest = std::mem::take(&mut self.pending);
         while !rest.is_empty() {

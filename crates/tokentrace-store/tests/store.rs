@@ -783,6 +783,59 @@ fn the_writer_backlog_is_bounded_in_bytes_and_writers_wait_for_room() {
     store.close().unwrap();
 }
 
+/// The WAL's checkpoint sequence number (its header's bytes 12..16), which grows each time the
+/// WAL starts over from its beginning; and the file's size.
+fn wal_state(db: &Path) -> (u32, u64) {
+    let wal = db.with_extension("db-wal");
+    let bytes = std::fs::read(&wal).unwrap_or_default();
+    let sequence = bytes
+        .get(12..16)
+        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    (sequence, std::fs::metadata(&wal).map_or(0, |m| m.len()))
+}
+
+#[test]
+fn the_wal_is_checkpointed_beside_the_writer_and_starts_over_at_its_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("trace_store.db");
+    let store = Store::open(&db, StoreOptions::default()).unwrap();
+    let w = store.writer();
+    let page: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap();
+    let (first, _) = wal_state(&db);
+    let mut largest = 0;
+    let mut written = 0;
+    // Until the WAL has started over twice: the checkpoints that let it are the checkpointer
+    // thread's (the writer's own come only at four times the threshold, a WAL four times
+    // larger).
+    while wal_state(&db).0 < first + 2 {
+        for _ in 0..10 {
+            w.write(spans_of_one_trace(500)).unwrap();
+        }
+        w.flush().unwrap();
+        written += 5_000;
+        largest = largest.max(wal_state(&db).1);
+        assert!(written <= 2_000_000, "the WAL never started over");
+    }
+    let bound = 2 * tokentrace_store::CHECKPOINT_PAGES as u64 * (page as u64 + 24);
+    assert!(
+        largest < bound,
+        "the WAL grew to {largest} bytes (bound {bound}) over {written} spans"
+    );
+    assert_eq!(
+        store.reader().count_rows(Table::Spans).unwrap(),
+        written as u64
+    );
+    store.close().unwrap();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let ok: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+}
+
 #[test]
 fn a_large_write_commits_in_transactions_of_at_most_batch_max_rows() {
     let dir = tempfile::tempdir().unwrap();
