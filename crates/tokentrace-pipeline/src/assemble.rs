@@ -216,6 +216,7 @@ impl Assembler {
                 }
             }
             Msg::Ticketed(inner, _) => self.handle(*inner, out),
+            Msg::Probe(inner) => self.handle(inner.0, out),
             Msg::Flush(_) | Msg::Shutdown => {}
         }
     }

@@ -141,9 +141,15 @@ pub(crate) struct Room {
 }
 
 /// Queue contents, in drain time, below which ingestion (events API, OTLP) is let in.
-pub(crate) const INGEST_TIME: Duration = Duration::from_millis(100);
+pub(crate) const INGEST_TIME: Duration = Duration::from_millis(25);
 /// Queue contents, in drain time, below which the API's own requests go on without waiting.
-pub(crate) const API_TIME: Duration = Duration::from_millis(200);
+pub(crate) const API_TIME: Duration = Duration::from_millis(50);
+/// Commit lag (the oldest message accepted and not yet committed, `crate::ack`) below which
+/// ingestion is let in: whatever makes the store fall behind (a slow disk, a starved thread, a
+/// checkpoint), senders are held once what they were told is stored is this far ahead of it.
+pub(crate) const INGEST_LAG: Duration = Duration::from_millis(75);
+/// Commit lag below which the API's own requests go on without waiting.
+pub(crate) const API_LAG: Duration = Duration::from_millis(100);
 /// The time-bounded levels never shrink below this (a large batch must still get in).
 const MIN_TIMED_BYTES: u64 = 1 << 20;
 
@@ -205,6 +211,13 @@ impl Room {
         }
     }
 
+    /// Wakes waiting callers to look again (a commit shortened the lag).
+    pub(crate) fn wake(&self) {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+
     /// The pipeline is stopping: nobody waits any more.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
@@ -250,6 +263,8 @@ pub(crate) enum Msg {
     Metric(Box<MetricPoint>),
     /// A message whose number the submitter waits for.
     Ticketed(Box<Msg>, Arc<crate::ack::Ticket>),
+    /// A message whose commit lag is measured: accepted at that instant (see `crate::ack`).
+    Probe(Box<(Msg, std::time::Instant)>),
     Flush(SyncSender<()>),
     Shutdown,
 }
@@ -262,6 +277,7 @@ impl Msg {
         match self {
             Msg::Batch(b) => (b.spans.len() + b.events.len() + b.metrics.len()).max(1) as u64,
             Msg::Ticketed(inner, _) => inner.weight(),
+            Msg::Probe(inner) => inner.0.weight(),
             // Control messages bypass `submit` and are not counted.
             Msg::Flush(_) | Msg::Shutdown => 0,
             _ => 1,
@@ -281,6 +297,7 @@ impl Msg {
             Msg::SpanEvent(e) => size::span_event(e),
             Msg::Metric(p) => size::point(p),
             Msg::Ticketed(inner, _) => inner.bytes(),
+            Msg::Probe(inner) => inner.0.bytes(),
             Msg::Flush(_) | Msg::Shutdown => 0,
         }
     }
@@ -345,22 +362,30 @@ impl Telemetry {
                 .fetch_add(weight, Ordering::Relaxed);
             return Err(SubmitError::Full);
         }
+        let probe = self.commits.probe_due();
+        let msg = match probe {
+            Some(at) => Msg::Probe(Box::new((msg, at))),
+            None => msg,
+        };
+        let refused = |e| {
+            unqueue();
+            if let Some(at) = probe {
+                self.commits.unprobe(at);
+            }
+            e
+        };
         match self.tx.try_send(msg) {
             Ok(()) => {
                 self.stats.accepted.fetch_add(weight, Ordering::Relaxed);
                 Ok(())
             }
             Err(TrySendError::Full(_)) => {
-                unqueue();
                 self.stats
                     .rejected_full
                     .fetch_add(weight, Ordering::Relaxed);
-                Err(SubmitError::Full)
+                Err(refused(SubmitError::Full))
             }
-            Err(TrySendError::Disconnected(_)) => {
-                unqueue();
-                Err(SubmitError::Closed)
-            }
+            Err(TrySendError::Disconnected(_)) => Err(refused(SubmitError::Closed)),
         }
     }
 
@@ -412,9 +437,10 @@ impl Telemetry {
     }
 
     /// Whether the queue is below the level at which [`Telemetry::wait_for_room`] waits: three
-    /// quarters of its capacity, so that the callers let through together still fit.
+    /// quarters of its capacity, so that the callers let through together still fit; and the
+    /// commit lag is under 150 ms (`API_LAG`).
     pub fn has_room(&self) -> bool {
-        self.room.has_room(&self.stats)
+        self.room.has_room(&self.stats) && self.commits.lag() < API_LAG
     }
 
     /// Whether ingestion (events API, OTLP receiver) may submit: the queue is below half of
@@ -423,9 +449,16 @@ impl Telemetry {
     /// acknowledged waits in the queue about that long at most, and the room above stays for
     /// the spans of the API's own requests, which wait for room above 200 ms of it
     /// (`API_TIME`) and three quarters of the bounds: a flood of telemetry cannot starve the
-    /// gateway.
+    /// gateway. And the commit lag ([`Telemetry::commit_lag`]) is under 100 ms (`INGEST_LAG`):
+    /// whatever holds the store back, what is acknowledged stays about that far ahead of it.
     pub fn has_room_for_ingest(&self) -> bool {
-        self.room.has_room_for_ingest(&self.stats)
+        self.room.has_room_for_ingest(&self.stats) && self.commits.lag() < INGEST_LAG
+    }
+
+    /// How long the oldest message accepted and not yet committed has waited (sampled, see
+    /// `crate::ack`; zero without a store).
+    pub fn commit_lag(&self) -> Duration {
+        self.commits.lag()
     }
 
     /// Bytes per second the pipeline thread has been draining (a moving average; 0 until
@@ -507,6 +540,7 @@ impl Pipeline {
         let room = Arc::new(Room::new(capacity, max_bytes));
         let redactor = crate::redact::Redactor::new(&options.redaction);
         let commits = options.commits.clone();
+        commits.wake_on_commit(&room);
         let worker = Worker::new(
             Assembler::new(options, stats.clone()),
             redactor,
@@ -571,8 +605,9 @@ mod tests {
         stats.queue_bytes.store(8 << 20, Ordering::Relaxed);
         // Unmeasured: half and three quarters of 32 MiB.
         assert!(room.has_room_for_ingest(&stats) && room.has_room(&stats));
-        // 20 MiB/s: ingestion gets 100 ms of it (2 MiB), the API 200 ms (4 MiB).
-        room.drained(20 << 20, Duration::from_secs(1));
+        // 80 MiB/s: ingestion gets 25 ms of it (2 MiB), the API 50 ms (4 MiB).
+        assert_eq!((INGEST_TIME.as_millis(), API_TIME.as_millis()), (25, 50));
+        room.drained(80 << 20, Duration::from_secs(1));
         assert!(!room.has_room_for_ingest(&stats) && !room.has_room(&stats));
         stats.queue_bytes.store(3 << 20, Ordering::Relaxed);
         assert!(!room.has_room_for_ingest(&stats) && room.has_room(&stats));

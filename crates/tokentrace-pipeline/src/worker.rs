@@ -10,8 +10,10 @@ use crate::assemble::{Assembler, Output};
 use crate::telemetry::{Msg, PipelineStats, Room};
 use crate::{Sink, SinkError};
 
-/// Messages handled before the sinks are flushed.
-const MAX_BATCH: usize = 1024;
+/// Items (spans, events, points; a message counts at least one) handled in a round at most
+/// before the sinks are flushed: a round is a step every item waits through, so it stays
+/// short.
+const MAX_ROUND_ITEMS: u64 = 2048;
 /// How often open spans are checked for their timeout when the queue is idle.
 const TICK: Duration = Duration::from_millis(500);
 
@@ -43,7 +45,7 @@ impl Worker {
     }
 
     pub(crate) fn run(mut self, rx: Receiver<Msg>) {
-        let mut out = Vec::with_capacity(MAX_BATCH * 2);
+        let mut out = Vec::with_capacity(MAX_ROUND_ITEMS as usize * 2);
         let mut last_tick = Instant::now();
         loop {
             let first = match rx.recv_timeout(TICK) {
@@ -60,10 +62,9 @@ impl Worker {
             let mut handled = 0;
             while let Some(msg) = next.take() {
                 let bytes = msg.bytes();
+                let weight = msg.weight();
                 drained += bytes;
-                self.stats
-                    .queue_depth
-                    .fetch_sub(msg.weight(), Ordering::Relaxed);
+                self.stats.queue_depth.fetch_sub(weight, Ordering::Relaxed);
                 self.stats.queue_bytes.fetch_sub(bytes, Ordering::Relaxed);
                 match msg {
                     Msg::Flush(reply) => {
@@ -73,18 +74,14 @@ impl Worker {
                         self.each_sink(|s| s.sync());
                         let _ = reply.send(());
                     }
-                    Msg::Ticketed(inner, ticket) => {
-                        ticket.set(self.commits.next());
-                        self.assembler.handle(*inner, &mut out);
-                    }
                     Msg::Shutdown => {
                         self.stop(&mut out);
                         return;
                     }
-                    other => self.assembler.handle(other, &mut out),
+                    other => self.handle(other, &mut out),
                 }
-                handled += 1;
-                if handled < MAX_BATCH {
+                handled += weight.max(1);
+                if handled < MAX_ROUND_ITEMS {
                     next = rx.try_recv().ok();
                 }
             }
@@ -100,6 +97,23 @@ impl Worker {
             self.each_sink(|s| s.flush());
             self.commits.wake();
             self.room.drained(drained, round.elapsed());
+        }
+    }
+
+    /// Numbers a message that is waited for (ticketed) or measured (a probe), and hands it to
+    /// the assembler.
+    fn handle(&mut self, msg: Msg, out: &mut Vec<Output>) {
+        match msg {
+            Msg::Ticketed(inner, ticket) => {
+                ticket.set(self.commits.next());
+                self.handle(*inner, out);
+            }
+            Msg::Probe(inner) => {
+                let (inner, at) = *inner;
+                self.commits.probe(self.commits.next(), at);
+                self.handle(inner, out);
+            }
+            other => self.assembler.handle(other, out),
         }
     }
 

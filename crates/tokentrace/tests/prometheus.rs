@@ -258,6 +258,19 @@ fn prometheus_answers_the_seed_queries_with_the_tokens_sent() {
             .is_some_and(|(_, v)| v.is_finite() && *v > 0.0 && *v <= 5.0),
         "commit p99: {p99:?}"
     );
+    // The commit lag of sampled messages: from acceptance to the commit of their rows.
+    let lags = query(&rt, &prom_url, "tokentrace_commit_lag_seconds_count");
+    assert!(lags.first().is_some_and(|(_, v)| *v > 0.0), "{lags:?}");
+    let lag = query(
+        &rt,
+        &prom_url,
+        "histogram_quantile(0.5, tokentrace_commit_lag_seconds_bucket)",
+    );
+    assert!(
+        lag.first()
+            .is_some_and(|(_, v)| v.is_finite() && *v > 0.0 && *v <= 10.0),
+        "commit lag p50: {lag:?}"
+    );
 
     // A streaming request, so that the time-to-first-token histogram exists too.
     rt.block_on(async {

@@ -46,6 +46,27 @@ pub fn commit_observer(registry: Arc<Registry>) -> CommitObserver {
     }))
 }
 
+/// `tokentrace_commit_lag_seconds` bucket boundaries.
+pub const COMMIT_LAG_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Records the commit lag of each probe (a message sampled as it was accepted, see
+/// [`crate::Commits`]) in `registry`: `tokentrace_commit_lag_seconds`, the time from its
+/// acceptance to the commit of its rows.
+pub fn lag_observer(registry: Arc<Registry>) -> crate::ack::LagObserver {
+    Box::new(move |lag| {
+        registry.observe(
+            "tokentrace_commit_lag_seconds",
+            "Time from accepting telemetry to committing it to SQLite (sampled messages).",
+            &[],
+            COMMIT_LAG_BUCKETS,
+            Vec::new(),
+            lag.as_secs_f64(),
+        );
+    })
+}
+
 fn label(span: &SpanRecord, key: &str) -> String {
     span.attributes
         .get(key)

@@ -8,7 +8,7 @@ use tokentrace_store::{Store, StoreOptions, ThreadStart};
 
 use super::SqliteSink;
 use crate::sinks::BuildError;
-use crate::sinks::prometheus::{Registry, commit_observer};
+use crate::sinks::prometheus::{Registry, commit_observer, lag_observer};
 use crate::thread;
 
 /// The trace store the sink writes.
@@ -39,7 +39,8 @@ impl SqliteSinkConfig {
     }
 
     /// Opens (and migrates) the store and starts its writer thread; every commit is recorded in
-    /// `registry` and reported to `commits` (acknowledgements after the commit). Returns the
+    /// `registry` (its time, and the commit lag) and reported to `commits` (acknowledgements
+    /// after the commit, the lag the pipeline's admission follows). Returns the
     /// sink and the store, which the query API reads and shutdown closes.
     pub fn build(
         self,
@@ -50,7 +51,7 @@ impl SqliteSinkConfig {
         let options = StoreOptions {
             on_writer_start: Some(ThreadStart(Arc::new(move || thread::set_nice(nice)))),
             on_commit: Some(commit_observer(registry.clone())),
-            on_mark: Some(commits.observer()),
+            on_mark: Some(commits.observer(lag_observer(registry.clone()))),
             indexed_attributes: self.indexed_attributes,
             max_answer_rows: self.max_answer_spans,
             query_timeout: self.query_timeout,
