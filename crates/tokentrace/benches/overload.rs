@@ -291,10 +291,15 @@ fn main() -> Result<(), Error> {
         let (base, stop, otlp, lags) = (base.clone(), stop.clone(), otlp.clone(), lags.clone());
         workers.push(std::thread::spawn(move || {
             let http = reqwest::blocking::Client::new();
+            let mut measured = String::new();
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_secs(1));
                 let last = otlp.acked.lock().ok().and_then(|a| a.last().cloned());
-                let Some((at, trace)) = last else { continue };
+                // Each request once: while none is acknowledged, the last one's age is no lag.
+                let Some((at, trace)) = last.filter(|(_, t)| *t != measured) else {
+                    continue;
+                };
+                measured.clone_from(&trace);
                 while at.elapsed() < Duration::from_secs(120) && !stop.load(Ordering::Relaxed) {
                     let found = http
                         .get(format!("{base}/v1/telemetry/traces/{trace}"))
@@ -302,7 +307,7 @@ fn main() -> Result<(), Error> {
                         .is_ok_and(|r| r.status() == 200);
                     if found {
                         if let Ok(mut l) = lags.lock() {
-                            l.push(at.elapsed());
+                            l.push((at.elapsed(), at));
                         }
                         break;
                     }
@@ -334,6 +339,11 @@ fn main() -> Result<(), Error> {
             gateway.refused.load(Ordering::Relaxed),
         );
     }
+    // The server's own view of the same: the commit lag of sampled messages and the time of
+    // each transaction, from its histograms.
+    let metrics = reqwest::blocking::get(format!("{base}/metrics"))
+        .and_then(|r| r.text())
+        .unwrap_or_default();
     // Kill at once: what was acknowledged and is not in the file is what a crash loses.
     let hwm = rss_mib(pid, "VmHWM:");
     Command::new("kill")
@@ -354,8 +364,22 @@ fn main() -> Result<(), Error> {
             stored.insert(r.get::<_, String>(0)?);
         }
     }
-    let mut lags = lags.lock().map(|l| l.clone()).unwrap_or_default();
-    lags.sort();
+    let mut timed = lags.lock().map(|l| l.clone()).unwrap_or_default();
+    timed.sort();
+    // The longest lags, and when in the run their requests were acknowledged.
+    let longest: Vec<String> = timed
+        .iter()
+        .rev()
+        .take(5)
+        .map(|(lag, at)| {
+            format!(
+                "{:.0} ms at {:.0} s",
+                lag.as_secs_f64() * 1000.0,
+                at.saturating_duration_since(started).as_secs_f64()
+            )
+        })
+        .collect();
+    let lags: Vec<Duration> = timed.iter().map(|(l, _)| *l).collect();
     println!(
         "peak RSS {peak:.1} MiB sampled, {hwm:.1} MiB VmHWM; commit lag (200 → readable) of {} OTLP requests: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
         lags.len(),
@@ -363,6 +387,20 @@ fn main() -> Result<(), Error> {
         percentile(&lags, 0.99).as_secs_f64() * 1000.0,
         percentile(&lags, 1.0).as_secs_f64() * 1000.0,
     );
+    println!("longest commit lags: {}", longest.join(", "));
+    for (name, what) in [
+        (
+            "tokentrace_commit_lag_seconds",
+            "commit lag of sampled messages",
+        ),
+        ("tokentrace_sqlite_commit_seconds", "transaction time"),
+    ] {
+        let (n, q) = histogram_quantiles(&metrics, name, &[0.5, 0.99, 0.999]);
+        println!(
+            "server: {what} ({n}): p50 ≤ {} ms, p99 ≤ {} ms, p99.9 ≤ {} ms (bucket bounds)",
+            q[0], q[1], q[2]
+        );
+    }
     for (name, path) in [("OTLP", &otlp), ("events", &events), ("gateway", &gateway)] {
         let acked = path.acked.lock().map(|a| a.clone()).unwrap_or_default();
         let missing: Vec<&(Instant, String)> =
@@ -380,4 +418,32 @@ fn main() -> Result<(), Error> {
         );
     }
     Ok(())
+}
+
+/// The observation count of the Prometheus histogram `name` in `text`, and for each quantile
+/// the upper bound (in ms) of the first bucket that reaches it.
+fn histogram_quantiles(text: &str, name: &str, quantiles: &[f64]) -> (u64, Vec<String>) {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let buckets: Vec<(String, f64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|l| {
+            let (le, count) = l.split_once("\"} ")?;
+            Some((le.to_string(), count.trim().parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    let bounds = quantiles
+        .iter()
+        .map(|q| {
+            buckets
+                .iter()
+                .find(|(_, c)| total > 0.0 && *c >= q * total)
+                .map_or("-".to_string(), |(le, _)| match le.parse::<f64>() {
+                    Ok(s) => format!("{}", s * 1000.0),
+                    Err(_) => le.clone(),
+                })
+        })
+        .collect();
+    (total as u64, bounds)
 }
