@@ -438,7 +438,7 @@ impl Telemetry {
 
     /// Whether the queue is below the level at which [`Telemetry::wait_for_room`] waits: three
     /// quarters of its capacity, so that the callers let through together still fit; and the
-    /// commit lag is under 150 ms (`API_LAG`).
+    /// commit lag is under 100 ms (`API_LAG`).
     pub fn has_room(&self) -> bool {
         self.room.has_room(&self.stats) && self.commits.lag() < API_LAG
     }
@@ -449,16 +449,10 @@ impl Telemetry {
     /// acknowledged waits in the queue about that long at most, and the room above stays for
     /// the spans of the API's own requests, which wait for room above 200 ms of it
     /// (`API_TIME`) and three quarters of the bounds: a flood of telemetry cannot starve the
-    /// gateway. And the commit lag ([`Telemetry::commit_lag`]) is under 100 ms (`INGEST_LAG`):
+    /// gateway. And the commit lag ([`crate::Commits::lag`]) is under 75 ms (`INGEST_LAG`):
     /// whatever holds the store back, what is acknowledged stays about that far ahead of it.
     pub fn has_room_for_ingest(&self) -> bool {
         self.room.has_room_for_ingest(&self.stats) && self.commits.lag() < INGEST_LAG
-    }
-
-    /// How long the oldest message accepted and not yet committed has waited (sampled, see
-    /// `crate::ack`; zero without a store).
-    pub fn commit_lag(&self) -> Duration {
-        self.commits.lag()
     }
 
     /// Bytes per second the pipeline thread has been draining (a moving average; 0 until

@@ -33,7 +33,8 @@ pub(crate) const WAL_MAX_PAGES: i32 = 4 * CHECKPOINT_PAGES;
 /// megabytes: milliseconds).
 const TAIL_PAGES: i32 = 1_000;
 
-/// The checkpointer thread; it stops when the writer's connection (its hook) is gone.
+/// The checkpointer thread; it stops when the hook is gone from the writer's connection
+/// (removed, or the connection closed), and dropping this waits for it.
 pub(crate) struct Checkpointer {
     thread: Option<JoinHandle<()>>,
 }
@@ -86,16 +87,6 @@ impl Checkpointer {
             thread: Some(thread),
         })
     }
-
-    /// Waits for the thread to finish; call it once the hook is gone from the writer's
-    /// connection (removed, or the connection closed), which tells the thread to stop.
-    pub(crate) fn join(mut self) {
-        if let Some(t) = self.thread.take()
-            && t.join().is_err()
-        {
-            tracing::error!("trace store: the checkpoint thread panicked");
-        }
-    }
 }
 
 fn run(conn: &Connection, woken: &Receiver<()>, progress: &Progress) {
@@ -138,8 +129,10 @@ impl Progress {
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("trace store: the checkpoint thread panicked");
         }
     }
 }

@@ -181,9 +181,7 @@ impl Writer {
         if let Err(e) = self.conn.wal_hook(none) {
             tracing::error!("trace store: removing the WAL hook: {e}");
         }
-        if let Some(c) = self.checkpointer.take() {
-            c.join();
-        }
+        drop(self.checkpointer.take());
     }
 
     fn serve(&mut self, rx: Receiver<Cmd>) {
