@@ -444,10 +444,10 @@ impl Telemetry {
     }
 
     /// Whether ingestion (events API, OTLP receiver) may submit: the queue is below half of
-    /// both bounds, and holds less than 100 ms of the pipeline's measured drain (`INGEST_TIME`).
+    /// both bounds, and holds less than 25 ms of the pipeline's measured drain (`INGEST_TIME`).
     /// Otherwise senders are refused (503) before their bodies are decoded: what was
     /// acknowledged waits in the queue about that long at most, and the room above stays for
-    /// the spans of the API's own requests, which wait for room above 200 ms of it
+    /// the spans of the API's own requests, which wait for room above 50 ms of it
     /// (`API_TIME`) and three quarters of the bounds: a flood of telemetry cannot starve the
     /// gateway. And the commit lag ([`crate::Commits::lag`]) is under 75 ms (`INGEST_LAG`):
     /// whatever holds the store back, what is acknowledged stays about that far ahead of it.
