@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use rusqlite::Connection;
 use tokentrace_model::query::ListTracesQuery;
 use tokentrace_model::{
-    SpanEvent, SpanId, SpanKind, SpanLink, SpanRecord, SpanStatus, Timestamp, Trace, TraceId,
+    SpanEvent, SpanId, SpanLink, SpanRecord, SpanStatus, Timestamp, Trace, TraceId,
 };
 
 use crate::names::Names;
@@ -24,8 +24,11 @@ pub struct ExportPage {
     pub next: Option<String>,
 }
 
+/// A span's service name is its trace's when the row stores none (`reader::span_service_sql`).
 const SPANS: &str = "SELECT t.trace_id, s.span_id, s.parent_span_id, s.name, s.kind, s.start_ns,
-    s.end_ns, s.status, s.status_message, s.attributes, s.links, s.service_name, s.expires_at
+    s.end_ns, s.status, s.status_message, s.attributes, s.links,
+    CASE WHEN s.service_name IS NULL THEN t.service_name ELSE NULLIF(s.service_name, '') END,
+    t.expires_at
   FROM span_rows s JOIN trace_rows t ON t.id = s.trace WHERE s.trace = ?1 ORDER BY s.start_ns, s.id";
 
 /// A span from a row of [`SPANS`], without its events.
@@ -51,7 +54,7 @@ fn read_span(
             span_id: span_id(sid)?,
             parent_span_id: parent.map(span_id).transpose()?,
             name,
-            kind: SpanKind::from_name(&kind),
+            kind: crate::rows::stored_kind(&kind),
             start_time: Timestamp::from_unix_nanos(start),
             end_time: end.map(Timestamp::from_unix_nanos),
             status: match status.as_deref() {

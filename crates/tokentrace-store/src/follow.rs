@@ -7,7 +7,7 @@ use rusqlite::types::Value as SqlValue;
 use tokentrace_model::SpanWithStatus;
 use tokentrace_model::query::{SpanFeed, SpanFeedQuery};
 
-use crate::reader::{SPAN_COLUMNS, SPANS_WITH_TRACE, SpanRow, filter_sql};
+use crate::reader::{SPAN_COLUMNS, SPANS_WITH_TRACE, SpanRow, filter_sql, span_service_sql};
 use crate::{StoreError, StoreReader};
 
 impl StoreReader {
@@ -34,7 +34,10 @@ impl StoreReader {
             "SELECT s.id, {SPAN_COLUMNS} FROM {SPANS_WITH_TRACE} WHERE s.id > ? AND s.id <= ?"
         );
         if let Some(service) = &q.service {
-            sql.push_str(" AND s.service_name = ?");
+            sql.push_str(&format!(
+                " AND {} = ?",
+                span_service_sql("s.service_name", "t.service_name")
+            ));
             params.push(SqlValue::Text(service.clone()));
         }
         if !q.filters.is_empty() {

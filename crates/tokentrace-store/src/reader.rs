@@ -364,27 +364,75 @@ fn read_trace(r: &Row<'_>) -> rusqlite::Result<Result<Trace, StoreError>> {
     })())
 }
 
-/// The bound on span starts that the first time filter implies, as an operator on
-/// `s.start_ns` (its parameter appended): `start_time` `gt`, `lt`, `eq` bound it directly, and
-/// `end_time` `lt` or `eq` bound it too, since a span starts before it ends. With it, a query
-/// without an indexed filter reads the spans of that window (`span_rows_start`), not all.
-pub(crate) fn start_bound(filters: &[Filter], params: &mut Vec<SqlValue>) -> Option<&'static str> {
-    filters.iter().find_map(|f| {
+/// SQL of a span's service name, from the span row's `service_name` (`span`) and its trace
+/// row's (`trace`): since version 8 a span of its trace's service stores none (NULL), and a
+/// span without one stores `''`.
+pub(crate) fn span_service_sql(span: &str, trace: &str) -> String {
+    format!("(CASE WHEN {span} IS NULL THEN {trace} ELSE NULLIF({span}, '') END)")
+}
+
+/// The span starts that the time filters allow, both ends included: `start_time` `gt`, `lt`,
+/// `eq` bound them directly, and `end_time` `lt` or `eq` bound them too, since a span starts
+/// before it ends. `None` without a time filter. With it, a query without an indexed filter
+/// reads the spans of the traces of that window ([`window_traces`]), not all.
+pub(crate) fn start_window(filters: &[Filter]) -> Option<(i64, i64)> {
+    let mut window: Option<(i64, i64)> = None;
+    for f in filters {
         let t = match &f.value {
-            AttrValue::String(v) => Timestamp::parse_iso(v).ok()?,
-            _ => return None,
+            AttrValue::String(v) => match Timestamp::parse_iso(v) {
+                Ok(t) => t.unix_nanos(),
+                Err(_) => continue,
+            },
+            _ => continue,
         };
-        let op = match (&f.target, f.op) {
-            (FilterTarget::Field(SpanField::StartTime), QueryConditionOp::Gt) => ">",
-            (FilterTarget::Field(SpanField::StartTime), QueryConditionOp::Lt) => "<",
-            (FilterTarget::Field(SpanField::StartTime), QueryConditionOp::Eq) => "=",
-            (FilterTarget::Field(SpanField::EndTime), QueryConditionOp::Lt) => "<",
-            (FilterTarget::Field(SpanField::EndTime), QueryConditionOp::Eq) => "<=",
-            _ => return None,
+        let (lo, hi) = match (&f.target, f.op) {
+            (FilterTarget::Field(SpanField::StartTime), QueryConditionOp::Gt) => {
+                (t.saturating_add(1), i64::MAX)
+            }
+            (FilterTarget::Field(SpanField::StartTime), QueryConditionOp::Lt) => {
+                (i64::MIN, t.saturating_sub(1))
+            }
+            (FilterTarget::Field(SpanField::StartTime), QueryConditionOp::Eq) => (t, t),
+            (FilterTarget::Field(SpanField::EndTime), QueryConditionOp::Lt) => {
+                (i64::MIN, t.saturating_sub(1))
+            }
+            (FilterTarget::Field(SpanField::EndTime), QueryConditionOp::Eq) => (i64::MIN, t),
+            _ => continue,
         };
-        params.push(SqlValue::Integer(t.unix_nanos()));
-        Some(op)
-    })
+        window = Some(match window {
+            None => (lo, hi),
+            Some((a, b)) => (a.max(lo), b.min(hi)),
+        });
+    }
+    window
+}
+
+/// SQL selecting the keys of the traces that may have a span starting between `lo` and `hi`
+/// (SQL expressions of bound parameters, both ends included; `lo_wide` is `lo` less
+/// `schema::LONG_TRACE_NS`): those that start in the window or up to a minute before it, and
+/// the long traces (`trace_rows_long`) that start before its end and have a span starting
+/// after its start. A trace may be given twice. Each part reads one index of trace rows.
+pub(crate) fn window_traces(lo_wide: &str, lo: &str, hi: &str) -> String {
+    format!(
+        "SELECT id FROM trace_rows WHERE start_ns BETWEEN {lo_wide} AND {hi}
+         UNION ALL SELECT id FROM trace_rows
+         WHERE last_start_ns - start_ns > {long} AND start_ns <= {hi} AND last_start_ns >= {lo}",
+        long = crate::schema::LONG_TRACE_NS
+    )
+}
+
+/// [`window_traces`] of `window` with its bounds appended to `params` as numbered parameters,
+/// so that later `?` continue after them.
+pub(crate) fn window_traces_bound(window: (i64, i64), params: &mut Vec<SqlValue>) -> String {
+    let (lo, hi) = window;
+    let mut bind = |v: i64| {
+        params.push(SqlValue::Integer(v));
+        format!("?{}", params.len())
+    };
+    let lo_wide = bind(lo.saturating_sub(crate::schema::LONG_TRACE_NS));
+    let lo = bind(lo);
+    let hi = bind(hi);
+    window_traces(&lo_wide, &lo, &hi)
 }
 
 impl StoreReader {
@@ -549,10 +597,9 @@ impl StoreReader {
             // An indexed filter narrows the traces first; every filter is then checked on spans.
             if let Some(candidates) = self.indexed.candidates(&q.filters, &mut params) {
                 sql.push_str(&format!(" AND t.id IN ({candidates})"));
-            } else if let Some(op) = start_bound(&q.filters, &mut params) {
-                sql.push_str(&format!(
-                    " AND t.id IN (SELECT s.trace FROM span_rows s WHERE s.start_ns {op} ?)"
-                ));
+            } else if let Some(window) = start_window(&q.filters) {
+                let traces = window_traces_bound(window, &mut params);
+                sql.push_str(&format!(" AND t.id IN ({traces})"));
             }
             let cond = filter_sql(&q.filters, &mut params, &self.names)?;
             sql.push_str(&format!(
@@ -656,5 +703,48 @@ impl StoreReader {
         let conn = self.conn()?;
         let n: i64 = conn.query_row(table.count_sql(), [], |r| r.get(0))?;
         Ok(n as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::window_traces;
+
+    #[test]
+    fn a_window_reads_two_indexes_of_trace_rows_and_no_span() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trace_store.db");
+        crate::Store::open(&path, crate::StoreOptions::default())
+            .unwrap()
+            .close()
+            .unwrap();
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let sql = format!(
+            "EXPLAIN QUERY PLAN SELECT count(*) FROM span_rows WHERE trace IN ({}) AND start_ns >= ?2 AND start_ns <= ?3",
+            window_traces("?1", "?2", "?3")
+        );
+        let plan: Vec<String> = conn
+            .prepare(&sql)
+            .unwrap()
+            .query_map([1, 2, 3], |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("INDEX trace_rows_start (start_ns>? AND start_ns<?)"),
+            "{plan}"
+        );
+        assert!(
+            plan.contains("USING INDEX trace_rows_long (start_ns<?)"),
+            "{plan}"
+        );
+        assert!(
+            plan.contains("USING INDEX span_rows_trace (trace=?)"),
+            "{plan}"
+        );
+        assert!(!plan.contains("SCAN"), "{plan}");
     }
 }

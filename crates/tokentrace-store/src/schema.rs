@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS attribute_index (
 CREATE INDEX IF NOT EXISTS attribute_index_expires_at ON attribute_index (expires_at);
 "#;
 
-/// The current schema (version 7), created in a new file after [`V2`] (metric series, rollups
+/// The current schema (version 8), created in a new file after [`V2`] (metric series, rollups
 /// and migration progress, unchanged since).
 ///
 /// Rows live in rowid tables whose keys grow with arrival (`trace_rows.id`, `span_rows.id`,
@@ -77,7 +77,8 @@ CREATE TABLE IF NOT EXISTS trace_rows (
     start_ns          INTEGER,
     end_ns            INTEGER,
     expires_at        INTEGER,
-    project           INTEGER NOT NULL DEFAULT 0
+    project           INTEGER NOT NULL DEFAULT 0,
+    last_start_ns     INTEGER
 );
 CREATE INDEX IF NOT EXISTS trace_rows_start ON trace_rows (start_ns);
 CREATE INDEX IF NOT EXISTS trace_rows_project_start ON trace_rows (project, start_ns);
@@ -106,7 +107,6 @@ CREATE TABLE IF NOT EXISTS span_rows (
     expires_at     INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS span_rows_trace ON span_rows (trace, span_id);
-CREATE INDEX IF NOT EXISTS span_rows_start ON span_rows (start_ns);
 
 CREATE TABLE IF NOT EXISTS event_rows (
     id         INTEGER PRIMARY KEY,
@@ -222,7 +222,8 @@ SELECT lower(hex(t.trace_id)) AS trace_id,
        lower(hex(s.span_id)) AS span_id,
        CASE WHEN s.parent_span_id IS NULL THEN NULL ELSE lower(hex(s.parent_span_id)) END AS parent_span_id,
        s.name,
-       s.kind,
+       CASE s.kind WHEN '1' THEN 'internal' WHEN '2' THEN 'server' WHEN '3' THEN 'client'
+                   WHEN '4' THEN 'producer' WHEN '5' THEN 'consumer' ELSE s.kind END AS kind,
        strftime('%Y-%m-%d %H:%M:%S', s.start_ns / 1000000000, 'unixepoch') || printf('.%09d', s.start_ns % 1000000000) AS start_time,
        strftime('%Y-%m-%d %H:%M:%S', s.end_ns / 1000000000, 'unixepoch') || printf('.%09d', s.end_ns % 1000000000) AS end_time,
        (s.end_ns - s.start_ns) / 1e6 AS duration_ms,
@@ -237,8 +238,8 @@ SELECT lower(hex(t.trace_id)) AS trace_id,
           FROM json_each(s.attributes) j
           LEFT JOIN attribute_names n ON n.id = CAST(j.key AS INTEGER) AND CAST(n.id AS TEXT) = j.key) AS attributes,
        s.links,
-       s.service_name,
-       s.expires_at
+       CASE WHEN s.service_name IS NULL THEN t.service_name ELSE NULLIF(s.service_name, '') END AS service_name,
+       t.expires_at
 FROM trace_rows t CROSS JOIN span_rows s ON s.trace = t.id;
 
 CREATE VIEW IF NOT EXISTS span_events AS
@@ -276,8 +277,21 @@ SELECT p.id,
 FROM metric_points p JOIN metric_series s ON s.id = p.series;
 "#;
 
+/// Spans of a trace that start further apart than this make it a long trace (see
+/// [`LONG_TRACES`]).
+pub(crate) const LONG_TRACE_NS: i64 = 60_000_000_000;
+
+/// Version 8: the traces whose spans start more than [`LONG_TRACE_NS`] apart (`last_start_ns`,
+/// the latest start of a trace's spans, against `start_ns`, the earliest), by start. The spans
+/// that start in a time window belong to the traces that start in it or up to a minute before,
+/// and to the long traces that span it: a window is found from trace rows (one a trace), not
+/// from an index of every span's start. Created apart from [`CURRENT`] because on a file older
+/// than version 8 `trace_rows` has no `last_start_ns` until migration 8 adds it.
+const LONG_TRACES: &str = "CREATE INDEX IF NOT EXISTS trace_rows_long ON trace_rows (start_ns)
+    WHERE last_start_ns - start_ns > 60000000000;";
+
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// The schema version of a file (0 for a new one). Reading it does not modify the file.
 pub fn version(conn: &Connection) -> Result<i64, StoreError> {
@@ -467,6 +481,80 @@ fn name_attributes(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Trace rows given their latest span start per migration transaction.
+const TRACES_BATCH: i64 = 20_000;
+
+/// Migration 8: time windows of spans found through their traces. Every trace row gets the
+/// latest start of its spans (`last_start_ns`), and a span without a service name in a trace
+/// with one gets `''`, in batches by trace key, each a transaction that records how far it
+/// got; then the index of long traces is built, the index of every span's start
+/// (`span_rows_start`) dropped and the `spans` view replaced.
+fn trace_span_extents(conn: &mut Connection) -> Result<(), StoreError> {
+    let has: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('trace_rows') WHERE name = 'last_start_ns'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has {
+        conn.execute_batch("ALTER TABLE trace_rows ADD COLUMN last_start_ns INTEGER")?;
+    }
+    let (last, total): (i64, i64) = conn.query_row(
+        "SELECT COALESCE(MAX(id), 0), COUNT(*) FROM trace_rows",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let mut done: i64 = conn
+        .query_row(
+            "SELECT done_up_to FROM migration_steps WHERE name = 'v8 span starts'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    if total > 0 && done < last {
+        tracing::info!(
+            "trace store: migrating to schema version 8: the latest span start of {total} traces"
+        );
+    }
+    while done < last {
+        let upto = done.saturating_add(TRACES_BATCH).min(last);
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE trace_rows SET last_start_ns =
+                 (SELECT MAX(s.start_ns) FROM span_rows s WHERE s.trace = trace_rows.id)
+             WHERE id > ?1 AND id <= ?2",
+            params![done, upto],
+        )?;
+        // A span without a service name in a trace with one: `''`, so that it does not read as
+        // its trace's (what NULL says since version 8).
+        tx.execute(
+            "UPDATE span_rows SET service_name = ''
+             WHERE trace > ?1 AND trace <= ?2 AND service_name IS NULL
+               AND (SELECT t.service_name FROM trace_rows t WHERE t.id = span_rows.trace) IS NOT NULL",
+            params![done, upto],
+        )?;
+        tx.execute(
+            "INSERT INTO migration_steps (name, done_up_to) VALUES ('v8 span starts', ?1)
+             ON CONFLICT (name) DO UPDATE SET done_up_to = excluded.done_up_to",
+            [upto],
+        )?;
+        tx.commit()?;
+        done = upto;
+        tracing::info!("trace store: schema version 8: traces up to {done} of {last}");
+    }
+    let tx = conn.transaction()?;
+    tx.execute_batch(LONG_TRACES)?;
+    // The view reads kinds stored as codes, and spans' expiry from their trace.
+    tx.execute_batch(
+        "DROP INDEX IF EXISTS span_rows_start;
+         DROP VIEW IF EXISTS spans;
+         DELETE FROM migration_steps WHERE name = 'v8 span starts';",
+    )?;
+    tx.execute_batch(CURRENT)?;
+    tx.commit()?;
+    Ok(())
+}
+
 /// Metric points turned into rollups per migration transaction.
 const BACKFILL_BATCH: i64 = 100_000;
 
@@ -482,6 +570,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tx.execute_batch(V2)?;
         tx.execute_batch(CURRENT)?;
         tx.execute_batch(METRICS_VIEW)?;
+        tx.execute_batch(LONG_TRACES)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
         return Ok(());
@@ -491,6 +580,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         // earlier build of this version lacks (an index), and touches nothing else.
         conn.execute_batch(CURRENT)?;
         conn.execute_batch(METRICS_VIEW)?;
+        conn.execute_batch(LONG_TRACES)?;
     }
     for to in current + 1..=SCHEMA_VERSION {
         match to {
@@ -502,7 +592,8 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             4 => crate::upgrade::to_compact_tables(conn, CURRENT)?,
             5 => add_projects(conn)?,
             6 => compact_metric_points(conn)?,
-            _ => name_attributes(conn)?,
+            7 => name_attributes(conn)?,
+            _ => trace_span_extents(conn)?,
         }
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM migration_progress WHERE version = ?1", [to])?;

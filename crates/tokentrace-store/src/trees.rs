@@ -12,7 +12,8 @@ use crate::StoreError;
 use crate::StoreReader;
 use crate::lookup::{KIND_SPAN, targets_of};
 use crate::reader::{
-    MAX_TREE_DEPTH, SPAN_COLUMNS, SPANS_WITH_TRACE, SpanRow, filter_sql, start_bound, truthy,
+    MAX_TREE_DEPTH, SPAN_COLUMNS, SPANS_WITH_TRACE, SpanRow, filter_sql, start_window, truthy,
+    window_traces_bound,
 };
 
 /// Indexes into `spans` (one trace's) of the span `start` and its descendants down to
@@ -123,7 +124,13 @@ impl StoreReader {
             format!(
                 "SELECT t.id, t.root_span_id FROM trace_rows t WHERE t.start_ns IS NOT NULL{scope} ORDER BY t.trace_id"
             )
-        } else if let Some(candidates) = self.indexed.candidates(filters, &mut params) {
+        } else if let Some(candidates) = self
+            .indexed
+            .candidates(filters, &mut params)
+            .or_else(|| start_window(filters).map(|w| window_traces_bound(w, &mut params)))
+        {
+            // The traces an indexed filter admits, else those of the time window; every filter
+            // is then checked on their spans.
             let cond = filter_sql(filters, &mut params, &self.names)?;
             let scope = self.scope_push("t.project", &mut params);
             format!(
@@ -133,10 +140,7 @@ impl StoreReader {
                  ORDER BY t.trace_id"
             )
         } else {
-            let mut cond = filter_sql(filters, &mut params, &self.names)?;
-            if let Some(op) = start_bound(filters, &mut params) {
-                cond.push_str(&format!(" AND s.start_ns {op} ?"));
-            }
+            let cond = filter_sql(filters, &mut params, &self.names)?;
             let scope = self.scope_push("t.project", &mut params);
             format!(
                 "SELECT t.id, t.root_span_id FROM trace_rows t

@@ -66,6 +66,8 @@ pub(crate) fn to_compact_tables(conn: &mut Connection, current: &str) -> Result<
         tx.commit()?;
     }
     let mut state = WriteState::load(conn)?;
+    // Rows as version 4 wrote them: migration 8, which comes after, reads them so.
+    state.services_in_rows = true;
     copy(
         conn,
         &mut state,
@@ -81,7 +83,9 @@ pub(crate) fn to_compact_tables(conn: &mut Connection, current: &str) -> Result<
                 span_id: span_id(&r.get::<_, String>(2)?)?,
                 parent_span_id: parent.as_deref().map(span_id).transpose()?,
                 name: r.get(4)?,
-                kind: r.get(5)?,
+                kind: crate::rows::kind_code(tokentrace_model::SpanKind::from_name(
+                    &r.get::<_, String>(5)?,
+                )),
                 start_ns: nanos(&r.get::<_, String>(6)?)?,
                 end_ns: end.as_deref().map(nanos).transpose()?,
                 status: r.get(8)?,

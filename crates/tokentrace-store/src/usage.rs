@@ -1,5 +1,5 @@
 //! Usage totals: the LLM calls (spans with token usage) that started in a window, read from
-//! `span_rows_start`, added up per model, provider, user, session or service, with latency
+//! the spans of the traces of that window (`reader::window_traces`), added up per model, provider, user, session or service, with latency
 //! percentiles over a bounded, deterministic sample of each group's calls.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -12,6 +12,7 @@ use tokentrace_model::query::{
     UsageGroup, UsageQuery, UsageRow,
 };
 
+use crate::reader::{span_service_sql, window_traces};
 use crate::summaries::text;
 use crate::{StoreError, StoreReader};
 
@@ -34,7 +35,10 @@ fn group_sql(by: UsageGroup) -> String {
         UsageGroup::Provider => r#"coalesce(json_extract(calls.attributes, '$."gen_ai.provider.name"'), json_extract(calls.attributes, '$."provider_id"'))"#.to_string(),
         UsageGroup::User => of_trace(USER_KEYS),
         UsageGroup::Session => of_trace(SESSION_KEYS),
-        UsageGroup::Service => "calls.service_name".to_string(),
+        UsageGroup::Service => span_service_sql(
+            "calls.service_name",
+            "(SELECT ts.service_name FROM trace_rows ts WHERE ts.id = calls.trace)",
+        ),
     }
 }
 
@@ -186,7 +190,8 @@ impl StoreReader {
                  {user}, {model}
                FROM (SELECT *, json_extract(attributes, '$."{input}"') AS i,
                             json_extract(attributes, '$."{output}"') AS o
-                     FROM span_rows WHERE start_ns >= ?1 AND start_ns < ?2{scope}) AS calls
+                     FROM span_rows WHERE trace IN ({window})
+                                      AND start_ns >= ?1 AND start_ns < ?2{scope}) AS calls
                WHERE (i IS NOT NULL OR o IS NOT NULL)
                  AND json_extract(calls.attributes, '$."{counted_by}"') IS NULL"#,
             group_sql(by),
@@ -197,6 +202,11 @@ impl StoreReader {
             input = "gen_ai.usage.input_tokens",
             output = "gen_ai.usage.output_tokens",
             counted_by = "tokentrace.genai.counted_by",
+            window = window_traces(
+                &format!("?1 - {}", crate::schema::LONG_TRACE_NS),
+                "?1",
+                "(?2 - 1)"
+            ),
             scope = self.scope_sql(
                 "(SELECT tp.project FROM trace_rows tp WHERE tp.id = span_rows.trace)",
                 "?3"

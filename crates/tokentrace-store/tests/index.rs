@@ -300,3 +300,129 @@ fn retention_removes_the_index_runs_of_expired_spans() {
     assert_eq!(values, ["kept"]);
     store.close().unwrap();
 }
+
+/// A span of trace `t` (its own id space, apart from [`write`]'s) starting `start_ms` after
+/// `BASE_NS`, with token usage so that usage counts it.
+fn timed_span(t: i64, j: i64, start_ms: i64, ended: bool) -> SpanRecord {
+    let start = Timestamp::from_unix_nanos(BASE_NS + start_ms * 1_000_000);
+    let mut attributes = Attributes::new();
+    attributes.insert("gen_ai.usage.input_tokens".into(), AttrValue::Int(1));
+    attributes.insert("model_id".into(), AttrValue::from("m"));
+    SpanRecord {
+        trace_id: format!("{:032x}", 0x7000 + t).parse().unwrap(),
+        span_id: format!("{:016x}", 0x7000_0000 + t * 16 + j)
+            .parse()
+            .unwrap(),
+        parent_span_id: (j > 0).then(|| format!("{:016x}", 0x7000_0000 + t * 16).parse().unwrap()),
+        name: format!("step-{j}"),
+        kind: SpanKind::Internal,
+        start_time: start,
+        end_time: ended.then(|| Timestamp::from_unix_nanos(start.unix_nanos() + 5_000_000)),
+        status: Some(SpanStatus::Ok),
+        status_message: None,
+        attributes,
+        events: Vec::new(),
+        links: Vec::new(),
+        service_name: None,
+        expires_at: None,
+    }
+}
+
+#[test]
+fn a_time_window_finds_the_spans_of_long_traces_and_of_traces_that_started_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("trace_store.db"), &[]);
+    let w = store.writer();
+    // Every span written, as (trace, start in ms), each batch its own transaction.
+    let mut all: Vec<(i64, i64)> = Vec::new();
+    let mut batch = |spans: Vec<SpanRecord>| {
+        for s in &spans {
+            let t = i64::from_str_radix(&s.trace_id.to_string(), 16).unwrap() - 0x7000;
+            let ms = (s.start_time.unix_nanos() - BASE_NS) / 1_000_000;
+            all.push((t, ms));
+        }
+        w.write_rows(spans.iter().map(|s| w.span_row(s).unwrap()).collect())
+            .unwrap();
+        w.flush().unwrap();
+    };
+    // Short traces: 5 spans 10 ms apart, one a second.
+    batch(
+        (0..120)
+            .flat_map(|t| (0..5).map(move |j| timed_span(t, j, t * 1_000 + j * 10, true)))
+            .collect(),
+    );
+    for t in 120..130 {
+        // Long traces: children 90 s and 5 minutes after the root, each sent on its own.
+        let at = (t - 120) * 7_000;
+        batch(vec![timed_span(t, 0, at, true)]);
+        batch(vec![timed_span(t, 1, at + 90_000, true)]);
+        batch(vec![timed_span(t, 2, at + 300_000, false)]);
+        // Traces whose start moves back: an unfinished child first, its root 3 minutes
+        // earlier later on.
+        let u = t + 20;
+        let at = 40_000 + (t - 120) * 11_000;
+        batch(vec![timed_span(u, 1, at + 180_000, false)]);
+        batch(vec![timed_span(u, 0, at, true)]);
+    }
+    use QueryConditionOp::*;
+    let mut seed = 7u64;
+    let mut next = |n: i64| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) as i64 % n
+    };
+    let mut windows: Vec<(i64, i64)> = (0..40)
+        .map(|_| {
+            let a = next(420_000) - 10_000;
+            (a, a + 1 + next(30_000))
+        })
+        .collect();
+    // Around the latest starts of the long traces and of the traces that moved back.
+    windows.extend([(300_000, 300_001), (359_000, 400_000), (219_999, 220_001)]);
+    for (a, b) in windows {
+        let mut want: Vec<String> = all
+            .iter()
+            .filter(|(_, ms)| *ms > a && *ms < b)
+            .map(|(t, _)| format!("{:032x}", 0x7000 + t))
+            .collect();
+        want.sort();
+        want.dedup();
+        let f = filters(&[("start_time", Gt, at_ms(a)), ("start_time", Lt, at_ms(b))]);
+        assert_eq!(traces(&store, &f), want, "query_traces in ({a}, {b}) ms");
+        let spans_of_traces = all
+            .iter()
+            .filter(|(t, _)| want.contains(&format!("{:032x}", 0x7000 + t)))
+            .count();
+        assert_eq!(
+            spans(&store, &f).len(),
+            spans_of_traces,
+            "query_spans in ({a}, {b}) ms"
+        );
+        let usage = store
+            .reader()
+            .usage(&tokentrace_model::query::UsageQuery {
+                since: Timestamp::from_unix_nanos(BASE_NS + a * 1_000_000),
+                until: Timestamp::from_unix_nanos(BASE_NS + b * 1_000_000),
+                by: tokentrace_model::query::UsageGroup::Model,
+            })
+            .unwrap();
+        let calls: u64 = usage.data.iter().map(|r| r.calls).sum();
+        let want_calls = all.iter().filter(|(_, ms)| *ms >= a && *ms < b).count();
+        assert_eq!(calls as usize, want_calls, "usage in [{a}, {b}) ms");
+    }
+    // One bound only, and an end time bounding the starts.
+    let f = filters(&[("start_time", Gt, at_ms(355_000))]);
+    assert_eq!(
+        traces(&store, &f).len(),
+        2,
+        "two long traces have a span that late"
+    );
+    let f = filters(&[("end_time", Lt, at_ms(25))]);
+    assert_eq!(
+        traces(&store, &f).len(),
+        2,
+        "the first short and the first long trace"
+    );
+    store.close().unwrap();
+}

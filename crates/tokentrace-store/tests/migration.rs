@@ -54,7 +54,8 @@ const BASE: i64 = 1_795_514_400; // unix seconds, a whole hour
 /// A query's answer: each series' labels (`name=value`) and its (bucket, value) points.
 type Series = Vec<(Vec<String>, Vec<(i64, f64)>)>;
 
-/// Every row of the version-1 tables, for comparing before and after.
+/// Every row of the version-1 tables, for comparing before and after. A span's expiry is left
+/// out: since version 8 it is its trace's ([`SPAN_EXPIRY_NOT_TRACE`]).
 fn dump(conn: &Connection) -> BTreeMap<&'static str, Vec<String>> {
     let mut out = BTreeMap::new();
     for (table, sql) in [
@@ -64,7 +65,7 @@ fn dump(conn: &Connection) -> BTreeMap<&'static str, Vec<String>> {
         ),
         (
             "spans",
-            "SELECT json_array(trace_id, span_id, parent_span_id, name, kind, start_time, end_time, duration_ms, status, status_message, attributes, links, service_name, expires_at) FROM spans ORDER BY trace_id, span_id",
+            "SELECT json_array(trace_id, span_id, parent_span_id, name, kind, start_time, end_time, duration_ms, status, status_message, attributes, links, service_name) FROM spans ORDER BY trace_id, span_id",
         ),
         (
             "span_events",
@@ -90,6 +91,11 @@ fn dump(conn: &Connection) -> BTreeMap<&'static str, Vec<String>> {
     }
     out
 }
+
+/// Spans whose expiry, as the `spans` view shows it, is not their trace's (spans are deleted
+/// with their trace).
+const SPAN_EXPIRY_NOT_TRACE: &str = "SELECT count(*) FROM spans s JOIN traces t USING (trace_id)
+    WHERE s.expires_at IS NOT t.expires_at";
 
 /// A version-1 file with two spans (one with keys that read like name ids, or their escapes,
 /// once stored by version 7), an event, a dataset and `points` metric points over 4 hours.
@@ -254,6 +260,19 @@ fn a_version_1_file_is_migrated_in_place_keeping_every_row() {
     let before = dump(&Connection::open(&path).unwrap());
     let conn = reopened(&path);
     assert_eq!(dump(&conn), before, "every version-1 row is kept as it was");
+    assert_eq!(
+        count(&conn, SPAN_EXPIRY_NOT_TRACE),
+        0,
+        "spans expire with their trace"
+    );
+    // Copied spans have their kind as a code, which the view shows as the name.
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT count(*) FROM span_rows WHERE kind IN ('2', '3')"
+        ),
+        2
+    );
     let (points, rolled): (i64, i64) = conn
         .query_row(
             "SELECT (SELECT COUNT(*) FROM metrics), (SELECT SUM(count) FROM metric_rollups)",
@@ -619,4 +638,126 @@ fn an_interrupted_migration_to_attribute_name_ids_resumes_where_it_stopped() {
         6,
         "six names"
     );
+}
+
+/// Trace rows whose `last_start_ns` is not the latest start of their spans.
+const WRONG_LAST_START: &str = "SELECT count(*) FROM trace_rows t WHERE t.start_ns IS NOT NULL
+    AND t.last_start_ns IS NOT (SELECT MAX(s.start_ns) FROM span_rows s WHERE s.trace = t.id)";
+
+/// Whether the file has an index of that name.
+fn has_index(conn: &Connection, name: &str) -> bool {
+    conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'index' AND name = ?1",
+        [name],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+/// The traces (hex ids) with a span starting after `ns`, through the query API.
+fn traces_starting_after(path: &Path, ns: i64) -> Vec<String> {
+    let store = Store::open(path, StoreOptions::default()).unwrap();
+    let req: tokentrace_model::query::QueryTracesRequest = serde_json::from_value(serde_json::json!({
+        "attribute_filters": [{"key": "start_time", "op": "gt", "value": Timestamp::from_unix_nanos(ns).to_iso()}],
+        "limit": 10000
+    }))
+    .unwrap();
+    let mut ids: Vec<String> = store
+        .reader()
+        .query_traces(&req.validate().unwrap())
+        .unwrap()
+        .into_iter()
+        .map(|t| t.trace_id.to_string())
+        .collect();
+    store.close().unwrap();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn a_version_7_file_gets_the_latest_span_start_of_every_trace_also_after_an_interruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trace_store.db");
+    version_1_file(&path, 10);
+    add_version_1_traces(&path, 3_000);
+    let conn = reopened(&path);
+    // Two long traces: a span of one moved two minutes later, an unfinished span of another
+    // three minutes later; the latest span start of every other trace is its tenth span's.
+    let newest: i64 = count(&conn, "SELECT MAX(start_ns) FROM span_rows");
+    conn.execute_batch(&format!(
+        "UPDATE span_rows SET start_ns = start_ns + 120000000000, end_ns = end_ns + 120000000000
+             WHERE id = (SELECT MIN(id) FROM span_rows WHERE trace = 5) + 4;
+         UPDATE span_rows SET start_ns = {newest} + 180000000000, end_ns = NULL
+             WHERE id = (SELECT MIN(id) FROM span_rows WHERE trace = 2900) + 7;"
+    ))
+    .unwrap();
+    // A span without a service name, in a trace with one.
+    conn.execute_batch(
+        "UPDATE span_rows SET service_name = '' WHERE id = (SELECT MIN(id) FROM span_rows WHERE trace = 7) + 2;",
+    )
+    .unwrap();
+    let before = dump(&conn);
+    let late: String = conn
+        .query_row(
+            "SELECT lower(hex(trace_id)) FROM trace_rows WHERE id = 2900",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    // A version-7 file: no latest span starts, an index of every span's start, kinds by name,
+    // every span's service name in its row (NULL: none).
+    let as_version_7 = "UPDATE span_rows SET kind = 'internal' WHERE kind = '1';
+         UPDATE span_rows SET service_name = CASE WHEN service_name = '' THEN NULL
+             ELSE COALESCE(service_name, (SELECT t.service_name FROM trace_rows t WHERE t.id = span_rows.trace)) END;
+         DROP INDEX trace_rows_long;
+         ALTER TABLE trace_rows DROP COLUMN last_start_ns;
+         CREATE INDEX span_rows_start ON span_rows (start_ns);
+         PRAGMA user_version = 7;";
+    conn.execute_batch(as_version_7).unwrap();
+    drop(conn);
+    let conn = reopened(&path);
+    assert_eq!(
+        count(&conn, WRONG_LAST_START),
+        0,
+        "every trace its latest span start"
+    );
+    assert!(has_index(&conn, "trace_rows_long") && !has_index(&conn, "span_rows_start"));
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT count(*) FROM trace_rows WHERE last_start_ns - start_ns > 60000000000"
+        ),
+        2,
+        "the two long traces"
+    );
+    assert_eq!(dump(&conn), before, "every row kept as it was");
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT count(*) FROM spans WHERE service_name IS NULL"
+        ),
+        1,
+        "the span without a service name still has none"
+    );
+    // Where migration 8 stands after a batch: the column there, the trace rows up to 1,500
+    // given their latest span start and recorded, the later ones not yet.
+    conn.execute_batch(
+        "DROP INDEX trace_rows_long;
+         CREATE INDEX span_rows_start ON span_rows (start_ns);
+         UPDATE trace_rows SET last_start_ns = NULL WHERE id > 1500;
+         INSERT INTO migration_steps (name, done_up_to) VALUES ('v8 span starts', 1500);
+         PRAGMA user_version = 7;",
+    )
+    .unwrap();
+    assert!(count(&conn, WRONG_LAST_START) > 1_000);
+    drop(conn);
+    let conn = reopened(&path);
+    assert_eq!(count(&conn, WRONG_LAST_START), 0, "resumed and finished");
+    assert!(has_index(&conn, "trace_rows_long") && !has_index(&conn, "span_rows_start"));
+    assert_eq!(count(&conn, "SELECT count(*) FROM migration_steps"), 0);
+    assert_eq!(dump(&conn), before, "every row kept as it was");
+    drop(conn);
+    // The late unfinished span is found by a time window after every other span, though its
+    // trace started long before the window.
+    assert_eq!(traces_starting_after(&path, newest), vec![late]);
 }

@@ -220,3 +220,121 @@ fn past_the_name_limit_new_names_are_stored_as_themselves_and_still_read() {
     assert_eq!(traces_with(&store, "filler.7", AttrValue::Int(7)), 2);
     store.close().unwrap();
 }
+
+#[test]
+fn a_span_stores_its_service_name_only_when_it_is_not_its_traces() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trace_store.db");
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let trace = TraceId::random();
+    // The trace's service comes from its first span; a later batch cannot change it.
+    let with = |name: &str, service: Option<&str>| {
+        let mut s = span(trace, Attributes::new());
+        s.name = name.into();
+        s.service_name = service.map(str::to_string);
+        Record::Span(s)
+    };
+    store
+        .writer()
+        .write(vec![with("a", Some("svc")), with("b", None)])
+        .unwrap();
+    store.writer().flush().unwrap();
+    store
+        .writer()
+        .write(vec![
+            with("c", Some("svc")),
+            with("d", Some("other")),
+            with("e", None),
+        ])
+        .unwrap();
+    store.writer().flush().unwrap();
+    let (_, records) = store.reader().trace_records(trace).unwrap().unwrap();
+    let mut got: Vec<(String, Option<String>)> = records
+        .iter()
+        .map(|s| (s.name.clone(), s.service_name.clone()))
+        .collect();
+    got.sort();
+    let want: Vec<(String, Option<String>)> = [
+        ("a", Some("svc")),
+        ("b", None),
+        ("c", Some("svc")),
+        ("d", Some("other")),
+        ("e", None),
+    ]
+    .iter()
+    .map(|(n, s)| (n.to_string(), s.map(str::to_string)))
+    .collect();
+    assert_eq!(got, want);
+    store.close().unwrap();
+    let stored = sqlite3(
+        &path,
+        "SELECT name, quote(service_name) FROM span_rows ORDER BY name;",
+    );
+    assert_eq!(stored, "a|NULL\nb|''\nc|NULL\nd|'other'\ne|''\n");
+    let shown = sqlite3(
+        &path,
+        "SELECT name, ifnull(service_name, '-') FROM spans ORDER BY name;",
+    );
+    assert_eq!(shown, "a|svc\nb|-\nc|svc\nd|other\ne|-\n");
+}
+
+#[test]
+fn kinds_are_stored_as_codes_and_spans_expire_with_their_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trace_store.db");
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let trace = TraceId::random();
+    let kinds = [
+        SpanKind::Internal,
+        SpanKind::Server,
+        SpanKind::Client,
+        SpanKind::Producer,
+        SpanKind::Consumer,
+    ];
+    let expiry = Timestamp::now().unix_nanos() + 3_600_000_000_000;
+    let spans: Vec<Record> = kinds
+        .iter()
+        .enumerate()
+        .map(|(i, kind)| {
+            let mut s = span(trace, Attributes::new());
+            s.kind = *kind;
+            s.name = kind.as_str().into();
+            // The trace expires with the latest of its spans.
+            s.expires_at = Some(Timestamp::from_unix_nanos(expiry - i as i64));
+            Record::Span(s)
+        })
+        .collect();
+    store.writer().write(spans).unwrap();
+    store.writer().flush().unwrap();
+    let (_, records) = store.reader().trace_records(trace).unwrap().unwrap();
+    let mut got: Vec<(String, SpanKind, Option<i64>)> = records
+        .iter()
+        .map(|s| (s.name.clone(), s.kind, s.expires_at.map(|t| t.unix_nanos())))
+        .collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut want: Vec<(String, SpanKind, Option<i64>)> = kinds
+        .iter()
+        .map(|k| (k.as_str().to_string(), *k, Some(expiry)))
+        .collect();
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(got, want);
+    store.close().unwrap();
+    let conn = Connection::open(&path).unwrap();
+    let stored: String = conn
+        .query_row(
+            "SELECT group_concat(kind || ':' || ifnull(expires_at, '-'), ',') FROM (SELECT kind, expires_at FROM span_rows ORDER BY kind)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        stored, "1:-,2:-,3:-,4:-,5:-",
+        "one byte a kind, no expiry of their own"
+    );
+    // The shell of Debian 12 reads the names and the trace's expiry through the view.
+    let shown = sqlite3(
+        &path,
+        "SELECT name = kind, expires_at FROM spans ORDER BY name;",
+    );
+    assert_eq!(shown, format!("1|{expiry}\n").repeat(5));
+}

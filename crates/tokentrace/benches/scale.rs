@@ -323,11 +323,39 @@ AND EXISTS (SELECT 1 FROM span_rows s WHERE s.trace = t.id AND json_extract(s.at
 ORDER BY t.start_ns DESC LIMIT 100";
 const SESSION_SQL: &str = "SELECT s.span_id, s.attributes FROM span_rows s
 WHERE s.trace IN (SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = 0) AND kind = 16 + (SELECT id FROM attribute_keys WHERE key = 'session.id') AND key = ?1)";
+/// A time window without an indexed filter: the traces that start in the hour or a minute
+/// before it (and the long ones spanning it), their spans in the hour checked against a filter
+/// that none matches, so every span of the hour is read.
+const WINDOW_SQL: &str = "SELECT t.trace_id FROM trace_rows t WHERE t.start_ns IS NOT NULL
+AND t.id IN (SELECT id FROM trace_rows WHERE start_ns BETWEEN ?1 - 60000000000 AND ?2
+    UNION ALL SELECT id FROM trace_rows WHERE last_start_ns - start_ns > 60000000000 AND start_ns <= ?2 AND last_start_ns >= ?1)
+AND EXISTS (SELECT 1 FROM span_rows s WHERE s.trace = t.id AND s.start_ns > ?1 AND s.start_ns < ?2
+    AND json_extract(s.attributes, (SELECT '$.\"' || id || '\"' FROM attribute_names WHERE name = 'gen_ai.usage.input_tokens')) > 100000)
+LIMIT 100";
+/// Usage over an hour: the same window, every LLM span's tokens added up per model.
+const USAGE_SQL: &str = "SELECT json_extract(s.attributes, (SELECT '$.\"' || id || '\"' FROM attribute_names WHERE name = 'gen_ai.request.model')) AS m,
+    count(*), sum(json_extract(s.attributes, (SELECT '$.\"' || id || '\"' FROM attribute_names WHERE name = 'gen_ai.usage.input_tokens')))
+FROM span_rows s WHERE s.trace IN (SELECT id FROM trace_rows WHERE start_ns BETWEEN ?1 - 60000000000 AND ?2
+    UNION ALL SELECT id FROM trace_rows WHERE last_start_ns - start_ns > 60000000000 AND start_ns <= ?2 AND last_start_ns >= ?1)
+AND s.start_ns >= ?1 AND s.start_ns <= ?2 GROUP BY m";
+const HOUR_NANOS: u64 = 3_600 * 1_000_000_000;
+
 /// Metric range queries read the per-minute rollups of the name's series (the store filters the
 /// series by label in Rust, and reads the points of the partial minutes at the window's edges).
 /// The store's reading of a range query: the series of the name whose label matches, then
 /// their rollups summed per hour.
 const METRICS_SQL: &str = "SELECT s.id, MIN(r.minute), SUM(r.sum) FROM metric_series s CROSS JOIN metric_rollups r ON r.series = s.id WHERE s.name = ?1 AND json_extract(s.labels, '$.model_id') = ?4 AND r.minute >= ?2 AND r.minute < ?3 GROUP BY s.id, r.minute / 60";
+
+/// The hour that trace `t` starts in the middle of, in unix nanoseconds.
+fn hour_of(plan: Plan, t: u64) -> (u64, u64) {
+    let a = plan.start_of(t).saturating_sub(HOUR_NANOS / 2);
+    (a, a + HOUR_NANOS)
+}
+
+/// Unix nanoseconds as the API's ISO 8601 text.
+fn iso(ns: u64) -> String {
+    tokentrace_model::Timestamp::from_unix_nanos(ns as i64).to_iso()
+}
 
 fn drain(mut rows: rusqlite::Rows<'_>) -> Result<u64, Error> {
     let mut n = 0;
@@ -691,6 +719,50 @@ fn main() -> Result<(), Error> {
                 Ok(())
             }),
             sql: SESSION_SQL,
+        },
+        Query {
+            name: "query_traces 1 h window, scan",
+            api: Box::new({
+                let post_json = post_json.clone();
+                move |t| {
+                    let (a, b) = hour_of(plan, t);
+                    post_json(
+                        "/v1/telemetry/traces".into(),
+                        json!({"attribute_filters": [
+                            {"key": "start_time", "op": "gt", "value": iso(a)},
+                            {"key": "start_time", "op": "lt", "value": iso(b)},
+                            {"key": "gen_ai.usage.input_tokens", "op": "gt", "value": 100000}
+                        ], "limit": 100}),
+                    )
+                }
+            }),
+            floor: Box::new(move |c, t| {
+                let (a, b) = hour_of(plan, t);
+                let mut st = c.prepare_cached(WINDOW_SQL)?;
+                drain(st.query(params![a as i64, b as i64])?)?;
+                Ok(())
+            }),
+            sql: WINDOW_SQL,
+        },
+        Query {
+            name: "usage 1 h by model",
+            api: Box::new({
+                let post_json = post_json.clone();
+                move |t| {
+                    let (a, b) = hour_of(plan, t);
+                    post_json(
+                        "/v1/tokentrace/usage".into(),
+                        json!({"since": iso(a), "until": iso(b)}),
+                    )
+                }
+            }),
+            floor: Box::new(move |c, t| {
+                let (a, b) = hour_of(plan, t);
+                let mut st = c.prepare_cached(USAGE_SQL)?;
+                drain(st.query(params![a as i64, b as i64])?)?;
+                Ok(())
+            }),
+            sql: USAGE_SQL,
         },
         Query {
             name: "query_metrics 7d by 1h, model_id",

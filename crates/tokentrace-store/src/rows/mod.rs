@@ -3,7 +3,7 @@
 
 use rusqlite::types::Value as SqlValue;
 use tokentrace_model::{
-    MetricPoint, SpanEvent, SpanEventBody, SpanId, SpanRecord, Timestamp, TraceId,
+    MetricPoint, SpanEvent, SpanEventBody, SpanId, SpanKind, SpanRecord, Timestamp, TraceId,
 };
 
 use crate::names::SpanAttributes;
@@ -13,21 +13,48 @@ mod write;
 
 pub(crate) use write::{WriteState, write_rows};
 
-const INSERT_SPAN: &str = "INSERT INTO span_rows (trace, span_id, parent_span_id, name, kind, start_ns, end_ns, status, status_message, attributes, links, service_name, expires_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+/// A span row. Its expiry is its trace's (spans are deleted with their trace), so the row's
+/// own `expires_at` is left NULL (rows written before version 8 have theirs, unread); its kind
+/// is stored as a code ([`kind_code`]), its service name only when it is not its trace's
+/// (`write::stored_service`).
+const INSERT_SPAN: &str = "INSERT INTO span_rows (trace, span_id, parent_span_id, name, kind, start_ns, end_ns, status, status_message, attributes, links, service_name)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
 ON CONFLICT (trace, span_id) DO UPDATE SET
     parent_span_id = excluded.parent_span_id, name = excluded.name, kind = excluded.kind,
     start_ns = excluded.start_ns, end_ns = excluded.end_ns, status = excluded.status,
     status_message = excluded.status_message, attributes = excluded.attributes,
-    links = excluded.links, service_name = excluded.service_name, expires_at = excluded.expires_at
+    links = excluded.links, service_name = excluded.service_name, expires_at = NULL
 WHERE excluded.end_ns IS NOT NULL OR span_rows.end_ns IS NULL
 RETURNING id";
 
-const INSERT_TRACE: &str = "INSERT INTO trace_rows (trace_id, service_name, root_span_id, root_is_true_root, start_ns, end_ns, expires_at, project)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id";
+/// A span kind as `span_rows.kind` stores it since version 8: its OpenTelemetry number as
+/// text (one byte, not the name's eight); the `spans` view gives the names back.
+pub(crate) fn kind_code(kind: SpanKind) -> &'static str {
+    match kind {
+        SpanKind::Internal => "1",
+        SpanKind::Server => "2",
+        SpanKind::Client => "3",
+        SpanKind::Producer => "4",
+        SpanKind::Consumer => "5",
+    }
+}
 
-/// Folds a batch's update into a trace row (`?3` to `?6` and `?7` are NULL/0 when the batch
-/// has only events of the trace). A trace expires with the last of its spans (none if one of
+/// A stored span kind: a code of [`kind_code`], or a name as versions up to 7 stored it.
+pub(crate) fn stored_kind(stored: &str) -> SpanKind {
+    match stored {
+        "2" => SpanKind::Server,
+        "3" => SpanKind::Client,
+        "4" => SpanKind::Producer,
+        "5" => SpanKind::Consumer,
+        other => SpanKind::from_name(other),
+    }
+}
+
+const INSERT_TRACE: &str = "INSERT INTO trace_rows (trace_id, service_name, root_span_id, root_is_true_root, start_ns, end_ns, expires_at, project, last_start_ns)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id";
+
+/// Folds a batch's update into a trace row, returning its service name (`?3` to `?6` and `?7` are NULL/0 when the batch
+/// has only events of the trace; `?9` is the latest start of the batch's spans). A trace expires with the last of its spans (none if one of
 /// them never expires); until it has a span, with the last of its events (`?8`). `start_ns` and
 /// `expires_at` on the right are the values before the update.
 const UPDATE_TRACE: &str = "UPDATE trace_rows SET
@@ -41,6 +68,8 @@ const UPDATE_TRACE: &str = "UPDATE trace_rows SET
     root_is_true_root = MAX(root_is_true_root, ?4),
     start_ns = CASE WHEN start_ns IS NULL THEN ?5 WHEN ?5 IS NULL THEN start_ns ELSE MIN(start_ns, ?5) END,
     end_ns = CASE WHEN end_ns IS NULL THEN ?6 WHEN ?6 IS NULL THEN end_ns ELSE MAX(end_ns, ?6) END,
+    last_start_ns = CASE WHEN last_start_ns IS NULL THEN ?9 WHEN ?9 IS NULL THEN last_start_ns
+        ELSE MAX(last_start_ns, ?9) END,
     expires_at = CASE
         WHEN ?5 IS NOT NULL THEN CASE
             WHEN start_ns IS NULL THEN ?7
@@ -50,7 +79,8 @@ const UPDATE_TRACE: &str = "UPDATE trace_rows SET
             WHEN expires_at IS NULL OR ?8 IS NULL THEN NULL
             ELSE MAX(expires_at, ?8) END
         ELSE expires_at END
-WHERE id = ?1";
+WHERE id = ?1
+RETURNING service_name";
 
 const INSERT_EVENT: &str = "INSERT INTO event_rows (id, trace, trace_id, span_id, ts_ns, name, kind, severity, message, value, unit, attributes, expires_at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
@@ -86,7 +116,8 @@ pub(crate) struct SpanRow {
     pub(crate) span_id: [u8; 8],
     pub(crate) parent_span_id: Option<[u8; 8]>,
     pub(crate) name: String,
-    pub(crate) kind: String,
+    /// As stored: [`kind_code`].
+    pub(crate) kind: &'static str,
     pub(crate) start_ns: i64,
     pub(crate) end_ns: Option<i64>,
     pub(crate) status: Option<String>,
@@ -94,6 +125,7 @@ pub(crate) struct SpanRow {
     pub(crate) attributes: SpanAttributes,
     pub(crate) links: Option<String>,
     pub(crate) service_name: Option<String>,
+    /// Folded into its trace's expiry; not stored in the row.
     pub(crate) expires_at: Option<i64>,
     /// Its entries in the attribute index: (key id, value).
     pub(crate) index: Vec<(i64, SqlValue)>,
@@ -154,7 +186,7 @@ impl Row {
             span_id: s.span_id.to_bytes(),
             parent_span_id: s.parent_span_id.map(|p| p.to_bytes()),
             name: s.name.clone(),
-            kind: s.kind.as_str().to_string(),
+            kind: kind_code(s.kind),
             start_ns: s.start_time.unix_nanos(),
             end_ns: s.end_time.map(Timestamp::unix_nanos),
             status: s.status.map(|st| st.as_str().to_string()),
@@ -245,7 +277,6 @@ impl Row {
         64 + match &self.0 {
             RowKind::Span(s) => {
                 48 + text(&s.name)
-                    + text(&s.kind)
                     + opt(&s.status)
                     + opt(&s.status_message)
                     + s.attributes.len()

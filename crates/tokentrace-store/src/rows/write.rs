@@ -27,6 +27,9 @@ pub(crate) struct WriteState {
     pub(crate) names: NameIds,
     pub(crate) lookup: Lookup,
     pub(crate) resent: Resent,
+    /// Store every span's service name in its row, as versions before 8 did: for migration 4,
+    /// whose rows migration 8 then reads as such (`write::stored_service` otherwise).
+    pub(crate) services_in_rows: bool,
 }
 
 /// Spans written again lately (an update of a stored span: a retried OTLP export, a re-import,
@@ -68,6 +71,7 @@ impl WriteState {
             names: NameIds::load(conn)?,
             lookup: Lookup::load(conn)?,
             resent: Resent::default(),
+            services_in_rows: false,
         })
     }
 
@@ -86,6 +90,8 @@ struct SpanPart<'a> {
     root_span_id: &'a [u8; 8],
     root_is_true_root: bool,
     start_ns: i64,
+    /// The latest start of the batch's spans of the trace.
+    last_start_ns: i64,
     end_ns: Option<i64>,
 }
 
@@ -111,6 +117,7 @@ impl<'a> TraceUpdate<'a> {
             root_span_id: &s.span_id,
             root_is_true_root: s.parent_span_id.is_none(),
             start_ns: s.start_ns,
+            last_start_ns: s.start_ns,
             end_ns: s.end_ns,
         };
         match &mut self.spans {
@@ -121,6 +128,7 @@ impl<'a> TraceUpdate<'a> {
                     t.root_is_true_root = part.root_is_true_root;
                 }
                 t.start_ns = t.start_ns.min(part.start_ns);
+                t.last_start_ns = t.last_start_ns.max(part.start_ns);
                 t.end_ns = match (t.end_ns, part.end_ns) {
                     (Some(a), Some(b)) => Some(a.max(b)),
                     (a, b) => a.or(b),
@@ -179,6 +187,17 @@ impl<'a> TraceUpdates<'a> {
     }
 }
 
+/// The `service_name` a span row stores since version 8: none (NULL) when it is its trace's,
+/// which a trace row never changes once it has one; `''` for a span without a service name
+/// (so that it never reads as its trace's); else the name. See `reader::span_service_sql`.
+fn stored_service<'a>(span: Option<&'a str>, trace: Option<&str>) -> Option<&'a str> {
+    match span {
+        Some(name) if Some(name) == trace => None,
+        Some(name) => Some(name),
+        None => Some(""),
+    }
+}
+
 fn blob<const N: usize>(b: &[u8; N]) -> SqlValue {
     SqlValue::Blob(b.to_vec())
 }
@@ -210,36 +229,44 @@ pub(crate) fn write_rows(
     }
     let mut entries = Vec::new();
     let mut keys: HashMap<TraceOf<'_>, i64> = HashMap::with_capacity(traces.by_trace.len());
+    // Each trace row's service name after this batch: a span of that service stores none.
+    let mut services: HashMap<i64, Option<String>> = HashMap::with_capacity(traces.by_trace.len());
     {
         let mut update = tx.prepare_cached(UPDATE_TRACE)?;
         let mut insert = tx.prepare_cached(INSERT_TRACE)?;
         for (trace, t) in &traces.by_trace {
             let (trace_id, project) = *trace;
             let project_id = state.projects.get(tx, project)?;
-            let (root, true_root, start, end) = match &t.spans {
+            let (root, true_root, start, end, last_start) = match &t.spans {
                 Some(p) => (
                     Some(blob(p.root_span_id)),
                     p.root_is_true_root as i64,
                     Some(p.start_ns),
                     p.end_ns,
+                    Some(p.last_start_ns),
                 ),
-                None => (None, 0, None, None),
+                None => (None, 0, None, None, None),
             };
             let key = match state
                 .traces
                 .known(tx, &state.lookup, trace_id, project_id)?
             {
                 Some(key) => {
-                    update.execute(params![
-                        key,
-                        t.service_name,
-                        root,
-                        true_root,
-                        start,
-                        end,
-                        t.span_expiry,
-                        t.event_expiry,
-                    ])?;
+                    let service: Option<String> = update.query_row(
+                        params![
+                            key,
+                            t.service_name,
+                            root,
+                            true_root,
+                            start,
+                            end,
+                            t.span_expiry,
+                            t.event_expiry,
+                            last_start,
+                        ],
+                        |r| r.get(0),
+                    )?;
+                    services.insert(key, service);
                     key
                 }
                 None => {
@@ -253,10 +280,12 @@ pub(crate) fn write_rows(
                             end,
                             t.expiry(),
                             project_id,
+                            last_start,
                         ],
                         |r| r.get(0),
                     )?;
                     state.traces.remember(*trace_id, project_id, key);
+                    services.insert(key, t.service_name.map(str::to_string));
                     entries.push(Entry {
                         kind: KIND_TRACE,
                         key: blob(trace_id),
@@ -293,6 +322,14 @@ pub(crate) fn write_rows(
                     .copied()
                     .unwrap_or_default();
                 let attributes = state.names.encode(tx, &s.attributes)?;
+                let service = if state.services_in_rows {
+                    s.service_name.as_deref()
+                } else {
+                    stored_service(
+                        s.service_name.as_deref(),
+                        services.get(&trace).and_then(Option::as_deref),
+                    )
+                };
                 let id: Option<i64> = span
                     .query_row(
                         params![
@@ -307,8 +344,7 @@ pub(crate) fn write_rows(
                             s.status_message,
                             attributes,
                             s.links,
-                            s.service_name,
-                            s.expires_at,
+                            service,
                         ],
                         |r| r.get(0),
                     )
