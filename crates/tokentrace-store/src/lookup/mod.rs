@@ -7,7 +7,9 @@
 //! entries are appended at the right edge of the tree, a few pages whatever the store's size.
 //! Runs are merged, `FANOUT` runs of one level into one run of the next, in bounded steps on the
 //! writer thread between writes (each entry is rewritten once per level: a logarithmic, not a
-//! linear, cost). A lookup probes every live run: one index seek each, a few dozen at most.
+//! linear, cost); each level has its merge, the lowest level's goes first, so a merge of
+//! millions of entries never holds back those of the runs each transaction adds. A lookup
+//! probes every live run: one index seek each, a few dozen at most.
 //!
 //! A run is *live* (probed), *building* (a merge's output, not yet probed) or *dead* (merged
 //! into another or expired, being deleted). A merge's last step makes its output live and its
@@ -134,13 +136,15 @@ pub(crate) fn min_live(conn: &Connection, table: &str) -> Result<i64, StoreError
     Ok(conn.query_row(sql, [], |r| r.get(0))?)
 }
 
-/// The writer's side of the runs: the next run number, the merge in progress, the dead runs
-/// still to delete, and a Bloom filter of each live run's trace ids.
+/// The writer's side of the runs: the next run number, the merges in progress (one a level at
+/// most), the dead runs still to delete, and a Bloom filter of each live run's trace ids.
 pub(crate) struct Lookup {
     next_run: i64,
-    merge: Option<Merge>,
+    merges: Vec<Merge>,
     dead: Vec<i64>,
     blooms: Vec<(i64, Bloom)>,
+    /// Whose turn it is, while both wait: deleting dead runs, or merging.
+    turn: bool,
 }
 
 fn read_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
@@ -182,9 +186,10 @@ impl Lookup {
         }
         Ok(Self {
             next_run,
-            merge: None,
+            merges: Vec::new(),
             dead,
             blooms,
+            turn: false,
         })
     }
 
@@ -268,14 +273,19 @@ impl Lookup {
         self.blooms.len()
     }
 
-    /// The level and runs of the next merge, if a level has enough live runs: every live run of
-    /// the lowest such level (up to `MAX_MERGE`).
+    /// The level and runs of the next merge, if a level that no merge is merging has enough
+    /// live runs: every live run of the lowest such level (up to `MAX_MERGE`).
     fn plan(&self, conn: &Connection) -> Result<Option<(i64, Vec<i64>)>, StoreError> {
+        let merging =
+            serde_json::Value::from(self.merges.iter().map(|m| m.level).collect::<Vec<i64>>())
+                .to_string();
         let level: Option<i64> = conn
             .prepare_cached(&format!(
-                "SELECT level FROM lookup_runs WHERE state = {LIVE} GROUP BY level HAVING COUNT(*) >= {FANOUT} ORDER BY level LIMIT 1"
+                "SELECT level FROM lookup_runs WHERE state = {LIVE}
+                   AND level NOT IN (SELECT value FROM json_each(?1))
+                 GROUP BY level HAVING COUNT(*) >= {FANOUT} ORDER BY level LIMIT 1"
             ))?
-            .query_row([], |r| r.get(0))
+            .query_row([merging], |r| r.get(0))
             .optional()?;
         let Some(level) = level else {
             return Ok(None);
@@ -292,7 +302,7 @@ impl Lookup {
     /// Marks dead the live runs whose every entry points at a row retention deleted (not while
     /// a merge reads them).
     pub(crate) fn drop_expired(&mut self, conn: &Connection) -> Result<(), StoreError> {
-        if self.merge.is_some() {
+        if !self.merges.is_empty() {
             return Ok(());
         }
         let min_span = min_live(conn, "span_rows")?;

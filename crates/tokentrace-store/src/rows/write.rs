@@ -187,6 +187,29 @@ impl<'a> TraceUpdates<'a> {
     }
 }
 
+/// An indexed attribute value as a hashable key (a real by its bits: `1.0` and `1` are two
+/// keys, which only costs a statement that does nothing).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum ValueKey<'a> {
+    Null,
+    Integer(i64),
+    Real(u64),
+    Text(&'a str),
+    Blob(&'a [u8]),
+}
+
+impl<'a> ValueKey<'a> {
+    fn of(v: &'a SqlValue) -> Self {
+        match v {
+            SqlValue::Null => ValueKey::Null,
+            SqlValue::Integer(i) => ValueKey::Integer(*i),
+            SqlValue::Real(f) => ValueKey::Real(f.to_bits()),
+            SqlValue::Text(t) => ValueKey::Text(t),
+            SqlValue::Blob(b) => ValueKey::Blob(b),
+        }
+    }
+}
+
 /// The `service_name` a span row stores since version 8: none (NULL) when it is its trace's,
 /// which a trace row never changes once it has one; `''` for a span without a service name
 /// (so that it never reads as its trace's); else the name. See `reader::span_service_sql`.
@@ -310,6 +333,11 @@ pub(crate) fn write_rows(
     let newest_before: i64 = tx
         .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM span_rows")?
         .query_row([], |r| r.get(0))?;
+    // The entries of `attribute_values` this call wrote: the spans of a trace mostly share
+    // their model, provider, status (and often names), and an entry written once needs no
+    // second statement (it would be ignored, after a B-tree search).
+    let mut written_values: std::collections::HashSet<(i64, i64, ValueKey<'_>)> =
+        std::collections::HashSet::new();
     // Rows this call inserted: a span sent twice in one batch is an update the second time.
     let mut inserted: std::collections::HashSet<i64> = std::collections::HashSet::new();
     // Spans first, so that an event knows whether its span was written again.
@@ -366,7 +394,7 @@ pub(crate) fn write_rows(
                             key: value.clone(),
                             target: trace,
                         });
-                    } else {
+                    } else if written_values.insert((kind, trace, ValueKey::of(value))) {
                         attribute.execute(params![kind, value, trace])?;
                     }
                 }
