@@ -24,14 +24,17 @@ pub struct ExportPage {
     pub next: Option<String>,
 }
 
-/// A span's service name is its trace's when the row stores none (`reader::span_service_sql`).
-const SPANS: &str = "SELECT t.trace_id, s.span_id, s.parent_span_id, s.name, s.kind, s.start_ns,
-    s.end_ns, s.status, s.status_message, s.attributes, s.links,
-    CASE WHEN s.service_name IS NULL THEN t.service_name ELSE NULLIF(s.service_name, '') END,
-    t.expires_at
-  FROM span_rows s JOIN trace_rows t ON t.id = s.trace WHERE s.trace = ?1 ORDER BY s.start_ns, s.id";
+/// Every span of a trace (`?1`), its service name and expiry as the store keeps them.
+fn spans_sql() -> String {
+    format!(
+        "SELECT t.trace_id, s.span_id, s.parent_span_id, s.name, s.kind, s.start_ns,
+    s.end_ns, s.status, s.status_message, s.attributes, s.links, {}, t.expires_at
+  FROM span_rows s JOIN trace_rows t ON t.id = s.trace WHERE s.trace = ?1 ORDER BY s.start_ns, s.id",
+        crate::reader::span_service_sql("s.service_name", "t.service_name")
+    )
+}
 
-/// A span from a row of [`SPANS`], without its events.
+/// A span from a row of [`spans_sql`], without its events.
 fn read_span(
     r: &rusqlite::Row<'_>,
     names: &Names,
@@ -84,7 +87,7 @@ fn trace_spans(conn: &Connection, key: i64, names: &Names) -> Result<Vec<SpanRec
             events.entry(s).or_default().push(e);
         }
     }
-    let mut st = conn.prepare_cached(SPANS)?;
+    let mut st = conn.prepare_cached(&spans_sql())?;
     let rows = st.query_map([key], |r| read_span(r, names))?;
     rows.map(|r| {
         let mut span = r??;
