@@ -6,6 +6,7 @@
 //! A request that finds the budget spent is answered 503 with `Retry-After` at once.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -23,6 +24,8 @@ pub const BODIES_PER_BUDGET: usize = 4;
 #[derive(Clone, Debug)]
 pub struct BodyBudget {
     permits: Arc<Semaphore>,
+    total_kib: usize,
+    refused: Arc<AtomicU64>,
     max_body: usize,
     otlp_max_body: usize,
 }
@@ -31,8 +34,11 @@ impl BodyBudget {
     /// A budget of [`BODIES_PER_BUDGET`] bodies of the largest limit.
     pub fn new(max_body: usize, otlp_max_body: usize) -> Self {
         let bytes = BODIES_PER_BUDGET.saturating_mul(max_body.max(otlp_max_body));
+        let total_kib = kib(bytes) as usize;
         Self {
-            permits: Arc::new(Semaphore::new(kib(bytes) as usize)),
+            permits: Arc::new(Semaphore::new(total_kib)),
+            total_kib,
+            refused: Arc::new(AtomicU64::new(0)),
             max_body,
             otlp_max_body,
         }
@@ -44,6 +50,7 @@ impl BodyBudget {
             .clone()
             .try_acquire_many_owned(kib(bytes))
             .map_err(|_| {
+                self.refused.fetch_add(1, Ordering::Relaxed);
                 let mut err = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "too many request bodies are being received at once; retry after the Retry-After delay",
@@ -51,6 +58,24 @@ impl BodyBudget {
                 err.retry_after = Some(1);
                 err
             })
+    }
+
+    /// Bytes of the budget held now (counted in whole KiB).
+    pub fn held_bytes(&self) -> u64 {
+        let held = self
+            .total_kib
+            .saturating_sub(self.permits.available_permits());
+        held as u64 * 1024
+    }
+
+    /// The whole budget in bytes.
+    pub fn total_bytes(&self) -> u64 {
+        self.total_kib as u64 * 1024
+    }
+
+    /// Requests answered 503 because the budget was spent.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// What a request's body may hold before it is read.

@@ -109,6 +109,27 @@ fn live_samples(state: &AppState) -> Vec<Sample> {
             "Events-API and OTLP requests held for room in the pipeline queue before being let in or answered 503.",
             load(&p.ingest_waits),
         ),
+        Sample {
+            counter: false,
+            ..counter(
+                "tokentrace_request_body_bytes_held",
+                "Bytes of the request-body budget held by requests being received and handled now.",
+                state.settings.bodies.held_bytes() as f64,
+            )
+        },
+        Sample {
+            counter: false,
+            ..counter(
+                "tokentrace_request_body_budget_bytes",
+                "The request-body budget: bytes of bodies that may be held at once.",
+                state.settings.bodies.total_bytes() as f64,
+            )
+        },
+        counter(
+            "tokentrace_request_bodies_refused_total",
+            "Requests answered 503 at once because the request-body budget was spent.",
+            state.settings.bodies.refused() as f64,
+        ),
         counter(
             "tokentrace_sink_errors_total",
             "Sink flush failures.",

@@ -378,18 +378,33 @@ fn request_bodies_held_at_once_are_bounded_in_bytes() {
             .unwrap_or(0);
         (status, answer)
     };
-    // Until the four heads have been read, the budget may still have room.
-    let mut refused = None;
-    for _ in 0..200 {
-        let (status, answer) = post("{}");
-        if status == 503 {
-            refused = Some(answer);
-            break;
-        }
-        assert_eq!(status, 200, "{answer}");
+    // The four heads are read on their own connections: wait until /metrics shows their
+    // shares held (a GET without a body takes none).
+    let gauge = |name: &str| -> f64 {
+        let text = reqwest::blocking::get(format!("{}/metrics", server.base))
+            .unwrap()
+            .text()
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}"))
+    };
+    let budget = gauge("tokentrace_request_body_budget_bytes");
+    assert_eq!(
+        budget,
+        (64u64 << 20) as f64,
+        "four of the 16 MiB OTLP limit"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut held = gauge("tokentrace_request_body_bytes_held");
+    while held < budget && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
+        held = gauge("tokentrace_request_body_bytes_held");
     }
-    let answer = refused.expect("a small body was never refused while the budget was held");
+    assert_eq!(held, budget, "the four slow bodies hold the whole budget");
+    let (status, answer) = post("{}");
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(gauge("tokentrace_request_bodies_refused_total"), 1.0);
     assert!(
         answer.to_ascii_lowercase().contains("retry-after: 1"),
         "{answer}"
