@@ -38,6 +38,18 @@ fn load(a: &AtomicU64) -> f64 {
     a.load(Ordering::Relaxed) as f64
 }
 
+/// The process's resident memory now and at its peak (`VmRSS`, `VmHWM`), where `/proc` has
+/// them.
+fn resident_memory() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = |field: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(field))?;
+        let n = line[field.len()..].trim().trim_end_matches("kB").trim();
+        n.parse::<u64>().ok().map(|k| k * 1024)
+    };
+    Some((kib("VmRSS:")?, kib("VmHWM:")?))
+}
+
 /// The counters read at scrape time.
 fn live_samples(state: &AppState) -> Vec<Sample> {
     let p = state.telemetry.stats();
@@ -136,6 +148,37 @@ fn live_samples(state: &AppState) -> Vec<Sample> {
             load(&p.sink_errors),
         ),
     ];
+    let gauge = |name, help, value: u64| Sample {
+        counter: false,
+        ..counter(name, help, value as f64)
+    };
+    let (sqlite_now, sqlite_peak) = tokentrace_store::sqlite_memory();
+    live.extend([
+        gauge(
+            "tokentrace_sqlite_memory_bytes",
+            "Bytes SQLite holds now: page caches of every connection, statements, sorts.",
+            sqlite_now,
+        ),
+        gauge(
+            "tokentrace_sqlite_memory_peak_bytes",
+            "The most bytes SQLite has held since start.",
+            sqlite_peak,
+        ),
+    ]);
+    if let Some((rss, peak)) = resident_memory() {
+        live.extend([
+            gauge(
+                "process_resident_memory_bytes",
+                "Resident memory of the process, in bytes.",
+                rss,
+            ),
+            gauge(
+                "tokentrace_process_resident_memory_peak_bytes",
+                "The most resident memory the process has had since start, in bytes.",
+                peak,
+            ),
+        ]);
+    }
     if let Ok(writer) = state.writer() {
         let w = writer.stats();
         live.extend([

@@ -419,3 +419,19 @@ pub fn init_schema(conn: &mut Connection) -> Result<(), StoreError> {
     schema::configure_writer(conn)?;
     schema::migrate(conn)
 }
+
+/// Bytes SQLite holds in this process now, and the most it has held since start: every
+/// connection's page cache, prepared statements and sorts (`sqlite3_memory_used`,
+/// `sqlite3_memory_highwater`).
+#[allow(unsafe_code)]
+pub fn sqlite_memory() -> (u64, u64) {
+    // SAFETY: both calls only read SQLite's global memory counters (thread-safe in the
+    // bundled, serialized build); passing 0 leaves the high-water mark as it is.
+    let (used, highwater) = unsafe {
+        (
+            rusqlite::ffi::sqlite3_memory_used(),
+            rusqlite::ffi::sqlite3_memory_highwater(0),
+        )
+    };
+    (used.max(0) as u64, highwater.max(0) as u64)
+}

@@ -172,12 +172,31 @@ fn overload(path: &'static str) -> (Arc<Counts>, u64, u64) {
         .unwrap()
         .text()
         .unwrap();
-    let held = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("tokentrace_ingest_waits_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap();
-    counts.held.store(held, Ordering::Relaxed);
+    let peak_after = status_kib(pid, "VmHWM:");
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics")) as u64
+    };
+    counts
+        .held
+        .store(value("tokentrace_ingest_waits_total"), Ordering::Relaxed);
+    // The server reports the peak that /proc shows, read between the two readings of it.
+    let reported = value("tokentrace_process_resident_memory_peak_bytes");
+    assert!(
+        (peak * 1024..=peak_after * 1024).contains(&reported),
+        "{path}: /metrics says a peak of {reported} bytes, /proc {peak}..{peak_after} KiB"
+    );
+    let (sqlite, sqlite_peak) = (
+        value("tokentrace_sqlite_memory_bytes"),
+        value("tokentrace_sqlite_memory_peak_bytes"),
+    );
+    assert!(
+        0 < sqlite && sqlite <= sqlite_peak && sqlite_peak < reported,
+        "{path}: SQLite holds {sqlite} bytes, at most {sqlite_peak}, of {reported}"
+    );
     stop.store(true, Ordering::Relaxed);
     for s in senders {
         s.join().unwrap();
