@@ -690,7 +690,7 @@ pub fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
     // Statement journals and the sorts of index merges stay in memory; the pages a batch and a
     // merge round touch stay cached.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
-    conn.pragma_update(None, "cache_size", -16_384)?;
+    conn.pragma_update(None, "cache_size", -12_288)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     Ok(())
 }
