@@ -34,6 +34,13 @@ fn counter(name: &'static str, help: &'static str, value: f64) -> Sample {
     }
 }
 
+fn gauge(name: &'static str, help: &'static str, value: f64) -> Sample {
+    Sample {
+        counter: false,
+        ..counter(name, help, value)
+    }
+}
+
 fn load(a: &AtomicU64) -> f64 {
     a.load(Ordering::Relaxed) as f64
 }
@@ -43,9 +50,13 @@ fn load(a: &AtomicU64) -> f64 {
 fn resident_memory() -> Option<(u64, u64)> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kib = |field: &str| -> Option<u64> {
-        let line = status.lines().find(|l| l.starts_with(field))?;
-        let n = line[field.len()..].trim().trim_end_matches("kB").trim();
-        n.parse::<u64>().ok().map(|k| k * 1024)
+        let n = status.lines().find_map(|l| l.strip_prefix(field))?;
+        n.trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .map(|k| k * 1024)
     };
     Some((kib("VmRSS:")?, kib("VmHWM:")?))
 }
@@ -54,30 +65,21 @@ fn resident_memory() -> Option<(u64, u64)> {
 fn live_samples(state: &AppState) -> Vec<Sample> {
     let p = state.telemetry.stats();
     let mut live = vec![
-        Sample {
-            counter: false,
-            ..counter(
-                "tokentrace_pipeline_queue_depth",
-                "Telemetry messages waiting in the pipeline queue.",
-                load(&p.queue_depth),
-            )
-        },
-        Sample {
-            counter: false,
-            ..counter(
-                "tokentrace_pipeline_queue_bytes",
-                "Bytes (estimated) of the telemetry waiting in the pipeline queue.",
-                load(&p.queue_bytes),
-            )
-        },
-        Sample {
-            counter: false,
-            ..counter(
-                "tokentrace_pipeline_drain_bytes_per_second",
-                "Bytes per second the pipeline drains through the sinks (moving average): the queue admits ingestion up to 100 ms of it.",
-                state.telemetry.drain_pace() as f64,
-            )
-        },
+        gauge(
+            "tokentrace_pipeline_queue_depth",
+            "Telemetry messages waiting in the pipeline queue.",
+            load(&p.queue_depth),
+        ),
+        gauge(
+            "tokentrace_pipeline_queue_bytes",
+            "Bytes (estimated) of the telemetry waiting in the pipeline queue.",
+            load(&p.queue_bytes),
+        ),
+        gauge(
+            "tokentrace_pipeline_drain_bytes_per_second",
+            "Bytes per second the pipeline drains through the sinks (moving average): ingestion is let in while the queue holds less than 25 ms of it, the API's requests wait past 50 ms.",
+            state.telemetry.drain_pace() as f64,
+        ),
         counter(
             "tokentrace_pipeline_accepted_total",
             "Telemetry messages accepted into the pipeline.",
@@ -121,22 +123,16 @@ fn live_samples(state: &AppState) -> Vec<Sample> {
             "Events-API and OTLP requests held for room in the pipeline queue before being let in or answered 503.",
             load(&p.ingest_waits),
         ),
-        Sample {
-            counter: false,
-            ..counter(
-                "tokentrace_request_body_bytes_held",
-                "Bytes of the request-body budget held by requests being received and handled now.",
-                state.settings.bodies.held_bytes() as f64,
-            )
-        },
-        Sample {
-            counter: false,
-            ..counter(
-                "tokentrace_request_body_budget_bytes",
-                "The request-body budget: bytes of bodies that may be held at once.",
-                state.settings.bodies.total_bytes() as f64,
-            )
-        },
+        gauge(
+            "tokentrace_request_body_bytes_held",
+            "Bytes of the request-body budget held by requests being received and handled now.",
+            state.settings.bodies.held_bytes() as f64,
+        ),
+        gauge(
+            "tokentrace_request_body_budget_bytes",
+            "The request-body budget: bytes of bodies that may be held at once.",
+            state.settings.bodies.total_bytes() as f64,
+        ),
         counter(
             "tokentrace_request_bodies_refused_total",
             "Requests answered 503 at once because the request-body budget was spent.",
@@ -148,21 +144,17 @@ fn live_samples(state: &AppState) -> Vec<Sample> {
             load(&p.sink_errors),
         ),
     ];
-    let gauge = |name, help, value: u64| Sample {
-        counter: false,
-        ..counter(name, help, value as f64)
-    };
     let (sqlite_now, sqlite_peak) = tokentrace_store::sqlite_memory();
     live.extend([
         gauge(
             "tokentrace_sqlite_memory_bytes",
             "Bytes SQLite holds now: page caches of every connection, statements, sorts.",
-            sqlite_now,
+            sqlite_now as f64,
         ),
         gauge(
             "tokentrace_sqlite_memory_peak_bytes",
             "The most bytes SQLite has held since start.",
-            sqlite_peak,
+            sqlite_peak as f64,
         ),
     ]);
     if let Some((rss, peak)) = resident_memory() {
@@ -170,26 +162,23 @@ fn live_samples(state: &AppState) -> Vec<Sample> {
             gauge(
                 "process_resident_memory_bytes",
                 "Resident memory of the process, in bytes.",
-                rss,
+                rss as f64,
             ),
             gauge(
                 "tokentrace_process_resident_memory_peak_bytes",
                 "The most resident memory the process has had since start, in bytes.",
-                peak,
+                peak as f64,
             ),
         ]);
     }
     if let Ok(writer) = state.writer() {
         let w = writer.stats();
         live.extend([
-            Sample {
-                counter: false,
-                ..counter(
-                    "tokentrace_sqlite_queue_bytes",
-                    "Bytes of rows handed to the SQLite writer and not yet committed.",
-                    w.queued_bytes as f64,
-                )
-            },
+            gauge(
+                "tokentrace_sqlite_queue_bytes",
+                "Bytes of rows handed to the SQLite writer and not yet committed.",
+                w.queued_bytes as f64,
+            ),
             counter(
                 "tokentrace_sqlite_rows_committed_total",
                 "Rows committed to SQLite.",

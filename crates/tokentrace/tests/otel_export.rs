@@ -518,11 +518,7 @@ fn metric_value(rt: &tokio::runtime::Runtime, base: &str, name: &str) -> f64 {
             .await
             .unwrap()
     });
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    common::metric_sample(&text, name).unwrap_or(0.0)
 }
 
 #[test]

@@ -174,11 +174,8 @@ fn overload(path: &'static str) -> (Arc<Counts>, u64, u64) {
         .unwrap();
     let peak_after = status_kib(pid, "VmHWM:");
     let value = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("{name} not in /metrics")) as u64
+        common::metric_sample(&metrics, name).unwrap_or_else(|| panic!("{name} not in /metrics"))
+            as u64
     };
     counts
         .held

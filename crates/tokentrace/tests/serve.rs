@@ -385,8 +385,7 @@ fn request_bodies_held_at_once_are_bounded_in_bytes() {
             .unwrap()
             .text()
             .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        common::metric_sample(&text, name)
             .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}"))
     };
     let budget = gauge("tokentrace_request_body_budget_bytes");

@@ -148,3 +148,11 @@ pub fn run_python(script: &str, args: &[&str], env: &[(&str, &str)], done: &str)
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The value of the sample `sample` (a metric's name, with its labels if it has any) in a
+/// Prometheus text exposition, if it is there.
+pub fn metric_sample(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
