@@ -39,16 +39,18 @@ impl TraceKeys {
         Ok(key)
     }
 
-    /// Remembers a trace's key.
+    /// Remembers a trace's key. The oldest is forgotten before a new one is added, so the
+    /// order's buffer never doubles past [`REMEMBERED`].
     pub(crate) fn remember(&mut self, trace_id: [u8; 16], project: i64, key: i64) {
-        if self.keys.insert((trace_id, project), key).is_none() {
-            self.order.push_back((trace_id, project));
-            if self.order.len() > REMEMBERED
+        if !self.keys.contains_key(&(trace_id, project)) {
+            if self.order.len() >= REMEMBERED
                 && let Some(old) = self.order.pop_front()
             {
                 self.keys.remove(&old);
             }
+            self.order.push_back((trace_id, project));
         }
+        self.keys.insert((trace_id, project), key);
     }
 
     /// Forgets every key (after a failed transaction, whose new keys were rolled back).

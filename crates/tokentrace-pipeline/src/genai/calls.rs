@@ -5,14 +5,13 @@
 //! attributes already hold its own usage), so ingesting many LLM spans adds a few rows, not
 //! several per span.
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use tokentrace_config::PriceTable;
 
 use crate::assemble::RecentKeys;
-use tokentrace_model::{
-    AttrValue, Attributes, MetricPoint, SpanId, SpanRecord, Timestamp, TraceId,
-};
+use tokentrace_model::{AttrValue, Attributes, MetricPoint, SpanId, SpanRecord, Timestamp};
 
 use super::{
     COST_METRIC, COST_UNIT, COST_USD, COUNTED_BY, GATEWAY, ORIGIN, REQUEST_MODEL, RESPONSE_ID,
@@ -22,6 +21,12 @@ use super::{
 
 /// Calls remembered: response ids of the gateway's calls, spans already counted.
 const REMEMBERED: usize = 65_536;
+
+/// What the call memory keeps of a response id or a span's ids: a 64-bit hash (SipHash with a
+/// key drawn at start), 8 bytes instead of the id itself (a response id is a string of ~40).
+/// Two of the 65,536 remembered ids sharing one is a chance of about 2^-48 per span; the cost
+/// would be one call not counted, never a span changed.
+type Fingerprint = u64;
 /// Longest response id remembered.
 const MAX_ID: usize = 256;
 
@@ -46,9 +51,11 @@ pub(crate) struct Calls {
     pending: std::collections::BTreeMap<SeriesKey, Pending>,
     pricing: Arc<PriceTable>,
     /// Response id → the gateway's span of that call.
-    gateway: RecentKeys<String, SpanId>,
+    gateway: RecentKeys<Fingerprint, SpanId>,
     /// Spans already counted (a retried export sends them again).
-    counted: RecentKeys<(TraceId, SpanId), ()>,
+    counted: RecentKeys<Fingerprint, ()>,
+    /// The hasher of the fingerprints.
+    hasher: std::hash::RandomState,
 }
 
 fn int(a: &Attributes, key: &str) -> Option<u64> {
@@ -71,6 +78,7 @@ impl Calls {
             pricing,
             gateway: RecentKeys::new(REMEMBERED, u64::MAX, |_| 0),
             counted: RecentKeys::new(REMEMBERED, u64::MAX, |_| 0),
+            hasher: std::hash::RandomState::new(),
         }
     }
 
@@ -111,11 +119,11 @@ impl Calls {
     }
 
     fn count(&mut self, span: &mut SpanRecord, expires_at: Option<Timestamp>) {
-        let key = (span.trace_id, span.span_id);
+        let key = self.hasher.hash_one((span.trace_id, span.span_id));
         let a = &mut span.attributes;
         if text(a, ORIGIN) == Some(GATEWAY) {
             if let Some(id) = text(a, RESPONSE_ID).filter(|id| id.len() <= MAX_ID) {
-                self.gateway.insert(id.to_string(), span.span_id);
+                self.gateway.insert(self.hasher.hash_one(id), span.span_id);
             }
             return;
         }
@@ -132,7 +140,9 @@ impl Calls {
         if input.is_none() && output.is_none() || a.contains_key(COUNTED_BY) {
             return;
         }
-        if let Some(gateway_span) = text(a, RESPONSE_ID).and_then(|id| self.gateway.get(id)) {
+        if let Some(gateway_span) =
+            text(a, RESPONSE_ID).and_then(|id| self.gateway.get(&self.hasher.hash_one(id)))
+        {
             a.insert(COUNTED_BY.into(), gateway_span.to_string().into());
             return;
         }

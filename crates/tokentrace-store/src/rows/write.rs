@@ -46,13 +46,14 @@ impl Resent {
     const CAPACITY: usize = 16_384;
 
     fn insert(&mut self, key: (i64, [u8; 8])) {
-        if self.set.insert(key) {
-            self.order.push_back(key);
-            if self.order.len() > Self::CAPACITY
+        if !self.set.contains(&key) {
+            if self.order.len() >= Self::CAPACITY
                 && let Some(old) = self.order.pop_front()
             {
                 self.set.remove(&old);
             }
+            self.set.insert(key);
+            self.order.push_back(key);
         }
     }
 
