@@ -16,23 +16,35 @@ use clap::{CommandFactory, Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc (v3) gives freed pages back to the system only after a delay, 1 s by default, so
-/// under sustained ingest about a second's worth of freed memory (decoded requests, rows once
-/// written) stays resident. Purging at once kept the server's peak RSS about 60-100 MiB lower
-/// at the same throughput (BENCHMARKS.md, "Memory under load"). `MIMALLOC_PURGE_DELAY` in the
-/// environment still decides when set.
+/// mimalloc (v3) keeps freed memory for later: pages freed wait 1 s before they go back to the
+/// system (`purge_delay`), and each thread keeps two empty pages of every small size class
+/// (`page_full_retain`). Under sustained ingest that kept a second's worth of decoded requests
+/// and written rows resident, and pages of every size class on every thread. The server sets
+/// both to 0 at start-up: purging at once kept the peak RSS 60-100 MiB lower at the same
+/// throughput, retaining no empty page another 6-10 MiB (BENCHMARKS.md, "Memory under load").
+/// `MIMALLOC_PURGE_DELAY` and `MIMALLOC_PAGE_FULL_RETAIN` in the environment still decide when
+/// set.
 #[allow(unsafe_code)]
-fn purge_freed_memory_at_once() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: mimalloc's documented call to set an option, with a valid option and value;
-        // the option is read when mimalloc decides to purge, so setting it now takes effect.
-        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+fn return_freed_memory_at_once() {
+    for (option, variable) in [
+        (MI_OPTION_PURGE_DELAY, "MIMALLOC_PURGE_DELAY"),
+        (MI_OPTION_PAGE_FULL_RETAIN, "MIMALLOC_PAGE_FULL_RETAIN"),
+    ] {
+        if std::env::var_os(variable).is_none() {
+            // SAFETY: mimalloc's documented call to set an option, with a valid option and
+            // value. `purge_delay` is read at each purge; `page_full_retain` by a thread's heap
+            // when the thread starts: the main thread's has, every thread spawned after this
+            // (the runtime's, the pipeline's, the writer's) reads 0.
+            unsafe { mi_option_set(option, 0) };
+        }
     }
 }
 
-/// `mi_option_purge_delay` in mimalloc.h (libmimalloc-sys 0.1.49, mimalloc v3); a test checks
-/// that the option of this number has the purge delay's default.
+/// `mi_option_purge_delay` and `mi_option_page_full_retain` in mimalloc.h (libmimalloc-sys
+/// 0.1.49, mimalloc v3); a test checks that the options of these numbers have those options'
+/// defaults.
 const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+const MI_OPTION_PAGE_FULL_RETAIN: std::ffi::c_int = 36;
 
 #[allow(unsafe_code)]
 unsafe extern "C" {
@@ -45,16 +57,31 @@ unsafe extern "C" {
 mod allocator_tests {
     #[test]
     #[allow(unsafe_code)]
-    fn the_option_set_is_mimallocs_purge_delay() {
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-            return;
+    fn the_options_set_are_mimallocs_purge_delay_and_page_full_retain() {
+        for (option, variable, default, name) in [
+            (
+                super::MI_OPTION_PURGE_DELAY,
+                "MIMALLOC_PURGE_DELAY",
+                1000,
+                "purge_delay",
+            ),
+            (
+                super::MI_OPTION_PAGE_FULL_RETAIN,
+                "MIMALLOC_PAGE_FULL_RETAIN",
+                2,
+                "page_full_retain",
+            ),
+        ] {
+            if std::env::var_os(variable).is_some() {
+                continue;
+            }
+            // SAFETY: reads an option of the linked mimalloc.
+            let value = unsafe { super::mi_option_get(option) };
+            assert_eq!(
+                value, default,
+                "option {option} should be {name}, whose default is {default}"
+            );
         }
-        // SAFETY: reads an option of the linked mimalloc.
-        let delay = unsafe { super::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
-        assert_eq!(
-            delay, 1000,
-            "option 15 should be purge_delay, whose default is 1,000 ms"
-        );
     }
 }
 
@@ -133,7 +160,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    purge_freed_memory_at_once();
+    return_freed_memory_at_once();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TOKENTRACE_LOG")
