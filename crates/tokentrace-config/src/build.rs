@@ -101,6 +101,9 @@ pub(crate) fn build(
             format!("must be at least 1024, got {}", server.otlp_max_body_bytes),
         ));
     }
+    if server.max_connections == 0 {
+        return Err(("server.max_connections".into(), "must be at least 1".into()));
+    }
     if server.request_timeout_seconds == 0 {
         return Err((
             "server.request_timeout_seconds".into(),

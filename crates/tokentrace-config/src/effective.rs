@@ -41,6 +41,7 @@ impl RunConfig {
             }
             writeln!(y, "  max_body_bytes: {}", s.max_body_bytes)?;
             writeln!(y, "  otlp_max_body_bytes: {}", s.otlp_max_body_bytes)?;
+            writeln!(y, "  max_connections: {}", s.max_connections)?;
             writeln!(
                 y,
                 "  request_timeout_seconds: {}",

@@ -78,6 +78,10 @@ pub struct ServerConfig {
     /// Largest OTLP request body accepted, compressed and decompressed, in bytes.
     #[serde(deserialize_with = "number")]
     pub otlp_max_body_bytes: usize,
+    /// Connections open at once on both ports; past it a new connection is answered 503
+    /// and closed.
+    #[serde(deserialize_with = "number")]
+    pub max_connections: usize,
     /// Who may call (`server.auth`); `None`: every request is accepted, and only a loopback
     /// address may be listened on unless `allow_unauthenticated`.
     #[serde(deserialize_with = "auth::deserialize")]
@@ -122,6 +126,7 @@ impl Default for ServerConfig {
             trace_telemetry_api: false,
             otlp_port: None,
             otlp_max_body_bytes: 16 << 20,
+            max_connections: 1024,
             auth: None,
             allow_unauthenticated: false,
             allowed_hosts: Vec::new(),

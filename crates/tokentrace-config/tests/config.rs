@@ -188,6 +188,17 @@ fn errors_name_the_key_and_the_valid_values() {
         .to_string();
     assert!(e.contains("server.port"), "{e}");
 
+    let e = load_from_str("server:\n  max_connections: 0\n", "run.yaml", &env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("server.max_connections") && e.contains("at least 1"),
+        "{e}"
+    );
+    let c = load_from_str("server:\n  max_connections: 64\n", "run.yaml", &env).unwrap();
+    assert_eq!(c.server.max_connections, 64);
+    assert_eq!(load(None, &env).unwrap().server.max_connections, 1024);
+
     let e = load_from_str("server:\n  port: ${env.PORT:=eighty}\n", "run.yaml", &env)
         .unwrap_err()
         .to_string();

@@ -504,15 +504,18 @@ mod recent_keys_tests {
         assert_eq!(recent.map.len(), 1_024);
         assert_eq!(recent.order.len(), 1_024);
         // The buffer grew by doubling up to the count, never to the next power past it.
-        assert!(recent.order.capacity() < 2_048, "{}", recent.order.capacity());
+        assert!(
+            recent.order.capacity() < 2_048,
+            "{}",
+            recent.order.capacity()
+        );
         assert!(!recent.contains(&8_975));
         assert!(recent.contains(&8_976) && recent.contains(&9_999));
     }
 
     #[test]
     fn values_past_the_byte_bound_push_the_oldest_out() {
-        let mut recent: RecentKeys<u64, Vec<u8>> =
-            RecentKeys::new(1_000, 100, |v| v.len() as u64);
+        let mut recent: RecentKeys<u64, Vec<u8>> = RecentKeys::new(1_000, 100, |v| v.len() as u64);
         for k in 0..10u64 {
             recent.insert(k, vec![0; 30]);
         }

@@ -116,3 +116,89 @@ pub async fn hold_bodies(State(budget): State<BodyBudget>, req: Request, next: N
         Err(e) => e.into_response(),
     }
 }
+
+/// Connections answered at once with a 503 while the limit is reached; past it a new
+/// connection is closed without an answer.
+pub const REFUSING_AT_ONCE: usize = 64;
+
+/// The connections open at once on both ports (`server.max_connections`): each holds buffers
+/// (and, with TLS, a session) whether or not it sends anything, so without a bound a flood of
+/// connections would take memory without end. A connection takes a permit when it is accepted
+/// and gives it back when it closes; one that finds none left is answered 503 with
+/// `Retry-After` and closed, 64 at a time (`REFUSING_AT_ONCE`).
+#[derive(Clone, Debug)]
+pub struct ConnectionBudget {
+    open: Arc<Semaphore>,
+    refusing: Arc<Semaphore>,
+    max: usize,
+    refused: Arc<AtomicU64>,
+}
+
+/// What a connection found when it was accepted.
+pub enum Admission {
+    /// Served; the permit is given back when it is dropped.
+    Open(OwnedSemaphorePermit),
+    /// To be answered 503 ([`ConnectionBudget::refusal`]) and closed; the permit bounds the
+    /// connections being refused at once.
+    Refuse(OwnedSemaphorePermit),
+    /// To be closed at once.
+    Close,
+}
+
+impl ConnectionBudget {
+    /// At most `max` connections open at once.
+    pub fn new(max: usize) -> Self {
+        let max = max.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            open: Arc::new(Semaphore::new(max)),
+            refusing: Arc::new(Semaphore::new(REFUSING_AT_ONCE)),
+            max,
+            refused: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Admits a connection just accepted, or says how to refuse it (counted).
+    pub fn admit(&self) -> Admission {
+        if let Ok(permit) = self.open.clone().try_acquire_owned() {
+            return Admission::Open(permit);
+        }
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        match self.refusing.clone().try_acquire_owned() {
+            Ok(permit) => Admission::Refuse(permit),
+            Err(_) => Admission::Close,
+        }
+    }
+
+    /// The answer to every request of a refused connection.
+    pub fn refusal(&self) -> Response {
+        let mut err = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "too many connections are open (server.max_connections: {}); retry after the Retry-After delay",
+                self.max
+            ),
+        );
+        err.retry_after = Some(1);
+        let mut res = err.into_response();
+        res.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        res
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.max.saturating_sub(self.open.available_permits())
+    }
+
+    /// The most connections open at once.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Connections refused (answered 503 or closed) because the limit was reached.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}

@@ -31,6 +31,7 @@ use tokentrace_pipeline::sinks::otlp_export::ExportStats;
 use tokentrace_pipeline::sinks::prometheus::Registry;
 use tokentrace_store::{StoreReader, StoreWriter};
 
+pub use budget::{Admission, ConnectionBudget};
 pub use error::ApiError;
 pub use gateway::Inference;
 pub use request_span::RequestContext;
@@ -61,6 +62,8 @@ pub struct Settings {
     pub guard: Arc<guard::Guard>,
     /// Request bodies held at once, in bytes.
     pub bodies: budget::BodyBudget,
+    /// Connections open at once on both ports.
+    pub connections: budget::ConnectionBudget,
 }
 
 impl Settings {
@@ -78,6 +81,7 @@ impl Settings {
             dataset_ttl: Duration::from_secs(tc.default_ttl_seconds.max(0) as u64),
             guard: Arc::new(guard::Guard::from_config(server)),
             bodies: budget::BodyBudget::new(server.max_body_bytes, server.otlp_max_body_bytes),
+            connections: budget::ConnectionBudget::new(server.max_connections),
         }
     }
 }

@@ -138,6 +138,21 @@ fn live_samples(state: &AppState) -> Vec<Sample> {
             "Requests answered 503 at once because the request-body budget was spent.",
             state.settings.bodies.refused() as f64,
         ),
+        gauge(
+            "tokentrace_connections_open",
+            "Connections open now on both ports.",
+            state.settings.connections.open() as f64,
+        ),
+        gauge(
+            "tokentrace_connections_max",
+            "The most connections open at once (server.max_connections).",
+            state.settings.connections.max() as f64,
+        ),
+        counter(
+            "tokentrace_connections_refused_total",
+            "Connections answered 503 and closed (or closed) because server.max_connections were open.",
+            state.settings.connections.refused() as f64,
+        ),
         counter(
             "tokentrace_sink_errors_total",
             "Sink flush failures.",

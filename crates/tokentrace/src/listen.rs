@@ -1,7 +1,8 @@
 //! Serving a router on a listener, as `axum::serve` does, plus what it does not offer: a
 //! deadline for a client to send its request head (`header_read_timeout`), so that a client
 //! which opens a connection and sends half a header is dropped instead of holding it, and
-//! HTTPS (`server.tls`, rustls).
+//! HTTPS (`server.tls`, rustls), and a bound on the connections open at once
+//! (`server.max_connections`, shared by both ports): past it a connection is answered 503.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,10 +13,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokentrace_server::{Admission, ConnectionBudget};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+
+/// How long a refused connection is given to send a request head and read the 503.
+const REFUSAL_DEADLINE: Duration = Duration::from_secs(2);
 
 /// The TLS acceptor of `server.tls`; the message names the file at fault.
 pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, String> {
@@ -42,13 +47,15 @@ pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, St
 }
 
 /// Serves `app` until `stop` turns true, then lets open connections finish their requests
-/// (idle ones close at once) and returns when they have (the caller bounds that wait).
+/// (idle ones close at once) and returns when they have (the caller bounds that wait). A
+/// connection accepted while `budget` has none left is answered 503 and closed.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     stop: watch::Receiver<bool>,
     header_timeout: Duration,
     tls: Option<TlsAcceptor>,
+    budget: ConnectionBudget,
 ) {
     let mut connections = tokio::task::JoinSet::new();
     let stopping = stopped(stop.clone());
@@ -66,8 +73,25 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let permit = match budget.admit() {
+                    Admission::Open(permit) => permit,
+                    Admission::Refuse(permit) => {
+                        let (budget, tls) = (budget.clone(), tls.clone());
+                        connections.spawn(async move {
+                            let _ = tokio::time::timeout(
+                                REFUSAL_DEADLINE,
+                                refuse(stream, tls, budget),
+                            )
+                            .await;
+                            drop(permit);
+                        });
+                        continue;
+                    }
+                    Admission::Close => continue,
+                };
                 let (app, stop, tls) = (app.clone(), stop.clone(), tls.clone());
                 connections.spawn(async move {
+                    let _permit = permit;
                     match tls {
                         None => connection(stream, app, stop, header_timeout).await,
                         Some(acceptor) => {
@@ -108,6 +132,34 @@ where
     }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
+}
+
+/// Answers every request of a connection over the limit with the budget's 503, then closes it.
+async fn refuse(stream: tokio::net::TcpStream, tls: Option<TlsAcceptor>, budget: ConnectionBudget) {
+    match tls {
+        None => refuse_on(stream, budget).await,
+        Some(acceptor) => {
+            if let Ok(s) = acceptor.accept(stream).await {
+                refuse_on(s, budget).await;
+            }
+        }
+    }
+}
+
+async fn refuse_on<I>(io: I, budget: ConnectionBudget)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |_request| {
+        let response = budget.refusal();
+        async move { Ok::<_, std::convert::Infallible>(response) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .keep_alive(false)
+        .header_read_timeout(REFUSAL_DEADLINE)
+        .serve_connection(TokioIo::new(io), service)
+        .await;
 }
 
 /// Resolves once `stop` is true (the guard `wait_for` returns is dropped inside, so the future

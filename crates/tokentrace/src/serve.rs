@@ -215,17 +215,20 @@ async fn run(config: RunConfig) -> Result<(), ServeError> {
                 rx,
                 HEADER_TIMEOUT,
                 tls.clone(),
+                state.settings.connections.clone(),
             )))
         }
         None => None,
     };
     let signalled = stop_rx.clone();
+    let connections = state.settings.connections.clone();
     let mut main = tokio::spawn(crate::listen::serve(
         listener,
         tokentrace_server::router(state),
         stop_rx,
         HEADER_TIMEOUT,
         tls,
+        connections,
     ));
     // Once stopping, connections get as long as a request may take to finish; a client that
     // holds one open (a half-sent request, an endless stream) is then cut.

@@ -346,7 +346,7 @@ fn sigterm_interrupts_a_long_query_and_the_server_stops() {
 /// are served again.
 #[test]
 fn request_bodies_held_at_once_are_bounded_in_bytes() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), &[], &[("TELEMETRY_SINKS", "sqlite")]);
     let addr = server.base.trim_start_matches("http://").to_string();
@@ -361,22 +361,13 @@ fn request_bodies_held_at_once_are_bounded_in_bytes() {
         })
         .collect();
     let post = |body: &str| -> (u16, String) {
-        let mut c = std::net::TcpStream::connect(&addr).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        write!(
-            c,
-            "POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
+        exchange(
+            &addr,
+            &format!(
+                "POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
         )
-        .unwrap();
-        let mut answer = String::new();
-        let _ = c.read_to_string(&mut answer);
-        let status = answer
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        (status, answer)
     };
     // The four heads are read on their own connections: wait until /metrics shows their
     // shares held (a GET without a body takes none).
@@ -421,4 +412,85 @@ fn request_bodies_held_at_once_are_bounded_in_bytes() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(served, "the budget came back when the slow clients left");
+}
+
+#[test]
+fn connections_past_max_connections_are_answered_503_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("run.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server:\n  max_connections: 3\nproviders:\n  telemetry:\n  - provider_id: meta-reference\n    provider_type: inline::meta-reference\n    config:\n      sinks: sqlite\n      sqlite_db_path: {}\n",
+            dir.path().join("trace_store.db").display()
+        ),
+    )
+    .unwrap();
+    let server = start(dir.path(), &["--config", config.to_str().unwrap()], &[]);
+    let addr = server.base.trim_start_matches("http://").to_string();
+    // Three connections that send nothing hold the three places (accepted in order).
+    let mut idle: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    let get = |path: &str| -> (u16, String) {
+        exchange(
+            &addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    let (status, answer) = get("/v1/health");
+    assert_eq!(status, 503, "{answer}");
+    let lower = answer.to_ascii_lowercase();
+    assert!(lower.contains("retry-after: 1"), "{answer}");
+    assert!(lower.contains("connection: close"), "{answer}");
+    assert!(
+        answer.contains("too many connections are open (server.max_connections: 3)"),
+        "{answer}"
+    );
+    // One leaves: its place is given back, and /metrics (on the freed place) counts the refusal.
+    drop(idle.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let (status, answer) = get("/metrics");
+        if status == 200 {
+            break answer;
+        }
+        assert_eq!(status, 503, "{answer}");
+        assert!(std::time::Instant::now() < deadline, "no place came back");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let refused = common::metric_sample(&text, "tokentrace_connections_refused_total").unwrap();
+    assert!(refused >= 1.0, "{text}");
+    assert_eq!(
+        common::metric_sample(&text, "tokentrace_connections_max"),
+        Some(3.0)
+    );
+    assert_eq!(
+        common::metric_sample(&text, "tokentrace_connections_open"),
+        Some(3.0),
+        "the two idle connections and this one"
+    );
+    drop(idle);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while get("/v1/health").0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "not served again");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends `request` on a new connection and reads the answer to its end: the status and the
+/// whole answer (head and body).
+fn exchange(addr: &str, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = c.read_to_string(&mut answer);
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
 }
