@@ -1,6 +1,6 @@
 //! Metric queries: the validated request (time window, bucket size, compiled label matchers)
-//! and its evaluation over the stored series (`metric_series`), their per-minute rollups and
-//! points.
+//! and its evaluation over the stored series (`metric_series`), their per-hour and per-minute
+//! rollups and points.
 
 use std::collections::BTreeMap;
 
@@ -150,6 +150,20 @@ impl MetricQuery {
     }
 }
 
+impl MetricQuery {
+    /// The whole hours `[from, to)` (unix hours) inside the whole minutes `[from, to)`, which
+    /// the hourly rollups answer when every bucket is whole hours (or the window is one
+    /// bucket); `None` otherwise, or when no whole hour fits.
+    fn rollup_hours(&self, from_minute: i64, to_minute: i64) -> Option<(i64, i64)> {
+        if self.step.is_some_and(|s| s % 3600 != 0) {
+            return None;
+        }
+        let from = (from_minute + 59).div_euclid(60);
+        let to = to_minute.div_euclid(60);
+        (from < to).then_some((from, to))
+    }
+}
+
 /// A stored label set (JSON) as sorted (name, value) pairs, values as labels.
 fn label_set(labels: &str) -> Result<LabelSet, StoreError> {
     Ok(attributes(labels)?
@@ -175,9 +189,11 @@ impl StoreReader {
 impl StoreReader {
     /// Metric series of `name` per distinct label set. The series whose labels match are
     /// found in `metric_series` (one row per label set, whatever the number of points); of
-    /// each, whole minutes of the window are read from its per-minute rollups (a row per
-    /// minute), the partial minutes at the window's edges, or a window with buckets that are
-    /// not whole minutes, from its points (`metric_points` by series and time).
+    /// each, whole hours of the window are read from its per-hour rollups when the buckets
+    /// are whole hours or the query is instant (a row per hour), the other whole minutes from
+    /// its per-minute rollups (a row per minute), the partial minutes at the window's edges,
+    /// or a window with buckets that are not whole minutes, from its points (`metric_points`
+    /// by series and time).
     pub fn query_metrics(
         &self,
         name: &str,
@@ -208,11 +224,29 @@ impl StoreReader {
             ],
             None => vec![(q.start_nanos(), q.end_nanos())],
         };
+        // Whole hours inside the whole minutes come from the hourly rollups when buckets are
+        // whole hours (or the window is one bucket); the minutes before and after them from
+        // the minute rollups.
+        let (minute_ranges, hours) = match rollup {
+            Some((from, to)) => match q.rollup_hours(from, to) {
+                Some((h_from, h_to)) => (
+                    vec![(from, h_from * 60), (h_to * 60, to)],
+                    Some((h_from, h_to)),
+                ),
+                None => (vec![(from, to)], None),
+            },
+            None => (Vec::new(), None),
+        };
         // Summed per bucket by SQLite: a row per bucket comes back, not one per minute.
         let minutes_per_bucket = q.step.map_or(i64::MAX, |s| s / 60);
+        let hours_per_bucket = q.step.map_or(i64::MAX, |s| (s / 3600).max(1));
         let mut rollups = conn.prepare_cached(
             "SELECT MIN(minute), SUM(sum) FROM metric_rollups
              WHERE series = ?1 AND minute >= ?2 AND minute < ?3 GROUP BY minute / ?4",
+        )?;
+        let mut hourly = conn.prepare_cached(
+            "SELECT MIN(hour), SUM(sum) FROM metric_rollups_hourly
+             WHERE series = ?1 AND hour >= ?2 AND hour < ?3 GROUP BY hour / ?4",
         )?;
         let mut points = conn.prepare_cached(
             "SELECT ts_ns, value FROM metric_points WHERE series = ?1 AND ts_ns >= ?2 AND ts_ns <= ?3",
@@ -222,7 +256,20 @@ impl StoreReader {
         let mut series: BTreeMap<LabelSet, (String, Buckets)> = BTreeMap::new();
         for (id, unit, labels) in matching {
             let mut buckets = Buckets::new();
-            if let Some((from, to)) = rollup {
+            if let Some((from, to)) = hours {
+                for row in hourly.query_map(params![id, from, to, hours_per_bucket], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?))
+                })? {
+                    let (hour, sum) = row?;
+                    *buckets
+                        .entry(q.bucket(hour * 60 * MINUTE_NANOS))
+                        .or_insert(0.0) += sum;
+                }
+            }
+            for &(from, to) in &minute_ranges {
+                if from >= to {
+                    continue;
+                }
                 for row in rollups.query_map(params![id, from, to, minutes_per_bucket], |r| {
                     Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?))
                 })? {

@@ -21,6 +21,16 @@ ON CONFLICT (series, minute) DO UPDATE SET
     expires_at = CASE WHEN expires_at IS NULL OR excluded.expires_at IS NULL THEN NULL
                       ELSE MAX(expires_at, excluded.expires_at) END";
 
+/// The same for an hour of a series (`metric_rollups_hourly`).
+pub(crate) const UPSERT_HOURLY_ROLLUP: &str =
+    "INSERT INTO metric_rollups_hourly (series, hour, sum, count, min, max, expires_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+ON CONFLICT (series, hour) DO UPDATE SET
+    sum = sum + excluded.sum, count = count + excluded.count,
+    min = MIN(min, excluded.min), max = MAX(max, excluded.max),
+    expires_at = CASE WHEN expires_at IS NULL OR excluded.expires_at IS NULL THEN NULL
+                      ELSE MAX(expires_at, excluded.expires_at) END";
+
 /// Series ids by name and labels (as stored), kept across transactions so that a point costs
 /// a lookup here rather than a statement. Forget them when a transaction fails: ids it created
 /// were rolled back.
@@ -69,7 +79,8 @@ impl SeriesIds {
     }
 }
 
-/// One minute of one series, summed over a batch before its upsert.
+/// One minute (or hour) of one series, summed over a batch before its upsert.
+#[derive(Clone, Copy)]
 pub(crate) struct Rollup {
     pub(crate) sum: f64,
     pub(crate) count: i64,
@@ -82,4 +93,20 @@ pub(crate) struct Rollup {
 /// The minute (unix minutes) a point at `ts_nanos` rolls up into.
 pub(crate) fn minute_of(ts_nanos: i64) -> i64 {
     ts_nanos.div_euclid(60_000_000_000)
+}
+
+impl Rollup {
+    /// Adds the points `other` sums up.
+    pub(crate) fn add(&mut self, other: &Rollup) {
+        self.sum += other.sum;
+        self.count += other.count;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        self.expires_at = self.expires_at.zip(other.expires_at).map(|(a, b)| a.max(b));
+    }
+}
+
+/// The hour (unix hours) a minute (unix minutes) rolls up into.
+pub(crate) fn hour_of(minute: i64) -> i64 {
+    minute.div_euclid(60)
 }

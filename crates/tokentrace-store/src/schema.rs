@@ -290,8 +290,25 @@ pub(crate) const LONG_TRACE_NS: i64 = 60_000_000_000;
 const LONG_TRACES: &str = "CREATE INDEX IF NOT EXISTS trace_rows_long ON trace_rows (start_ns)
     WHERE last_start_ns - start_ns > 60000000000;";
 
+/// Version 9: per-hour rollups of every metric series beside the per-minute ones, written with
+/// the points, so that a range over days by hours (or an instant query over days) reads a row
+/// per series and hour, not one per minute. Filled from the minute rollups by migration 9.
+const HOURLY_ROLLUPS: &str = r#"
+CREATE TABLE IF NOT EXISTS metric_rollups_hourly (
+    series     INTEGER NOT NULL,
+    hour       INTEGER NOT NULL,
+    sum        REAL NOT NULL,
+    count      INTEGER NOT NULL,
+    min        REAL NOT NULL,
+    max        REAL NOT NULL,
+    expires_at INTEGER,
+    PRIMARY KEY (series, hour)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS metric_rollups_hourly_expires_at ON metric_rollups_hourly (expires_at);
+"#;
+
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// The schema version of a file (0 for a new one). Reading it does not modify the file.
 pub fn version(conn: &Connection) -> Result<i64, StoreError> {
@@ -571,6 +588,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tx.execute_batch(CURRENT)?;
         tx.execute_batch(METRICS_VIEW)?;
         tx.execute_batch(LONG_TRACES)?;
+        tx.execute_batch(HOURLY_ROLLUPS)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
         return Ok(());
@@ -581,6 +599,12 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         conn.execute_batch(CURRENT)?;
         conn.execute_batch(METRICS_VIEW)?;
         conn.execute_batch(LONG_TRACES)?;
+        conn.execute_batch(HOURLY_ROLLUPS)?;
+    }
+    if current < SCHEMA_VERSION {
+        // Steps that copy rows through the writer's code (migration 4) upsert hourly rollups
+        // too; migration 9 then computes every hour from the minutes, whatever those wrote.
+        conn.execute_batch(HOURLY_ROLLUPS)?;
     }
     for to in current + 1..=SCHEMA_VERSION {
         match to {
@@ -593,7 +617,8 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             5 => add_projects(conn)?,
             6 => compact_metric_points(conn)?,
             7 => name_attributes(conn)?,
-            _ => trace_span_extents(conn)?,
+            8 => trace_span_extents(conn)?,
+            _ => hourly_rollups(conn)?,
         }
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM migration_progress WHERE version = ?1", [to])?;
@@ -660,6 +685,64 @@ fn backfill_rollups(conn: &mut Connection) -> Result<(), StoreError> {
             "trace store: schema version 2: rollups up to metric point {done} of {last}"
         );
     }
+    Ok(())
+}
+
+/// Metric series whose minute rollups migration 9 sums into hours per transaction.
+const SERIES_BATCH: i64 = 256;
+
+/// Migration 9: per-hour rollups from the per-minute ones, a batch of series at a time (each
+/// batch's transaction records how far it got, so an interrupted migration resumes there).
+fn hourly_rollups(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch(HOURLY_ROLLUPS)?;
+    let (last, total): (i64, i64) = conn.query_row(
+        "SELECT COALESCE(MAX(id), 0), COUNT(*) FROM metric_series",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let mut done: i64 = conn
+        .query_row(
+            "SELECT done_up_to FROM migration_steps WHERE name = 'v9 hourly rollups'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    if total > 0 && done < last {
+        tracing::info!(
+            "trace store: migrating to schema version 9: hourly rollups of {total} metric series"
+        );
+    }
+    while done < last {
+        let upto = done.saturating_add(SERIES_BATCH).min(last);
+        let tx = conn.transaction()?;
+        // The hour of a minute rounded down, also before 1970. An hour already there is
+        // computed again from its minutes, so a batch done twice changes nothing.
+        tx.execute(
+            "INSERT INTO metric_rollups_hourly (series, hour, sum, count, min, max, expires_at)
+             SELECT series, (minute - ((minute % 60) + 60) % 60) / 60,
+                    SUM(sum), SUM(count), MIN(min), MAX(max),
+                    CASE WHEN COUNT(expires_at) < COUNT(*) THEN NULL ELSE MAX(expires_at) END
+             FROM metric_rollups WHERE series > ?1 AND series <= ?2
+             GROUP BY 1, 2
+             ON CONFLICT (series, hour) DO UPDATE SET
+                 sum = excluded.sum, count = excluded.count, min = excluded.min,
+                 max = excluded.max, expires_at = excluded.expires_at",
+            params![done, upto],
+        )?;
+        tx.execute(
+            "INSERT INTO migration_steps (name, done_up_to) VALUES ('v9 hourly rollups', ?1)
+             ON CONFLICT (name) DO UPDATE SET done_up_to = excluded.done_up_to",
+            [upto],
+        )?;
+        tx.commit()?;
+        done = upto;
+        tracing::info!("trace store: schema version 9: series up to {done} of {last}");
+    }
+    conn.execute(
+        "DELETE FROM migration_steps WHERE name = 'v9 hourly rollups'",
+        [],
+    )?;
     Ok(())
 }
 

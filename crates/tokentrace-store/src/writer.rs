@@ -518,6 +518,7 @@ fn expire_chunk(conn: &mut Connection, now: i64, chunk: i64) -> Result<u64, Stor
         ("event_rows", "rowid", "rowid"),
         ("metric_points", "rowid", "rowid"),
         ("metric_rollups", "(series, minute)", "series, minute"),
+        ("metric_rollups_hourly", "(series, hour)", "series, hour"),
     ] {
         // Table names and keys come from this fixed list, never from a caller.
         let sql = format!(

@@ -282,6 +282,7 @@ fn a_version_1_file_is_migrated_in_place_keeping_every_row() {
         .unwrap();
     assert_eq!(rolled, points, "every point is in exactly one rollup");
     assert_eq!(count(&conn, "SELECT COUNT(*) FROM migration_progress"), 0);
+    every_hour_sums_its_minutes(&conn, points);
     // A minute with a point that never expires never expires; the others at their latest point.
     let wrong: i64 = conn
         .query_row(
@@ -362,8 +363,13 @@ fn points_written_now_roll_up_and_odd_windows_agree_with_the_points() {
             (BASE + 1, BASE + 7199, "10m", Some(600)),
             (BASE + 59, BASE + 60, "1m", Some(60)),
             (BASE + 30, BASE + 3600 + 30, "30s", Some(30)),
+            // Whole hours from the hourly rollups, the rest from minutes and points.
+            (BASE + 17, BASE + 7199, "1h", Some(3600)),
+            (BASE - 3600, BASE + 3 * 3600, "2h", Some(7200)),
+            (BASE + 3599, BASE + 7201, "1h", Some(3600)),
         ],
     );
+    every_hour_sums_its_minutes(&Connection::open(&path).unwrap(), 20_000);
     let got = query(
         &store,
         "total_tokens",
@@ -456,11 +462,50 @@ fn retention_deletes_a_rollup_once_every_point_in_it_has_expired() {
         [(BASE / 60 + 1, 2)],
         "minute 0 is gone; minute 1 keeps its rollup"
     );
+    // The hour of both minutes holds a point that has not expired: it stays, whole.
+    let hours: Vec<(i64, i64)> = conn
+        .prepare("SELECT hour, count FROM metric_rollups_hourly ORDER BY hour")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(hours, [(BASE / 3600, 4)]);
+    store.writer().write(vec![p(at(120, 1), past)]).unwrap();
+    store.writer().flush().unwrap();
+    store.writer().expire(Timestamp::now()).unwrap();
+    assert_eq!(
+        count(&conn, "SELECT COUNT(*) FROM metric_rollups_hourly"),
+        1,
+        "an hour whose points have all expired goes"
+    );
     store.close().unwrap();
 }
 
 /// Adds `traces` traces of 10 spans to a version-1 file (each trace's row as that release
 /// made it from its spans), a model out of 3 in every span's attributes.
+/// Checks that the hourly rollups hold `points` points in all and that each hour holds what
+/// its minutes do.
+fn every_hour_sums_its_minutes(conn: &Connection, points: i64) {
+    assert_eq!(
+        count(conn, "SELECT SUM(count) FROM metric_rollups_hourly"),
+        points,
+        "every point is in exactly one hour"
+    );
+    let wrong = count(
+        conn,
+        "SELECT COUNT(*) FROM metric_rollups_hourly h WHERE NOT EXISTS (
+             SELECT 1 FROM metric_rollups r WHERE r.series = h.series
+               AND r.minute >= h.hour * 60 AND r.minute < h.hour * 60 + 60
+             GROUP BY r.series
+             HAVING abs(SUM(r.sum) - h.sum) < 1e-6 AND SUM(r.count) = h.count
+               AND MIN(r.min) = h.min AND MAX(r.max) = h.max
+               AND (CASE WHEN COUNT(r.expires_at) < COUNT(*) THEN NULL ELSE MAX(r.expires_at) END)
+                   IS h.expires_at)",
+    );
+    assert_eq!(wrong, 0, "an hour differs from its minutes");
+}
+
 /// The one number `sql` answers.
 fn count(conn: &Connection, sql: &str) -> i64 {
     conn.query_row(sql, [], |r| r.get(0)).unwrap()
@@ -760,4 +805,87 @@ fn a_version_7_file_gets_the_latest_span_start_of_every_trace_also_after_an_inte
     // The late unfinished span is found by a time window after every other span, though its
     // trace started long before the window.
     assert_eq!(traces_starting_after(&path, newest), vec![late]);
+}
+
+#[test]
+fn a_version_8_file_gets_hourly_rollups_of_every_series_also_after_an_interruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trace_store.db");
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    // More series than one batch of migration 9 (256) holds, over five hours.
+    let records: Vec<Record> = (0..6_000i64)
+        .map(|i| {
+            Record::Metric(MetricPoint {
+                name: "total_tokens".into(),
+                timestamp: Timestamp::from_unix_nanos(
+                    (BASE + (i * 7_919) % 18_000) * 1_000_000_000,
+                ),
+                value: (i % 17) as f64,
+                unit: "tokens".into(),
+                labels: [(
+                    "user.id".to_string(),
+                    AttrValue::from(format!("u{}", i % 600)),
+                )]
+                .into_iter()
+                .collect(),
+                trace_id: None,
+                span_id: None,
+                expires_at: (i % 5 != 0).then(|| Timestamp::from_unix_nanos(i64::MAX - i)),
+            })
+        })
+        .collect();
+    store.writer().write(records).unwrap();
+    store.writer().flush().unwrap();
+    store.close().unwrap();
+    let conn = Connection::open(&path).unwrap();
+    let hourly = |conn: &Connection| -> Vec<(i64, i64, f64, i64, Option<i64>)> {
+        conn.prepare(
+            "SELECT series, hour, sum, count, expires_at FROM metric_rollups_hourly ORDER BY 1, 2",
+        )
+        .unwrap()
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    };
+    let written = hourly(&conn);
+    assert!(written.len() > 600, "{} hours", written.len());
+    every_hour_sums_its_minutes(&conn, 6_000);
+    // A version-8 file: no hourly rollups.
+    conn.execute_batch("DROP TABLE metric_rollups_hourly; PRAGMA user_version = 8;")
+        .unwrap();
+    drop(conn);
+    let conn = reopened(&path);
+    assert_eq!(
+        hourly(&conn),
+        written,
+        "the hours the writer wrote, from the minutes"
+    );
+    // Where migration 9 stood after its first batch: the series up to 256 done and recorded
+    // (series 1 marked, to see that the batch done is not done again).
+    conn.execute_batch(
+        "DELETE FROM metric_rollups_hourly WHERE series > 256;
+         UPDATE metric_rollups_hourly SET sum = -1 WHERE series = 1;
+         INSERT INTO migration_steps (name, done_up_to) VALUES ('v9 hourly rollups', 256);
+         PRAGMA user_version = 8;",
+    )
+    .unwrap();
+    drop(conn);
+    let conn = reopened(&path);
+    let marked: Vec<_> = written
+        .iter()
+        .map(|&(series, hour, sum, n, expires)| {
+            (
+                series,
+                hour,
+                if series == 1 { -1.0 } else { sum },
+                n,
+                expires,
+            )
+        })
+        .collect();
+    assert_eq!(hourly(&conn), marked, "resumed after the series done");
+    assert_eq!(count(&conn, "SELECT COUNT(*) FROM migration_steps"), 0);
 }

@@ -340,11 +340,11 @@ FROM span_rows s WHERE s.trace IN (SELECT id FROM trace_rows WHERE start_ns BETW
 AND s.start_ns >= ?1 AND s.start_ns <= ?2 GROUP BY m";
 const HOUR_NANOS: u64 = 3_600 * 1_000_000_000;
 
-/// Metric range queries read the per-minute rollups of the name's series (the store filters the
-/// series by label in Rust, and reads the points of the partial minutes at the window's edges).
-/// The store's reading of a range query: the series of the name whose label matches, then
-/// their rollups summed per hour.
-const METRICS_SQL: &str = "SELECT s.id, MIN(r.minute), SUM(r.sum) FROM metric_series s CROSS JOIN metric_rollups r ON r.series = s.id WHERE s.name = ?1 AND json_extract(s.labels, '$.model_id') = ?4 AND r.minute >= ?2 AND r.minute < ?3 GROUP BY s.id, r.minute / 60";
+/// Metric range queries by the hour read the per-hour rollups of the name's series (the store
+/// filters the series by label in Rust, and reads the minutes and points of the partial hours
+/// at the window's edges). The store's reading of a range query: the series of the name whose
+/// label matches, then their hourly rollups over the window's whole hours.
+const METRICS_SQL: &str = "SELECT s.id, r.hour, r.sum FROM metric_series s CROSS JOIN metric_rollups_hourly r ON r.series = s.id WHERE s.name = ?1 AND json_extract(s.labels, '$.model_id') = ?4 AND r.hour >= ?2 AND r.hour < ?3";
 
 /// The hour that trace `t` starts in the middle of, in unix nanoseconds.
 fn hour_of(plan: Plan, t: u64) -> (u64, u64) {
@@ -783,8 +783,8 @@ fn main() -> Result<(), Error> {
                 let mut st = c.prepare_cached(METRICS_SQL)?;
                 drain(st.query(params![
                     "prompt_tokens",
-                    week_ago_secs / 60,
-                    end_secs / 60,
+                    week_ago_secs.div_euclid(3600) + 1,
+                    end_secs.div_euclid(3600),
                     model(t)
                 ])?)?;
                 Ok(())

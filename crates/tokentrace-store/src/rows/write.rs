@@ -15,7 +15,7 @@ use crate::index::Cardinality;
 use crate::keys::{ProjectIds, TraceKeys};
 use crate::lookup::{Entry, KIND_SPAN, KIND_TRACE, Lookup, attribute_kind};
 use crate::names::NameIds;
-use crate::rollups::{Rollup, SeriesIds, UPSERT_ROLLUP, minute_of};
+use crate::rollups::{Rollup, SeriesIds, UPSERT_HOURLY_ROLLUP, UPSERT_ROLLUP, hour_of, minute_of};
 
 /// What the writer thread knows across transactions: metric series ids, recent trace keys,
 /// project and attribute name ids, the state of the sorted runs.
@@ -442,31 +442,42 @@ pub(crate) fn write_rows(
                     m.span_id.as_ref().map(blob),
                     m.expires_at,
                 ])?;
-                let key = (series, minute_of(m.ts_nanos));
+                let point = Rollup {
+                    sum: m.value,
+                    count: 1,
+                    min: m.value,
+                    max: m.value,
+                    expires_at: m.expires_at,
+                };
                 rollups
-                    .entry(key)
-                    .and_modify(|r| {
-                        r.sum += m.value;
-                        r.count += 1;
-                        r.min = r.min.min(m.value);
-                        r.max = r.max.max(m.value);
-                        r.expires_at = r.expires_at.zip(m.expires_at).map(|(a, b)| a.max(b));
-                    })
-                    .or_insert(Rollup {
-                        sum: m.value,
-                        count: 1,
-                        min: m.value,
-                        max: m.value,
-                        expires_at: m.expires_at,
-                    });
+                    .entry((series, minute_of(m.ts_nanos)))
+                    .and_modify(|r| r.add(&point))
+                    .or_insert(point);
             }
         }
     }
+    let mut hours: HashMap<(i64, i64), Rollup> = HashMap::new();
     let mut rollup = tx.prepare_cached(UPSERT_ROLLUP)?;
     for ((series, minute), r) in rollups {
         rollup.execute(params![
             series,
             minute,
+            r.sum,
+            r.count,
+            r.min,
+            r.max,
+            r.expires_at
+        ])?;
+        hours
+            .entry((series, hour_of(minute)))
+            .and_modify(|h| h.add(&r))
+            .or_insert(r);
+    }
+    let mut hourly = tx.prepare_cached(UPSERT_HOURLY_ROLLUP)?;
+    for ((series, hour), r) in hours {
+        hourly.execute(params![
+            series,
+            hour,
             r.sum,
             r.count,
             r.min,
