@@ -78,6 +78,14 @@ struct RawTelemetryConfig {
     #[serde(default, deserialize_with = "opt_number")]
     max_answer_spans: Option<usize>,
     #[serde(default, deserialize_with = "opt_number")]
+    max_open_spans: Option<usize>,
+    #[serde(default, deserialize_with = "opt_number")]
+    max_open_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "opt_number")]
+    sqlite_queue_max_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "opt_number")]
+    otel_queue_max_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "opt_number")]
     query_timeout_seconds: Option<u64>,
 }
 
@@ -231,6 +239,17 @@ pub(crate) fn build(
             n => Ok(n),
         }
     };
+    // A byte bound smaller than one large item would refuse it whatever the load.
+    let at_least_1_mib =
+        |key: &str, v: Option<u64>, default: u64| -> Result<u64, (String, String)> {
+            match v.unwrap_or(default) {
+                n if n < 1 << 20 => Err((
+                    format!("{TELEMETRY}.{key}"),
+                    format!("must be at least 1048576 (1 MiB), got {n}"),
+                )),
+                n => Ok(n),
+            }
+        };
     Ok(RunConfig {
         server,
         telemetry: TelemetryConfig {
@@ -283,6 +302,26 @@ pub(crate) fn build(
                 "query_timeout_seconds",
                 config.query_timeout_seconds,
                 d.query_timeout_seconds,
+            )?,
+            max_open_spans: positive(
+                "max_open_spans",
+                config.max_open_spans.map(|m| m as u64),
+                d.max_open_spans as u64,
+            )? as usize,
+            max_open_bytes: at_least_1_mib(
+                "max_open_bytes",
+                config.max_open_bytes,
+                d.max_open_bytes,
+            )?,
+            sqlite_queue_max_bytes: at_least_1_mib(
+                "sqlite_queue_max_bytes",
+                config.sqlite_queue_max_bytes,
+                d.sqlite_queue_max_bytes,
+            )?,
+            otel_queue_max_bytes: at_least_1_mib(
+                "otel_queue_max_bytes",
+                config.otel_queue_max_bytes,
+                d.otel_queue_max_bytes,
             )?,
         },
         inference,

@@ -184,6 +184,14 @@ impl RunConfig {
                 "      query_timeout_seconds: {}",
                 t.query_timeout_seconds
             )?;
+            writeln!(y, "      max_open_spans: {}", t.max_open_spans)?;
+            writeln!(y, "      max_open_bytes: {}", t.max_open_bytes)?;
+            writeln!(
+                y,
+                "      sqlite_queue_max_bytes: {}",
+                t.sqlite_queue_max_bytes
+            )?;
+            writeln!(y, "      otel_queue_max_bytes: {}", t.otel_queue_max_bytes)?;
             writeln!(y, "      console:")?;
             let color = format!("{:?}", t.console.color).to_lowercase();
             writeln!(y, "        color: {color}")?;

@@ -321,6 +321,18 @@ pub struct TelemetryConfig {
     pub max_answer_spans: usize,
     /// Longest one store query may run before it is stopped and answered 503.
     pub query_timeout_seconds: u64,
+    /// Spans open at once (started, not ended) at most; past it the oldest is stored
+    /// unfinished.
+    pub max_open_spans: usize,
+    /// Bytes (estimated) the open spans may hold, with the events kept in them and the starts
+    /// kept for late ends; past it the oldest open span is stored unfinished.
+    pub max_open_bytes: u64,
+    /// Bytes of rows handed to the SQLite writer and not yet committed at most (less when the
+    /// writer's pace makes 100 ms of it less); past it the pipeline waits.
+    pub sqlite_queue_max_bytes: u64,
+    /// Bytes of encoded spans waiting for the OTLP trace exporter at most; past it spans are
+    /// dropped and counted.
+    pub otel_queue_max_bytes: u64,
 }
 
 /// The keys people filter by, indexed unless `indexed_attributes` says otherwise.
@@ -370,6 +382,10 @@ impl Default for TelemetryConfig {
                 .collect(),
             max_answer_spans: 100_000,
             query_timeout_seconds: 10,
+            max_open_spans: 100_000,
+            max_open_bytes: 64 << 20,
+            sqlite_queue_max_bytes: 16 << 20,
+            otel_queue_max_bytes: 8 << 20,
             redaction: RedactionConfig::default(),
         }
     }

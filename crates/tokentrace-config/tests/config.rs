@@ -71,6 +71,64 @@ fn backpressure_and_thread_priority_are_set_and_checked() {
 }
 
 #[test]
+fn every_queue_bound_is_set_and_checked() {
+    let env = env_of(&[]);
+    let d = load(None, &env).unwrap().telemetry;
+    assert_eq!(
+        (
+            d.max_open_spans,
+            d.max_open_bytes,
+            d.sqlite_queue_max_bytes,
+            d.otel_queue_max_bytes
+        ),
+        (100_000, 64 << 20, 16 << 20, 8 << 20)
+    );
+    let c = load_from_str(
+        &telemetry_yaml(
+            "max_open_spans: 500\nmax_open_bytes: 2097152\nsqlite_queue_max_bytes: 4194304\notel_queue_max_bytes: 1048576",
+        ),
+        "run.yaml",
+        &env,
+    )
+    .unwrap();
+    let t = &c.telemetry;
+    assert_eq!(
+        (
+            t.max_open_spans,
+            t.max_open_bytes,
+            t.sqlite_queue_max_bytes,
+            t.otel_queue_max_bytes
+        ),
+        (500, 2 << 20, 4 << 20, 1 << 20)
+    );
+    // The effective config shows them, and reads back the same.
+    let shown = load_from_str(&c.effective_yaml(), "effective", &env).unwrap();
+    assert_eq!(shown.telemetry, c.telemetry);
+    for (bad, key, says) in [
+        ("max_open_spans: 0", "max_open_spans", "must be positive"),
+        ("max_open_bytes: 1000", "max_open_bytes", "at least 1048576"),
+        (
+            "sqlite_queue_max_bytes: 65536",
+            "sqlite_queue_max_bytes",
+            "at least 1048576",
+        ),
+        (
+            "otel_queue_max_bytes: 0",
+            "otel_queue_max_bytes",
+            "at least 1048576",
+        ),
+    ] {
+        let e = load_from_str(&telemetry_yaml(bad), "run.yaml", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("providers.telemetry[0].config.{key}")) && e.contains(says),
+            "{bad}: {e}"
+        );
+    }
+}
+
+#[test]
 fn the_seed_environment_variables_apply_with_and_without_a_file() {
     let env = env_of(&[
         ("OTEL_SERVICE_NAME", "my-app"),

@@ -47,8 +47,8 @@ pub struct PipelineOptions {
 }
 
 impl PipelineOptions {
-    /// The options a run config asks for. The limits the config does not expose
-    /// (`max_events_per_span`, `max_open_spans`, `max_open_bytes`) have their one default here.
+    /// The options a run config asks for. The limit the config does not expose
+    /// (`max_events_per_span`) has its one default here.
     pub fn from_config(tc: &TelemetryConfig) -> Self {
         Self {
             queue_capacity: tc.queue_capacity,
@@ -56,8 +56,8 @@ impl PipelineOptions {
             span_timeout: Duration::from_secs(tc.span_timeout_seconds),
             default_ttl_seconds: tc.default_ttl_seconds,
             max_events_per_span: 1_000,
-            max_open_spans: 100_000,
-            max_open_bytes: 64 << 20,
+            max_open_spans: tc.max_open_spans,
+            max_open_bytes: tc.max_open_bytes,
             service_name: tc.service_name.clone(),
             thread_nice: tc.thread_nice,
             redaction: tc.redaction.clone(),

@@ -494,3 +494,53 @@ fn exchange(addr: &str, request: &str) -> (u16, String) {
         .unwrap_or(0);
     (status, answer)
 }
+
+#[test]
+fn the_configured_open_span_bound_stores_the_oldest_unfinished() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::sqlite_config(dir.path(), "      max_open_spans: 2\n");
+    let server = start(dir.path(), &["--config", config.to_str().unwrap()], &[]);
+    let http = reqwest::blocking::Client::new();
+    // Three spans started, none ended: the third start pushes the first out, unfinished.
+    for s in 1..=3 {
+        let r = http
+            .post(format!("{}/v1/telemetry/events", server.base))
+            .json(
+                &json!({"event": {"type": "structured_log", "trace_id": format!("{:032x}", s),
+                "span_id": format!("{:016x}", s), "timestamp": "2026-12-01T10:00:00Z",
+                "attributes": {}, "payload": {"type": "span_start", "name": format!("open-{s}")}}}),
+            )
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let stored = loop {
+        let r = http
+            .post(format!("{}/v1/telemetry/spans", server.base))
+            .json(&json!({"attribute_filters": []}))
+            .send()
+            .unwrap();
+        let text = r.text().unwrap();
+        if text.contains("open-1") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(stored.contains("open-1"), "the oldest stored: {stored}");
+    assert!(
+        !stored.contains("open-2") && !stored.contains("open-3"),
+        "{stored}"
+    );
+    let metrics = http
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_eq!(
+        common::metric_sample(&metrics, "tokentrace_spans_unfinished_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+}

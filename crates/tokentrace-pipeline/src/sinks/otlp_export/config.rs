@@ -32,6 +32,8 @@ pub struct OtelTraceConfig {
     pub export: ExportConfig,
     /// `service.name` of spans that carry none.
     pub service_name: String,
+    /// Bytes of encoded spans waiting for export at most (`otel_queue_max_bytes`).
+    pub queue_max_bytes: usize,
 }
 
 impl OtelTraceConfig {
@@ -40,18 +42,19 @@ impl OtelTraceConfig {
         Self {
             export: export_config(tc, "traces", env),
             service_name: tc.service_name.clone(),
+            queue_max_bytes: usize::try_from(tc.otel_queue_max_bytes).unwrap_or(usize::MAX),
         }
     }
 
     /// Starts the exporter thread.
     pub fn build(self) -> Result<OtlpTraceSink, BuildError> {
         tracing::info!("otel_trace: exporting spans to {}", self.export.url);
-        OtlpTraceSink::start(self.export, &self.service_name).map_err(|source| {
-            BuildError::Exporter {
+        OtlpTraceSink::start(self.export, &self.service_name, self.queue_max_bytes).map_err(
+            |source| BuildError::Exporter {
                 sink: "otel_trace",
                 source,
-            }
-        })
+            },
+        )
     }
 }
 

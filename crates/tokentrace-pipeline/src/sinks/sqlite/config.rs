@@ -24,6 +24,8 @@ pub struct SqliteSinkConfig {
     pub max_answer_spans: usize,
     /// Longest one read query may run.
     pub query_timeout: std::time::Duration,
+    /// Bytes of rows handed to the writer and not yet committed at most.
+    pub queue_max_bytes: u64,
 }
 
 impl SqliteSinkConfig {
@@ -35,6 +37,7 @@ impl SqliteSinkConfig {
             indexed_attributes: tc.indexed_attributes.clone(),
             max_answer_spans: tc.max_answer_spans,
             query_timeout: std::time::Duration::from_secs(tc.query_timeout_seconds),
+            queue_max_bytes: tc.sqlite_queue_max_bytes,
         }
     }
 
@@ -55,6 +58,7 @@ impl SqliteSinkConfig {
             indexed_attributes: self.indexed_attributes,
             max_answer_rows: self.max_answer_spans,
             query_timeout: self.query_timeout,
+            queue_max_bytes: self.queue_max_bytes,
             ..StoreOptions::default()
         };
         let store = Store::open(&self.path, options).map_err(|source| BuildError::Store {
