@@ -75,12 +75,53 @@ pub fn serve(
     {
         return Err(ServeError::Unprotected(server.host.clone()));
     }
+    open_files_for(server.max_connections);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(ServeError::Runtime)?;
     runtime.block_on(run(config))
 }
+
+/// Files the server holds besides its connections: the store's file, WAL and shared memory on
+/// the writer's and every read connection, the listeners, the exporters' sockets, stdio.
+const FILES_BESIDE_CONNECTIONS: u64 = 64;
+
+/// Raises the soft limit of open files to the hard one, as servers commonly do (many systems
+/// start processes with a soft limit of 1,024), and warns when even that leaves less than
+/// `server.max_connections` need: connections past it would fail to be accepted.
+#[cfg(unix)]
+fn open_files_for(max_connections: usize) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let wanted = max_connections as u64 + FILES_BESIDE_CONNECTIONS;
+    let limit = getrlimit(Resource::Nofile);
+    let mut current = limit.current;
+    if current.is_some_and(|c| c < wanted) && current != limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => {
+                tracing::info!(
+                    "open-file limit raised from {} to {}",
+                    current.unwrap_or(u64::MAX),
+                    limit.maximum.map_or("unlimited".into(), |m| m.to_string())
+                );
+                current = limit.maximum;
+            }
+            Err(e) => tracing::debug!("cannot raise the open-file limit: {e}"),
+        }
+    }
+    if let Some(c) = current.filter(|c| *c < wanted) {
+        tracing::warn!(
+            "the open-file limit ({c}) is below server.max_connections ({max_connections}) plus {FILES_BESIDE_CONNECTIONS} for the store and listeners: connections past it cannot be accepted; raise `ulimit -n` (its hard limit) or lower server.max_connections"
+        );
+    }
+}
+
+#[cfg(not(unix))]
+fn open_files_for(_max_connections: usize) {}
 
 /// Binds `host:port`; `key` and `what` name the setting in messages.
 async fn bind(

@@ -544,3 +544,39 @@ fn the_configured_open_span_bound_stores_the_oldest_unfinished() {
         "{metrics}"
     );
 }
+
+#[test]
+fn the_open_file_limit_is_raised_and_a_low_hard_limit_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let under = |limits: &str| {
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            &format!("{limits} && exec \"$0\" serve --port 0"),
+            env!("CARGO_BIN_EXE_tokentrace"),
+        ]);
+        common::start_command(cmd, dir.path(), &[("TELEMETRY_SINKS", "sqlite")])
+    };
+    // A soft limit of 256 under a higher hard one: raised.
+    let server = under("ulimit -Sn 256");
+    assert!(
+        server
+            .started
+            .iter()
+            .any(|l| l.contains("open-file limit raised from 256")),
+        "{:?}",
+        server.started
+    );
+    drop(server);
+    // A hard limit of 512: below the 1,024 connections of the default, said at start.
+    let server = under("ulimit -n 512");
+    assert!(
+        server.started.iter().any(|l| l.contains(
+            "the open-file limit (512) is below server.max_connections (1024)"
+        )),
+        "{:?}",
+        server.started
+    );
+    let health = reqwest::blocking::get(format!("{}/v1/health", server.base)).unwrap();
+    assert_eq!(health.status(), 200, "it serves all the same");
+}

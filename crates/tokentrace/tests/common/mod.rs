@@ -11,6 +11,8 @@ pub struct Server {
     pub child: Child,
     pub base: String,
     pub stderr: mpsc::Receiver<String>,
+    /// What it printed before it listened.
+    pub started: Vec<String>,
 }
 
 impl Drop for Server {
@@ -27,6 +29,11 @@ impl Drop for Server {
 pub fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokentrace"));
     cmd.arg("serve").args(["--port", "0"]).args(args);
+    start_command(cmd, dir, env)
+}
+
+/// Starts `cmd` (a `tokentrace serve --port 0`, maybe behind a shell) as [`start`] does.
+pub fn start_command(mut cmd: Command, dir: &Path, env: &[(&str, &str)]) -> Server {
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", dir)
@@ -47,6 +54,7 @@ pub fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut started = Vec::new();
     loop {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
@@ -57,8 +65,10 @@ pub fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
                 child,
                 base,
                 stderr: rx,
+                started,
             };
         }
+        started.push(line);
     }
 }
 
