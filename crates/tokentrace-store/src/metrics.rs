@@ -148,9 +148,7 @@ impl MetricQuery {
         let to = (self.end + 1).div_euclid(60);
         (from < to).then_some((from, to))
     }
-}
 
-impl MetricQuery {
     /// The whole hours `[from, to)` (unix hours) inside the whole minutes `[from, to)`, which
     /// the hourly rollups answer when every bucket is whole hours (or the window is one
     /// bucket); `None` otherwise, or when no whole hour fits.

@@ -12,24 +12,33 @@ pub(crate) const UPSERT_SERIES: &str =
 ON CONFLICT (name, labels) DO UPDATE SET name = excluded.name
 RETURNING id";
 
-pub(crate) const UPSERT_ROLLUP: &str =
-    "INSERT INTO metric_rollups (series, minute, sum, count, min, max, expires_at)
+/// The upsert of one bucket of one series into a rollup table: `$table` keyed by (series,
+/// `$bucket`), adding a batch's sums to what is there.
+macro_rules! upsert_rollup {
+    ($table:literal, $bucket:literal) => {
+        concat!(
+            "INSERT INTO ",
+            $table,
+            " (series, ",
+            $bucket,
+            ", sum, count, min, max, expires_at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-ON CONFLICT (series, minute) DO UPDATE SET
+ON CONFLICT (series, ",
+            $bucket,
+            ") DO UPDATE SET
     sum = sum + excluded.sum, count = count + excluded.count,
     min = MIN(min, excluded.min), max = MAX(max, excluded.max),
     expires_at = CASE WHEN expires_at IS NULL OR excluded.expires_at IS NULL THEN NULL
-                      ELSE MAX(expires_at, excluded.expires_at) END";
+                      ELSE MAX(expires_at, excluded.expires_at) END"
+        )
+    };
+}
 
-/// The same for an hour of a series (`metric_rollups_hourly`).
-pub(crate) const UPSERT_HOURLY_ROLLUP: &str =
-    "INSERT INTO metric_rollups_hourly (series, hour, sum, count, min, max, expires_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-ON CONFLICT (series, hour) DO UPDATE SET
-    sum = sum + excluded.sum, count = count + excluded.count,
-    min = MIN(min, excluded.min), max = MAX(max, excluded.max),
-    expires_at = CASE WHEN expires_at IS NULL OR excluded.expires_at IS NULL THEN NULL
-                      ELSE MAX(expires_at, excluded.expires_at) END";
+/// A minute of a series (`metric_rollups`).
+pub(crate) const UPSERT_ROLLUP: &str = upsert_rollup!("metric_rollups", "minute");
+
+/// An hour of a series (`metric_rollups_hourly`).
+pub(crate) const UPSERT_HOURLY_ROLLUP: &str = upsert_rollup!("metric_rollups_hourly", "hour");
 
 /// Series ids by name and labels (as stored), kept across transactions so that a point costs
 /// a lookup here rather than a statement. Forget them when a transaction fails: ids it created
@@ -104,6 +113,27 @@ impl Rollup {
         self.max = self.max.max(other.max);
         self.expires_at = self.expires_at.zip(other.expires_at).map(|(a, b)| a.max(b));
     }
+}
+
+/// Upserts a batch's buckets with `sql` ([`UPSERT_ROLLUP`] or [`UPSERT_HOURLY_ROLLUP`]).
+pub(crate) fn upsert_all(
+    tx: &rusqlite::Connection,
+    sql: &str,
+    buckets: impl IntoIterator<Item = ((i64, i64), Rollup)>,
+) -> Result<(), StoreError> {
+    let mut st = tx.prepare_cached(sql)?;
+    for ((series, bucket), r) in buckets {
+        st.execute(params![
+            series,
+            bucket,
+            r.sum,
+            r.count,
+            r.min,
+            r.max,
+            r.expires_at
+        ])?;
+    }
+    Ok(())
 }
 
 /// The hour (unix hours) a minute (unix minutes) rolls up into.

@@ -15,7 +15,9 @@ use crate::index::Cardinality;
 use crate::keys::{ProjectIds, TraceKeys};
 use crate::lookup::{Entry, KIND_SPAN, KIND_TRACE, Lookup, attribute_kind};
 use crate::names::NameIds;
-use crate::rollups::{Rollup, SeriesIds, UPSERT_HOURLY_ROLLUP, UPSERT_ROLLUP, hour_of, minute_of};
+use crate::rollups::{
+    Rollup, SeriesIds, UPSERT_HOURLY_ROLLUP, UPSERT_ROLLUP, hour_of, minute_of, upsert_all,
+};
 
 /// What the writer thread knows across transactions: metric series ids, recent trace keys,
 /// project and attribute name ids, the state of the sorted runs.
@@ -456,34 +458,15 @@ pub(crate) fn write_rows(
             }
         }
     }
+    // A batch's hours are the sums of its minutes.
     let mut hours: HashMap<(i64, i64), Rollup> = HashMap::new();
-    let mut rollup = tx.prepare_cached(UPSERT_ROLLUP)?;
-    for ((series, minute), r) in rollups {
-        rollup.execute(params![
-            series,
-            minute,
-            r.sum,
-            r.count,
-            r.min,
-            r.max,
-            r.expires_at
-        ])?;
+    for (&(series, minute), r) in &rollups {
         hours
             .entry((series, hour_of(minute)))
-            .and_modify(|h| h.add(&r))
-            .or_insert(r);
+            .and_modify(|h| h.add(r))
+            .or_insert(*r);
     }
-    let mut hourly = tx.prepare_cached(UPSERT_HOURLY_ROLLUP)?;
-    for ((series, hour), r) in hours {
-        hourly.execute(params![
-            series,
-            hour,
-            r.sum,
-            r.count,
-            r.min,
-            r.max,
-            r.expires_at
-        ])?;
-    }
+    upsert_all(tx, UPSERT_ROLLUP, rollups)?;
+    upsert_all(tx, UPSERT_HOURLY_ROLLUP, hours)?;
     state.lookup.add_run(tx, entries)
 }
