@@ -6,6 +6,7 @@ mod event;
 mod ids;
 mod project;
 pub mod query;
+mod recent;
 mod span;
 mod time;
 mod traceparent;
@@ -20,6 +21,7 @@ pub use project::{
     DEFAULT_PROJECT, MAX_PROJECT_LEN, PROJECT_ATTRIBUTE, project_of, stamp_event, stamp_project,
     stamp_span, validate_project,
 };
+pub use recent::RecentKeys;
 pub use span::{
     MetricPoint, Span, SpanEvent, SpanEventBody, SpanKind, SpanLink, SpanRecord, SpanWithStatus,
     Trace,

@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tokentrace_model::{
-    AttrValue, Attributes, Event, MetricEvent, MetricPoint, SpanEvent, SpanEventBody, SpanId,
-    SpanKind, SpanRecord, StructuredLogPayload, Timestamp, TraceId, TraceParent,
+    AttrValue, Attributes, Event, MetricEvent, MetricPoint, RecentKeys, SpanEvent, SpanEventBody,
+    SpanId, SpanKind, SpanRecord, StructuredLogPayload, Timestamp, TraceId, TraceParent,
 };
 
 use crate::telemetry::{Batch, Msg, PipelineOptions, PipelineStats};
@@ -68,77 +68,6 @@ fn start_bytes(s: &SpanStart) -> u64 {
 }
 
 type SpanKey = (TraceId, SpanId);
-
-/// A bounded set of recently seen keys, oldest forgotten first: at most `capacity` of them,
-/// and values of at most `max_bytes` (as `weigh` estimates them).
-pub(crate) struct RecentKeys<K, V> {
-    map: HashMap<K, V>,
-    order: VecDeque<K>,
-    capacity: usize,
-    bytes: u64,
-    max_bytes: u64,
-    weigh: fn(&V) -> u64,
-}
-
-impl<K: std::hash::Hash + Eq + Clone, V> RecentKeys<K, V> {
-    pub(crate) fn new(capacity: usize, max_bytes: u64, weigh: fn(&V) -> u64) -> Self {
-        Self {
-            map: HashMap::new(),
-            order: VecDeque::new(),
-            capacity,
-            bytes: 0,
-            max_bytes,
-            weigh,
-        }
-    }
-
-    /// Remembers `key`; returns whether it was new. The oldest key is forgotten before a new
-    /// one is added, so the order never holds more than `capacity` keys (and its buffer never
-    /// doubles past them).
-    pub(crate) fn insert(&mut self, key: K, value: V) -> bool {
-        let w = (self.weigh)(&value);
-        let new = !self.map.contains_key(&key);
-        if new {
-            while self.order.len() >= self.capacity.max(1) && self.forget_oldest() {}
-            self.order.push_back(key.clone());
-        }
-        if let Some(old) = self.map.insert(key, value) {
-            self.bytes = self.bytes.saturating_sub((self.weigh)(&old));
-        }
-        self.bytes += w;
-        while self.bytes > self.max_bytes && self.forget_oldest() {}
-        new
-    }
-
-    /// Forgets the oldest key; false when none is left.
-    fn forget_oldest(&mut self) -> bool {
-        let Some(old) = self.order.pop_front() else {
-            return false;
-        };
-        if let Some(v) = self.map.remove(&old) {
-            self.bytes = self.bytes.saturating_sub((self.weigh)(&v));
-        }
-        true
-    }
-
-    pub(crate) fn contains(&self, key: &K) -> bool {
-        self.map.contains_key(key)
-    }
-
-    pub(crate) fn get<Q>(&self, key: &Q) -> Option<&V>
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: std::hash::Hash + Eq + ?Sized,
-    {
-        self.map.get(key)
-    }
-
-    fn remove(&mut self, key: &K) -> Option<V> {
-        let v = self.map.remove(key)?;
-        self.bytes = self.bytes.saturating_sub((self.weigh)(&v));
-        Some(v)
-    }
-}
 
 /// Turns span start/end events into spans. Keyed by (trace, span): no shared "current span".
 pub(crate) struct Assembler {
@@ -488,43 +417,4 @@ fn take_remote_parent(attributes: &mut Attributes, trace_id: TraceId) -> Option<
     let header = attributes.remove("traceparent")?;
     let parent = TraceParent::parse(header.as_str()?).ok()?;
     (parent.trace_id == trace_id).then_some(parent.parent_id)
-}
-
-#[cfg(test)]
-mod recent_keys_tests {
-    use super::RecentKeys;
-
-    #[test]
-    fn the_oldest_is_forgotten_first_and_the_order_never_grows_past_the_count() {
-        let mut recent: RecentKeys<u64, ()> = RecentKeys::new(1_024, u64::MAX, |_| 0);
-        for k in 0..10_000u64 {
-            assert!(recent.insert(k, ()), "{k} is new");
-            assert!(!recent.insert(k, ()), "{k} was just remembered");
-        }
-        assert_eq!(recent.map.len(), 1_024);
-        assert_eq!(recent.order.len(), 1_024);
-        // The buffer grew by doubling up to the count, never to the next power past it.
-        assert!(
-            recent.order.capacity() < 2_048,
-            "{}",
-            recent.order.capacity()
-        );
-        assert!(!recent.contains(&8_975));
-        assert!(recent.contains(&8_976) && recent.contains(&9_999));
-    }
-
-    #[test]
-    fn values_past_the_byte_bound_push_the_oldest_out() {
-        let mut recent: RecentKeys<u64, Vec<u8>> = RecentKeys::new(1_000, 100, |v| v.len() as u64);
-        for k in 0..10u64 {
-            recent.insert(k, vec![0; 30]);
-        }
-        assert_eq!(recent.bytes, 90);
-        assert!(recent.contains(&7) && !recent.contains(&6));
-        // Replacing a value weighs the new one, not both.
-        recent.insert(9, vec![0; 10]);
-        assert_eq!(recent.bytes, 70);
-        assert_eq!(recent.remove(&8).map(|v| v.len()), Some(30));
-        assert_eq!(recent.bytes, 40);
-    }
 }

@@ -3,9 +3,10 @@
 //! events then refer to the key, so their indexes grow at the right edge like the keys do.
 //! A trace id is a trace of one project: the same id in two projects has two keys.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 use rusqlite::Connection;
+use tokentrace_model::RecentKeys;
 
 use crate::StoreError;
 use crate::lookup::Lookup;
@@ -14,10 +15,16 @@ use crate::lookup::Lookup;
 const REMEMBERED: usize = 65_536;
 
 /// The keys of recently seen traces, so that a trace's later spans cost no lookup.
-#[derive(Default)]
 pub(crate) struct TraceKeys {
-    keys: HashMap<([u8; 16], i64), i64>,
-    order: VecDeque<([u8; 16], i64)>,
+    keys: RecentKeys<([u8; 16], i64), i64>,
+}
+
+impl Default for TraceKeys {
+    fn default() -> Self {
+        Self {
+            keys: RecentKeys::new(REMEMBERED, u64::MAX, |_| 0),
+        }
+    }
 }
 
 impl TraceKeys {
@@ -39,24 +46,14 @@ impl TraceKeys {
         Ok(key)
     }
 
-    /// Remembers a trace's key. The oldest is forgotten before a new one is added, so the
-    /// order's buffer never doubles past [`REMEMBERED`].
+    /// Remembers a trace's key.
     pub(crate) fn remember(&mut self, trace_id: [u8; 16], project: i64, key: i64) {
-        if !self.keys.contains_key(&(trace_id, project)) {
-            if self.order.len() >= REMEMBERED
-                && let Some(old) = self.order.pop_front()
-            {
-                self.keys.remove(&old);
-            }
-            self.order.push_back((trace_id, project));
-        }
         self.keys.insert((trace_id, project), key);
     }
 
     /// Forgets every key (after a failed transaction, whose new keys were rolled back).
     pub(crate) fn forget(&mut self) {
         self.keys.clear();
-        self.order.clear();
     }
 }
 

@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use tokentrace_config::PriceTable;
 
-use crate::assemble::RecentKeys;
-use tokentrace_model::{AttrValue, Attributes, MetricPoint, SpanId, SpanRecord, Timestamp};
+use tokentrace_model::{
+    AttrValue, Attributes, MetricPoint, RecentKeys, SpanId, SpanRecord, Timestamp,
+};
 
 use super::{
     COST_METRIC, COST_UNIT, COST_USD, COUNTED_BY, GATEWAY, ORIGIN, REQUEST_MODEL, RESPONSE_ID,

@@ -18,6 +18,7 @@ use crate::names::NameIds;
 use crate::rollups::{
     Rollup, SeriesIds, UPSERT_HOURLY_ROLLUP, UPSERT_ROLLUP, hour_of, minute_of, upsert_all,
 };
+use tokentrace_model::RecentKeys;
 
 /// What the writer thread knows across transactions: metric series ids, recent trace keys,
 /// project and attribute name ids, the state of the sorted runs.
@@ -38,29 +39,23 @@ pub(crate) struct WriteState {
 /// the end of a span flushed unfinished), by trace key and span id. An event of one of these
 /// is only stored if the span does not have it yet; other events are not checked, which keeps
 /// the check off the common path. Bounded: the last [`Resent::CAPACITY`].
-#[derive(Default)]
-pub(crate) struct Resent {
-    set: std::collections::HashSet<(i64, [u8; 8])>,
-    order: std::collections::VecDeque<(i64, [u8; 8])>,
+pub(crate) struct Resent(RecentKeys<(i64, [u8; 8]), ()>);
+
+impl Default for Resent {
+    fn default() -> Self {
+        Self(RecentKeys::new(Self::CAPACITY, u64::MAX, |_| 0))
+    }
 }
 
 impl Resent {
     const CAPACITY: usize = 16_384;
 
     fn insert(&mut self, key: (i64, [u8; 8])) {
-        if !self.set.contains(&key) {
-            if self.order.len() >= Self::CAPACITY
-                && let Some(old) = self.order.pop_front()
-            {
-                self.set.remove(&old);
-            }
-            self.set.insert(key);
-            self.order.push_back(key);
-        }
+        self.0.insert(key, ());
     }
 
     fn contains(&self, key: &(i64, [u8; 8])) -> bool {
-        self.set.contains(key)
+        self.0.contains(key)
     }
 }
 
