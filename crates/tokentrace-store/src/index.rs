@@ -6,8 +6,9 @@
 //! a page per value; a key seen with more than [`LOW_CARDINALITY`] values (users, sessions)
 //! puts its entries in the sorted runs of `crate::lookup`, where random values cost no random
 //! page. Queries read both.
-//! `query_traces`, `query_spans` and `save_spans_to_dataset` answer `eq`, `gt` and `lt` on an
-//! indexed key from it (an index range per run instead of the JSON of every span), then check
+//! A text is kept under a 4-byte key of it ([`index_value`]).
+//! `query_traces`, `query_spans` and `save_spans_to_dataset` answer `eq` (and `gt`, `lt` on
+//! numbers) on an indexed key from it (an index range per run instead of the JSON of every span), then check
 //! every filter on the candidates' spans, so the answers are those of the scan. A key
 //! configured after spans were stored is filled from them when the store opens, in batches;
 //! only complete keys answer queries.
@@ -76,6 +77,33 @@ pub(crate) fn sql_value(v: &AttrValue) -> SqlValue {
         AttrValue::String(s) => SqlValue::Text(s.clone()),
         AttrValue::Array(_) => SqlValue::Text(v.to_json().to_string()),
     }
+}
+
+/// The value an entry of the attribute index keeps for `v` (an attribute value as SQLite
+/// compares it, [`sql_value`]): a number as itself; a text (a string, a span name or status, an
+/// array's JSON) as the 4-byte blob [`text_key`]. An entry then costs a few bytes whatever the
+/// length of the text (a session id of 36 characters: 5 bytes), and a text `eq` reads the
+/// entries of its key: another text with the same key is a candidate that the query's check of
+/// the spans drops, as it drops any candidate the filter does not admit. Blobs sort after every
+/// number (SQLite's order), as texts do, so a `gt` or `lt` on a number finds the same entries
+/// it found among texts; a `gt` or `lt` on a text is not answered from the index.
+pub(crate) fn index_value(v: SqlValue) -> SqlValue {
+    match v {
+        SqlValue::Text(t) => SqlValue::Blob(text_key(&t).to_vec()),
+        other => other,
+    }
+}
+
+/// The index key of a text: the first 4 bytes (big-endian) of its 64-bit FNV-1a hash, a
+/// function fixed by this file format (entries written by one build are read by the next).
+pub fn text_key(text: &str) -> [u8; 4] {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let bytes = h.to_be_bytes();
+    [bytes[0], bytes[1], bytes[2], bytes[3]]
 }
 
 /// What a key reads from a stored span: a column for the span fields, else the attribute.
@@ -158,7 +186,7 @@ impl IndexedKeys {
                 },
             };
             if value != SqlValue::Null {
-                out.push((*id, value));
+                out.push((*id, index_value(value)));
             }
         }
         out
@@ -180,15 +208,20 @@ impl IndexedKeys {
                 FilterTarget::Field(_) => return None,
             };
             let id = *self.0.get(key)?;
+            let numeric = matches!(
+                f.value,
+                AttrValue::Int(_) | AttrValue::Float(_) | AttrValue::Bool(_)
+            );
             let op = match f.op {
                 QueryConditionOp::Eq if f.value != AttrValue::Null => "=",
-                QueryConditionOp::Gt => ">",
-                QueryConditionOp::Lt => "<",
+                QueryConditionOp::Gt if numeric => ">",
+                QueryConditionOp::Lt if numeric => "<",
                 _ => return None,
             };
+            let value = index_value(sql_value(&f.value));
             for _ in 0..2 {
                 params.push(SqlValue::Integer(attribute_kind(id)));
-                params.push(sql_value(&f.value));
+                params.push(value.clone());
             }
             Some(format!(
                 "{} UNION ALL SELECT trace FROM attribute_values WHERE kind = ? AND value {op} ?",
@@ -227,7 +260,7 @@ fn backfill(
             let entry = |r: &rusqlite::Row<'_>| {
                 Ok(Entry {
                     kind,
-                    key: r.get(0)?,
+                    key: index_value(r.get(0)?),
                     target: r.get(1)?,
                 })
             };

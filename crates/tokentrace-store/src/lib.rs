@@ -35,6 +35,7 @@ use tokentrace_model::{MetricPoint, SpanEvent, SpanRecord, Timestamp};
 pub use checkpoint::CHECKPOINT_PAGES;
 pub use datasets::DatasetRow;
 pub use export::ExportPage;
+pub use index::text_key;
 pub use metrics::{MAX_BUCKETS, MetricQuery};
 pub use names::MAX_ATTRIBUTE_NAMES;
 pub use reader::{StoreReader, Table};

@@ -307,8 +307,10 @@ CREATE TABLE IF NOT EXISTS metric_rollups_hourly (
 CREATE INDEX IF NOT EXISTS metric_rollups_hourly_expires_at ON metric_rollups_hourly (expires_at);
 "#;
 
-/// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 9;
+/// The schema version this build writes. Version 10 changed no table: the attribute index
+/// keeps texts under 4-byte keys (`crate::index::index_value`) and new runs key span ids by
+/// their first 4 bytes (`crate::lookup::span_key`); migration 10 converts the texts.
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// The schema version of a file (0 for a new one). Reading it does not modify the file.
 pub fn version(conn: &Connection) -> Result<i64, StoreError> {
@@ -618,7 +620,8 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             6 => compact_metric_points(conn)?,
             7 => name_attributes(conn)?,
             8 => trace_span_extents(conn)?,
-            _ => hourly_rollups(conn)?,
+            9 => hourly_rollups(conn)?,
+            _ => index_text_keys(conn)?,
         }
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM migration_progress WHERE version = ?1", [to])?;
@@ -743,6 +746,101 @@ fn hourly_rollups(conn: &mut Connection) -> Result<(), StoreError> {
         "DELETE FROM migration_steps WHERE name = 'v9 hourly rollups'",
         [],
     )?;
+    Ok(())
+}
+
+/// Index entries converted per migration transaction.
+const ENTRIES_BATCH: i64 = 20_000;
+
+/// Migration 10: every entry of the attribute index whose value is a text, in
+/// `attribute_values` and in the sorted runs of `lookup`, is replaced by one with its 4-byte
+/// key (`crate::index::index_value`), in batches in key order, each its own transaction. A
+/// converted entry is a blob, so a migration interrupted and started again finds only the
+/// texts left. Span ids keep their whole ids in the runs written before (read as such).
+fn index_text_keys(conn: &mut Connection) -> Result<(), StoreError> {
+    use crate::index::index_value;
+    use rusqlite::types::Value;
+    let total: i64 = conn.query_row(
+        "SELECT (SELECT count(*) FROM attribute_values WHERE typeof(value) = 'text')
+              + (SELECT count(*) FROM lookup WHERE kind >= 16 AND typeof(key) = 'text')",
+        [],
+        |r| r.get(0),
+    )?;
+    if total == 0 {
+        return Ok(());
+    }
+    tracing::info!(
+        "trace store: migrating to schema version 10: 4-byte keys for the {total} texts of the attribute index"
+    );
+    let mut done = 0i64;
+    // `attribute_values` by (kind, value, trace): a kind's texts come after its numbers and
+    // before its blobs, where the converted entries go.
+    let mut at: (i64, Value, i64) = (i64::MIN, Value::Null, i64::MIN);
+    loop {
+        let tx = conn.transaction()?;
+        let rows: Vec<(i64, Value, i64)> = tx
+            .prepare_cached(
+                "SELECT kind, value, trace FROM attribute_values
+                 WHERE (kind, value, trace) > (?1, ?2, ?3) AND typeof(value) = 'text'
+                 ORDER BY kind, value, trace LIMIT ?4",
+            )?
+            .query_map(params![at.0, at.1, at.2, ENTRIES_BATCH], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let Some(last) = rows.last().cloned() else {
+            break;
+        };
+        {
+            let mut delete = tx.prepare_cached(
+                "DELETE FROM attribute_values WHERE kind = ?1 AND value = ?2 AND trace = ?3",
+            )?;
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO attribute_values (kind, value, trace) VALUES (?1, ?2, ?3)",
+            )?;
+            for (kind, value, trace) in &rows {
+                delete.execute(params![kind, value, trace])?;
+                insert.execute(params![kind, index_value(value.clone()), trace])?;
+            }
+        }
+        tx.commit()?;
+        done += rows.len() as i64;
+        at = last;
+        tracing::info!("trace store: schema version 10: {done} of {total} texts");
+    }
+    let mut at: (i64, i64, Value, i64) = (i64::MIN, i64::MIN, Value::Null, i64::MIN);
+    loop {
+        let tx = conn.transaction()?;
+        let rows: Vec<(i64, i64, Value, i64)> = tx
+            .prepare_cached(
+                "SELECT run, kind, key, target FROM lookup
+                 WHERE (run, kind, key, target) > (?1, ?2, ?3, ?4) AND kind >= 16 AND typeof(key) = 'text'
+                 ORDER BY run, kind, key, target LIMIT ?5",
+            )?
+            .query_map(params![at.0, at.1, at.2, at.3, ENTRIES_BATCH], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let Some(last) = rows.last().cloned() else {
+            break;
+        };
+        {
+            let mut delete = tx.prepare_cached(
+                "DELETE FROM lookup WHERE run = ?1 AND kind = ?2 AND key = ?3 AND target = ?4",
+            )?;
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO lookup (run, kind, key, target) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for (run, kind, key, target) in &rows {
+                delete.execute(params![run, kind, key, target])?;
+                insert.execute(params![run, kind, index_value(key.clone()), target])?;
+            }
+        }
+        tx.commit()?;
+        done += rows.len() as i64;
+        at = last;
+        tracing::info!("trace store: schema version 10: {done} of {total} texts");
+    }
     Ok(())
 }
 

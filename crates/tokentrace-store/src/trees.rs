@@ -10,7 +10,7 @@ use tokentrace_model::{Span, SpanId, SpanWithStatus};
 
 use crate::StoreError;
 use crate::StoreReader;
-use crate::lookup::{KIND_SPAN, targets_of};
+use crate::lookup::{span_key, span_targets_sql};
 use crate::reader::{
     MAX_TREE_DEPTH, SPAN_COLUMNS, SPANS_WITH_TRACE, SpanRow, filter_sql, start_window, truthy,
     window_traces_bound,
@@ -80,13 +80,13 @@ impl StoreReader {
         let id = span_id.to_bytes();
         let conn = self.conn()?;
         // A span id may be repeated in other traces (it is unique only within its trace).
-        let mut params = vec![rusqlite::types::Value::Blob(id.to_vec())];
+        let mut params = vec![rusqlite::types::Value::Blob(id.to_vec()), span_key(&id)];
         params.extend(self.scope_param());
         let traces: Vec<i64> = conn
             .prepare_cached(&format!(
                 "SELECT DISTINCT trace FROM span_rows WHERE id IN ({}) AND span_id = ?1{} ORDER BY trace",
-                targets_of(KIND_SPAN, "?1"),
-                self.scope_sql("(SELECT tp.project FROM trace_rows tp WHERE tp.id = span_rows.trace)", "?2")
+                span_targets_sql("?1", "?2"),
+                self.scope_sql("(SELECT tp.project FROM trace_rows tp WHERE tp.id = span_rows.trace)", "?3")
             ))?
             .query_map(params_from_iter(params), |r| r.get(0))?
             .collect::<Result<_, _>>()?;

@@ -11,7 +11,7 @@ use tokentrace_model::query::{
 use tokentrace_model::{
     AttrValue, Attributes, SpanId, SpanKind, SpanRecord, SpanStatus, Timestamp, TraceId,
 };
-use tokentrace_store::{Store, StoreOptions};
+use tokentrace_store::{Store, StoreOptions, text_key};
 
 const KEYS: &[&str] = &[
     "user.id",
@@ -290,15 +290,105 @@ fn retention_removes_the_index_runs_of_expired_spans() {
     }
     w.expire(Timestamp::now()).unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();
-    let values: Vec<String> = conn
+    let values: Vec<Vec<u8>> = conn
         .prepare(&LIVE_ENTRIES.replacen("COUNT(*)", "e.value", 1))
         .unwrap()
         .query_map([], |r| r.get(0))
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    assert_eq!(values, ["kept"]);
+    assert_eq!(values, [text_key("kept").to_vec()]);
     store.close().unwrap();
+}
+
+/// The index entries of a file of schema version 9, which kept span ids whole and texts as
+/// they are: every span entry keyed by its whole id, and every entry
+/// of the indexed keys, for (text value, trace key) pairs computed from the stored spans, in a
+/// run of their own (user ids and sessions) or in `attribute_values` (names, statuses and the
+/// status codes, numbers, which stay as they are).
+const VERSION_9_ENTRIES: &str = "
+    DELETE FROM lookup WHERE kind >= 16;
+    UPDATE lookup SET key = (SELECT s.span_id FROM span_rows s WHERE s.id = lookup.target) WHERE kind = 0;
+    DELETE FROM attribute_values;
+    INSERT INTO lookup_runs (run, level, state, entries, traces, span_max, trace_max)
+        VALUES (1000, 0, 0, 0, 0, NULL, (SELECT MAX(id) FROM trace_rows));
+    INSERT OR IGNORE INTO lookup (run, kind, key, target)
+        SELECT 1000, 16 + k.id, json_extract(s.attributes, '$.\"' || n.id || '\"'), s.trace
+        FROM span_rows s, attribute_keys k JOIN attribute_names n ON n.name = k.key
+        WHERE k.key IN ('user.id', 'session.id')
+          AND json_extract(s.attributes, '$.\"' || n.id || '\"') IS NOT NULL;
+    INSERT OR IGNORE INTO attribute_values (kind, value, trace)
+        SELECT 16 + k.id, CASE k.key WHEN 'name' THEN s.name ELSE s.status END, s.trace
+        FROM span_rows s, attribute_keys k WHERE k.key IN ('name', 'status') AND s.status IS NOT NULL;
+    INSERT OR IGNORE INTO attribute_values (kind, value, trace)
+        SELECT 16 + k.id, json_extract(s.attributes, '$.\"' || n.id || '\"'), s.trace
+        FROM span_rows s, attribute_keys k JOIN attribute_names n ON n.name = k.key
+        WHERE k.key = 'http.response.status_code'
+          AND json_extract(s.attributes, '$.\"' || n.id || '\"') IS NOT NULL;
+    PRAGMA user_version = 9;";
+
+#[test]
+fn a_version_9_index_of_texts_is_migrated_to_4_byte_keys_and_answers_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let indexed = dir.path().join("indexed.db");
+    let scanned = dir.path().join("scanned.db");
+    let (a, b) = (open(&indexed, KEYS), open(&scanned, &[]));
+    write(&a);
+    write(&b);
+    a.close().unwrap();
+    let conn = rusqlite::Connection::open(&indexed).unwrap();
+    conn.execute_batch(VERSION_9_ENTRIES).unwrap();
+    let texts = "SELECT (SELECT COUNT(*) FROM lookup WHERE kind >= 16 AND typeof(key) = 'text'),
+                        (SELECT COUNT(*) FROM attribute_values WHERE typeof(value) = 'text')";
+    let before: (i64, i64) = conn
+        .query_row(texts, [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap();
+    // 300 traces × a user and a session; the distinct names (3 a trace) and statuses.
+    assert_eq!(before.0, 600);
+    assert!(before.1 >= 900, "{before:?}");
+    drop(conn);
+    let a = open(&indexed, KEYS);
+    let conn = rusqlite::Connection::open(&indexed).unwrap();
+    let after: (i64, i64) = conn
+        .query_row(texts, [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap();
+    assert_eq!(after, (0, 0));
+    let keys: i64 = conn
+        .query_row(
+            &format!("{LIVE_ENTRIES} WHERE typeof(e.value) = 'blob' AND length(e.value) = 4"),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(keys, before.0 + before.1, "every text now a 4-byte key");
+    let numbers: i64 = conn
+        .query_row(
+            &format!("{LIVE_ENTRIES} WHERE typeof(e.value) = 'integer'"),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(numbers, 300, "a status code a trace");
+    // Span entries keyed by whole ids (runs written before version 10) still find their spans.
+    let whole: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM lookup WHERE kind = 0 AND length(key) = 8",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(whole, 900);
+    for n in [1u64, 450, 900] {
+        let id: SpanId = format!("{n:016x}").parse().unwrap();
+        let tree = a.reader().get_span_tree(id, None, Some(1)).unwrap();
+        assert_eq!(tree.map(|t| t.len()), Some(1), "span {n}");
+    }
+    for f in cases() {
+        assert_eq!(traces(&a, &f), traces(&b, &f), "{f:?}");
+        assert_eq!(spans(&a, &f), spans(&b, &f), "{f:?}");
+    }
+    a.close().unwrap();
+    b.close().unwrap();
 }
 
 /// A span of trace `t` (its own id space, apart from [`write`]'s) starting `start_ms` after
@@ -424,5 +514,44 @@ fn a_time_window_finds_the_spans_of_long_traces_and_of_traces_that_started_befor
         2,
         "the first short and the first long trace"
     );
+    store.close().unwrap();
+}
+
+#[test]
+fn span_ids_that_share_their_first_4_bytes_are_told_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("trace_store.db"), &[]);
+    // Two traces of a root and a child; all four span ids start with the same 4 bytes, so
+    // their index entries have one key.
+    let mut spans = Vec::new();
+    for t in 0..2i64 {
+        for j in 0..2i64 {
+            let mut s = timed_span(t, j, t * 10 + j, true);
+            s.span_id = format!("abcdef01{:08x}", t * 2 + j).parse().unwrap();
+            s.parent_span_id = (j == 1).then(|| format!("abcdef01{:08x}", t * 2).parse().unwrap());
+            spans.push(s);
+        }
+    }
+    let w = store.writer();
+    let rows = spans.iter().map(|s| w.span_row(s).unwrap()).collect();
+    w.write_rows(rows).unwrap();
+    w.flush().unwrap();
+    for s in &spans {
+        let tree = store
+            .reader()
+            .get_span_tree(s.span_id, None, None)
+            .unwrap()
+            .unwrap();
+        let mut got: Vec<String> = tree.keys().cloned().collect();
+        got.sort();
+        // A root's tree is itself and its child; a child's, itself alone.
+        let want: Vec<String> = spans
+            .iter()
+            .filter(|o| o.span_id == s.span_id || o.parent_span_id == Some(s.span_id))
+            .map(|o| o.span_id.to_string())
+            .collect();
+        assert_eq!(got, want, "{}", s.span_id);
+        assert_eq!(tree[&s.span_id.to_string()].span.trace_id, s.trace_id);
+    }
     store.close().unwrap();
 }

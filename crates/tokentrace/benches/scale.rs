@@ -33,6 +33,7 @@ use tokentrace_otlp::proto::metrics::v1::{
 };
 use tokentrace_otlp::proto::resource::v1::Resource;
 use tokentrace_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use tokentrace_store::text_key;
 
 mod common;
 
@@ -308,21 +309,23 @@ const GET_TRACE_SQL: &str = "SELECT t.root_span_id, t.start_ns, t.end_ns FROM tr
 WHERE t.id IN (SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = 0) AND kind = 1 AND key = ?1) AND t.trace_id = ?1";
 const GET_SPAN_SQL: &str = "SELECT s.span_id, s.parent_span_id, s.name, s.start_ns, s.end_ns, s.attributes, s.status FROM span_rows s
 WHERE s.trace IN (SELECT t.id FROM trace_rows t WHERE t.id IN (SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = 0) AND kind = 1 AND key = ?1) AND t.trace_id = ?1) AND s.span_id = ?2";
-/// The span tree is two lookups: the span's trace, then that trace's spans (walked in Rust).
-const TREE_ANCHOR_SQL: &str = "SELECT DISTINCT trace FROM span_rows WHERE id IN (SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = 0) AND kind = 0 AND key = ?1) AND span_id = ?1";
+/// The span tree is two lookups: the span's trace (span entries are keyed by the id's first 4
+/// bytes, checked against the row), then that trace's spans (walked in Rust).
+const TREE_ANCHOR_SQL: &str = "SELECT DISTINCT trace FROM span_rows WHERE id IN (SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = 0) AND kind = 0 AND key = substr(?1, 1, 4)) AND span_id = ?1";
 const TREE_SQL: &str = "SELECT s.span_id, t.trace_id, s.parent_span_id, s.name, s.start_ns, s.end_ns, s.attributes, s.status
 FROM span_rows s JOIN trace_rows t ON t.id = s.trace WHERE s.trace = ?1 ORDER BY s.start_ns";
 const NEWEST_SQL: &str = "SELECT trace_id, root_span_id, start_ns, end_ns FROM trace_rows WHERE start_ns IS NOT NULL ORDER BY start_ns DESC LIMIT 100";
-/// Filters on an indexed key read the attribute index (entries of the sorted runs) for
-/// candidate traces, then check the filter on the candidates' spans (whose attributes are keyed
-/// by the name's id).
+/// Filters on an indexed key read the attribute index (entries of the sorted runs, a text under
+/// its 4-byte key `?2`) for candidate traces, then check the filter on the candidates' spans
+/// (whose attributes are keyed by the name's id).
 const USER_SQL: &str = "SELECT t.trace_id, t.root_span_id, t.start_ns, t.end_ns FROM trace_rows t
 WHERE t.start_ns IS NOT NULL
-AND t.id IN (SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = 0) AND kind = 16 + (SELECT id FROM attribute_keys WHERE key = 'user.id') AND key = ?1)
+AND t.id IN (SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = 0) AND kind = 16 + (SELECT id FROM attribute_keys WHERE key = 'user.id') AND key = ?2)
 AND EXISTS (SELECT 1 FROM span_rows s WHERE s.trace = t.id AND json_extract(s.attributes, (SELECT '$.\"' || id || '\"' FROM attribute_names WHERE name = 'user.id')) IS ?1)
 ORDER BY t.start_ns DESC LIMIT 100";
 const SESSION_SQL: &str = "SELECT s.span_id, s.attributes FROM span_rows s
-WHERE s.trace IN (SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = 0) AND kind = 16 + (SELECT id FROM attribute_keys WHERE key = 'session.id') AND key = ?1)";
+WHERE s.trace IN (SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = 0) AND kind = 16 + (SELECT id FROM attribute_keys WHERE key = 'session.id') AND key = ?2)
+AND json_extract(s.attributes, (SELECT '$.\"' || id || '\"' FROM attribute_names WHERE name = 'session.id')) IS ?1";
 /// A time window without an indexed filter: the traces that start in the hour or a minute
 /// before it (and the long ones spanning it), their spans in the hour checked against a filter
 /// that none matches, so every span of the hour is read.
@@ -663,7 +666,7 @@ fn main() -> Result<(), Error> {
             }),
             floor: Box::new(|c, t| {
                 let mut st = c.prepare_cached(USER_SQL)?;
-                drain(st.query(params![user(t)])?)?;
+                drain(st.query(params![user(t), text_key(&user(t)).to_vec()])?)?;
                 Ok(())
             }),
             sql: USER_SQL,
@@ -697,7 +700,7 @@ fn main() -> Result<(), Error> {
             }),
             floor: Box::new(|c, t| {
                 let mut st = c.prepare_cached(USER_SQL)?;
-                drain(st.query(params![user(t)])?)?;
+                drain(st.query(params![user(t), text_key(&user(t)).to_vec()])?)?;
                 Ok(())
             }),
             sql: USER_SQL,
@@ -715,7 +718,7 @@ fn main() -> Result<(), Error> {
             }),
             floor: Box::new(|c, t| {
                 let mut st = c.prepare_cached(SESSION_SQL)?;
-                drain(st.query(params![session(t)])?)?;
+                drain(st.query(params![session(t), text_key(&session(t)).to_vec()])?)?;
                 Ok(())
             }),
             sql: SESSION_SQL,

@@ -31,7 +31,7 @@ mod merge;
 use bloom::{Bloom, hashes, run_bloom};
 use merge::Merge;
 
-/// Span id (8-byte blob) → `span_rows.id`.
+/// Span id → `span_rows.id`, keyed by [`span_key`].
 pub(crate) const KIND_SPAN: i64 = 0;
 /// Trace id (16-byte blob) → `trace_rows.id`.
 pub(crate) const KIND_TRACE: i64 = 1;
@@ -66,6 +66,22 @@ pub(crate) fn targets_sql(op: &str) -> String {
 pub(crate) fn targets_of(kind: i64, param: &str) -> String {
     format!(
         "SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = {LIVE}) AND kind = {kind} AND key = {param}"
+    )
+}
+
+/// The key of a span id's entry: its first 4 bytes, a blob (5 bytes an entry, not 9). The
+/// span rows an entry points at are checked for the whole id, so a span whose id starts with
+/// the same bytes is a candidate dropped there. Runs written before schema version 10 hold
+/// whole ids as keys, which [`span_targets_sql`] reads too.
+pub(crate) fn span_key(span_id: &[u8; 8]) -> SqlValue {
+    SqlValue::Blob(span_id[..4].to_vec())
+}
+
+/// SQL selecting, from every live run, the targets (span row ids, to be checked) of a span id
+/// given whole as the parameter `whole` and as its [`span_key`] in `key`.
+pub(crate) fn span_targets_sql(whole: &str, key: &str) -> String {
+    format!(
+        "SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = {LIVE}) AND kind = {KIND_SPAN} AND key IN ({whole}, {key})"
     )
 }
 

@@ -13,7 +13,7 @@ use super::{
 use crate::StoreError;
 use crate::index::Cardinality;
 use crate::keys::{ProjectIds, TraceKeys};
-use crate::lookup::{Entry, KIND_SPAN, KIND_TRACE, Lookup, attribute_kind};
+use crate::lookup::{Entry, KIND_SPAN, KIND_TRACE, Lookup, attribute_kind, span_key};
 use crate::names::NameIds;
 use crate::rollups::{
     Rollup, SeriesIds, UPSERT_HOURLY_ROLLUP, UPSERT_ROLLUP, hour_of, minute_of, upsert_all,
@@ -379,7 +379,7 @@ pub(crate) fn write_rows(
                 match id {
                     Some(id) if id > newest_before && inserted.insert(id) => entries.push(Entry {
                         kind: KIND_SPAN,
-                        key: blob(&s.span_id),
+                        key: span_key(&s.span_id),
                         target: id,
                     }),
                     _ => state.resent.insert((trace, s.span_id)),
