@@ -4,6 +4,7 @@
 mod backlog;
 mod checkpoint;
 mod datasets;
+mod expiry;
 mod export;
 mod follow;
 mod index;

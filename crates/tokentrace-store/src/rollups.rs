@@ -13,7 +13,8 @@ ON CONFLICT (name, labels) DO UPDATE SET name = excluded.name
 RETURNING id";
 
 /// The upsert of one bucket of one series into a rollup table: `$table` keyed by (series,
-/// `$bucket`), adding a batch's sums to what is there.
+/// `$bucket`), adding a batch's sums to what is there. Rollups written since version 11 have
+/// no expiry (NULL): they go when the last point in them does (`crate::expiry`).
 macro_rules! upsert_rollup {
     ($table:literal, $bucket:literal) => {
         concat!(
@@ -21,15 +22,13 @@ macro_rules! upsert_rollup {
             $table,
             " (series, ",
             $bucket,
-            ", sum, count, min, max, expires_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+            ", sum, count, min, max)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6)
 ON CONFLICT (series, ",
             $bucket,
             ") DO UPDATE SET
     sum = sum + excluded.sum, count = count + excluded.count,
-    min = MIN(min, excluded.min), max = MAX(max, excluded.max),
-    expires_at = CASE WHEN expires_at IS NULL OR excluded.expires_at IS NULL THEN NULL
-                      ELSE MAX(expires_at, excluded.expires_at) END"
+    min = MIN(min, excluded.min), max = MAX(max, excluded.max)"
         )
     };
 }
@@ -95,8 +94,6 @@ pub(crate) struct Rollup {
     pub(crate) count: i64,
     pub(crate) min: f64,
     pub(crate) max: f64,
-    /// `None` when some point never expires.
-    pub(crate) expires_at: Option<i64>,
 }
 
 /// The minute (unix minutes) a point at `ts_nanos` rolls up into.
@@ -111,7 +108,6 @@ impl Rollup {
         self.count += other.count;
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
-        self.expires_at = self.expires_at.zip(other.expires_at).map(|(a, b)| a.max(b));
     }
 }
 
@@ -123,15 +119,7 @@ pub(crate) fn upsert_all(
 ) -> Result<(), StoreError> {
     let mut st = tx.prepare_cached(sql)?;
     for ((series, bucket), r) in buckets {
-        st.execute(params![
-            series,
-            bucket,
-            r.sum,
-            r.count,
-            r.min,
-            r.max,
-            r.expires_at
-        ])?;
+        st.execute(params![series, bucket, r.sum, r.count, r.min, r.max])?;
     }
     Ok(())
 }

@@ -24,7 +24,6 @@ CREATE TABLE IF NOT EXISTS metric_rollups (
     expires_at INTEGER,
     PRIMARY KEY (series, minute)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS metric_rollups_expires_at ON metric_rollups (expires_at);
 CREATE TABLE IF NOT EXISTS migration_progress (
     version    INTEGER PRIMARY KEY,
     done_up_to INTEGER NOT NULL
@@ -136,7 +135,6 @@ CREATE TABLE IF NOT EXISTS metric_points (
     expires_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS metric_points_series_time ON metric_points (series, ts_ns);
-CREATE INDEX IF NOT EXISTS metric_points_expires_at ON metric_points (expires_at);
 
 CREATE TABLE IF NOT EXISTS datasets (
     dataset_id TEXT PRIMARY KEY,
@@ -293,6 +291,7 @@ const LONG_TRACES: &str = "CREATE INDEX IF NOT EXISTS trace_rows_long ON trace_r
 /// Version 9: per-hour rollups of every metric series beside the per-minute ones, written with
 /// the points, so that a range over days by hours (or an instant query over days) reads a row
 /// per series and hour, not one per minute. Filled from the minute rollups by migration 9.
+/// (Its index of expiries, like the minutes' and the points', was dropped by version 11.)
 const HOURLY_ROLLUPS: &str = r#"
 CREATE TABLE IF NOT EXISTS metric_rollups_hourly (
     series     INTEGER NOT NULL,
@@ -304,13 +303,24 @@ CREATE TABLE IF NOT EXISTS metric_rollups_hourly (
     expires_at INTEGER,
     PRIMARY KEY (series, hour)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS metric_rollups_hourly_expires_at ON metric_rollups_hourly (expires_at);
+"#;
+
+/// Version 11: where the metric points that expire in each hour are (the smallest and largest
+/// id of a point expiring in it), so that retention finds expired points without an index of
+/// every point's expiry; rollups go when the last point in them does (`crate::expiry`).
+const POINT_EXPIRY: &str = r#"
+CREATE TABLE IF NOT EXISTS metric_point_expiry (
+    hour  INTEGER PRIMARY KEY,
+    first INTEGER NOT NULL,
+    last  INTEGER NOT NULL
+);
 "#;
 
 /// The schema version this build writes. Version 10 changed no table: the attribute index
 /// keeps texts under 4-byte keys (`crate::index::index_value`) and new runs key span ids by
-/// their first 4 bytes (`crate::lookup::span_key`); migration 10 converts the texts.
-pub const SCHEMA_VERSION: i64 = 10;
+/// their first 4 bytes (`crate::lookup::span_key`); migration 10 converts the texts. Version 11
+/// replaced the expiry indexes of metric points and rollups by [`POINT_EXPIRY`].
+pub const SCHEMA_VERSION: i64 = 11;
 
 /// The schema version of a file (0 for a new one). Reading it does not modify the file.
 pub fn version(conn: &Connection) -> Result<i64, StoreError> {
@@ -591,6 +601,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tx.execute_batch(METRICS_VIEW)?;
         tx.execute_batch(LONG_TRACES)?;
         tx.execute_batch(HOURLY_ROLLUPS)?;
+        tx.execute_batch(POINT_EXPIRY)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
         return Ok(());
@@ -602,11 +613,13 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         conn.execute_batch(METRICS_VIEW)?;
         conn.execute_batch(LONG_TRACES)?;
         conn.execute_batch(HOURLY_ROLLUPS)?;
+        conn.execute_batch(POINT_EXPIRY)?;
     }
     if current < SCHEMA_VERSION {
         // Steps that copy rows through the writer's code (migration 4) upsert hourly rollups
         // too; migration 9 then computes every hour from the minutes, whatever those wrote.
         conn.execute_batch(HOURLY_ROLLUPS)?;
+        conn.execute_batch(POINT_EXPIRY)?;
     }
     for to in current + 1..=SCHEMA_VERSION {
         match to {
@@ -621,7 +634,8 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             7 => name_attributes(conn)?,
             8 => trace_span_extents(conn)?,
             9 => hourly_rollups(conn)?,
-            _ => index_text_keys(conn)?,
+            10 => index_text_keys(conn)?,
+            _ => point_expiry(conn)?,
         }
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM migration_progress WHERE version = ?1", [to])?;
@@ -841,6 +855,81 @@ fn index_text_keys(conn: &mut Connection) -> Result<(), StoreError> {
         at = last;
         tracing::info!("trace store: schema version 10: {done} of {total} texts");
     }
+    Ok(())
+}
+
+/// Metric points read per transaction of migration 11.
+const EXPIRY_BATCH: i64 = 500_000;
+
+/// Migration 11: the ranges of [`POINT_EXPIRY`] from the points stored, in batches by id (each
+/// a transaction that records how far it got; a batch done twice widens no range); then the
+/// rollups already expired are deleted (by their index, `expires_at` being what retention
+/// read until version 11) and the expiry indexes of points and rollups dropped.
+fn point_expiry(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch(POINT_EXPIRY)?;
+    let (last, total): (i64, i64) = conn.query_row(
+        "SELECT COALESCE(MAX(rowid), 0), COUNT(*) FROM metric_points",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let mut done: i64 = conn
+        .query_row(
+            "SELECT done_up_to FROM migration_steps WHERE name = 'v11 point expiry'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    if total > 0 && done < last {
+        tracing::info!(
+            "trace store: migrating to schema version 11: the hours of expiry of {total} metric points"
+        );
+    }
+    while done < last {
+        let upto = done.saturating_add(EXPIRY_BATCH).min(last);
+        let tx = conn.transaction()?;
+        // The hour of an expiry rounded down, also before 1970.
+        tx.execute(
+            "INSERT INTO metric_point_expiry (hour, first, last)
+             SELECT (expires_at - ((expires_at % 3600000000000) + 3600000000000) % 3600000000000) / 3600000000000,
+                    MIN(rowid), MAX(rowid)
+             FROM metric_points WHERE rowid > ?1 AND rowid <= ?2 AND expires_at IS NOT NULL
+             GROUP BY 1
+             ON CONFLICT (hour) DO UPDATE SET first = MIN(first, excluded.first), last = MAX(last, excluded.last)",
+            params![done, upto],
+        )?;
+        tx.execute(
+            "INSERT INTO migration_steps (name, done_up_to) VALUES ('v11 point expiry', ?1)
+             ON CONFLICT (name) DO UPDATE SET done_up_to = excluded.done_up_to",
+            [upto],
+        )?;
+        tx.commit()?;
+        done = upto;
+        tracing::info!("trace store: schema version 11: metric points up to {done} of {last}");
+    }
+    let now = tokentrace_model::Timestamp::now().unix_nanos();
+    for table in ["metric_rollups", "metric_rollups_hourly"] {
+        // Table names come from this fixed list, never from a caller.
+        let has_index: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'index' AND name = ?1",
+            [format!("{table}_expires_at")],
+            |r| r.get(0),
+        )?;
+        if has_index {
+            conn.execute(
+                &format!("DELETE FROM {table} WHERE expires_at <= ?1"),
+                [now],
+            )?;
+        }
+    }
+    let tx = conn.transaction()?;
+    tx.execute_batch(
+        "DROP INDEX IF EXISTS metric_points_expires_at;
+         DROP INDEX IF EXISTS metric_rollups_expires_at;
+         DROP INDEX IF EXISTS metric_rollups_hourly_expires_at;
+         DELETE FROM migration_steps WHERE name = 'v11 point expiry';",
+    )?;
+    tx.commit()?;
     Ok(())
 }
 

@@ -109,6 +109,8 @@ struct Expiry {
     /// The next range of `attribute_values` to clean, and whether all have been visited.
     values_at: Option<(i64, rusqlite::types::Value)>,
     values_done: bool,
+    /// Every due range of metric points has been read to its end in this run.
+    points_done: bool,
     /// Steps taken, those over the target, and the longest, for the log line at the end.
     steps: u32,
     over: u32,
@@ -250,6 +252,7 @@ impl Writer {
                             vacuuming: false,
                             values_at: None,
                             values_done: false,
+                            points_done: false,
                             steps: 0,
                             over: 0,
                             longest: Duration::ZERO,
@@ -427,7 +430,13 @@ impl Writer {
             vacuum_step(&self.conn).map(|more| (0, more))
         } else {
             // Index entries of deleted traces go too (not counted as rows).
-            expire_chunk(&mut self.conn, expiry.now, expiry.chunk).and_then(|rows| {
+            expire_chunk(
+                &mut self.conn,
+                expiry.now,
+                expiry.chunk,
+                &mut expiry.points_done,
+            )
+            .and_then(|rows| {
                 // A run that deleted nothing left no index entries to clean.
                 if rows == 0 && expiry.deleted == 0 {
                     expiry.values_done = true;
@@ -500,9 +509,15 @@ fn vacuum_step(conn: &Connection) -> Result<bool, StoreError> {
     Ok(free > 0)
 }
 
-/// Deletes up to `chunk` expired rows from each table (spans: of expired traces) in one short
-/// transaction.
-fn expire_chunk(conn: &mut Connection, now: i64, chunk: i64) -> Result<u64, StoreError> {
+/// Deletes up to `chunk` expired rows from each table (spans: of expired traces; metric points
+/// by the ranges of their hours of expiry, until `points_done`, with the rollups they leave
+/// empty) in one short transaction.
+fn expire_chunk(
+    conn: &mut Connection,
+    now: i64,
+    chunk: i64,
+    points_done: &mut bool,
+) -> Result<u64, StoreError> {
     let tx = conn.transaction()?;
     let mut deleted = 0;
     // A trace's spans go together, once the last of them has expired (the trace row's
@@ -514,17 +529,16 @@ fn expire_chunk(conn: &mut Connection, now: i64, chunk: i64) -> Result<u64, Stor
                  JOIN span_rows s ON s.trace = t.id WHERE t.expires_at <= ?1 LIMIT ?2)",
         )?
         .execute(params![now, chunk])? as u64;
-    for (table, key, columns) in [
-        ("event_rows", "rowid", "rowid"),
-        ("metric_points", "rowid", "rowid"),
-        ("metric_rollups", "(series, minute)", "series, minute"),
-        ("metric_rollups_hourly", "(series, hour)", "series, hour"),
-    ] {
-        // Table names and keys come from this fixed list, never from a caller.
-        let sql = format!(
-            "DELETE FROM {table} WHERE {key} IN (SELECT {columns} FROM {table} WHERE expires_at <= ?1 LIMIT ?2)"
-        );
-        deleted += tx.prepare_cached(&sql)?.execute(params![now, chunk])? as u64;
+    deleted += tx
+        .prepare_cached(
+            "DELETE FROM event_rows WHERE rowid IN (SELECT rowid FROM event_rows WHERE expires_at <= ?1 LIMIT ?2)",
+        )?
+        .execute(params![now, chunk])? as u64;
+    let mut points_done_now = *points_done;
+    if !points_done_now {
+        let (points, done) = crate::expiry::expire_points(&tx, now, chunk)?;
+        deleted += points;
+        points_done_now = done;
     }
     deleted += tx
         .prepare_cached(
@@ -535,5 +549,6 @@ fn expire_chunk(conn: &mut Connection, now: i64, chunk: i64) -> Result<u64, Stor
         .execute(params![now, chunk])? as u64;
     deleted += expire_dataset(&tx, now, chunk)?;
     tx.commit()?;
+    *points_done = points_done_now;
     Ok(deleted)
 }

@@ -889,3 +889,72 @@ fn a_version_8_file_gets_hourly_rollups_of_every_series_also_after_an_interrupti
     assert_eq!(hourly(&conn), marked, "resumed after the series done");
     assert_eq!(count(&conn, "SELECT COUNT(*) FROM migration_steps"), 0);
 }
+
+#[test]
+fn migration_11_finds_the_hours_of_expiry_of_every_point_and_drops_the_expiry_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trace_store.db");
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let now = Timestamp::now().unix_nanos();
+    const HOUR: i64 = 3_600_000_000_000;
+    // 3,000 points, a third expired an hour ago, a third expiring in i seconds, a third never.
+    let records = (0..3_000i64)
+        .map(|i| {
+            Record::Metric(MetricPoint {
+                name: "total_tokens".into(),
+                timestamp: Timestamp::from_unix_nanos((BASE + i) * 1_000_000_000),
+                value: 1.0,
+                unit: "tokens".into(),
+                labels: Default::default(),
+                trace_id: None,
+                span_id: None,
+                expires_at: match i % 3 {
+                    0 => Some(Timestamp::from_unix_nanos(now - HOUR)),
+                    1 => Some(Timestamp::from_unix_nanos(now + i * 1_000_000_000)),
+                    _ => None,
+                },
+            })
+        })
+        .collect();
+    store.writer().write(records).unwrap();
+    store.writer().flush().unwrap();
+    store.close().unwrap();
+    // A version-10 file: expiry indexes, rollups with the expiry of their last point, no
+    // ranges; its migration stopped after the first 1,000 points, their ranges written.
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "DELETE FROM metric_point_expiry WHERE first > 1000;
+         UPDATE metric_point_expiry SET last = MIN(last, 1000);
+         INSERT INTO migration_steps (name, done_up_to) VALUES ('v11 point expiry', 1000);
+         CREATE INDEX metric_points_expires_at ON metric_points (expires_at);
+         CREATE INDEX metric_rollups_expires_at ON metric_rollups (expires_at);
+         CREATE INDEX metric_rollups_hourly_expires_at ON metric_rollups_hourly (expires_at);
+         PRAGMA user_version = 10;",
+    )
+    .unwrap();
+    drop(conn);
+    let conn = reopened(&path);
+    let outside = "SELECT COUNT(*) FROM metric_points p WHERE p.expires_at IS NOT NULL
+        AND NOT EXISTS (SELECT 1 FROM metric_point_expiry e
+            WHERE e.hour = p.expires_at / 3600000000000 AND p.id BETWEEN e.first AND e.last)";
+    assert_eq!(count(&conn, outside), 0, "every point in its hour's range");
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name LIKE '%expires_at' AND tbl_name LIKE 'metric%'"
+        ),
+        0
+    );
+    assert_eq!(count(&conn, "SELECT COUNT(*) FROM migration_steps"), 0);
+    // Retention reads the ranges: the expired third goes, the rest stays.
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let deleted = store.writer().expire(Timestamp::now()).unwrap();
+    assert_eq!(deleted, 1_000);
+    assert_eq!(count(&conn, "SELECT COUNT(*) FROM metric_points"), 2_000);
+    store
+        .writer()
+        .expire(Timestamp::from_unix_nanos(now + 2 * HOUR))
+        .unwrap();
+    assert_eq!(count(&conn, "SELECT COUNT(*) FROM metric_points"), 1_000);
+    store.close().unwrap();
+}

@@ -417,6 +417,85 @@ fn metrics_buckets_are_aligned_and_five_minutes_means_five_minutes() {
 }
 
 #[test]
+fn retention_finds_expired_metric_points_among_points_of_other_times_to_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    const HOUR: i64 = 3_600_000_000_000;
+    let now = Timestamp::now().unix_nanos();
+    let at = |ns: i64| Timestamp::from_unix_nanos(ns);
+    // Four times to live, interleaved in every batch: expired two hours ago, a second ago, in
+    // an hour, never. The points that expire go in one minute, the others in the next.
+    let expiry = |i: i64| match i % 4 {
+        0 => Some(at(now - 2 * HOUR)),
+        1 => Some(at(now - 1_000_000_000)),
+        2 => Some(at(now + HOUR)),
+        _ => None,
+    };
+    let minute = (now / 60_000_000_000 - 10) * 60_000_000_000;
+    for batch in 0..3i64 {
+        let records = (0..1_000)
+            .map(|j| {
+                let i = batch * 1_000 + j;
+                let ts = minute + if i % 4 < 2 { 0 } else { 60_000_000_000 } + i;
+                Record::Metric(point("total_tokens", at(ts), 1.0, "a", expiry(i)))
+            })
+            .collect();
+        store.writer().write(records).unwrap();
+        store.writer().flush().unwrap();
+    }
+    let conn = rusqlite::Connection::open(dir.path().join("trace_store.db")).unwrap();
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    // Every point with an expiry lies in the range of its hour.
+    let outside = "SELECT COUNT(*) FROM metric_points p WHERE p.expires_at IS NOT NULL
+        AND NOT EXISTS (SELECT 1 FROM metric_point_expiry e
+            WHERE e.hour = p.expires_at / 3600000000000 AND p.id BETWEEN e.first AND e.last)";
+    assert_eq!(count(outside), 0);
+    let rollups = "SELECT COUNT(*) FROM metric_rollups";
+    assert_eq!(count(rollups), 2);
+    let hourly = "SELECT COUNT(*) FROM metric_rollups_hourly";
+    // One hour, or two when the minutes are the last of an hour and the first of the next.
+    let hours = count(hourly);
+    let deleted = store.writer().expire(at(now)).unwrap();
+    let r = store.reader();
+    assert_eq!(r.count_rows(Table::Metrics).unwrap(), 1_500);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM metric_points WHERE expires_at IS NULL"),
+        750
+    );
+    // The minute of the expired points goes with them (and its hour, unless the next minute
+    // is in it too); the other stays.
+    assert_eq!(count(rollups), 1);
+    assert_eq!(count(hourly), 1);
+    assert_eq!(deleted as i64, 1_500 + 1 + (hours - 1));
+    // No range of an hour wholly past is left; the future hour's is.
+    assert_eq!(
+        count(&format!(
+            "SELECT COUNT(*) FROM metric_point_expiry WHERE hour < {}",
+            now.div_euclid(HOUR)
+        )),
+        0
+    );
+    assert_eq!(
+        count(&format!(
+            "SELECT COUNT(*) FROM metric_point_expiry WHERE hour = {}",
+            (now + HOUR).div_euclid(HOUR)
+        )),
+        1
+    );
+    assert_eq!(count(outside), 0);
+    // Two hours on, the points of an hour's time to live go too; those without expiry stay.
+    store.writer().expire(at(now + 2 * HOUR)).unwrap();
+    assert_eq!(r.count_rows(Table::Metrics).unwrap(), 750);
+    assert_eq!(count("SELECT COUNT(*) FROM metric_point_expiry"), 0);
+    assert_eq!(
+        count(rollups),
+        1,
+        "the minute of the points that never expire"
+    );
+    store.close().unwrap();
+}
+
+#[test]
 fn retention_deletes_expired_rows_and_keeps_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());

@@ -11,6 +11,7 @@ use super::{
     SpanRow, UPDATE_TRACE,
 };
 use crate::StoreError;
+use crate::expiry::{UPSERT_RANGE, expiry_hour};
 use crate::index::Cardinality;
 use crate::keys::{ProjectIds, TraceKeys};
 use crate::lookup::{Entry, KIND_SPAN, KIND_TRACE, Lookup, attribute_kind, span_key};
@@ -400,6 +401,8 @@ pub(crate) fn write_rows(
             other => rest.push(other),
         }
     }
+    // The ids of the points that expire in each hour (`crate::expiry`).
+    let mut expiring: HashMap<i64, (i64, i64)> = HashMap::new();
     for row in rest {
         match row {
             RowKind::Span(_) => {}
@@ -439,12 +442,21 @@ pub(crate) fn write_rows(
                     m.span_id.as_ref().map(blob),
                     m.expires_at,
                 ])?;
+                if let Some(expires_at) = m.expires_at {
+                    let id = tx.last_insert_rowid();
+                    expiring
+                        .entry(expiry_hour(expires_at))
+                        .and_modify(|(first, last): &mut (i64, i64)| {
+                            *first = (*first).min(id);
+                            *last = (*last).max(id);
+                        })
+                        .or_insert((id, id));
+                }
                 let point = Rollup {
                     sum: m.value,
                     count: 1,
                     min: m.value,
                     max: m.value,
-                    expires_at: m.expires_at,
                 };
                 rollups
                     .entry((series, minute_of(m.ts_nanos)))
@@ -463,5 +475,9 @@ pub(crate) fn write_rows(
     }
     upsert_all(tx, UPSERT_ROLLUP, rollups)?;
     upsert_all(tx, UPSERT_HOURLY_ROLLUP, hours)?;
+    let mut range = tx.prepare_cached(UPSERT_RANGE)?;
+    for (hour, (first, last)) in expiring {
+        range.execute(params![hour, first, last])?;
+    }
     state.lookup.add_run(tx, entries)
 }
