@@ -17,10 +17,10 @@ CREATE TABLE IF NOT EXISTS metric_series (
 CREATE TABLE IF NOT EXISTS metric_rollups (
     series     INTEGER NOT NULL,
     minute     INTEGER NOT NULL,
-    sum        REAL NOT NULL,
+    sum        NUMERIC NOT NULL,
     count      INTEGER NOT NULL,
-    min        REAL NOT NULL,
-    max        REAL NOT NULL,
+    min        NUMERIC NOT NULL,
+    max        NUMERIC NOT NULL,
     expires_at INTEGER,
     PRIMARY KEY (series, minute)
 ) WITHOUT ROWID;
@@ -125,11 +125,14 @@ CREATE TABLE IF NOT EXISTS event_rows (
 CREATE INDEX IF NOT EXISTS event_rows_span ON event_rows (trace, span_id);
 CREATE INDEX IF NOT EXISTS event_rows_expires_at ON event_rows (expires_at);
 
+-- A metric value (and a rollup's sum, min and max) is NUMERIC: one without a fraction is stored
+-- as an integer, in the bytes it needs (a token count: 2), any other as a real (8). Files created
+-- before version 11 declare them REAL, which SQLite keeps in 8 bytes in a table with an index.
 CREATE TABLE IF NOT EXISTS metric_points (
     id         INTEGER PRIMARY KEY,
     series     INTEGER NOT NULL,
     ts_ns      INTEGER NOT NULL,
-    value      REAL NOT NULL,
+    value      NUMERIC NOT NULL,
     trace_id   BLOB,
     span_id    BLOB,
     expires_at INTEGER
@@ -258,7 +261,8 @@ FROM event_rows e;
 
 /// The `metrics` table of versions 1 to 5, given back over the compact points of version 6: a
 /// point keeps its series (name, unit, labels: `metric_series`), its time in nanoseconds and
-/// its ids as blobs; the text columns are computed. Created apart from [`CURRENT`] because on
+/// its ids as blobs; the text columns are computed, and the value is a real as it was (a
+/// NUMERIC column holds an integral value as an integer). Created apart from [`CURRENT`] because on
 /// an older file the table of that name exists until migration 6 replaces it.
 const METRICS_VIEW: &str = r#"
 CREATE VIEW IF NOT EXISTS metrics AS
@@ -266,7 +270,7 @@ SELECT p.id,
        s.name,
        strftime('%Y-%m-%d %H:%M:%S', p.ts_ns / 1000000000, 'unixepoch') || printf('.%09d', p.ts_ns % 1000000000) AS timestamp,
        p.ts_ns AS ts_nanos,
-       p.value,
+       CAST(p.value AS REAL) AS value,
        s.unit,
        s.labels,
        CASE typeof(p.trace_id) WHEN 'blob' THEN lower(hex(p.trace_id)) ELSE p.trace_id END AS trace_id,
@@ -296,10 +300,10 @@ const HOURLY_ROLLUPS: &str = r#"
 CREATE TABLE IF NOT EXISTS metric_rollups_hourly (
     series     INTEGER NOT NULL,
     hour       INTEGER NOT NULL,
-    sum        REAL NOT NULL,
+    sum        NUMERIC NOT NULL,
     count      INTEGER NOT NULL,
-    min        REAL NOT NULL,
-    max        REAL NOT NULL,
+    min        NUMERIC NOT NULL,
+    max        NUMERIC NOT NULL,
     expires_at INTEGER,
     PRIMARY KEY (series, hour)
 ) WITHOUT ROWID;
