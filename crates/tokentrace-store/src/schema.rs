@@ -321,8 +321,8 @@ CREATE TABLE IF NOT EXISTS metric_point_expiry (
 "#;
 
 /// The schema version this build writes. Version 10 changed no table: the attribute index
-/// keeps texts under 4-byte keys (`crate::index::index_value`) and new runs key span ids by
-/// their first 4 bytes (`crate::lookup::span_key`); migration 10 converts the texts. Version 11
+/// keeps texts under 4-byte keys (`crate::index::index_value`) and the runs key span ids by
+/// their first 4 bytes (`crate::lookup::span_key`); migration 10 converts the entries. Version 11
 /// replaced the expiry indexes of metric points and rollups by [`POINT_EXPIRY`].
 pub const SCHEMA_VERSION: i64 = 11;
 
@@ -638,7 +638,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             7 => name_attributes(conn)?,
             8 => trace_span_extents(conn)?,
             9 => hourly_rollups(conn)?,
-            10 => index_text_keys(conn)?,
+            10 => index_keys(conn)?,
             _ => point_expiry(conn)?,
         }
         let tx = conn.transaction()?;
@@ -772,15 +772,22 @@ const ENTRIES_BATCH: i64 = 20_000;
 
 /// Migration 10: every entry of the attribute index whose value is a text, in
 /// `attribute_values` and in the sorted runs of `lookup`, is replaced by one with its 4-byte
-/// key (`crate::index::index_value`), in batches in key order, each its own transaction. A
-/// converted entry is a blob, so a migration interrupted and started again finds only the
-/// texts left. Span ids keep their whole ids in the runs written before (read as such).
-fn index_text_keys(conn: &mut Connection) -> Result<(), StoreError> {
+/// key (`crate::index::index_value`), and every span entry of the runs keyed by a whole span id
+/// by one keyed by its first 4 bytes (`crate::lookup::span_key`), in batches in key order, each
+/// its own transaction. A converted entry no longer matches what is converted, so a migration
+/// interrupted and started again finds only what is left.
+fn index_keys(conn: &mut Connection) -> Result<(), StoreError> {
     use crate::index::index_value;
     use rusqlite::types::Value;
+    // The entries to convert, and the condition that finds them (fixed strings).
+    const TEXTS: &str = "kind >= 16 AND typeof(key) = 'text'";
+    const SPAN_IDS: &str = "kind = 0 AND length(key) = 8";
     let total: i64 = conn.query_row(
-        "SELECT (SELECT count(*) FROM attribute_values WHERE typeof(value) = 'text')
-              + (SELECT count(*) FROM lookup WHERE kind >= 16 AND typeof(key) = 'text')",
+        &format!(
+            "SELECT (SELECT count(*) FROM attribute_values WHERE typeof(value) = 'text')
+                  + (SELECT count(*) FROM lookup WHERE {TEXTS})
+                  + (SELECT count(*) FROM lookup WHERE {SPAN_IDS})"
+        ),
         [],
         |r| r.get(0),
     )?;
@@ -788,7 +795,7 @@ fn index_text_keys(conn: &mut Connection) -> Result<(), StoreError> {
         return Ok(());
     }
     tracing::info!(
-        "trace store: migrating to schema version 10: 4-byte keys for the {total} texts of the attribute index"
+        "trace store: migrating to schema version 10: 4-byte keys for {total} entries of the indexes"
     );
     let mut done = 0i64;
     // `attribute_values` by (kind, value, trace): a kind's texts come after its numbers and
@@ -824,40 +831,49 @@ fn index_text_keys(conn: &mut Connection) -> Result<(), StoreError> {
         tx.commit()?;
         done += rows.len() as i64;
         at = last;
-        tracing::info!("trace store: schema version 10: {done} of {total} texts");
+        tracing::info!("trace store: schema version 10: {done} of {total} entries");
     }
-    let mut at: (i64, i64, Value, i64) = (i64::MIN, i64::MIN, Value::Null, i64::MIN);
-    loop {
-        let tx = conn.transaction()?;
-        let rows: Vec<(i64, i64, Value, i64)> = tx
-            .prepare_cached(
-                "SELECT run, kind, key, target FROM lookup
-                 WHERE (run, kind, key, target) > (?1, ?2, ?3, ?4) AND kind >= 16 AND typeof(key) = 'text'
-                 ORDER BY run, kind, key, target LIMIT ?5",
-            )?
-            .query_map(params![at.0, at.1, at.2, at.3, ENTRIES_BATCH], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?
-            .collect::<Result<_, _>>()?;
-        let Some(last) = rows.last().cloned() else {
-            break;
-        };
-        {
-            let mut delete = tx.prepare_cached(
-                "DELETE FROM lookup WHERE run = ?1 AND kind = ?2 AND key = ?3 AND target = ?4",
-            )?;
-            let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO lookup (run, kind, key, target) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for (run, kind, key, target) in &rows {
-                delete.execute(params![run, kind, key, target])?;
-                insert.execute(params![run, kind, index_value(key.clone()), target])?;
+    let span_key = |key: Value| match key {
+        Value::Blob(b) if b.len() == 8 => Value::Blob(b[..4].to_vec()),
+        other => other,
+    };
+    for (which, convert) in [
+        (TEXTS, &index_value as &dyn Fn(Value) -> Value),
+        (SPAN_IDS, &span_key),
+    ] {
+        let mut at: (i64, i64, Value, i64) = (i64::MIN, i64::MIN, Value::Null, i64::MIN);
+        loop {
+            let tx = conn.transaction()?;
+            let rows: Vec<(i64, i64, Value, i64)> = tx
+                .prepare_cached(&format!(
+                    "SELECT run, kind, key, target FROM lookup
+                     WHERE (run, kind, key, target) > (?1, ?2, ?3, ?4) AND {which}
+                     ORDER BY run, kind, key, target LIMIT ?5"
+                ))?
+                .query_map(params![at.0, at.1, at.2, at.3, ENTRIES_BATCH], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            let Some(last) = rows.last().cloned() else {
+                break;
+            };
+            {
+                let mut delete = tx.prepare_cached(
+                    "DELETE FROM lookup WHERE run = ?1 AND kind = ?2 AND key = ?3 AND target = ?4",
+                )?;
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO lookup (run, kind, key, target) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for (run, kind, key, target) in &rows {
+                    delete.execute(params![run, kind, key, target])?;
+                    insert.execute(params![run, kind, convert(key.clone()), target])?;
+                }
             }
+            tx.commit()?;
+            done += rows.len() as i64;
+            at = last;
+            tracing::info!("trace store: schema version 10: {done} of {total} entries");
         }
-        tx.commit()?;
-        done += rows.len() as i64;
-        at = last;
-        tracing::info!("trace store: schema version 10: {done} of {total} texts");
     }
     Ok(())
 }

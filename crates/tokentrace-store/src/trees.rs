@@ -85,7 +85,7 @@ impl StoreReader {
         let traces: Vec<i64> = conn
             .prepare_cached(&format!(
                 "SELECT DISTINCT trace FROM span_rows WHERE id IN ({}) AND span_id = ?1{} ORDER BY trace",
-                span_targets_sql("?1", "?2"),
+                span_targets_sql("?2"),
                 self.scope_sql("(SELECT tp.project FROM trace_rows tp WHERE tp.id = span_rows.trace)", "?3")
             ))?
             .query_map(params_from_iter(params), |r| r.get(0))?

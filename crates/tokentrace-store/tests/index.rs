@@ -328,7 +328,7 @@ const VERSION_9_ENTRIES: &str = "
     PRAGMA user_version = 9;";
 
 #[test]
-fn a_version_9_index_of_texts_is_migrated_to_4_byte_keys_and_answers_the_same() {
+fn a_version_9_index_is_migrated_to_4_byte_keys_and_answers_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let indexed = dir.path().join("indexed.db");
     let scanned = dir.path().join("scanned.db");
@@ -345,6 +345,14 @@ fn a_version_9_index_of_texts_is_migrated_to_4_byte_keys_and_answers_the_same() 
         .unwrap();
     // 300 traces × a user and a session; the distinct names (3 a trace) and statuses.
     assert_eq!(before.0, 600);
+    let spans_whole: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM lookup WHERE kind = 0 AND length(key) = 8",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(spans_whole, 900);
     assert!(before.1 >= 900, "{before:?}");
     drop(conn);
     let a = open(&indexed, KEYS);
@@ -369,15 +377,16 @@ fn a_version_9_index_of_texts_is_migrated_to_4_byte_keys_and_answers_the_same() 
         )
         .unwrap();
     assert_eq!(numbers, 300, "a status code a trace");
-    // Span entries keyed by whole ids (runs written before version 10) still find their spans.
+    // Span entries keyed by whole ids (runs written before version 10) are keyed by their
+    // first 4 bytes now, and find their spans.
     let whole: i64 = conn
         .query_row(
-            "SELECT COUNT(*) FROM lookup WHERE kind = 0 AND length(key) = 8",
+            "SELECT COUNT(*) FROM lookup WHERE kind = 0 AND length(key) <> 4",
             [],
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(whole, 900);
+    assert_eq!(whole, 0);
     for n in [1u64, 450, 900] {
         let id: SpanId = format!("{n:016x}").parse().unwrap();
         let tree = a.reader().get_span_tree(id, None, Some(1)).unwrap();

@@ -71,17 +71,17 @@ pub(crate) fn targets_of(kind: i64, param: &str) -> String {
 
 /// The key of a span id's entry: its first 4 bytes, a blob (5 bytes an entry, not 9). The
 /// span rows an entry points at are checked for the whole id, so a span whose id starts with
-/// the same bytes is a candidate dropped there. Runs written before schema version 10 hold
-/// whole ids as keys, which [`span_targets_sql`] reads too.
+/// the same bytes is a candidate dropped there. (Runs written before schema version 10 held
+/// whole ids; migration 10 converts them.)
 pub(crate) fn span_key(span_id: &[u8; 8]) -> SqlValue {
     SqlValue::Blob(span_id[..4].to_vec())
 }
 
-/// SQL selecting, from every live run, the targets (span row ids, to be checked) of a span id
-/// given whole as the parameter `whole` and as its [`span_key`] in `key`.
-pub(crate) fn span_targets_sql(whole: &str, key: &str) -> String {
+/// SQL selecting, from every live run, the targets (span row ids, to be checked against the
+/// whole id) of a span id whose [`span_key`] is the parameter `key`: one seek a run.
+pub(crate) fn span_targets_sql(key: &str) -> String {
     format!(
-        "SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = {LIVE}) AND kind = {KIND_SPAN} AND key IN ({whole}, {key})"
+        "SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = {LIVE}) AND kind = {KIND_SPAN} AND key = {key}"
     )
 }
 
