@@ -220,6 +220,20 @@ fn live_samples(state: &AppState) -> Vec<Sample> {
                 w.rows_expired as f64,
             ),
         ]);
+        for (work, ns) in [
+            ("write", w.write_ns),
+            ("merge", w.merge_ns),
+            ("retention", w.retention_ns),
+        ] {
+            live.push(Sample {
+                labels: vec![("work", work.to_string())],
+                ..counter(
+                    "tokentrace_sqlite_writer_busy_seconds_total",
+                    "Seconds the SQLite writer thread spent on each kind of work: writing batches, merging index runs, retention.",
+                    ns as f64 / 1e9,
+                )
+            });
+        }
     }
     for (signal, stats) in &state.exporters {
         let dropped = if *signal == "traces" {

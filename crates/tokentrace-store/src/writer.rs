@@ -63,6 +63,10 @@ pub(crate) struct Counters {
     pub max_batch_rows: AtomicU64,
     pub rows_expired: AtomicU64,
     pub write_errors: AtomicU64,
+    /// Nanoseconds the writer spent writing batches, merging index runs, and on retention.
+    pub write_ns: AtomicU64,
+    pub merge_ns: AtomicU64,
+    pub retention_ns: AtomicU64,
 }
 
 /// A snapshot of the writer's counters.
@@ -82,6 +86,12 @@ pub struct WriterStats {
     pub write_errors: u64,
     /// Bytes of rows handed to the writer and not yet committed (now).
     pub queued_bytes: u64,
+    /// What the writer thread has been busy with, in nanoseconds: writing batches (their
+    /// transactions and commits), merging and deleting index runs, retention. Their sum
+    /// against the time elapsed is how saturated it is.
+    pub write_ns: u64,
+    pub merge_ns: u64,
+    pub retention_ns: u64,
 }
 
 impl Counters {
@@ -95,6 +105,9 @@ impl Counters {
             rows_expired: l(&self.rows_expired),
             write_errors: l(&self.write_errors),
             queued_bytes: 0,
+            write_ns: l(&self.write_ns),
+            merge_ns: l(&self.merge_ns),
+            retention_ns: l(&self.retention_ns),
         }
     }
 }
@@ -340,6 +353,7 @@ impl Writer {
                 tx.commit()?;
                 Ok(entries)
             });
+        busy(&self.counters.write_ns, started);
         match written {
             Ok(entries) => {
                 let c = &self.counters;
@@ -382,7 +396,10 @@ impl Writer {
     /// One transaction of run upkeep; the entries it handled (0: nothing to do), or `None`
     /// when it failed (logged; the writer's state is reloaded from the file).
     fn merge_step(&mut self, budget: u64) -> Option<u64> {
-        match self.state.lookup.step(&mut self.conn, budget) {
+        let started = Instant::now();
+        let step = self.state.lookup.step(&mut self.conn, budget);
+        busy(&self.counters.merge_ns, started);
+        match step {
             Ok(n) => Some(n),
             Err(e) => {
                 tracing::error!("trace store: merging index runs: {e}");
@@ -450,6 +467,7 @@ impl Writer {
             })
         };
         let took = started.elapsed();
+        busy(&self.counters.retention_ns, started);
         expiry.steps += 1;
         expiry.over += u32::from(took > EXPIRE_STEP_TARGET);
         expiry.longest = expiry.longest.max(took);
@@ -496,6 +514,12 @@ impl Writer {
             }
         }
     }
+}
+
+/// Adds the time since `started` to a busy counter.
+fn busy(counter: &AtomicU64, started: Instant) {
+    let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    counter.fetch_add(ns, Ordering::Relaxed);
 }
 
 /// Gives up to `VACUUM_PAGES` free pages back; whether free pages remain.

@@ -7,7 +7,8 @@
 //! (`prompt_tokens`, `completion_tokens`, `total_tokens` by `model_id`, `provider_id`).
 //!
 //! Reports, per million spans acknowledged: the ingest rate over that million, bytes on disk per
-//! span (file + WAL), the server's RSS and peak RSS. At the end, p50/p99 of each query API call
+//! span (file + WAL), the server's RSS and peak RSS, how busy the store's writer thread was
+//! and how much of that went to merging index runs. At the end, p50/p99 of each query API call
 //! (HTTP on 127.0.0.1, keep-alive) next to the same query run directly on the file with rusqlite
 //! (the floor: what the store's SQL costs without HTTP and JSON), and the query plans.
 //!
@@ -272,14 +273,32 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// A counter of the server's `/metrics` (what it has committed).
-fn committed(client: &reqwest::blocking::Client, base: &str, name: &str) -> Result<u64, Error> {
+/// A sample of the server's `/metrics`, by its name with labels (0 when absent).
+fn metric(client: &reqwest::blocking::Client, base: &str, name: &str) -> Result<f64, Error> {
     let text = client.get(format!("{base}/metrics")).send()?.text()?;
     Ok(text
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or(0.0) as u64)
+        .unwrap_or(0.0))
+}
+
+/// A counter of the server's `/metrics` (what it has committed).
+fn committed(client: &reqwest::blocking::Client, base: &str, name: &str) -> Result<u64, Error> {
+    Ok(metric(client, base, name)? as u64)
+}
+
+/// Seconds the store's writer thread has been busy, in all and merging index runs.
+fn writer_busy(client: &reqwest::blocking::Client, base: &str) -> Result<(f64, f64), Error> {
+    let work = |w: &str| {
+        metric(
+            client,
+            base,
+            &format!("tokentrace_sqlite_writer_busy_seconds_total{{work=\"{w}\"}}"),
+        )
+    };
+    let merge = work("merge")?;
+    Ok((work("write")? + merge + work("retention")?, merge))
 }
 
 /// A query for trace number `t`.
@@ -372,8 +391,15 @@ fn drain(mut rows: rusqlite::Rows<'_>) -> Result<u64, Error> {
 fn ingest(plan: Plan, senders: usize, base: &str, pid: u32, db: &Path) -> Result<(), Error> {
     let traces = plan.traces;
     println!(
-        "{:>8} {:>12} {:>14} {:>10} {:>10} {:>12}",
-        "million", "committed/s", "bytes/span", "RSS MiB", "peak MiB", "acked ahead"
+        "{:>8} {:>12} {:>14} {:>10} {:>10} {:>12} {:>12} {:>9}",
+        "million",
+        "committed/s",
+        "bytes/span",
+        "RSS MiB",
+        "peak MiB",
+        "acked ahead",
+        "writer busy",
+        "merging"
     );
 
     let requests = traces.div_ceil(TRACES_PER_REQUEST);
@@ -417,6 +443,7 @@ fn ingest(plan: Plan, senders: usize, base: &str, pid: u32, db: &Path) -> Result
     let client = reqwest::blocking::Client::new();
     let mut million = 1;
     let mut last = (Instant::now(), 0u64);
+    let mut last_busy = writer_busy(&client, base)?;
     let mut rates = Vec::new();
     let mut peak_rss = 0;
     let mut acked_after = None;
@@ -434,18 +461,25 @@ fn ingest(plan: Plan, senders: usize, base: &str, pid: u32, db: &Path) -> Result
         let n = committed(&client, base, "tokentrace_sqlite_spans_committed_total")?;
         while n >= million * 1_000_000 || (n == total && last.1 < total) {
             let reached = (million * 1_000_000).min(total);
-            let rate = (reached - last.1) as f64 / last.0.elapsed().as_secs_f64();
+            let elapsed = last.0.elapsed().as_secs_f64();
+            let rate = (reached - last.1) as f64 / elapsed;
             rates.push(rate);
+            // The writer thread's busy time over the million, and the share of it merging.
+            let busy = writer_busy(&client, base)?;
+            let (spent, merging) = (busy.0 - last_busy.0, busy.1 - last_busy.1);
             println!(
-                "{:>8} {:>12.0} {:>14.0} {:>10.1} {:>10.1} {:>12}",
+                "{:>8} {:>12.0} {:>14.0} {:>10.1} {:>10.1} {:>12} {:>11.0}% {:>8.0}%",
                 reached as f64 / 1e6,
                 rate,
                 disk_bytes(db) as f64 / n as f64,
                 rss as f64 / 1024.0,
                 status_kib(pid, "VmHWM:") as f64 / 1024.0,
-                acked.load(Ordering::Relaxed) - n.min(acked.load(Ordering::Relaxed))
+                acked.load(Ordering::Relaxed) - n.min(acked.load(Ordering::Relaxed)),
+                100.0 * spent / elapsed,
+                100.0 * merging / spent.max(f64::MIN_POSITIVE)
             );
             last = (Instant::now(), reached);
+            last_busy = busy;
             million += 1;
             if reached == total {
                 break;

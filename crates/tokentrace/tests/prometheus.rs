@@ -248,6 +248,26 @@ fn prometheus_answers_the_seed_queries_with_the_tokens_sent() {
     );
     let rows = query(&rt, &prom_url, "tokentrace_sqlite_rows_committed_total");
     assert!(rows.first().is_some_and(|(_, v)| *v > 0.0), "{rows:?}");
+    // The writer's time writing batches: each measured inside the commit its histogram
+    // observes, so more than nothing and no more than the commits' sum (of the same scrape).
+    let write = query(
+        &rt,
+        &prom_url,
+        "tokentrace_sqlite_writer_busy_seconds_total{work=\"write\"}",
+    );
+    let commits = query(&rt, &prom_url, "tokentrace_sqlite_commit_seconds_sum");
+    match (write.first(), commits.first()) {
+        (Some((_, w)), Some((_, c))) => assert!(*w > 0.0 && *w <= c + 1e-6, "{w} {c}"),
+        _ => panic!("{write:?} {commits:?}"),
+    }
+    let kinds = query(
+        &rt,
+        &prom_url,
+        "tokentrace_sqlite_writer_busy_seconds_total",
+    );
+    let mut works: Vec<&str> = kinds.iter().map(|(l, _)| l["work"].as_str()).collect();
+    works.sort();
+    assert_eq!(works, ["merge", "retention", "write"]);
     let p99 = query(
         &rt,
         &prom_url,
