@@ -16,15 +16,20 @@ pub(crate) use write::{WriteState, write_rows};
 /// A span row. Its expiry is its trace's (spans are deleted with their trace), so the row's
 /// own `expires_at` is left NULL (rows written before version 8 have theirs, unread); its kind
 /// is stored as a code ([`kind_code`]), its service name only when it is not its trace's
-/// (`write::stored_service`).
-const INSERT_SPAN: &str = "INSERT INTO span_rows (trace, span_id, parent_span_id, name, kind, start_ns, end_ns, status, status_message, attributes, links, service_name)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-ON CONFLICT (trace, span_id) DO UPDATE SET
-    parent_span_id = excluded.parent_span_id, name = excluded.name, kind = excluded.kind,
-    start_ns = excluded.start_ns, end_ns = excluded.end_ns, status = excluded.status,
-    status_message = excluded.status_message, attributes = excluded.attributes,
-    links = excluded.links, service_name = excluded.service_name, expires_at = NULL
-WHERE excluded.end_ns IS NOT NULL OR span_rows.end_ns IS NULL
+/// (`write::stored_service`). A span already stored (same trace, same id) is left to
+/// [`UPDATE_SPAN`]: the insert is ignored, and its new row's id is the connection's last
+/// insert id (an upsert with `RETURNING` cost a third more: SQLite gathers what it returns in
+/// a temporary table, every time).
+const INSERT_SPAN: &str = "INSERT OR IGNORE INTO span_rows (trace, span_id, parent_span_id, name, kind, start_ns, end_ns, status, status_message, attributes, links, service_name)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
+
+/// The span of [`INSERT_SPAN`] when it was stored already: replaced, unless it had ended and
+/// this one has not (a span flushed unfinished does not undo its end); returns its id when it
+/// was replaced.
+const UPDATE_SPAN: &str = "UPDATE span_rows SET
+    parent_span_id = ?3, name = ?4, kind = ?5, start_ns = ?6, end_ns = ?7, status = ?8,
+    status_message = ?9, attributes = ?10, links = ?11, service_name = ?12, expires_at = NULL
+WHERE trace = ?1 AND span_id = ?2 AND (?7 IS NOT NULL OR end_ns IS NULL)
 RETURNING id";
 
 /// A span kind as `span_rows.kind` stores it since version 8: its OpenTelemetry number as
@@ -50,8 +55,9 @@ pub(crate) fn stored_kind(stored: &str) -> SpanKind {
     }
 }
 
+/// A new trace row; its key is the connection's last insert id.
 const INSERT_TRACE: &str = "INSERT INTO trace_rows (trace_id, service_name, root_span_id, root_is_true_root, start_ns, end_ns, expires_at, project, last_start_ns)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id";
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
 /// Folds a batch's update into a trace row, returning its service name (`?3` to `?6` and `?7` are NULL/0 when the batch
 /// has only events of the trace; `?9` is the latest start of the batch's spans). A trace expires with the last of its spans (none if one of

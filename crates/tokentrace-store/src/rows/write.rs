@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     INSERT_EVENT, INSERT_EVENT_ONCE, INSERT_METRIC, INSERT_SPAN, INSERT_TRACE, Row, RowKind,
-    SpanRow, UPDATE_TRACE,
+    SpanRow, UPDATE_SPAN, UPDATE_TRACE,
 };
 use crate::StoreError;
 use crate::expiry::{UPSERT_RANGE, expiry_hour};
@@ -292,20 +292,18 @@ pub(crate) fn write_rows(
                     key
                 }
                 None => {
-                    let key: i64 = insert.query_row(
-                        params![
-                            blob(trace_id),
-                            t.service_name,
-                            root,
-                            true_root,
-                            start,
-                            end,
-                            t.expiry(),
-                            project_id,
-                            last_start,
-                        ],
-                        |r| r.get(0),
-                    )?;
+                    insert.execute(params![
+                        blob(trace_id),
+                        t.service_name,
+                        root,
+                        true_root,
+                        start,
+                        end,
+                        t.expiry(),
+                        project_id,
+                        last_start,
+                    ])?;
+                    let key = tx.last_insert_rowid();
                     state.traces.remember(*trace_id, project_id, key);
                     services.insert(key, t.service_name.map(str::to_string));
                     entries.push(Entry {
@@ -321,6 +319,7 @@ pub(crate) fn write_rows(
     }
     let mut rollups: HashMap<(i64, i64), Rollup> = HashMap::new();
     let mut span = tx.prepare_cached(INSERT_SPAN)?;
+    let mut update_span = tx.prepare_cached(UPDATE_SPAN)?;
     let mut event = tx.prepare_cached(INSERT_EVENT)?;
     let mut event_once = tx.prepare_cached(INSERT_EVENT_ONCE)?;
     let mut metric = tx.prepare_cached(INSERT_METRIC)?;
@@ -357,25 +356,25 @@ pub(crate) fn write_rows(
                         services.get(&trace).and_then(Option::as_deref),
                     )
                 };
-                let id: Option<i64> = span
-                    .query_row(
-                        params![
-                            trace,
-                            blob(&s.span_id),
-                            s.parent_span_id.as_ref().map(blob),
-                            s.name,
-                            s.kind,
-                            s.start_ns,
-                            s.end_ns,
-                            s.status,
-                            s.status_message,
-                            attributes,
-                            s.links,
-                            service,
-                        ],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
+                let values = params![
+                    trace,
+                    blob(&s.span_id),
+                    s.parent_span_id.as_ref().map(blob),
+                    s.name,
+                    s.kind,
+                    s.start_ns,
+                    s.end_ns,
+                    s.status,
+                    s.status_message,
+                    attributes,
+                    s.links,
+                    service,
+                ];
+                let id: Option<i64> = if span.execute(values)? == 1 {
+                    Some(tx.last_insert_rowid())
+                } else {
+                    update_span.query_row(values, |r| r.get(0)).optional()?
+                };
                 // A new row, rather than an update of one already indexed.
                 match id {
                     Some(id) if id > newest_before && inserted.insert(id) => entries.push(Entry {
