@@ -36,8 +36,8 @@ pub(super) struct Merge {
 /// into run `?1`, in order, without duplicates, and without entries that point at deleted
 /// rows (below `?3` for span entries, `?10` for the others) or belong to no registered key.
 /// Each variant keeps its range conditions plain, so that SQLite reads each source as one
-/// index range.
-/// Returns each entry copied: its kind, its key when it is a trace id, its target.
+/// index range. What it copied is read back by [`round_copied_sql`] (a `RETURNING` would
+/// gather every entry of the round in a temporary table first).
 fn merge_move_sql(after: bool, upto: bool) -> String {
     format!(
         "INSERT OR IGNORE INTO lookup (run, kind, key, target)
@@ -45,8 +45,7 @@ fn merge_move_sql(after: bool, upto: bool) -> String {
          WHERE run IN (SELECT value FROM json_each(?2)) {} {}
            AND target >= CASE WHEN kind = {KIND_SPAN} THEN ?3 ELSE ?10 END
            AND (kind < 16 OR kind - 16 IN (SELECT id FROM attribute_keys))
-         ORDER BY kind, key, target
-         RETURNING kind, CASE WHEN kind = {KIND_TRACE} THEN key END, target",
+         ORDER BY kind, key, target",
         if after {
             "AND (kind, key, target) > (?4, ?5, ?6)"
         } else {
@@ -57,6 +56,21 @@ fn merge_move_sql(after: bool, upto: bool) -> String {
         } else {
             "AND ?7 IS ?7 AND ?8 IS ?8 AND ?9 IS ?9"
         },
+    )
+}
+
+/// SQL reading what a round just copied into its merge's output: the entries of run `?1`
+/// after the cursor (`?2` to `?4`), since the output holds nothing past the cursor before the
+/// round; the whole run in the first round (`first`: one statement for both would not read an
+/// index range). Each as its kind, its key when it is a trace id, its target.
+fn round_copied_sql(first: bool) -> String {
+    format!(
+        "SELECT kind, CASE WHEN kind = {KIND_TRACE} THEN key END, target FROM lookup WHERE run = ?1{}",
+        if first {
+            ""
+        } else {
+            " AND (kind, key, target) > (?2, ?3, ?4)"
+        }
     )
 }
 
@@ -235,8 +249,7 @@ impl Lookup {
         let sql = merge_move_sql(merge.cursor.is_some(), bound.is_some());
         let mut round = Round::default();
         {
-            let mut st = tx.prepare_cached(&sql)?;
-            let mut rows = st.query(params![
+            tx.prepare_cached(&sql)?.execute(params![
                 merge.into,
                 sources,
                 merge.min_span,
@@ -248,6 +261,17 @@ impl Lookup {
                 to.target,
                 merge.min_trace,
             ])?;
+            let mut st;
+            let mut rows = match &merge.cursor {
+                Some(c) => {
+                    st = tx.prepare_cached(&round_copied_sql(false))?;
+                    st.query(params![merge.into, c.kind, c.key, c.target])?
+                }
+                None => {
+                    st = tx.prepare_cached(&round_copied_sql(true))?;
+                    st.query([merge.into])?
+                }
+            };
             while let Some(r) = rows.next()? {
                 round.add(r.get(0)?, r.get(1)?, r.get(2)?);
             }
