@@ -323,7 +323,7 @@ CREATE TABLE IF NOT EXISTS metric_point_expiry (
 /// The schema version this build writes. Version 10 changed no table: the attribute index
 /// keeps texts under 4-byte keys (`crate::index::index_value`) and the runs key span ids by
 /// their first 4 bytes (`crate::lookup::span_key`); migration 10 converts the entries. Version 11
-/// replaced the expiry indexes of metric points and rollups by [`POINT_EXPIRY`].
+/// replaced the expiry indexes of metric points and rollups by `metric_point_expiry`.
 pub const SCHEMA_VERSION: i64 = 11;
 
 /// The schema version of a file (0 for a new one). Reading it does not modify the file.
