@@ -59,7 +59,7 @@ pub(crate) fn stored_kind(stored: &str) -> SpanKind {
 const INSERT_TRACE: &str = "INSERT INTO trace_rows (trace_id, service_name, root_span_id, root_is_true_root, start_ns, end_ns, expires_at, project, last_start_ns)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
-/// Folds a batch's update into a trace row, returning its service name (`?3` to `?6` and `?7` are NULL/0 when the batch
+/// Folds a batch's update into a trace row (the writer reads its service name after) (`?3` to `?6` and `?7` are NULL/0 when the batch
 /// has only events of the trace; `?9` is the latest start of the batch's spans). A trace expires with the last of its spans (none if one of
 /// them never expires); until it has a span, with the last of its events (`?8`). `start_ns` and
 /// `expires_at` on the right are the values before the update.
@@ -85,8 +85,7 @@ const UPDATE_TRACE: &str = "UPDATE trace_rows SET
             WHEN expires_at IS NULL OR ?8 IS NULL THEN NULL
             ELSE MAX(expires_at, ?8) END
         ELSE expires_at END
-WHERE id = ?1
-RETURNING service_name";
+WHERE id = ?1";
 
 const INSERT_EVENT: &str = "INSERT INTO event_rows (id, trace, trace_id, span_id, ts_ns, name, kind, severity, message, value, unit, attributes, expires_at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";

@@ -256,6 +256,8 @@ pub(crate) fn write_rows(
     {
         let mut update = tx.prepare_cached(UPDATE_TRACE)?;
         let mut insert = tx.prepare_cached(INSERT_TRACE)?;
+        let mut service_of =
+            tx.prepare_cached("SELECT service_name FROM trace_rows WHERE id = ?1")?;
         for (trace, t) in &traces.by_trace {
             let (trace_id, project) = *trace;
             let project_id = state.projects.get(tx, project)?;
@@ -274,20 +276,18 @@ pub(crate) fn write_rows(
                 .known(tx, &state.lookup, trace_id, project_id)?
             {
                 Some(key) => {
-                    let service: Option<String> = update.query_row(
-                        params![
-                            key,
-                            t.service_name,
-                            root,
-                            true_root,
-                            start,
-                            end,
-                            t.span_expiry,
-                            t.event_expiry,
-                            last_start,
-                        ],
-                        |r| r.get(0),
-                    )?;
+                    update.execute(params![
+                        key,
+                        t.service_name,
+                        root,
+                        true_root,
+                        start,
+                        end,
+                        t.span_expiry,
+                        t.event_expiry,
+                        last_start,
+                    ])?;
+                    let service: Option<String> = service_of.query_row([key], |r| r.get(0))?;
                     services.insert(key, service);
                     key
                 }
