@@ -331,6 +331,28 @@ pub fn version(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
 }
 
+/// How far the batched migration step `name` got (`migration_steps`; 0: not started).
+pub(crate) fn step_done(conn: &Connection, name: &str) -> Result<i64, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT done_up_to FROM migration_steps WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// Records, in the transaction of a batch, that the migration step `name` is done up to `upto`.
+pub(crate) fn record_step(tx: &Connection, name: &str, upto: i64) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO migration_steps (name, done_up_to) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET done_up_to = excluded.done_up_to",
+        params![name, upto],
+    )?;
+    Ok(())
+}
+
 /// Refuses a file written by a newer tokentrace, before anything touches it.
 pub fn check_version(conn: &Connection) -> Result<(), StoreError> {
     let current = version(conn)?;
@@ -394,14 +416,7 @@ fn compact_metric_points(conn: &mut Connection) -> Result<(), StoreError> {
         [],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    let mut done: i64 = conn
-        .query_row(
-            "SELECT done_up_to FROM migration_steps WHERE name = 'v6 metrics'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?
-        .unwrap_or(0);
+    let mut done = step_done(conn, "v6 metrics")?;
     if total > 0 {
         tracing::info!(
             "trace store: migrating to schema version 6: compacting {total} metric points"
@@ -426,11 +441,7 @@ fn compact_metric_points(conn: &mut Connection) -> Result<(), StoreError> {
              WHERE m.id > ?1 AND m.id <= ?2",
             params![done, upto],
         )?;
-        tx.execute(
-            "INSERT INTO migration_steps (name, done_up_to) VALUES ('v6 metrics', ?1)
-             ON CONFLICT (name) DO UPDATE SET done_up_to = excluded.done_up_to",
-            [upto],
-        )?;
+        record_step(&tx, "v6 metrics", upto)?;
         tx.commit()?;
         done = upto;
         tracing::info!("trace store: schema version 6: metric points up to {done} of {last}");
@@ -465,14 +476,7 @@ fn name_attributes(conn: &mut Connection) -> Result<(), StoreError> {
         [],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    let mut done: i64 = conn
-        .query_row(
-            "SELECT done_up_to FROM migration_steps WHERE name = 'v7 attributes'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?
-        .unwrap_or(0);
+    let mut done = step_done(conn, "v7 attributes")?;
     if total > 0 && done < last {
         tracing::info!(
             "trace store: migrating to schema version 7: attribute names of {total} spans"
@@ -498,11 +502,7 @@ fn name_attributes(conn: &mut Connection) -> Result<(), StoreError> {
                 update.execute(params![id, names.encode(&tx, &named)?])?;
             }
         }
-        tx.execute(
-            "INSERT INTO migration_steps (name, done_up_to) VALUES ('v7 attributes', ?1)
-             ON CONFLICT (name) DO UPDATE SET done_up_to = excluded.done_up_to",
-            [upto],
-        )?;
+        record_step(&tx, "v7 attributes", upto)?;
         tx.commit()?;
         done = upto;
         tracing::info!("trace store: schema version 7: spans up to {done} of {last}");
@@ -536,14 +536,7 @@ fn trace_span_extents(conn: &mut Connection) -> Result<(), StoreError> {
         [],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    let mut done: i64 = conn
-        .query_row(
-            "SELECT done_up_to FROM migration_steps WHERE name = 'v8 span starts'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?
-        .unwrap_or(0);
+    let mut done = step_done(conn, "v8 span starts")?;
     if total > 0 && done < last {
         tracing::info!(
             "trace store: migrating to schema version 8: the latest span start of {total} traces"
@@ -566,11 +559,7 @@ fn trace_span_extents(conn: &mut Connection) -> Result<(), StoreError> {
                AND (SELECT t.service_name FROM trace_rows t WHERE t.id = span_rows.trace) IS NOT NULL",
             params![done, upto],
         )?;
-        tx.execute(
-            "INSERT INTO migration_steps (name, done_up_to) VALUES ('v8 span starts', ?1)
-             ON CONFLICT (name) DO UPDATE SET done_up_to = excluded.done_up_to",
-            [upto],
-        )?;
+        record_step(&tx, "v8 span starts", upto)?;
         tx.commit()?;
         done = upto;
         tracing::info!("trace store: schema version 8: traces up to {done} of {last}");
@@ -721,14 +710,7 @@ fn hourly_rollups(conn: &mut Connection) -> Result<(), StoreError> {
         [],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    let mut done: i64 = conn
-        .query_row(
-            "SELECT done_up_to FROM migration_steps WHERE name = 'v9 hourly rollups'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?
-        .unwrap_or(0);
+    let mut done = step_done(conn, "v9 hourly rollups")?;
     if total > 0 && done < last {
         tracing::info!(
             "trace store: migrating to schema version 9: hourly rollups of {total} metric series"
@@ -751,11 +733,7 @@ fn hourly_rollups(conn: &mut Connection) -> Result<(), StoreError> {
                  max = excluded.max, expires_at = excluded.expires_at",
             params![done, upto],
         )?;
-        tx.execute(
-            "INSERT INTO migration_steps (name, done_up_to) VALUES ('v9 hourly rollups', ?1)
-             ON CONFLICT (name) DO UPDATE SET done_up_to = excluded.done_up_to",
-            [upto],
-        )?;
+        record_step(&tx, "v9 hourly rollups", upto)?;
         tx.commit()?;
         done = upto;
         tracing::info!("trace store: schema version 9: series up to {done} of {last}");
@@ -892,14 +870,7 @@ fn point_expiry(conn: &mut Connection) -> Result<(), StoreError> {
         [],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    let mut done: i64 = conn
-        .query_row(
-            "SELECT done_up_to FROM migration_steps WHERE name = 'v11 point expiry'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?
-        .unwrap_or(0);
+    let mut done = step_done(conn, "v11 point expiry")?;
     if total > 0 && done < last {
         tracing::info!(
             "trace store: migrating to schema version 11: the hours of expiry of {total} metric points"
@@ -918,11 +889,7 @@ fn point_expiry(conn: &mut Connection) -> Result<(), StoreError> {
              ON CONFLICT (hour) DO UPDATE SET first = MIN(first, excluded.first), last = MAX(last, excluded.last)",
             params![done, upto],
         )?;
-        tx.execute(
-            "INSERT INTO migration_steps (name, done_up_to) VALUES ('v11 point expiry', ?1)
-             ON CONFLICT (name) DO UPDATE SET done_up_to = excluded.done_up_to",
-            [upto],
-        )?;
+        record_step(&tx, "v11 point expiry", upto)?;
         tx.commit()?;
         done = upto;
         tracing::info!("trace store: schema version 11: metric points up to {done} of {last}");

@@ -148,14 +148,7 @@ fn copy(
 ) -> Result<(), StoreError> {
     let step = format!("v4 {what}");
     let total: i64 = conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?;
-    let mut done: i64 = conn
-        .query_row(
-            "SELECT done_up_to FROM migration_steps WHERE name = ?1",
-            [&step],
-            |r| r.get(0),
-        )
-        .optional()?
-        .unwrap_or(0);
+    let mut done = crate::schema::step_done(conn, &step)?;
     if total > 0 {
         tracing::info!("trace store: migrating to schema version 4: copying {total} {what}");
     }
@@ -177,11 +170,7 @@ fn copy(
             break;
         }
         let written = write_rows(&tx, &rows, state).and_then(|_| {
-            tx.execute(
-                "INSERT INTO migration_steps (name, done_up_to) VALUES (?1, ?2)
-                 ON CONFLICT (name) DO UPDATE SET done_up_to = excluded.done_up_to",
-                params![step, last],
-            )?;
+            crate::schema::record_step(&tx, &step, last)?;
             Ok(tx.commit()?)
         });
         if let Err(e) = written {
