@@ -21,7 +21,7 @@ use tokentrace_model::query::{Filter, FilterTarget, QueryConditionOp, SpanField}
 use tokentrace_model::{AttrValue, SpanRecord};
 
 use crate::StoreError;
-use crate::lookup::{Entry, Lookup, attribute_kind, targets_sql};
+use crate::lookup::{Entry, Lookup, Op, attribute_kind, find_json, found_sql};
 
 /// Values a key may show (per writer run) and still keep its entries in `attribute_values`.
 pub(crate) const LOW_CARDINALITY: usize = 64;
@@ -194,13 +194,15 @@ impl IndexedKeys {
 
     /// SQL selecting the trace keys (`trace_rows.id`) that an indexed filter admits (its
     /// parameters appended), for the first filter the index can answer exactly: `eq` with a
-    /// value, `gt`, `lt`.
+    /// value, `gt`, `lt`. The sorted runs are read here, on `conn` (their answer becomes a
+    /// parameter); `attribute_values` by the SQL.
     pub(crate) fn candidates(
         &self,
+        conn: &Connection,
         filters: &[Filter],
         params: &mut Vec<SqlValue>,
-    ) -> Option<String> {
-        filters.iter().find_map(|f| {
+    ) -> Result<Option<String>, StoreError> {
+        let Some((id, op, value)) = filters.iter().find_map(|f| {
             let key = match &f.target {
                 FilterTarget::Attribute(k) => k.as_str(),
                 FilterTarget::Field(SpanField::Name) => "name",
@@ -213,21 +215,28 @@ impl IndexedKeys {
                 AttrValue::Int(_) | AttrValue::Float(_) | AttrValue::Bool(_)
             );
             let op = match f.op {
-                QueryConditionOp::Eq if f.value != AttrValue::Null => "=",
-                QueryConditionOp::Gt if numeric => ">",
-                QueryConditionOp::Lt if numeric => "<",
+                QueryConditionOp::Eq if f.value != AttrValue::Null => Op::Eq,
+                QueryConditionOp::Gt if numeric => Op::Gt,
+                QueryConditionOp::Lt if numeric => Op::Lt,
                 _ => return None,
             };
-            let value = index_value(sql_value(&f.value));
-            for _ in 0..2 {
-                params.push(SqlValue::Integer(attribute_kind(id)));
-                params.push(value.clone());
-            }
-            Some(format!(
-                "{} UNION ALL SELECT trace FROM attribute_values WHERE kind = ? AND value {op} ?",
-                targets_sql(op)
-            ))
-        })
+            Some((id, op, index_value(sql_value(&f.value))))
+        }) else {
+            return Ok(None);
+        };
+        let kind = attribute_kind(id);
+        params.push(SqlValue::Text(find_json(conn, kind, op, &value)?));
+        params.push(SqlValue::Integer(kind));
+        params.push(value);
+        let op = match op {
+            Op::Gt => ">",
+            Op::Lt => "<",
+            _ => "=",
+        };
+        Ok(Some(format!(
+            "{} UNION ALL SELECT trace FROM attribute_values WHERE kind = ? AND value {op} ?",
+            found_sql("?")
+        )))
     }
 }
 

@@ -37,6 +37,7 @@ pub use checkpoint::CHECKPOINT_PAGES;
 pub use datasets::DatasetRow;
 pub use export::ExportPage;
 pub use index::text_key;
+pub use lookup::{find_targets, live_entries};
 pub use metrics::{MAX_BUCKETS, MetricQuery};
 pub use names::MAX_ATTRIBUTE_NAMES;
 pub use reader::{StoreReader, Table};

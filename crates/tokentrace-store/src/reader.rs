@@ -18,7 +18,7 @@ use tokentrace_model::{
 
 use crate::StoreError;
 use crate::index::{IndexedKeys, sql_value};
-use crate::lookup::{KIND_TRACE, targets_of};
+use crate::lookup::{KIND_TRACE, Op, find_json, found_sql};
 use crate::names::Names;
 
 /// Deepest span tree walked when the caller sets no `max_depth`.
@@ -128,12 +128,20 @@ pub(crate) fn span_id(b: [u8; 8]) -> Result<SpanId, StoreError> {
 }
 
 /// The trace keys of a trace id (one per project that sent it), as SQL: `?1` is the id as a
-/// blob; `scope` limits the projects (see [`StoreReader::scope_sql`]).
-pub(crate) fn trace_key_sql(scope: &str) -> String {
+/// blob, `found` the parameter holding what the runs hold for it ([`trace_candidates`]);
+/// `scope` limits the projects (see [`StoreReader::scope_sql`]).
+pub(crate) fn trace_key_sql(found: &str, scope: &str) -> String {
     format!(
         "SELECT t.id FROM trace_rows t WHERE t.id IN ({}) AND t.trace_id = ?1{scope}",
-        targets_of(KIND_TRACE, "?1")
+        found_sql(found)
     )
+}
+
+/// The trace keys the runs hold for a trace id (rows to be checked for the id), as the
+/// parameter of [`trace_key_sql`].
+pub(crate) fn trace_candidates(conn: &Connection, id: TraceId) -> Result<SqlValue, StoreError> {
+    let key = SqlValue::Blob(id.to_bytes().to_vec());
+    Ok(SqlValue::Text(find_json(conn, KIND_TRACE, Op::Eq, &key)?))
 }
 
 /// The stored times as text (the form of earlier versions), for filters on a time field whose
@@ -588,6 +596,7 @@ impl StoreReader {
 
     /// Traces with a span matching every filter, in the requested order.
     pub fn query_traces(&self, q: &TraceQuery) -> Result<Vec<Trace>, StoreError> {
+        let conn = self.conn()?;
         let mut params = Vec::new();
         let mut sql = String::from(
             "SELECT t.trace_id, t.root_span_id, t.start_ns, t.end_ns FROM trace_rows t WHERE t.start_ns IS NOT NULL",
@@ -595,7 +604,7 @@ impl StoreReader {
         sql.push_str(&self.scope_push("t.project", &mut params));
         if !q.filters.is_empty() {
             // An indexed filter narrows the traces first; every filter is then checked on spans.
-            if let Some(candidates) = self.indexed.candidates(&q.filters, &mut params) {
+            if let Some(candidates) = self.indexed.candidates(&conn, &q.filters, &mut params)? {
                 sql.push_str(&format!(" AND t.id IN ({candidates})"));
             } else if let Some(window) = start_window(&q.filters) {
                 let traces = window_traces_bound(window, &mut params);
@@ -625,7 +634,6 @@ impl StoreReader {
         sql.push_str(" LIMIT ? OFFSET ?");
         params.push(SqlValue::Integer(q.limit));
         params.push(SqlValue::Integer(q.offset));
-        let conn = self.conn()?;
         let mut st = conn.prepare_cached(&sql)?;
         let rows = st.query_map(params_from_iter(params), read_trace)?;
         rows.map(|r| r?).collect()
@@ -647,9 +655,12 @@ impl StoreReader {
         let sql = format!(
             "SELECT t.trace_id, t.root_span_id, t.start_ns, t.end_ns, t.id FROM trace_rows t
              WHERE t.id IN ({}) AND t.start_ns IS NOT NULL ORDER BY t.id LIMIT 1",
-            trace_key_sql(&self.scope_sql("t.project", "?2"))
+            trace_key_sql("?2", &self.scope_sql("t.project", "?3"))
         );
-        let mut params = vec![SqlValue::Blob(id.to_bytes().to_vec())];
+        let mut params = vec![
+            SqlValue::Blob(id.to_bytes().to_vec()),
+            trace_candidates(conn, id)?,
+        ];
         params.extend(self.scope_param());
         let row = conn
             .prepare_cached(&sql)?
@@ -666,12 +677,13 @@ impl StoreReader {
         let mut params = vec![
             SqlValue::Blob(trace.to_bytes().to_vec()),
             SqlValue::Blob(span.to_bytes().to_vec()),
+            trace_candidates(&conn, trace)?,
         ];
         params.extend(self.scope_param());
         let row = conn
             .prepare_cached(&format!(
                 "SELECT {SPAN_COLUMNS} FROM {SPANS_WITH_TRACE} WHERE s.trace IN ({}) AND s.span_id = ?2 ORDER BY s.trace LIMIT 1",
-                trace_key_sql(&self.scope_sql("t.project", "?3"))
+                trace_key_sql("?3", &self.scope_sql("t.project", "?4"))
             ))?
             .query_row(params_from_iter(params), SpanRow::read)
             .optional()?;
@@ -687,11 +699,12 @@ impl StoreReader {
         let conn = self.conn()?;
         let mut st = conn.prepare_cached(&format!(
             "SELECT {EVENT_COLUMNS} FROM event_rows WHERE trace IN ({}) AND span_id = ?2 ORDER BY ts_ns, id",
-            trace_key_sql(&self.scope_sql("t.project", "?3"))
+            trace_key_sql("?3", &self.scope_sql("t.project", "?4"))
         ))?;
         let mut ids = vec![
             SqlValue::Blob(trace_id.to_bytes().to_vec()),
             SqlValue::Blob(span_id.to_bytes().to_vec()),
+            trace_candidates(&conn, trace_id)?,
         ];
         ids.extend(self.scope_param());
         let rows = st.query_map(params_from_iter(ids), read_event)?;

@@ -55,7 +55,7 @@ CREATE INDEX IF NOT EXISTS attribute_index_expires_at ON attribute_index (expire
 /// Rows live in rowid tables whose keys grow with arrival (`trace_rows.id`, `span_rows.id`,
 /// `event_rows.id`), so that a batch's insertions land at the right edge of every B-tree
 /// rather than on random pages. Ids are stored as blobs, times as unix nanoseconds. Lookups by
-/// random keys (span id, trace id, attribute value) go through `lookup`: sorted runs, each
+/// random keys (span id, trace id, attribute value) go through sorted runs (`lookup_runs`, their entries in blocks: `lookup_blocks`), each
 /// written in one piece and merged in steps (see `crate::lookup`). An event keeps its trace
 /// id itself (it may outlive its trace's spans), and its trace key for the lookup by span. A
 /// trace row is created when its id is first seen, from an event too; until a span comes it
@@ -179,13 +179,6 @@ CREATE TABLE IF NOT EXISTS attribute_values (
     PRIMARY KEY (kind, value, trace)
 ) WITHOUT ROWID;
 
-CREATE TABLE IF NOT EXISTS lookup (
-    run    INTEGER NOT NULL,
-    kind   INTEGER NOT NULL,
-    key    NOT NULL,
-    target INTEGER NOT NULL,
-    PRIMARY KEY (run, kind, key, target)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS lookup_runs (
     run        INTEGER PRIMARY KEY,
     level      INTEGER NOT NULL,
@@ -320,11 +313,27 @@ CREATE TABLE IF NOT EXISTS metric_point_expiry (
 );
 "#;
 
+/// Version 12: the sorted runs' entries packed into blocks, a row a block (`crate::lookup`),
+/// where versions 4 to 11 kept an entry a row in `lookup` (run, kind, key, target). Created
+/// apart from [`CURRENT`] because migration 4 writes runs through the writer's code, before
+/// migration 12 converts the runs of `lookup` that a file has.
+const LOOKUP_BLOCKS: &str = r#"
+CREATE TABLE IF NOT EXISTS lookup_blocks (
+    id      INTEGER PRIMARY KEY,
+    run     INTEGER NOT NULL,
+    kind    INTEGER NOT NULL,
+    key     NOT NULL,
+    entries BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS lookup_blocks_run ON lookup_blocks (run, kind, key);
+"#;
+
 /// The schema version this build writes. Version 10 changed no table: the attribute index
 /// keeps texts under 4-byte keys (`crate::index::index_value`) and the runs key span ids by
 /// their first 4 bytes (`crate::lookup::span_key`); migration 10 converts the entries. Version 11
-/// replaced the expiry indexes of metric points and rollups by `metric_point_expiry`.
-pub const SCHEMA_VERSION: i64 = 11;
+/// replaced the expiry indexes of metric points and rollups by `metric_point_expiry`; version 12
+/// packed the runs' entries into blocks (`lookup_blocks`).
+pub const SCHEMA_VERSION: i64 = 12;
 
 /// The schema version of a file (0 for a new one). Reading it does not modify the file.
 pub fn version(conn: &Connection) -> Result<i64, StoreError> {
@@ -595,6 +604,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tx.execute_batch(LONG_TRACES)?;
         tx.execute_batch(HOURLY_ROLLUPS)?;
         tx.execute_batch(POINT_EXPIRY)?;
+        tx.execute_batch(LOOKUP_BLOCKS)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
         return Ok(());
@@ -607,12 +617,15 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         conn.execute_batch(LONG_TRACES)?;
         conn.execute_batch(HOURLY_ROLLUPS)?;
         conn.execute_batch(POINT_EXPIRY)?;
+        conn.execute_batch(LOOKUP_BLOCKS)?;
     }
     if current < SCHEMA_VERSION {
         // Steps that copy rows through the writer's code (migration 4) upsert hourly rollups
         // too; migration 9 then computes every hour from the minutes, whatever those wrote.
+        // They write index runs as blocks, which migrations 10 and 12 leave as they are.
         conn.execute_batch(HOURLY_ROLLUPS)?;
         conn.execute_batch(POINT_EXPIRY)?;
+        conn.execute_batch(LOOKUP_BLOCKS)?;
     }
     for to in current + 1..=SCHEMA_VERSION {
         match to {
@@ -628,7 +641,8 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             8 => trace_span_extents(conn)?,
             9 => hourly_rollups(conn)?,
             10 => index_keys(conn)?,
-            _ => point_expiry(conn)?,
+            11 => point_expiry(conn)?,
+            _ => crate::lookup::blocks_from_rows(conn)?,
         }
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM migration_progress WHERE version = ?1", [to])?;
@@ -760,12 +774,22 @@ fn index_keys(conn: &mut Connection) -> Result<(), StoreError> {
     // The entries to convert, and the condition that finds them (fixed strings).
     const TEXTS: &str = "kind >= 16 AND typeof(key) = 'text'";
     const SPAN_IDS: &str = "kind = 0 AND length(key) = 8";
+    // Runs written by migration 4 of this build are blocks, with keys of this version.
+    let rows: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'lookup'",
+        [],
+        |r| r.get(0),
+    )?;
     let total: i64 = conn.query_row(
-        &format!(
-            "SELECT (SELECT count(*) FROM attribute_values WHERE typeof(value) = 'text')
-                  + (SELECT count(*) FROM lookup WHERE {TEXTS})
-                  + (SELECT count(*) FROM lookup WHERE {SPAN_IDS})"
-        ),
+        &if rows {
+            format!(
+                "SELECT (SELECT count(*) FROM attribute_values WHERE typeof(value) = 'text')
+                      + (SELECT count(*) FROM lookup WHERE {TEXTS})
+                      + (SELECT count(*) FROM lookup WHERE {SPAN_IDS})"
+            )
+        } else {
+            "SELECT count(*) FROM attribute_values WHERE typeof(value) = 'text'".to_string()
+        },
         [],
         |r| r.get(0),
     )?;
@@ -815,10 +839,12 @@ fn index_keys(conn: &mut Connection) -> Result<(), StoreError> {
         Value::Blob(b) if b.len() == 8 => Value::Blob(b[..4].to_vec()),
         other => other,
     };
-    for (which, convert) in [
-        (TEXTS, &index_value as &dyn Fn(Value) -> Value),
-        (SPAN_IDS, &span_key),
-    ] {
+    let runs: &[(&str, &dyn Fn(Value) -> Value)] = if rows {
+        &[(TEXTS, &index_value), (SPAN_IDS, &span_key)]
+    } else {
+        &[]
+    };
+    for (which, convert) in runs {
         let mut at: (i64, i64, Value, i64) = (i64::MIN, i64::MIN, Value::Null, i64::MIN);
         loop {
             let tx = conn.transaction()?;

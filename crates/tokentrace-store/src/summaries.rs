@@ -112,7 +112,7 @@ impl StoreReader {
                 params.push(SqlValue::Integer(start));
                 params.push(SqlValue::Integer(key));
             }
-            sql.push_str(&self.filter_conditions(q, false, &mut params)?);
+            sql.push_str(&self.filter_conditions(conn, q, false, &mut params)?);
             rows = query_rows(conn, &sql, params, want)?;
             match edge {
                 // Fewer traces than the window: the first pass saw them all.
@@ -123,7 +123,7 @@ impl StoreReader {
         }
         let mut params = Vec::new();
         let mut sql = select_sql(self, q, older_than, &mut params);
-        sql.push_str(&self.filter_conditions(q, true, &mut params)?);
+        sql.push_str(&self.filter_conditions(conn, q, true, &mut params)?);
         rows.extend(query_rows(conn, &sql, params, want - rows.len())?);
         Ok(page(rows, q.limit))
     }
@@ -132,6 +132,7 @@ impl StoreReader {
     /// when `candidates` and a filter's key is indexed.
     fn filter_conditions(
         &self,
+        conn: &Connection,
         q: &ListTracesQuery,
         candidates: bool,
         params: &mut Vec<SqlValue>,
@@ -139,7 +140,7 @@ impl StoreReader {
         let mut sql = String::new();
         for f in &q.filters {
             let one = std::slice::from_ref(f);
-            if candidates && let Some(c) = self.indexed.candidates(one, params) {
+            if candidates && let Some(c) = self.indexed.candidates(conn, one, params)? {
                 sql.push_str(&format!(" AND t.id IN ({c})"));
             }
             let cond = filter_sql(one, params, &self.names)?;
@@ -158,7 +159,7 @@ impl StoreReader {
                         op: QueryConditionOp::Eq,
                         value: AttrValue::String(model.clone()),
                     };
-                    parts.extend(self.indexed.candidates(&[f], &mut more));
+                    parts.extend(self.indexed.candidates(conn, &[f], &mut more)?);
                 }
                 if parts.len() == MODEL_KEYS.len() {
                     sql.push_str(&format!(" AND t.id IN ({})", parts.join(" UNION ALL ")));

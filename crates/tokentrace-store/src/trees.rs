@@ -10,7 +10,7 @@ use tokentrace_model::{Span, SpanId, SpanWithStatus};
 
 use crate::StoreError;
 use crate::StoreReader;
-use crate::lookup::{span_key, span_targets_sql};
+use crate::lookup::{KIND_SPAN, Op, find_json, found_sql, span_key};
 use crate::reader::{
     MAX_TREE_DEPTH, SPAN_COLUMNS, SPANS_WITH_TRACE, SpanRow, filter_sql, start_window, truthy,
     window_traces_bound,
@@ -80,12 +80,16 @@ impl StoreReader {
         let id = span_id.to_bytes();
         let conn = self.conn()?;
         // A span id may be repeated in other traces (it is unique only within its trace).
-        let mut params = vec![rusqlite::types::Value::Blob(id.to_vec()), span_key(&id)];
+        let found = find_json(&conn, KIND_SPAN, Op::Eq, &span_key(&id))?;
+        let mut params = vec![
+            rusqlite::types::Value::Blob(id.to_vec()),
+            rusqlite::types::Value::Text(found),
+        ];
         params.extend(self.scope_param());
         let traces: Vec<i64> = conn
             .prepare_cached(&format!(
                 "SELECT DISTINCT trace FROM span_rows WHERE id IN ({}) AND span_id = ?1{} ORDER BY trace",
-                span_targets_sql("?2"),
+                found_sql("?2"),
                 self.scope_sql("(SELECT tp.project FROM trace_rows tp WHERE tp.id = span_rows.trace)", "?3")
             ))?
             .query_map(params_from_iter(params), |r| r.get(0))?
@@ -118,6 +122,7 @@ impl StoreReader {
         attributes_to_return: &[String],
         max_depth: Option<u32>,
     ) -> Result<Vec<Span>, StoreError> {
+        let conn = self.conn()?;
         let mut params = Vec::new();
         let sql = if filters.is_empty() {
             let scope = self.scope_push("t.project", &mut params);
@@ -126,7 +131,7 @@ impl StoreReader {
             )
         } else if let Some(candidates) = self
             .indexed
-            .candidates(filters, &mut params)
+            .candidates(&conn, filters, &mut params)?
             .or_else(|| start_window(filters).map(|w| window_traces_bound(w, &mut params)))
         {
             // The traces an indexed filter admits, else those of the time window; every filter
@@ -151,7 +156,6 @@ impl StoreReader {
         };
         let depth = max_depth.unwrap_or(MAX_TREE_DEPTH).min(MAX_TREE_DEPTH);
         let keys = (!attributes_to_return.is_empty()).then_some(attributes_to_return);
-        let conn = self.conn()?;
         let roots: Vec<(i64, [u8; 8])> = conn
             .prepare_cached(&sql)?
             .query_map(params_from_iter(params), |r| Ok((r.get(0)?, r.get(1)?)))?

@@ -145,10 +145,26 @@ fn cases() -> Vec<Vec<QueryCondition>> {
     ]
 }
 
+/// A connection to the file with the entries of its live runs (blocks, which SQL does not
+/// read) in the temporary table `live_lookup` (kind, key, target).
+fn inspect(path: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch("CREATE TEMP TABLE live_lookup (kind, key, target)")
+        .unwrap();
+    for (kind, key, target) in tokentrace_store::live_entries(&conn).unwrap() {
+        conn.execute(
+            "INSERT INTO live_lookup VALUES (?1, ?2, ?3)",
+            rusqlite::params![kind, key, target],
+        )
+        .unwrap();
+    }
+    conn
+}
+
 /// Counts the attribute index's entries (in the live runs and in `attribute_values`), of keys
-/// still registered.
+/// still registered (on a connection of [`inspect`]).
 const LIVE_ENTRIES: &str = "SELECT COUNT(*) FROM (
-        SELECT l.kind, l.key AS value FROM lookup l JOIN lookup_runs r ON r.run = l.run AND r.state = 0
+        SELECT l.kind, l.key AS value FROM live_lookup l
         UNION ALL SELECT kind, value FROM attribute_values
      ) e JOIN attribute_keys k ON e.kind = 16 + k.id";
 
@@ -167,7 +183,7 @@ fn indexed_filters_answer_what_a_scan_of_every_span_answers() {
     // The index is what answers: every trace of user-3, and no other.
     let f = filters(&[("user.id", QueryConditionOp::Eq, "user-3".into())]);
     assert_eq!(traces(&a, &f).len(), 300 / 17 + 1);
-    let conn = rusqlite::Connection::open(&indexed).unwrap();
+    let conn = inspect(&indexed);
     let n: i64 = conn
         .query_row(
             &format!("{LIVE_ENTRIES} WHERE k.key = 'user.id'"),
@@ -231,7 +247,7 @@ fn a_key_configured_later_is_filled_from_the_spans_already_stored() {
     let store = open(&path, &["user.id", "name"]);
     let f = filters(&[("user.id", QueryConditionOp::Eq, "user-3".into())]);
     assert_eq!(traces(&store, &f).len(), 300 / 17 + 1);
-    let conn = rusqlite::Connection::open(&path).unwrap();
+    let conn = inspect(&path);
     let (entries, complete): (i64, i64) = conn
         .query_row(
             &format!(
@@ -289,7 +305,7 @@ fn retention_removes_the_index_runs_of_expired_spans() {
         w.flush().unwrap();
     }
     w.expire(Timestamp::now()).unwrap();
-    let conn = rusqlite::Connection::open(&path).unwrap();
+    let conn = inspect(&path);
     let values: Vec<Vec<u8>> = conn
         .prepare(&LIVE_ENTRIES.replacen("COUNT(*)", "e.value", 1))
         .unwrap()
@@ -301,17 +317,29 @@ fn retention_removes_the_index_runs_of_expired_spans() {
     store.close().unwrap();
 }
 
-/// The index entries of a file of schema version 9, which kept span ids whole and texts as
-/// they are: every span entry keyed by its whole id, and every entry
-/// of the indexed keys, for (text value, trace key) pairs computed from the stored spans, in a
-/// run of their own (user ids and sessions) or in `attribute_values` (names, statuses and the
-/// status codes, numbers, which stay as they are).
+/// The index entries of a file of schema version 9, which kept a run's entries as rows of
+/// `lookup`, span ids whole and texts as they are: a live run with every span keyed by its
+/// whole id, every trace id, and every entry of the indexed keys, for (text value, trace key)
+/// pairs computed from the stored spans (user ids and sessions), the others in
+/// `attribute_values` (names, statuses and the status codes, numbers, which stay as they are);
+/// and a dead run, whose entries nobody reads.
 const VERSION_9_ENTRIES: &str = "
-    DELETE FROM lookup WHERE kind >= 16;
-    UPDATE lookup SET key = (SELECT s.span_id FROM span_rows s WHERE s.id = lookup.target) WHERE kind = 0;
+    DROP TABLE lookup_blocks;
+    DELETE FROM lookup_runs;
+    CREATE TABLE lookup (
+        run    INTEGER NOT NULL,
+        kind   INTEGER NOT NULL,
+        key    NOT NULL,
+        target INTEGER NOT NULL,
+        PRIMARY KEY (run, kind, key, target)
+    ) WITHOUT ROWID;
     DELETE FROM attribute_values;
     INSERT INTO lookup_runs (run, level, state, entries, traces, span_max, trace_max)
-        VALUES (1000, 0, 0, 0, 0, NULL, (SELECT MAX(id) FROM trace_rows));
+        VALUES (1000, 0, 0, 0, 300, (SELECT MAX(id) FROM span_rows), (SELECT MAX(id) FROM trace_rows)),
+               (999, 0, 2, 1, 0, 1, NULL);
+    INSERT INTO lookup (run, kind, key, target) VALUES (999, 0, x'00000001', 1);
+    INSERT INTO lookup (run, kind, key, target) SELECT 1000, 0, s.span_id, s.id FROM span_rows s;
+    INSERT INTO lookup (run, kind, key, target) SELECT 1000, 1, t.trace_id, t.id FROM trace_rows t;
     INSERT OR IGNORE INTO lookup (run, kind, key, target)
         SELECT 1000, 16 + k.id, json_extract(s.attributes, '$.\"' || n.id || '\"'), s.trace
         FROM span_rows s, attribute_keys k JOIN attribute_names n ON n.name = k.key
@@ -325,10 +353,11 @@ const VERSION_9_ENTRIES: &str = "
         FROM span_rows s, attribute_keys k JOIN attribute_names n ON n.name = k.key
         WHERE k.key = 'http.response.status_code'
           AND json_extract(s.attributes, '$.\"' || n.id || '\"') IS NOT NULL;
+    UPDATE lookup_runs SET entries = (SELECT COUNT(*) FROM lookup WHERE run = 1000) WHERE run = 1000;
     PRAGMA user_version = 9;";
 
 #[test]
-fn a_version_9_index_is_migrated_to_4_byte_keys_and_answers_the_same() {
+fn a_version_9_index_is_migrated_to_4_byte_keys_in_blocks_and_answers_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let indexed = dir.path().join("indexed.db");
     let scanned = dir.path().join("scanned.db");
@@ -354,13 +383,38 @@ fn a_version_9_index_is_migrated_to_4_byte_keys_and_answers_the_same() {
         .unwrap();
     assert_eq!(spans_whole, 900);
     assert!(before.1 >= 900, "{before:?}");
+    let rows: i64 = conn
+        .query_row("SELECT COUNT(*) FROM lookup WHERE run = 1000", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
     drop(conn);
     let a = open(&indexed, KEYS);
-    let conn = rusqlite::Connection::open(&indexed).unwrap();
+    let conn = inspect(&indexed);
     let after: (i64, i64) = conn
-        .query_row(texts, [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(&texts.replace("FROM lookup", "FROM live_lookup"), [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .unwrap();
     assert_eq!(after, (0, 0));
+    // Every live entry is in the blocks now (the run's figures with it), the dead run and
+    // the table of rows are gone.
+    let (live, counted, runs, table): (i64, i64, i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM live_lookup), (SELECT SUM(entries) FROM lookup_runs),
+                    (SELECT COUNT(*) FROM lookup_runs),
+                    (SELECT COUNT(*) FROM sqlite_master WHERE name = 'lookup')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!((live, counted, runs, table), (rows, rows, 1, 0));
+    let traces_found: i64 = conn
+        .query_row("SELECT COUNT(*) FROM live_lookup WHERE kind = 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(traces_found, 300);
     let keys: i64 = conn
         .query_row(
             &format!("{LIVE_ENTRIES} WHERE typeof(e.value) = 'blob' AND length(e.value) = 4"),
@@ -381,7 +435,7 @@ fn a_version_9_index_is_migrated_to_4_byte_keys_and_answers_the_same() {
     // first 4 bytes now, and find their spans.
     let whole: i64 = conn
         .query_row(
-            "SELECT COUNT(*) FROM lookup WHERE kind = 0 AND length(key) <> 4",
+            "SELECT COUNT(*) FROM live_lookup WHERE kind = 0 AND length(key) <> 4",
             [],
             |r| r.get(0),
         )

@@ -315,6 +315,21 @@ struct Query {
     sql: &'static str,
 }
 
+/// The targets the sorted runs hold for a key of `kind` (a blob), as the JSON array the floor
+/// SQL reads with `json_each`.
+fn found(c: &rusqlite::Connection, kind: i64, key: Vec<u8>) -> Result<String, Error> {
+    let targets = tokentrace_store::find_targets(c, kind, &rusqlite::types::Value::Blob(key))?;
+    Ok(serde_json::Value::from(targets).to_string())
+}
+
+/// [`found`] for a value (its 4-byte key) of the indexed attribute `name`.
+fn found_attribute(c: &rusqlite::Connection, name: &str, key: Vec<u8>) -> Result<String, Error> {
+    let id: i64 = c
+        .prepare_cached("SELECT id FROM attribute_keys WHERE key = ?1")?
+        .query_row([name], |r| r.get(0))?;
+    found(c, 16 + id, key)
+}
+
 /// The floor of the lists of newest traces: the index read of the newest trace rows.
 fn newest_floor(c: &rusqlite::Connection, _: u64) -> Result<(), Error> {
     let mut st = c.prepare_cached(NEWEST_SQL)?;
@@ -322,15 +337,15 @@ fn newest_floor(c: &rusqlite::Connection, _: u64) -> Result<(), Error> {
     Ok(())
 }
 
-/// A trace id's key: the sorted runs' entries for it (one seek per live run), checked against
-/// the trace row.
+/// A trace id's key: the sorted runs' entries for it (read from their blocks by
+/// `tokentrace_store::find_targets`, two seeks a live run: `?2`), checked against the trace row.
 const GET_TRACE_SQL: &str = "SELECT t.root_span_id, t.start_ns, t.end_ns FROM trace_rows t
-WHERE t.id IN (SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = 0) AND kind = 1 AND key = ?1) AND t.trace_id = ?1";
+WHERE t.id IN (SELECT value FROM json_each(?2)) AND t.trace_id = ?1";
 const GET_SPAN_SQL: &str = "SELECT s.span_id, s.parent_span_id, s.name, s.start_ns, s.end_ns, s.attributes, s.status FROM span_rows s
-WHERE s.trace IN (SELECT t.id FROM trace_rows t WHERE t.id IN (SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = 0) AND kind = 1 AND key = ?1) AND t.trace_id = ?1) AND s.span_id = ?2";
+WHERE s.trace IN (SELECT t.id FROM trace_rows t WHERE t.id IN (SELECT value FROM json_each(?3)) AND t.trace_id = ?1) AND s.span_id = ?2";
 /// The span tree is two lookups: the span's trace (span entries are keyed by the id's first 4
 /// bytes, checked against the row), then that trace's spans (walked in Rust).
-const TREE_ANCHOR_SQL: &str = "SELECT DISTINCT trace FROM span_rows WHERE id IN (SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = 0) AND kind = 0 AND key = substr(?1, 1, 4)) AND span_id = ?1";
+const TREE_ANCHOR_SQL: &str = "SELECT DISTINCT trace FROM span_rows WHERE id IN (SELECT value FROM json_each(?2)) AND span_id = ?1";
 const TREE_SQL: &str = "SELECT s.span_id, t.trace_id, s.parent_span_id, s.name, s.start_ns, s.end_ns, s.attributes, s.status
 FROM span_rows s JOIN trace_rows t ON t.id = s.trace WHERE s.trace = ?1 ORDER BY s.start_ns";
 const NEWEST_SQL: &str = "SELECT trace_id, root_span_id, start_ns, end_ns FROM trace_rows WHERE start_ns IS NOT NULL ORDER BY start_ns DESC LIMIT 100";
@@ -339,11 +354,11 @@ const NEWEST_SQL: &str = "SELECT trace_id, root_span_id, start_ns, end_ns FROM t
 /// (whose attributes are keyed by the name's id).
 const USER_SQL: &str = "SELECT t.trace_id, t.root_span_id, t.start_ns, t.end_ns FROM trace_rows t
 WHERE t.start_ns IS NOT NULL
-AND t.id IN (SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = 0) AND kind = 16 + (SELECT id FROM attribute_keys WHERE key = 'user.id') AND key = ?2)
+AND t.id IN (SELECT value FROM json_each(?2))
 AND EXISTS (SELECT 1 FROM span_rows s WHERE s.trace = t.id AND json_extract(s.attributes, (SELECT '$.\"' || id || '\"' FROM attribute_names WHERE name = 'user.id')) IS ?1)
 ORDER BY t.start_ns DESC LIMIT 100";
 const SESSION_SQL: &str = "SELECT s.span_id, s.attributes FROM span_rows s
-WHERE s.trace IN (SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = 0) AND kind = 16 + (SELECT id FROM attribute_keys WHERE key = 'session.id') AND key = ?2)
+WHERE s.trace IN (SELECT value FROM json_each(?2))
 AND json_extract(s.attributes, (SELECT '$.\"' || id || '\"' FROM attribute_names WHERE name = 'session.id')) IS ?1";
 /// A time window without an indexed filter: the traces that start in the hour or a minute
 /// before it (and the long ones spanning it), their spans in the hour checked against a filter
@@ -604,8 +619,9 @@ fn main() -> Result<(), Error> {
                 move |t| get(format!("/v1/telemetry/traces/{}", hex(&trace_id(t))))
             }),
             floor: Box::new(|c, t| {
+                let found = found(c, 1, trace_id(t).to_vec())?;
                 let mut st = c.prepare_cached(GET_TRACE_SQL)?;
-                drain(st.query(params![trace_id(t).to_vec()])?)?;
+                drain(st.query(params![trace_id(t).to_vec(), found])?)?;
                 Ok(())
             }),
             sql: GET_TRACE_SQL,
@@ -623,8 +639,9 @@ fn main() -> Result<(), Error> {
                 }
             }),
             floor: Box::new(|c, t| {
+                let found = found(c, 1, trace_id(t).to_vec())?;
                 let mut st = c.prepare_cached(GET_SPAN_SQL)?;
-                drain(st.query(params![trace_id(t).to_vec(), span_id(t, 5).to_vec()])?)?;
+                drain(st.query(params![trace_id(t).to_vec(), span_id(t, 5).to_vec(), found])?)?;
                 Ok(())
             }),
             sql: GET_SPAN_SQL,
@@ -641,9 +658,10 @@ fn main() -> Result<(), Error> {
                 }
             }),
             floor: Box::new(|c, t| {
+                let found = found(c, 0, span_id(t, 0)[..4].to_vec())?;
                 let trace: i64 = c
                     .prepare_cached(TREE_ANCHOR_SQL)?
-                    .query_row(params![span_id(t, 0).to_vec()], |r| r.get(0))?;
+                    .query_row(params![span_id(t, 0).to_vec(), found], |r| r.get(0))?;
                 let mut st = c.prepare_cached(TREE_SQL)?;
                 drain(st.query(params![trace])?)?;
                 Ok(())
@@ -699,8 +717,9 @@ fn main() -> Result<(), Error> {
                 }
             }),
             floor: Box::new(|c, t| {
+                let found = found_attribute(c, "user.id", text_key(&user(t)).to_vec())?;
                 let mut st = c.prepare_cached(USER_SQL)?;
-                drain(st.query(params![user(t), text_key(&user(t)).to_vec()])?)?;
+                drain(st.query(params![user(t), found])?)?;
                 Ok(())
             }),
             sql: USER_SQL,
@@ -712,9 +731,10 @@ fn main() -> Result<(), Error> {
                 move |t| get(format!("/v1/tokentrace/traces/{}", hex(&trace_id(t))))
             }),
             floor: Box::new(|c, t| {
+                let found = found(c, 0, span_id(t, 0)[..4].to_vec())?;
                 let trace: i64 = c
                     .prepare_cached(TREE_ANCHOR_SQL)?
-                    .query_row(params![span_id(t, 0).to_vec()], |r| r.get(0))?;
+                    .query_row(params![span_id(t, 0).to_vec(), found], |r| r.get(0))?;
                 let mut st = c.prepare_cached(TREE_SQL)?;
                 drain(st.query(params![trace])?)?;
                 Ok(())
@@ -733,8 +753,9 @@ fn main() -> Result<(), Error> {
                 }
             }),
             floor: Box::new(|c, t| {
+                let found = found_attribute(c, "user.id", text_key(&user(t)).to_vec())?;
                 let mut st = c.prepare_cached(USER_SQL)?;
-                drain(st.query(params![user(t), text_key(&user(t)).to_vec()])?)?;
+                drain(st.query(params![user(t), found])?)?;
                 Ok(())
             }),
             sql: USER_SQL,
@@ -751,8 +772,9 @@ fn main() -> Result<(), Error> {
                 }
             }),
             floor: Box::new(|c, t| {
+                let found = found_attribute(c, "session.id", text_key(&session(t)).to_vec())?;
                 let mut st = c.prepare_cached(SESSION_SQL)?;
-                drain(st.query(params![session(t), text_key(&session(t)).to_vec()])?)?;
+                drain(st.query(params![session(t), found])?)?;
                 Ok(())
             }),
             sql: SESSION_SQL,

@@ -1,7 +1,7 @@
 //! Bloom filters of the trace ids of each run, for the writer's lookups of new traces.
 
-use rusqlite::Connection;
-use rusqlite::types::Value as SqlValue;
+use rusqlite::types::{Value as SqlValue, ValueRef};
+use rusqlite::{Connection, params};
 
 use super::KIND_TRACE;
 use crate::StoreError;
@@ -49,16 +49,15 @@ impl Bloom {
     }
 }
 
-/// The Bloom filter of a run's trace ids, read from the file.
+/// The Bloom filter of a run's trace ids, read from the file: the blocks that hold trace
+/// entries, read in place.
 pub(super) fn run_bloom(conn: &Connection, run: i64, traces: i64) -> Result<Bloom, StoreError> {
     let mut bloom = Bloom::with_capacity(traces.max(0) as u64);
-    let mut st = conn.prepare_cached(&format!(
-        "SELECT key FROM lookup WHERE run = ?1 AND kind = {KIND_TRACE}"
-    ))?;
-    let mut rows = st.query([run])?;
+    let mut st = conn.prepare_cached(&super::blocks_sql(super::Op::Any, true))?;
+    let mut rows = st.query(params![KIND_TRACE, SqlValue::Null, run])?;
     while let Some(r) = rows.next()? {
-        if let SqlValue::Blob(b) = r.get::<_, SqlValue>(0)? {
-            bloom.insert(&b);
+        if let ValueRef::Blob(b) = r.get_ref(0)? {
+            super::block::blob_keys(b, KIND_TRACE, |k| bloom.insert(k))?;
         }
     }
     Ok(bloom)

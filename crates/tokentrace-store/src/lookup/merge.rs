@@ -1,29 +1,98 @@
 //! Merging runs: one level's live runs into one run of the next, a round per transaction, and
 //! deleting the runs merged.
 
-use std::cmp::Ordering;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashSet, VecDeque};
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 
 use super::bloom::Bloom;
 use super::{
-    BUILDING, DEAD, Entry, KIND_SPAN, KIND_TRACE, LIVE, Lookup, cmp_entry, min_live, read_entry,
+    BUILDING, Blocks, DEAD, Entry, KIND_SPAN, KIND_TRACE, LIVE, Lookup, block, cmp_entry, min_live,
 };
 use crate::StoreError;
 
-/// A merge in progress: everything up to `cursor` has been copied into `into`, whose entry
-/// count, trace ids (in `bloom`) and largest targets are kept as the rounds copy them, so that
-/// the last round of a merge of millions of entries costs what the others do.
+/// Blocks a source reads at once.
+const READ_BLOCKS: i64 = 4;
+
+/// One source of a merge: its blocks are read in order, a few at a time, and their entries
+/// wait here to be merged.
+struct Source {
+    run: i64,
+    /// The last block read: (kind, key, id), its place in the run's order.
+    after: Option<(i64, SqlValue, i64)>,
+    waiting: VecDeque<Entry>,
+    /// Every block has been read.
+    read: bool,
+}
+
+impl Source {
+    /// The next entry, reading blocks when none waits; `None` at the end of the run.
+    fn next(&mut self, conn: &Connection) -> Result<Option<Entry>, StoreError> {
+        if self.waiting.is_empty() && !self.read {
+            let mut st = conn.prepare_cached(
+                "SELECT id, kind, key, entries FROM lookup_blocks
+                 WHERE run = ?1 AND (kind, key, id) > (?2, ?3, ?4)
+                 ORDER BY kind, key, id LIMIT ?5",
+            )?;
+            let (kind, key, id) =
+                self.after
+                    .clone()
+                    .unwrap_or((i64::MIN, SqlValue::Null, i64::MIN));
+            let mut rows = st.query(params![self.run, kind, key, id, READ_BLOCKS])?;
+            let mut n = 0;
+            while let Some(r) = rows.next()? {
+                n += 1;
+                let entries: Vec<u8> = r.get(3)?;
+                self.waiting.extend(block::decode(&entries)?);
+                self.after = Some((r.get(1)?, r.get(2)?, r.get(0)?));
+            }
+            self.read = n < READ_BLOCKS;
+        }
+        Ok(self.waiting.pop_front())
+    }
+}
+
+/// A source's next entry, ordered for the heap (then by source, for a total order).
+struct Head(Entry, usize);
+
+impl PartialEq for Head {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Head {}
+impl PartialOrd for Head {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Head {
+    fn cmp(&self, other: &Self) -> Ordering {
+        cmp_entry(&self.0, &other.0).then(self.1.cmp(&other.1))
+    }
+}
+
+/// A merge in progress: its sources' next entries, the output's block being written, and the
+/// output's entry count, trace ids (in `bloom`) and largest targets as the rounds write them.
+/// It lives in the writer's memory only: a merge that a restart or a failed round interrupts
+/// is abandoned (`Lookup::load`).
 pub(super) struct Merge {
     /// The level of the sources (`into` is of the next).
     pub(super) level: i64,
     pub(super) sources: Vec<i64>,
     pub(super) into: i64,
-    pub(super) cursor: Option<Entry>,
+    readers: Vec<Source>,
+    heads: BinaryHeap<Reverse<Head>>,
+    started: bool,
+    out: Blocks,
+    last: Option<Entry>,
     /// Entries pointing below these ids point at deleted rows and are dropped.
-    pub(super) min_span: i64,
-    pub(super) min_trace: i64,
+    min_span: i64,
+    min_trace: i64,
+    /// The attribute keys registered when the merge started; entries of others are dropped.
+    keys: HashSet<i64>,
     entries: i64,
     traces: i64,
     span_max: Option<i64>,
@@ -31,84 +100,64 @@ pub(super) struct Merge {
     bloom: Bloom,
 }
 
-/// SQL moving a merge's entries after the cursor (`?4` to `?6`, when `after`) up to the bound
-/// (`?7` to `?9`, when `upto`) from its sources (the runs listed in `?2`, as a JSON array)
-/// into run `?1`, in order, without duplicates, and without entries that point at deleted
-/// rows (below `?3` for span entries, `?10` for the others) or belong to no registered key.
-/// Each variant keeps its range conditions plain, so that SQLite reads each source as one
-/// index range. What it copied is read back by [`round_copied_sql`] (a `RETURNING` would
-/// gather every entry of the round in a temporary table first).
-fn merge_move_sql(after: bool, upto: bool) -> String {
-    format!(
-        "INSERT OR IGNORE INTO lookup (run, kind, key, target)
-         SELECT ?1, kind, key, target FROM lookup
-         WHERE run IN (SELECT value FROM json_each(?2)) {} {}
-           AND target >= CASE WHEN kind = {KIND_SPAN} THEN ?3 ELSE ?10 END
-           AND (kind < 16 OR kind - 16 IN (SELECT id FROM attribute_keys))
-         ORDER BY kind, key, target",
-        if after {
-            "AND (kind, key, target) > (?4, ?5, ?6)"
+impl Merge {
+    /// Whether an entry is kept: its row is still there, its key still registered.
+    fn keeps(&self, e: &Entry) -> bool {
+        let min = if e.kind == KIND_SPAN {
+            self.min_span
         } else {
-            "AND ?4 IS ?4 AND ?5 IS ?5 AND ?6 IS ?6"
-        },
-        if upto {
-            "AND (kind, key, target) <= (?7, ?8, ?9)"
-        } else {
-            "AND ?7 IS ?7 AND ?8 IS ?8 AND ?9 IS ?9"
-        },
-    )
-}
+            self.min_trace
+        };
+        e.target >= min && (e.kind < 16 || self.keys.contains(&(e.kind - 16)))
+    }
 
-/// SQL reading what a round just copied into its merge's output: the entries of run `?1`
-/// after the cursor (`?2` to `?4`), since the output holds nothing past the cursor before the
-/// round; the whole run in the first round (`first`: one statement for both would not read an
-/// index range). Each as its kind, its key when it is a trace id, its target.
-fn round_copied_sql(first: bool) -> String {
-    format!(
-        "SELECT kind, CASE WHEN kind = {KIND_TRACE} THEN key END, target FROM lookup WHERE run = ?1{}",
-        if first {
-            ""
-        } else {
-            " AND (kind, key, target) > (?2, ?3, ?4)"
+    /// Writes an entry into the output (once, however many sources hold it).
+    fn write(&mut self, conn: &Connection, e: Entry) -> Result<(), StoreError> {
+        if self.last.as_ref() == Some(&e) || !self.keeps(&e) {
+            return Ok(());
         }
-    )
-}
-
-/// What one round of a merge copied: entries, trace ids, largest targets.
-#[derive(Default)]
-struct Round {
-    entries: i64,
-    trace_keys: Vec<Vec<u8>>,
-    span_max: Option<i64>,
-    trace_max: Option<i64>,
-}
-
-impl Round {
-    fn add(&mut self, kind: i64, trace_key: Option<Vec<u8>>, target: i64) {
+        self.out.push(conn, &e)?;
         self.entries += 1;
-        let max = if kind == KIND_SPAN {
+        let max = if e.kind == KIND_SPAN {
             &mut self.span_max
         } else {
             &mut self.trace_max
         };
-        *max = Some(max.map_or(target, |m| m.max(target)));
-        if let Some(k) = trace_key {
-            self.trace_keys.push(k);
+        *max = Some(max.map_or(e.target, |m| m.max(e.target)));
+        if e.kind == KIND_TRACE {
+            self.traces += 1;
+            if let SqlValue::Blob(b) = &e.key {
+                self.bloom.insert(b);
+            }
         }
+        self.last = Some(e);
+        Ok(())
     }
-}
 
-impl Merge {
-    /// Counts a committed round in.
-    fn add(&mut self, round: Round) {
-        self.entries += round.entries;
-        self.traces += round.trace_keys.len() as i64;
-        for k in &round.trace_keys {
-            self.bloom.insert(k);
+    /// Moves up to `budget` entries from the sources into the output; whether the sources
+    /// are exhausted.
+    fn advance(&mut self, conn: &Connection, budget: i64) -> Result<(i64, bool), StoreError> {
+        if !self.started {
+            for i in 0..self.readers.len() {
+                if let Some(e) = self.readers[i].next(conn)? {
+                    self.heads.push(Reverse(Head(e, i)));
+                }
+            }
+            self.started = true;
         }
-        // `None` orders before every `Some`.
-        self.span_max = self.span_max.max(round.span_max);
-        self.trace_max = self.trace_max.max(round.trace_max);
+        let mut moved = 0;
+        while moved < budget {
+            let Some(Reverse(Head(e, i))) = self.heads.pop() else {
+                self.out.finish(conn)?;
+                return Ok((moved, true));
+            };
+            if let Some(next) = self.readers[i].next(conn)? {
+                self.heads.push(Reverse(Head(next, i)));
+            }
+            self.write(conn, e)?;
+            moved += 1;
+        }
+        Ok((moved, false))
     }
 }
 
@@ -146,13 +195,30 @@ impl Lookup {
                 [serde_json::Value::from(sources.clone()).to_string()],
                 |r| r.get(0),
             )?;
+            let keys = conn
+                .prepare_cached("SELECT id FROM attribute_keys")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
             self.merges.push(Merge {
                 level,
+                readers: sources
+                    .iter()
+                    .map(|&run| Source {
+                        run,
+                        after: None,
+                        waiting: VecDeque::new(),
+                        read: false,
+                    })
+                    .collect(),
                 sources,
                 into,
-                cursor: None,
+                heads: BinaryHeap::new(),
+                started: false,
+                out: Blocks::new(into),
+                last: None,
                 min_span: min_live(conn, "span_rows")?,
                 min_trace: min_live(conn, "trace_rows")?,
+                keys,
                 entries: 0,
                 traces: 0,
                 span_max: None,
@@ -163,133 +229,56 @@ impl Lookup {
         Ok(())
     }
 
-    /// Deletes up to `budget` entries of the first dead run (all that is left of it: the run).
+    /// Deletes up to about `budget` entries (in whole blocks) of the first dead run, and the
+    /// run once nothing of it is left.
     fn delete_dead(&mut self, conn: &mut Connection, budget: i64) -> Result<u64, StoreError> {
         let Some(&run) = self.dead.first() else {
             return Ok(0);
         };
-        // Everything up to the budget-th entry, as one range.
-        let bound: Option<Entry> = conn
-            .prepare_cached(
-                "SELECT kind, key, target FROM lookup WHERE run = ?1 ORDER BY kind, key, target LIMIT 1 OFFSET ?2",
-            )?
-            .query_row(params![run, budget - 1], read_entry)
-            .optional()?;
+        let blocks = (budget / 256).max(1);
         let tx = conn.transaction()?;
-        let n = match &bound {
-            Some(b) => tx
-                .prepare_cached(
-                    "DELETE FROM lookup WHERE run = ?1 AND (kind, key, target) <= (?2, ?3, ?4)",
-                )?
-                .execute(params![run, b.kind, b.key, b.target])?,
-            None => {
-                let n = tx
-                    .prepare_cached("DELETE FROM lookup WHERE run = ?1")?
-                    .execute([run])?;
-                tx.execute("DELETE FROM lookup_runs WHERE run = ?1", [run])?;
-                n
-            }
-        };
+        let n = tx
+            .prepare_cached(
+                "DELETE FROM lookup_blocks WHERE id IN (SELECT id FROM lookup_blocks WHERE run = ?1 LIMIT ?2)",
+            )?
+            .execute(params![run, blocks])?;
+        let gone = (n as i64) < blocks;
+        if gone {
+            tx.execute("DELETE FROM lookup_runs WHERE run = ?1", [run])?;
+        }
         tx.commit()?;
-        if bound.is_none() {
+        if gone {
             self.dead.remove(0);
         }
-        Ok(n.max(1) as u64)
+        Ok((n as u64 * 256).max(1))
     }
 
-    /// One round of the merge `at` of `self.merges`: the entries from the cursor to a bound
-    /// about `budget` entries further, copied in one transaction; the last round makes the
-    /// output live and the sources dead in the same transaction.
+    /// One round of the merge `at` of `self.merges`: about `budget` entries moved in one
+    /// transaction; the last round makes the output live and the sources dead in the same
+    /// transaction.
     fn merge_round(
         &mut self,
         conn: &mut Connection,
         at: usize,
         budget: i64,
     ) -> Result<u64, StoreError> {
-        let merge = &self.merges[at];
-        // The round ends at the smallest of the sources' entries that lie a share of the budget
-        // after the cursor; a source with fewer entries left does not bound it.
-        let share = (budget / merge.sources.len().max(1) as i64).max(1);
-        let mut bound: Option<Entry> = None;
-        for &src in &merge.sources {
-            let e: Option<Entry> = match &merge.cursor {
-                None => conn
-                    .prepare_cached(
-                        "SELECT kind, key, target FROM lookup WHERE run = ?1 ORDER BY kind, key, target LIMIT 1 OFFSET ?2",
-                    )?
-                    .query_row(params![src, share - 1], read_entry)
-                    .optional()?,
-                Some(c) => conn
-                    .prepare_cached(
-                        "SELECT kind, key, target FROM lookup WHERE run = ?1 AND (kind, key, target) > (?2, ?3, ?4)
-                         ORDER BY kind, key, target LIMIT 1 OFFSET ?5",
-                    )?
-                    .query_row(params![src, c.kind, c.key, c.target, share - 1], read_entry)
-                    .optional()?,
-            };
-            if let Some(e) = e
-                && bound
-                    .as_ref()
-                    .is_none_or(|b| cmp_entry(&e, b) == Ordering::Less)
-            {
-                bound = Some(e);
-            }
-        }
-        let sources = serde_json::Value::from(merge.sources.clone()).to_string();
-        let none = Entry {
-            kind: 0,
-            key: SqlValue::Null,
-            target: 0,
-        };
-        let (from, to) = (
-            merge.cursor.as_ref().unwrap_or(&none),
-            bound.as_ref().unwrap_or(&none),
-        );
         let tx = conn.transaction()?;
-        let sql = merge_move_sql(merge.cursor.is_some(), bound.is_some());
-        let mut round = Round::default();
-        {
-            tx.prepare_cached(&sql)?.execute(params![
-                merge.into,
-                sources,
-                merge.min_span,
-                from.kind,
-                from.key,
-                from.target,
-                to.kind,
-                to.key,
-                to.target,
-                merge.min_trace,
-            ])?;
-            let mut st;
-            let mut rows = match &merge.cursor {
-                Some(c) => {
-                    st = tx.prepare_cached(&round_copied_sql(false))?;
-                    st.query(params![merge.into, c.kind, c.key, c.target])?
-                }
-                None => {
-                    st = tx.prepare_cached(&round_copied_sql(true))?;
-                    st.query([merge.into])?
-                }
-            };
-            while let Some(r) = rows.next()? {
-                round.add(r.get(0)?, r.get(1)?, r.get(2)?);
-            }
-        }
-        let moved = round.entries.max(1) as u64;
-        let finished = bound.is_none();
+        let merge = &mut self.merges[at];
+        let (moved, finished) = merge.advance(&tx, budget)?;
         if finished {
-            let (entries, traces) = (merge.entries + round.entries, merge.traces);
-            let traces = traces + round.trace_keys.len() as i64;
-            let span_max = merge.span_max.max(round.span_max);
-            let trace_max = merge.trace_max.max(round.trace_max);
             tx.execute(
                 &format!(
                     "UPDATE lookup_runs SET state = {LIVE}, entries = ?2, traces = ?3, span_max = ?4,
                         trace_max = ?5
                      WHERE run = ?1"
                 ),
-                params![merge.into, entries, traces, span_max, trace_max],
+                params![
+                    merge.into,
+                    merge.entries,
+                    merge.traces,
+                    merge.span_max,
+                    merge.trace_max
+                ],
             )?;
             let mut st = tx.prepare_cached(&format!(
                 "UPDATE lookup_runs SET state = {DEAD} WHERE run = ?1"
@@ -299,21 +288,15 @@ impl Lookup {
             }
         }
         tx.commit()?;
-        let mut merge = if finished {
-            self.merges.remove(at)
-        } else {
-            let m = &mut self.merges[at];
-            m.cursor = bound;
-            m.add(round);
-            return Ok(moved);
-        };
-        merge.add(round);
-        self.blooms.retain(|(r, _)| !merge.sources.contains(r));
-        self.blooms.push((merge.into, merge.bloom));
-        self.blooms.sort_by_key(|(r, _)| *r);
-        self.dead.extend(merge.sources);
-        self.dead.sort_unstable();
-        Ok(moved)
+        if finished {
+            let merge = self.merges.remove(at);
+            self.blooms.retain(|(r, _)| !merge.sources.contains(r));
+            self.blooms.push((merge.into, merge.bloom));
+            self.blooms.sort_by_key(|(r, _)| *r);
+            self.dead.extend(merge.sources);
+            self.dead.sort_unstable();
+        }
+        Ok(moved.max(1) as u64)
     }
 }
 
@@ -324,17 +307,48 @@ mod tests {
     use super::super::MAX_LIVE_RUNS;
     use super::*;
 
+    /// The entries of each live run, in its order.
+    fn live_runs(conn: &Connection) -> Vec<(i64, Vec<Entry>)> {
+        let runs: Vec<i64> = conn
+            .prepare(&format!("SELECT run FROM lookup_runs WHERE state = {LIVE}"))
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        runs.into_iter()
+            .map(|run| {
+                let blocks: Vec<Vec<u8>> = conn
+                    .prepare(
+                        "SELECT entries FROM lookup_blocks WHERE run = ?1 ORDER BY kind, key, id",
+                    )
+                    .unwrap()
+                    .query_map([run], |r| r.get(0))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                let entries = blocks
+                    .iter()
+                    .flat_map(|b| block::decode(b).unwrap())
+                    .collect();
+                (run, entries)
+            })
+            .collect()
+    }
+
     /// The live entries of a kind, as (key, target), in order.
     fn live(conn: &Connection, kind: i64) -> Vec<(Vec<u8>, i64)> {
-        conn.prepare(&format!(
-            "SELECT l.key, l.target FROM lookup l JOIN lookup_runs r ON r.run = l.run
-             WHERE r.state = {LIVE} AND l.kind = ?1 ORDER BY 1, 2"
-        ))
-        .unwrap()
-        .query_map([kind], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+        let mut out: Vec<(Vec<u8>, i64)> = live_runs(conn)
+            .into_iter()
+            .flat_map(|(_, entries)| entries)
+            .filter(|e| e.kind == kind)
+            .map(|e| match e.key {
+                SqlValue::Blob(b) => (b, e.target),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     #[test]
@@ -405,21 +419,29 @@ mod tests {
         targets.dedup();
         assert_eq!(targets.len() as i64, spans);
         assert_eq!(live(&conn, KIND_TRACE).len() as i64, traces);
-        // The figures kept round by round are those of the runs' entries.
-        let wrong: i64 = conn
-            .query_row(
-                &format!(
-                    "SELECT count(*) FROM lookup_runs r WHERE r.state = {LIVE} AND (
-                        r.entries IS NOT (SELECT count(*) FROM lookup WHERE run = r.run)
-                     OR r.traces IS NOT (SELECT count(*) FROM lookup WHERE run = r.run AND kind = {KIND_TRACE})
-                     OR r.span_max IS NOT (SELECT max(target) FROM lookup WHERE run = r.run AND kind = {KIND_SPAN})
-                     OR r.trace_max IS NOT (SELECT max(target) FROM lookup WHERE run = r.run AND kind <> {KIND_SPAN}))"
-                ),
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(wrong, 0);
+        // The figures kept round by round are those of the runs' entries, each run in order.
+        for (run, entries) in live_runs(&conn) {
+            let (n, traces, span_max, trace_max): (i64, i64, Option<i64>, Option<i64>) = conn
+                .query_row(
+                    "SELECT entries, traces, span_max, trace_max FROM lookup_runs WHERE run = ?1",
+                    [run],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .unwrap();
+            assert_eq!(n, entries.len() as i64, "run {run}");
+            let count = entries.iter().filter(|e| e.kind == KIND_TRACE).count();
+            assert_eq!(traces, count as i64, "run {run}");
+            assert_eq!(
+                super::super::maxima(&entries),
+                (span_max, trace_max),
+                "run {run}"
+            );
+            assert!(
+                entries
+                    .windows(2)
+                    .all(|w| cmp_entry(&w[0], &w[1]) == Ordering::Less)
+            );
+        }
         // Each run's Bloom filter holds its trace ids.
         let held = (1..=traces).all(|t| {
             let h = super::super::bloom::hashes(&t.to_be_bytes().repeat(2));

@@ -3,20 +3,23 @@
 //! A B-tree keyed by random values takes each insertion on a random page; once the tree is
 //! larger than a transaction, every insertion dirties a page of its own, so the cost of a write
 //! grows with the store. Here the entries of one transaction are sorted and written as a *run*:
-//! `lookup` is keyed by (run, kind, key, target) and a new run has the highest number, so its
-//! entries are appended at the right edge of the tree, a few pages whatever the store's size.
-//! Runs are merged, `FANOUT` runs of one level into one run of the next, in bounded steps on the
-//! writer thread between writes (each entry is rewritten once per level: a logarithmic, not a
-//! linear, cost); each level has its merge, the lowest level's goes first, so a merge of
-//! millions of entries never holds back those of the runs each transaction adds. A lookup
-//! probes every live run: one index seek each, a few dozen at most.
+//! its entries packed in order into blocks of about 3.8 KB (`lookup_blocks`, one row a block,
+//! found by its run and first entry; the bytes: `block`), appended at the right edge of the
+//! table, a few pages whatever the store's size. Runs are merged, `FANOUT` runs of one level
+//! into one run of the next, in bounded steps on the writer thread between writes (each entry
+//! is rewritten once per level: a logarithmic, not a linear, cost); a merge reads its sources'
+//! blocks in order, merges their entries in memory and writes the output's blocks, so an entry
+//! costs a few comparisons and bytes copied, not a B-tree insertion of its own. Each level has
+//! its merge, the lowest level's goes first, so a merge of millions of entries never holds back
+//! those of the runs each transaction adds. A lookup reads, in every live run, the block its
+//! key starts in (two seeks), a few dozen runs at most.
 //!
 //! A run is *live* (probed), *building* (a merge's output, not yet probed) or *dead* (merged
 //! into another or expired, being deleted). A merge's last step makes its output live and its
-//! sources dead in one transaction, so readers see each entry exactly once in either state.
-//! Entries whose target row is gone (retention), or whose attribute key is no longer
-//! registered, are dropped when their run is merged; a run whose targets are all gone is
-//! dropped whole.
+//! sources dead in one transaction, and a lookup reads every run in one statement, so readers
+//! see each entry exactly once in either state. Entries whose target row is gone (retention),
+//! or whose attribute key is no longer registered, are dropped when their run is merged; a run
+//! whose targets are all gone is dropped whole.
 
 use std::cmp::Ordering;
 
@@ -25,9 +28,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::StoreError;
 
+mod block;
 mod bloom;
 mod merge;
 
+pub(crate) use block::Op;
+use block::{BLOCK_BYTES, encode};
 use bloom::{Bloom, hashes, run_bloom};
 use merge::Merge;
 
@@ -53,22 +59,6 @@ const MAX_MERGE: i64 = 64;
 /// a lookup, whatever the load.
 pub(crate) const MAX_LIVE_RUNS: usize = 64;
 
-/// SQL selecting, from every live run, the targets of a kind (first parameter) whose key
-/// compares with `op` (`=`, `>`, `<`) to the second parameter.
-pub(crate) fn targets_sql(op: &str) -> String {
-    format!(
-        "SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = {LIVE}) AND kind = ? AND key {op} ?"
-    )
-}
-
-/// SQL selecting, from every live run, the targets of `kind` (a constant of this crate) whose
-/// key is the parameter `param` (e.g. `?1`).
-pub(crate) fn targets_of(kind: i64, param: &str) -> String {
-    format!(
-        "SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = {LIVE}) AND kind = {kind} AND key = {param}"
-    )
-}
-
 /// The key of a span id's entry: its first 4 bytes, a blob (5 bytes an entry, not 9). The
 /// span rows an entry points at are checked for the whole id, so a span whose id starts with
 /// the same bytes is a candidate dropped there. (Runs written before schema version 10 held
@@ -77,12 +67,82 @@ pub(crate) fn span_key(span_id: &[u8; 8]) -> SqlValue {
     SqlValue::Blob(span_id[..4].to_vec())
 }
 
-/// SQL selecting, from every live run, the targets (span row ids, to be checked against the
-/// whole id) of a span id whose [`span_key`] is the parameter `key`: one seek a run.
-pub(crate) fn span_targets_sql(key: &str) -> String {
+/// SQL reading the blocks that may hold the entries of kind `?1` whose key compares with `op`
+/// to `?2`: in each run, the last block that starts before them (its end may hold some) and
+/// every block that starts among them. Of every live run in one statement, so one snapshot
+/// (a merge finishing meanwhile is seen whole or not at all); of run `?3` when `one_run`. The
+/// runs are the outer loop (`CROSS JOIN`): planned without statistics, SQLite would scan the
+/// blocks instead.
+fn blocks_sql(op: Op, one_run: bool) -> String {
+    let (floor, range) = match op {
+        Op::Eq => ("(b.kind, b.key) < (?1, ?2)", "b.kind = ?1 AND b.key = ?2"),
+        Op::Gt => ("(b.kind, b.key) <= (?1, ?2)", "b.kind = ?1 AND b.key > ?2"),
+        Op::Lt => ("b.kind < ?1 AND ?2 IS ?2", "b.kind = ?1 AND b.key < ?2"),
+        Op::Any => ("b.kind < ?1 AND ?2 IS ?2", "b.kind = ?1 AND ?2 IS ?2"),
+    };
+    let runs = if one_run {
+        "r.run = ?3".to_string()
+    } else {
+        format!("r.state = {LIVE}")
+    };
     format!(
-        "SELECT target FROM lookup WHERE run IN (SELECT run FROM lookup_runs WHERE state = {LIVE}) AND kind = {KIND_SPAN} AND key = {key}"
+        "SELECT (SELECT b.entries FROM lookup_blocks b WHERE b.run = r.run AND {floor}
+                 ORDER BY b.kind DESC, b.key DESC, b.id DESC LIMIT 1)
+         FROM lookup_runs r WHERE {runs}
+         UNION ALL
+         SELECT b.entries FROM lookup_runs r CROSS JOIN lookup_blocks b ON b.run = r.run
+         WHERE {runs} AND {range}"
     )
+}
+
+/// Appends the targets of the blocks a [`blocks_sql`] statement reads.
+fn read_targets(
+    st: &mut rusqlite::CachedStatement<'_>,
+    params: impl rusqlite::Params,
+    kind: i64,
+    op: Op,
+    key: &SqlValue,
+    out: &mut Vec<i64>,
+) -> Result<(), StoreError> {
+    let mut rows = st.query(params)?;
+    while let Some(r) = rows.next()? {
+        if let rusqlite::types::ValueRef::Blob(b) = r.get_ref(0)? {
+            block::targets(b, kind, op, key, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// The targets of every live run's entries of `kind` whose key compares with `op` to `key`,
+/// sorted, without repeats (an entry may be in two runs). A few seeks and a block read a run.
+pub(crate) fn find(
+    conn: &Connection,
+    kind: i64,
+    op: Op,
+    key: &SqlValue,
+) -> Result<Vec<i64>, StoreError> {
+    let mut out = Vec::new();
+    let mut st = conn.prepare_cached(&blocks_sql(op, false))?;
+    read_targets(&mut st, params![kind, key], kind, op, key, &mut out)?;
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// [`find`] as a JSON array, for SQL that reads it with `json_each`.
+pub(crate) fn find_json(
+    conn: &Connection,
+    kind: i64,
+    op: Op,
+    key: &SqlValue,
+) -> Result<String, StoreError> {
+    Ok(serde_json::Value::from(find(conn, kind, op, key)?).to_string())
+}
+
+/// The target ids of a lookup, in SQL: `value` of `json_each` over the
+/// parameter `param`, which holds [`find_json`]'s answer.
+pub(crate) fn found_sql(param: &str) -> String {
+    format!("SELECT value FROM json_each({param})")
 }
 
 /// One index entry.
@@ -123,6 +183,49 @@ fn cmp_entry(a: &Entry, b: &Entry) -> Ordering {
         .then_with(|| a.target.cmp(&b.target))
 }
 
+/// A run's blocks being written: entries in order go in, a block is written each time
+/// [`BLOCK_BYTES`] of them have come.
+pub(super) struct Blocks {
+    run: i64,
+    bytes: Vec<u8>,
+    /// The kind and key of the block's first entry.
+    first: Option<(i64, SqlValue)>,
+}
+
+impl Blocks {
+    pub(super) fn new(run: i64) -> Self {
+        Self {
+            run,
+            bytes: Vec::with_capacity(BLOCK_BYTES + 64),
+            first: None,
+        }
+    }
+
+    pub(super) fn push(&mut self, conn: &Connection, e: &Entry) -> Result<(), StoreError> {
+        if self.first.is_none() {
+            self.first = Some((e.kind, e.key.clone()));
+        }
+        encode(&mut self.bytes, e);
+        if self.bytes.len() >= BLOCK_BYTES {
+            self.finish(conn)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the block begun, if any.
+    pub(super) fn finish(&mut self, conn: &Connection) -> Result<(), StoreError> {
+        let Some((kind, key)) = self.first.take() else {
+            return Ok(());
+        };
+        conn.prepare_cached(
+            "INSERT INTO lookup_blocks (run, kind, key, entries) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![self.run, kind, key, self.bytes])?;
+        self.bytes.clear();
+        Ok(())
+    }
+}
+
 /// Largest target among span entries and among the others (trace keys).
 fn maxima(entries: &[Entry]) -> (Option<i64>, Option<i64>) {
     let mut span = None;
@@ -161,14 +264,6 @@ pub(crate) struct Lookup {
     blooms: Vec<(i64, Bloom)>,
     /// Whose turn it is, while both wait: deleting dead runs, or merging.
     turn: bool,
-}
-
-fn read_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
-    Ok(Entry {
-        kind: r.get(0)?,
-        key: r.get(1)?,
-        target: r.get(2)?,
-    })
 }
 
 impl Lookup {
@@ -219,19 +314,31 @@ impl Lookup {
     ) -> Result<Option<i64>, StoreError> {
         let key = SqlValue::Blob(trace_id.to_vec());
         let h = hashes(trace_id);
+        let mut targets = Vec::new();
         for (run, bloom) in self.blooms.iter().rev() {
             if !bloom.may_hold(h) {
                 continue;
             }
-            let found: Option<i64> = conn
-                .prepare_cached(&format!(
-                    "SELECT t.id FROM lookup l JOIN trace_rows t ON t.id = l.target AND t.trace_id = ?2
-                     WHERE l.run = ?1 AND l.kind = {KIND_TRACE} AND l.key = ?2 AND t.project = ?3"
-                ))?
-                .query_row(params![run, key, project], |r| r.get(0))
-                .optional()?;
-            if found.is_some() {
-                return Ok(found);
+            targets.clear();
+            let mut st = conn.prepare_cached(&blocks_sql(Op::Eq, true))?;
+            read_targets(
+                &mut st,
+                params![KIND_TRACE, key, run],
+                KIND_TRACE,
+                Op::Eq,
+                &key,
+                &mut targets,
+            )?;
+            for &t in &targets {
+                let found: Option<i64> = conn
+                    .prepare_cached(
+                        "SELECT id FROM trace_rows WHERE id = ?1 AND trace_id = ?2 AND project = ?3",
+                    )?
+                    .query_row(params![t, key, project], |r| r.get(0))
+                    .optional()?;
+                if found.is_some() {
+                    return Ok(found);
+                }
             }
         }
         Ok(None)
@@ -248,18 +355,15 @@ impl Lookup {
         if entries.is_empty() {
             return Ok(0);
         }
-        entries.sort_by(cmp_entry);
+        entries.sort_unstable_by(cmp_entry);
         entries.dedup();
         let run = self.next_run;
         self.next_run += 1;
-        {
-            let mut st = conn.prepare_cached(
-                "INSERT INTO lookup (run, kind, key, target) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for e in &entries {
-                st.execute(params![run, e.kind, e.key, e.target])?;
-            }
+        let mut out = Blocks::new(run);
+        for e in &entries {
+            out.push(conn, e)?;
         }
+        out.finish(conn)?;
         let traces = entries.iter().filter(|e| e.kind == KIND_TRACE).count() as u64;
         let mut bloom = Bloom::with_capacity(traces);
         for e in entries.iter().filter(|e| e.kind == KIND_TRACE) {
@@ -337,6 +441,127 @@ impl Lookup {
         self.dead.dedup();
         Ok(())
     }
+}
+
+/// The targets of a key in the sorted runs of a file, for reading a file directly (a
+/// benchmark's floor, a test): the entries of `kind` (0: span ids by their first 4 bytes, 1:
+/// trace ids, 16 + an `attribute_keys` id: that key's values) whose key is `key`, in every live
+/// run. The runs' entries are in blocks, which SQL does not read.
+pub fn find_targets(conn: &Connection, kind: i64, key: &SqlValue) -> Result<Vec<i64>, StoreError> {
+    find(conn, kind, Op::Eq, key)
+}
+
+/// Every entry of the live runs of a file, as (kind, key, target), run by run, each in its
+/// order: what `lookup` held as rows up to schema version 11, for inspection and tests.
+pub fn live_entries(conn: &Connection) -> Result<Vec<(i64, SqlValue, i64)>, StoreError> {
+    let mut st = conn.prepare(&format!(
+        "SELECT b.entries FROM lookup_runs r CROSS JOIN lookup_blocks b ON b.run = r.run
+         WHERE r.state = {LIVE} ORDER BY b.run, b.kind, b.key, b.id"
+    ))?;
+    let mut rows = st.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        if let rusqlite::types::ValueRef::Blob(b) = r.get_ref(0)? {
+            out.extend(
+                block::decode(b)?
+                    .into_iter()
+                    .map(|e| (e.kind, e.key, e.target)),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Entries of the row runs of schema versions 4 to 11 converted per migration transaction.
+const ROWS_BATCH: i64 = 100_000;
+
+/// Migration 12: the live runs of `lookup` (an entry a row, keyed by run, kind, key, target)
+/// become blocks of `lookup_blocks`, run by run in order, in transactions of [`ROWS_BATCH`]
+/// entries; a run is recorded done (`migration_steps`) with its last batch, and one that an
+/// interruption left half-written is written again from its start. Then the runs that were not
+/// live are forgotten and `lookup` is dropped. A file without `lookup` (created with blocks,
+/// or through migration 4 by this build) has nothing to convert.
+pub(crate) fn blocks_from_rows(conn: &mut Connection) -> Result<(), StoreError> {
+    const STEP: &str = "12 lookup_blocks";
+    let exists: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'lookup'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Ok(());
+    }
+    let done = crate::schema::step_done(conn, STEP)?;
+    let runs: Vec<(i64, i64)> = conn
+        .prepare(&format!(
+            "SELECT run, entries FROM lookup_runs WHERE state = {LIVE} AND run > ?1 ORDER BY run"
+        ))?
+        .query_map([done], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let total: i64 = runs.iter().map(|r| r.1).sum();
+    if total > 0 {
+        tracing::info!(
+            "trace store: migrating to schema version 12: {total} index entries into blocks"
+        );
+    }
+    let mut converted = 0i64;
+    for (run, _) in runs {
+        let mut out = Blocks::new(run);
+        let mut after: Option<Entry> = None;
+        let mut first = true;
+        loop {
+            let tx = conn.transaction()?;
+            if first {
+                tx.execute("DELETE FROM lookup_blocks WHERE run = ?1", [run])?;
+                first = false;
+            }
+            let none = Entry {
+                kind: i64::MIN,
+                key: SqlValue::Null,
+                target: i64::MIN,
+            };
+            let from = after.as_ref().unwrap_or(&none);
+            let rows: Vec<Entry> = tx
+                .prepare_cached(
+                    "SELECT kind, key, target FROM lookup WHERE run = ?1 AND (kind, key, target) > (?2, ?3, ?4)
+                     ORDER BY kind, key, target LIMIT ?5",
+                )?
+                .query_map(
+                    params![run, from.kind, from.key, from.target, ROWS_BATCH],
+                    |r| {
+                        Ok(Entry {
+                            kind: r.get(0)?,
+                            key: r.get(1)?,
+                            target: r.get(2)?,
+                        })
+                    },
+                )?
+                .collect::<Result<_, _>>()?;
+            for e in &rows {
+                out.push(&tx, e)?;
+            }
+            converted += rows.len() as i64;
+            let last = (rows.len() as i64) < ROWS_BATCH;
+            if last {
+                out.finish(&tx)?;
+                crate::schema::record_step(&tx, STEP, run)?;
+            }
+            tx.commit()?;
+            if last {
+                break;
+            }
+            after = rows.into_iter().last();
+        }
+        tracing::info!("trace store: schema version 12: {converted} of {total} entries");
+    }
+    let tx = conn.transaction()?;
+    tx.execute(
+        &format!("DELETE FROM lookup_runs WHERE state <> {LIVE}"),
+        [],
+    )?;
+    tx.execute_batch("DROP TABLE lookup")?;
+    tx.commit()?;
+    Ok(())
 }
 
 #[cfg(test)]
