@@ -3,6 +3,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::StoreError;
+use crate::upgrade::table_exists;
 
 /// Version 2, for files of version 1: per-minute rollups of every metric series, written with
 /// the points; filled from the points already stored by `backfill_rollups`.
@@ -405,11 +406,7 @@ const POINTS_BATCH: i64 = 50_000;
 /// Every series already has its row (the writer has kept `metric_series` since version 2);
 /// one a point lacks is added. A stored id that is not hex stays as it was, as text.
 fn compact_metric_points(conn: &mut Connection) -> Result<(), StoreError> {
-    let renamed: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'v5_metrics'",
-        [],
-        |r| r.get(0),
-    )?;
+    let renamed = table_exists(conn, "v5_metrics")?;
     if !renamed {
         let tx = conn.transaction()?;
         tx.execute_batch(
@@ -775,11 +772,7 @@ fn index_keys(conn: &mut Connection) -> Result<(), StoreError> {
     const TEXTS: &str = "kind >= 16 AND typeof(key) = 'text'";
     const SPAN_IDS: &str = "kind = 0 AND length(key) = 8";
     // Runs written by migration 4 of this build are blocks, with keys of this version.
-    let rows: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'lookup'",
-        [],
-        |r| r.get(0),
-    )?;
+    let rows = table_exists(conn, "lookup")?;
     let total: i64 = conn.query_row(
         &if rows {
             format!(

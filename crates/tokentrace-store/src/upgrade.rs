@@ -16,7 +16,8 @@ use crate::rows::{EventRow, Row, SpanRow, WriteState, write_rows};
 /// Rows copied per transaction.
 const BATCH: i64 = 20_000;
 
-fn table_exists(conn: &Connection, name: &str) -> Result<bool, StoreError> {
+/// Whether the file has a table of that name.
+pub(crate) fn table_exists(conn: &Connection, name: &str) -> Result<bool, StoreError> {
     Ok(conn
         .query_row(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",

@@ -44,8 +44,9 @@ impl Source {
             let mut n = 0;
             while let Some(r) = rows.next()? {
                 n += 1;
-                let entries: Vec<u8> = r.get(3)?;
-                self.waiting.extend(block::decode(&entries)?);
+                if let rusqlite::types::ValueRef::Blob(b) = r.get_ref(3)? {
+                    self.waiting.extend(block::decode(b)?);
+                }
                 self.after = Some((r.get(1)?, r.get(2)?, r.get(0)?));
             }
             self.read = n < READ_BLOCKS;
@@ -81,7 +82,6 @@ impl Ord for Head {
 pub(super) struct Merge {
     /// The level of the sources (`into` is of the next).
     pub(super) level: i64,
-    pub(super) sources: Vec<i64>,
     pub(super) into: i64,
     readers: Vec<Source>,
     heads: BinaryHeap<Reverse<Head>>,
@@ -192,7 +192,7 @@ impl Lookup {
             self.next_run += 1;
             let traces: i64 = conn.query_row(
                 "SELECT COALESCE(SUM(traces), 0) FROM lookup_runs WHERE run IN (SELECT value FROM json_each(?1))",
-                [serde_json::Value::from(sources.clone()).to_string()],
+                [serde_json::Value::from(sources.as_slice()).to_string()],
                 |r| r.get(0),
             )?;
             let keys = conn
@@ -210,7 +210,6 @@ impl Lookup {
                         read: false,
                     })
                     .collect(),
-                sources,
                 into,
                 heads: BinaryHeap::new(),
                 started: false,
@@ -283,17 +282,18 @@ impl Lookup {
             let mut st = tx.prepare_cached(&format!(
                 "UPDATE lookup_runs SET state = {DEAD} WHERE run = ?1"
             ))?;
-            for &src in &merge.sources {
-                st.execute([src])?;
+            for src in &merge.readers {
+                st.execute([src.run])?;
             }
         }
         tx.commit()?;
         if finished {
             let merge = self.merges.remove(at);
-            self.blooms.retain(|(r, _)| !merge.sources.contains(r));
+            let sources: Vec<i64> = merge.readers.iter().map(|s| s.run).collect();
+            self.blooms.retain(|(r, _)| !sources.contains(r));
             self.blooms.push((merge.into, merge.bloom));
             self.blooms.sort_by_key(|(r, _)| *r);
-            self.dead.extend(merge.sources);
+            self.dead.extend(sources);
             self.dead.sort_unstable();
         }
         Ok(moved.max(1) as u64)

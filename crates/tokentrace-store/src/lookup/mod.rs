@@ -483,12 +483,7 @@ const ROWS_BATCH: i64 = 100_000;
 /// or through migration 4 by this build) has nothing to convert.
 pub(crate) fn blocks_from_rows(conn: &mut Connection) -> Result<(), StoreError> {
     const STEP: &str = "12 lookup_blocks";
-    let exists: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'lookup'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !exists {
+    if !crate::upgrade::table_exists(conn, "lookup")? {
         return Ok(());
     }
     let done = crate::schema::step_done(conn, STEP)?;
