@@ -145,6 +145,11 @@ fn cases() -> Vec<Vec<QueryCondition>> {
     ]
 }
 
+/// The one number a query on the file answers.
+fn count(conn: &rusqlite::Connection, sql: &str) -> i64 {
+    conn.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
 /// A connection to the file with the entries of its live runs (blocks, which SQL does not
 /// read) in the temporary table `live_lookup` (kind, key, target).
 fn inspect(path: &Path) -> rusqlite::Connection {
@@ -184,13 +189,7 @@ fn indexed_filters_answer_what_a_scan_of_every_span_answers() {
     let f = filters(&[("user.id", QueryConditionOp::Eq, "user-3".into())]);
     assert_eq!(traces(&a, &f).len(), 300 / 17 + 1);
     let conn = inspect(&indexed);
-    let n: i64 = conn
-        .query_row(
-            &format!("{LIVE_ENTRIES} WHERE k.key = 'user.id'"),
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let n: i64 = count(&conn, &format!("{LIVE_ENTRIES} WHERE k.key = 'user.id'"));
     assert_eq!(n, 300, "one entry per trace and value, not per span");
     a.close().unwrap();
     b.close().unwrap();
@@ -374,20 +373,13 @@ fn a_version_9_index_is_migrated_to_4_byte_keys_in_blocks_and_answers_the_same()
         .unwrap();
     // 300 traces × a user and a session; the distinct names (3 a trace) and statuses.
     assert_eq!(before.0, 600);
-    let spans_whole: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM lookup WHERE kind = 0 AND length(key) = 8",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let spans_whole: i64 = count(
+        &conn,
+        "SELECT COUNT(*) FROM lookup WHERE kind = 0 AND length(key) = 8",
+    );
     assert_eq!(spans_whole, 900);
     assert!(before.1 >= 900, "{before:?}");
-    let rows: i64 = conn
-        .query_row("SELECT COUNT(*) FROM lookup WHERE run = 1000", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let rows: i64 = count(&conn, "SELECT COUNT(*) FROM lookup WHERE run = 1000");
     drop(conn);
     let a = open(&indexed, KEYS);
     let conn = inspect(&indexed);
@@ -409,37 +401,24 @@ fn a_version_9_index_is_migrated_to_4_byte_keys_in_blocks_and_answers_the_same()
         )
         .unwrap();
     assert_eq!((live, counted, runs, table), (rows, rows, 1, 0));
-    let traces_found: i64 = conn
-        .query_row("SELECT COUNT(*) FROM live_lookup WHERE kind = 1", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let traces_found: i64 = count(&conn, "SELECT COUNT(*) FROM live_lookup WHERE kind = 1");
     assert_eq!(traces_found, 300);
-    let keys: i64 = conn
-        .query_row(
-            &format!("{LIVE_ENTRIES} WHERE typeof(e.value) = 'blob' AND length(e.value) = 4"),
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let keys: i64 = count(
+        &conn,
+        &format!("{LIVE_ENTRIES} WHERE typeof(e.value) = 'blob' AND length(e.value) = 4"),
+    );
     assert_eq!(keys, before.0 + before.1, "every text now a 4-byte key");
-    let numbers: i64 = conn
-        .query_row(
-            &format!("{LIVE_ENTRIES} WHERE typeof(e.value) = 'integer'"),
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let numbers: i64 = count(
+        &conn,
+        &format!("{LIVE_ENTRIES} WHERE typeof(e.value) = 'integer'"),
+    );
     assert_eq!(numbers, 300, "a status code a trace");
     // Span entries keyed by whole ids (runs written before version 10) are keyed by their
     // first 4 bytes now, and find their spans.
-    let whole: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM live_lookup WHERE kind = 0 AND length(key) <> 4",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let whole: i64 = count(
+        &conn,
+        "SELECT COUNT(*) FROM live_lookup WHERE kind = 0 AND length(key) <> 4",
+    );
     assert_eq!(whole, 0);
     for n in [1u64, 450, 900] {
         let id: SpanId = format!("{n:016x}").parse().unwrap();
